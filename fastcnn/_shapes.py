@@ -1,0 +1,78 @@
+"""Argument checks and output-size arithmetic shared by the public ops.
+
+Everything here raises ``TypeError`` / ``ValueError`` with a message that
+names the argument and says what was expected. It deliberately knows nothing
+about backends or kernels: ``fastcnn.ops`` calls it once, at the door.
+"""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def pair(value, name, *, minimum):
+    """An int or an (h, w) pair of ints, each >= minimum -> (h, w)."""
+    if _is_int(value):
+        hw = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
+        hw = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    if min(hw) < minimum:
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return hw
+
+
+def array(a, name, ndim, dtype=None):
+    """Check a float32/float64 ndarray of ndim dimensions (and dtype, if given)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but the input x is {dtype}; "
+                        f"mixed dtypes are not allowed (cast with .astype({dtype.name!r}))")
+    if a.ndim != ndim:
+        layout = {4: " (N, C, H, W)", 1: " (C_out,)"}.get(ndim, "")
+        raise ValueError(f"{name} must have {ndim} dimensions{layout}, got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    return a
+
+
+def out_size(size, pad_total, k, s):
+    return (size + pad_total - k) // s + 1
+
+
+def conv_padding(padding, KH, KW, stride):
+    """Normalise conv padding to (PT, PB, PL, PR).
+
+    'same' (stride 1 only) pads KH-1 rows in total; an odd remainder goes to
+    the bottom/right, as PyTorch does.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' requires stride 1, got stride={stride}")
+            th, tw = KH - 1, KW - 1
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        raise ValueError(f"padding must be an int, an (h, w) pair, 'same' or 'valid', got {padding!r}")
+    ph, pw = pair(padding, "padding", minimum=0)
+    return (ph, ph, pw, pw)
+
+
+def check_window_fits(H, W, pads, KH, KW, what):
+    """The kernel must fit inside the padded input (at least one output pixel)."""
+    PT, PB, PL, PR = pads
+    if KH > H + PT + PB or KW > W + PL + PR:
+        raise ValueError(
+            f"{what} ({KH}x{KW}) is larger than the padded input "
+            f"({H + PT + PB}x{W + PL + PR}: input {H}x{W}, padding {pads})")

@@ -1,0 +1,132 @@
+"""The backend registry: name -> module, and which backend is in force.
+
+A backend is a module in ``fastcnn.backends`` that defines the six kernels of
+the contract in ``fastcnn/backends/__init__.py``. It is registered once, by
+name, in ``_MODULES`` below, and imported lazily on first use, so a missing
+compiled extension only makes that backend absent (with the reason kept for
+the error message) instead of breaking ``import fastcnn``.
+
+Resolution order for the backend of a call::
+
+    backend= argument  ->  innermost use_backend()  ->  set_backend()
+                       ->  $FASTCNN_BACKEND  ->  'auto'
+
+Nothing falls back silently: an unknown or unavailable name is an error.
+This module deliberately holds no kernels and no argument checks.
+"""
+import contextlib
+import contextvars
+import importlib
+import os
+import threading
+
+# Adding a backend = adding its module and one line here.
+_MODULES = {
+    "loops": "fastcnn.backends.loops",
+    "im2col": "fastcnn.backends.im2col",
+    "cython": "fastcnn.backends.cython",
+    "numba": "fastcnn.backends.numba",
+}
+AUTO = "auto"
+KERNELS = ("conv2d_forward", "conv2d_backward", "max_pool2d_forward",
+           "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward")
+
+_loaded = {}      # name -> module
+_failed = {}      # name -> reason the module could not be imported
+_lock = threading.Lock()
+_scoped = contextvars.ContextVar("fastcnn_backend", default=None)  # use_backend()
+_global = None    # set_backend(); process-wide, seen by every thread
+
+
+def registered_backends():
+    """Every backend fastcnn knows of, usable here or not."""
+    return tuple(_MODULES)
+
+
+def _load(name):
+    """Import a backend module once; remember why if it fails."""
+    if name in _loaded:
+        return _loaded[name]
+    if name in _failed:
+        return None
+    with _lock:
+        if name in _loaded or name in _failed:
+            return _loaded.get(name)
+        try:
+            mod = importlib.import_module(_MODULES[name])
+            missing = [k for k in KERNELS if not callable(getattr(mod, k, None))]
+            if missing:
+                raise ImportError(f"module {mod.__name__} lacks kernels {missing}")
+        except ImportError as e:
+            _failed[name] = f"{type(e).__name__}: {e}"
+            return None
+        from fastcnn import _threads  # apply a thread count set before the import
+        _threads.apply_to(mod)
+        _loaded[name] = mod
+        return mod
+
+
+def available_backends():
+    """Names of the backends usable on this install, in registry order."""
+    return tuple(n for n in _MODULES if _load(n) is not None)
+
+
+def unavailable_backends():
+    """{name: reason} for registered backends that could not be loaded."""
+    available_backends()
+    return dict(_failed)
+
+
+def _check_name(name, *, allow_auto=True):
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str, got {type(name).__name__}")
+    if allow_auto and name == AUTO:
+        return name
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; available backends: "
+                         f"{', '.join(available_backends())} (or 'auto')")
+    if _load(name) is None:
+        raise ValueError(f"backend {name!r} is not available on this install "
+                         f"({_failed[name]}); available: {', '.join(available_backends())}")
+    return name
+
+
+def get_module(name):
+    """The module of a concrete (non-auto) backend; raises if unavailable."""
+    return _loaded.get(name) or _loaded[_check_name(name, allow_auto=False)]
+
+
+def _env_default():
+    name = os.environ.get("FASTCNN_BACKEND", "").strip()
+    if not name:
+        return AUTO
+    try:
+        return _check_name(name)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"environment variable FASTCNN_BACKEND: {e}") from None
+
+
+def get_backend():
+    """The backend name in force here ('auto' unless chosen otherwise)."""
+    return _scoped.get() or _global or _env_default()
+
+
+def set_backend(name):
+    """Set the process-wide default backend (None: back to $FASTCNN_BACKEND/'auto')."""
+    global _global
+    _global = None if name is None else _check_name(name)
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Use backend ``name`` inside the with-block; the previous choice is restored after."""
+    token = _scoped.set(_check_name(name))
+    try:
+        yield name
+    finally:
+        _scoped.reset(token)
+
+
+def resolve(backend):
+    """The name a call runs on: an explicit argument, else the one in force."""
+    return get_backend() if backend is None else _check_name(backend)

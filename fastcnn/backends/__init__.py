@@ -1,0 +1,40 @@
+"""Backend modules: one module per backend, the same six kernels in each.
+
+This package deliberately holds no dispatch logic (that is ``fastcnn.backend``)
+and no validation (that is ``fastcnn.ops``). It documents the contract every
+backend module fulfils.
+
+The kernel contract
+-------------------
+``fastcnn.ops`` has already validated every argument, so kernels trust their
+input and never re-check it:
+
+* ``x``, ``w``, ``b``, ``dy`` are C-contiguous NumPy arrays of one dtype,
+  float32 or float64. ``b`` is ``None`` or has shape ``(F,)``.
+* Shapes: x ``(N, C, H, W)``, w ``(F, C, KH, KW)``, y/dy ``(N, F, OH, OW)``.
+* ``stride`` is ``(SH, SW)``, positive ints.
+* conv ``padding`` is ``(PT, PB, PL, PR)`` (top, bottom, left, right),
+  non-negative ints; it is asymmetric only for ``padding='same'`` with an even
+  kernel (the extra row/column goes bottom/right, as in PyTorch).
+  ``OH = (H + PT + PB - KH) // SH + 1``, ``OW = (W + PL + PR - KW) // SW + 1``,
+  both >= 1.
+* pool ``kernel`` is ``(KH, KW)``, ``stride`` ``(SH, SW)``, ``padding``
+  ``(PH, PW)`` symmetric with ``PH <= KH // 2`` and ``PW <= KW // 2``;
+  ``OH = (H + 2 PH - KH) // SH + 1`` (floor; ``ceil_mode=False``), >= 1.
+  Max pooling pads with -inf; the first maximum in row-major window order
+  wins a tie; a NaN in a window makes the output NaN and the gradient goes to
+  the first NaN. Average pooling divides by ``KH * KW`` (count_include_pad).
+
+The six functions (same names, same signatures in every backend)::
+
+    conv2d_forward(x, w, b, stride, padding)   -> (y, saved)
+    conv2d_backward(dy, saved)                 -> (dx, dw, db)   # db (F,) always
+    max_pool2d_forward(x, kernel, stride, padding) -> (y, saved)
+    max_pool2d_backward(dy, saved)             -> dx
+    avg_pool2d_forward(x, kernel, stride, padding) -> (y, saved)
+    avg_pool2d_backward(dy, saved)             -> dx
+
+``saved`` is private to the backend (inputs, column matrix, argmax, ...);
+``fastcnn.ops`` wraps it in a context that remembers the backend. Kernels
+never write into their inputs, and return fresh arrays of the input dtype.
+"""

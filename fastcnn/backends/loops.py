@@ -1,0 +1,126 @@
+"""Backend 'loops': the executable specification.
+
+Explicit Python loops over output positions, NumPy arithmetic inside. Every
+other backend is tested against this file, and this file is tested against
+finite differences, PyTorch and hand-computed cases. It is deliberately
+slow and plain: no im2col matrix, nothing compiled, no clever strides.
+
+Shapes: x (N, C, H, W), w (F, C, KH, KW), y (N, F, OH, OW); an output
+pixel (i, j) reads the padded input window rows i*SH .. i*SH+KH-1, columns
+j*SW .. j*SW+KW-1.
+"""
+import numpy as np
+
+
+def _pad(x, pads, value):
+    PT, PB, PL, PR = pads
+    return np.pad(x, ((0, 0), (0, 0), (PT, PB), (PL, PR)), constant_values=value)
+
+
+def _unpad(xp, pads):
+    PT, PB, PL, PR = pads
+    return xp[:, :, PT:xp.shape[2] - PB, PL:xp.shape[3] - PR]
+
+
+def _windows(OH, OW, stride, kernel):
+    """Yield (i, j, rows, cols): each output pixel and the slices it reads."""
+    (SH, SW), (KH, KW) = stride, kernel
+    for i in range(OH):
+        for j in range(OW):
+            yield i, j, slice(i * SH, i * SH + KH), slice(j * SW, j * SW + KW)
+
+
+# ---------------------------------------------------------------- conv2d
+
+def conv2d_forward(x, w, b, stride, padding):
+    # y[n, f, i, j] = b[f] + sum_{c,kh,kw} xp[n, c, i*SH+kh, j*SW+kw] * w[f, c, kh, kw]
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    xp = _pad(x, padding, 0)                                   # (N, C, H+PT+PB, W+PL+PR)
+    OH = (xp.shape[2] - KH) // stride[0] + 1
+    OW = (xp.shape[3] - KW) // stride[1] + 1
+    y = np.zeros((N, F, OH, OW), dtype=x.dtype)
+    for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW)):
+        patch = xp[:, :, rows, cols]                           # (N, C, KH, KW)
+        y[:, :, i, j] = np.tensordot(patch, w, axes=([1, 2, 3], [1, 2, 3]))  # (N, F)
+    if b is not None:
+        y += b[None, :, None, None]
+    return y, (xp, w, stride, padding)
+
+
+def conv2d_backward(dy, saved):
+    # dw[f, c, kh, kw] = sum_{n,i,j} dy[n, f, i, j] * xp[n, c, i*SH+kh, j*SW+kw]
+    # dxp[n, c, i*SH+kh, j*SW+kw] += sum_f dy[n, f, i, j] * w[f, c, kh, kw]
+    xp, w, stride, padding = saved
+    _, _, KH, KW = w.shape
+    _, _, OH, OW = dy.shape
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW)):
+        g = dy[:, :, i, j]                                     # (N, F)
+        dw += np.tensordot(g, xp[:, :, rows, cols], axes=([0], [0]))   # (F, C, KH, KW)
+        dxp[:, :, rows, cols] += np.tensordot(g, w, axes=([1], [0]))  # (N, C, KH, KW)
+    db = dy.sum(axis=(0, 2, 3))                                # (F,)
+    return _unpad(dxp, padding).copy(), dw, db
+
+
+# ---------------------------------------------------------------- max pooling
+
+def max_pool2d_forward(x, kernel, stride, padding):
+    # y[n, c, i, j] = max over the window; padding is -inf so it never wins
+    # against a real value. np.argmax returns the first maximum in row-major
+    # order, and the first NaN if there is one (NaN compares as the maximum).
+    N, C, H, W = x.shape
+    KH, KW = kernel
+    PH, PW = padding
+    pads = (PH, PH, PW, PW)
+    xp = _pad(x, pads, -np.inf)
+    OH = (xp.shape[2] - KH) // stride[0] + 1
+    OW = (xp.shape[3] - KW) // stride[1] + 1
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    arg = np.empty((N, C, OH, OW), dtype=np.intp)             # flat index kh*KW + kw
+    for i, j, rows, cols in _windows(OH, OW, stride, kernel):
+        win = xp[:, :, rows, cols].reshape(N, C, KH * KW)
+        arg[:, :, i, j] = np.argmax(win, axis=2)
+        y[:, :, i, j] = np.take_along_axis(win, arg[:, :, i, j, None], axis=2)[..., 0]
+    return y, (xp.shape, arg, kernel, stride, pads)
+
+
+def max_pool2d_backward(dy, saved):
+    # dxp[n, c, i*SH + kh, j*SW + kw] += dy[n, c, i, j] at the window's argmax (kh, kw)
+    xp_shape, arg, (KH, KW), (SH, SW), pads = saved
+    N, C, OH, OW = dy.shape
+    dxp = np.zeros(xp_shape, dtype=dy.dtype)
+    n, c = np.indices((N, C))                                 # (N, C) each
+    for i, j, _, _ in _windows(OH, OW, (SH, SW), (KH, KW)):
+        kh, kw = np.divmod(arg[:, :, i, j], KW)
+        # one target per (n, c) within a window, so plain += does not lose updates
+        dxp[n, c, i * SH + kh, j * SW + kw] += dy[:, :, i, j]
+    return _unpad(dxp, pads).copy()
+
+
+# ---------------------------------------------------------------- average pooling
+
+def avg_pool2d_forward(x, kernel, stride, padding):
+    # y[n, c, i, j] = sum over the zero-padded window / (KH * KW)
+    N, C, H, W = x.shape
+    KH, KW = kernel
+    PH, PW = padding
+    pads = (PH, PH, PW, PW)
+    xp = _pad(x, pads, 0)
+    OH = (xp.shape[2] - KH) // stride[0] + 1
+    OW = (xp.shape[3] - KW) // stride[1] + 1
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    for i, j, rows, cols in _windows(OH, OW, stride, kernel):
+        y[:, :, i, j] = xp[:, :, rows, cols].sum(axis=(2, 3)) / (KH * KW)
+    return y, (xp.shape, kernel, stride, pads)
+
+
+def avg_pool2d_backward(dy, saved):
+    # every element of a window receives dy / (KH * KW)
+    xp_shape, (KH, KW), stride, pads = saved
+    _, _, OH, OW = dy.shape
+    dxp = np.zeros(xp_shape, dtype=dy.dtype)
+    for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW)):
+        dxp[:, :, rows, cols] += dy[:, :, i, j, None, None] / (KH * KW)
+    return _unpad(dxp, pads).copy()

@@ -1,0 +1,129 @@
+"""The six public ops: validate once, pick the backend, run its kernel.
+
+    y, ctx = conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None)
+    dx, dw, db = conv2d_backward(dy, ctx)
+    y, ctx = max_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None)
+    dx = max_pool2d_backward(dy, ctx)
+    y, ctx = avg_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None)
+    dx = avg_pool2d_backward(dy, ctx)
+
+Semantics are PyTorch's F.conv2d / F.max_pool2d / F.avg_pool2d (NCHW,
+weights (F, C, KH, KW), count_include_pad=True, ceil_mode=False):
+
+    OH = (H + PT + PB - KH) // SH + 1        OW = (W + PL + PR - KW) // SW + 1
+
+Every argument is checked here, before any kernel runs, so kernels trust
+their input; arrays are made C-contiguous here too (a no-op when they are).
+``ctx`` is opaque: it remembers the backend that ran the forward pass, and
+backward runs on that same backend. This module deliberately contains no
+arithmetic on the data.
+"""
+import numpy as np
+
+from fastcnn import _auto, _shapes
+from fastcnn.backend import AUTO, get_module, resolve
+
+
+class Context:
+    """What a forward pass leaves for its backward pass (treat as opaque)."""
+
+    __slots__ = ("op", "backend", "saved", "y_shape", "dtype")
+
+    def __init__(self, op, backend, saved, y_shape, dtype):
+        self.op, self.backend, self.saved = op, backend, saved
+        self.y_shape, self.dtype = y_shape, dtype
+
+    def __repr__(self):
+        return (f"<fastcnn ctx op={self.op} backend={self.backend} "
+                f"y_shape={self.y_shape} dtype={self.dtype}>")
+
+
+def _forward(op, backend, args, y_shape):
+    name = resolve(backend)
+    if name == AUTO:
+        name = _auto.choose(op, args, y_shape)
+    y, saved = getattr(get_module(name), op + "_forward")(*args)
+    return y, Context(op, name, saved, y_shape, args[0].dtype)
+
+
+def _grad(dy, ctx, op):
+    if not isinstance(ctx, Context) or ctx.op != op:
+        got = ctx.op + "_forward" if isinstance(ctx, Context) else type(ctx).__name__
+        raise TypeError(f"ctx must be the context returned by {op}_forward, got {got}")
+    dy = _shapes.array(dy, "dy", 4, ctx.dtype)
+    if dy.shape != ctx.y_shape:
+        raise ValueError(f"dy must have the shape of the forward output {ctx.y_shape}, "
+                         f"got {dy.shape}")
+    return np.ascontiguousarray(dy)
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None):
+    """2-D cross-correlation. x (N, C, H, W), w (F, C, KH, KW), b (F,) or None
+    -> y (N, F, OH, OW). padding: int, (h, w), 'same' (stride 1) or 'valid'."""
+    x = _shapes.array(x, "x", 4)
+    w = _shapes.array(w, "w", 4, x.dtype)
+    N, C, H, W = x.shape
+    F, Cw, KH, KW = w.shape
+    if Cw != C:
+        raise ValueError(f"w has {Cw} input channels (w.shape[1]) but x has {C} (x.shape[1])")
+    if b is not None:
+        b = _shapes.array(b, "b", 1, x.dtype)
+        if b.shape[0] != F:
+            raise ValueError(f"b must have shape ({F},) to match w's {F} output channels, "
+                             f"got {b.shape}")
+        b = np.ascontiguousarray(b)
+    stride = _shapes.pair(stride, "stride", minimum=1)
+    pads = _shapes.conv_padding(padding, KH, KW, stride)
+    _shapes.check_window_fits(H, W, pads, KH, KW, "kernel w")
+    OH = _shapes.out_size(H, pads[0] + pads[1], KH, stride[0])
+    OW = _shapes.out_size(W, pads[2] + pads[3], KW, stride[1])
+    args = (np.ascontiguousarray(x), np.ascontiguousarray(w), b, stride, pads)
+    return _forward("conv2d", backend, args, (N, F, OH, OW))
+
+
+def conv2d_backward(dy, ctx):
+    """dy (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,)."""
+    dy = _grad(dy, ctx, "conv2d")
+    return get_module(ctx.backend).conv2d_backward(dy, ctx.saved)
+
+
+def _pool_args(x, kernel_size, stride, padding):
+    x = _shapes.array(x, "x", 4)
+    N, C, H, W = x.shape
+    kernel = _shapes.pair(kernel_size, "kernel_size", minimum=1)
+    stride = kernel if stride is None else _shapes.pair(stride, "stride", minimum=1)
+    pad = _shapes.pair(padding, "padding", minimum=0)
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ValueError(f"padding must be at most half the kernel size: got padding={pad} "
+                         f"for kernel_size={kernel}")
+    _shapes.check_window_fits(H, W, (pad[0], pad[0], pad[1], pad[1]), *kernel, "kernel_size")
+    OH = _shapes.out_size(H, 2 * pad[0], kernel[0], stride[0])
+    OW = _shapes.out_size(W, 2 * pad[1], kernel[1], stride[1])
+    return (np.ascontiguousarray(x), kernel, stride, pad), (N, C, OH, OW)
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None):
+    """Max over each window; padding counts as -inf. x (N, C, H, W) -> y (N, C, OH, OW).
+    stride=None means stride = kernel_size. Ties: the first maximum in row-major
+    window order wins; a NaN in a window propagates."""
+    args, y_shape = _pool_args(x, kernel_size, stride, padding)
+    return _forward("max_pool2d", backend, args, y_shape)
+
+
+def max_pool2d_backward(dy, ctx):
+    """dy (N, C, OH, OW) -> dx (N, C, H, W): each window's gradient goes to its argmax."""
+    dy = _grad(dy, ctx, "max_pool2d")
+    return get_module(ctx.backend).max_pool2d_backward(dy, ctx.saved)
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None):
+    """Mean over each window, zero padding counted (divisor KH*KW).
+    x (N, C, H, W) -> y (N, C, OH, OW); stride=None means stride = kernel_size."""
+    args, y_shape = _pool_args(x, kernel_size, stride, padding)
+    return _forward("avg_pool2d", backend, args, y_shape)
+
+
+def avg_pool2d_backward(dy, ctx):
+    """dy (N, C, OH, OW) -> dx (N, C, H, W)."""
+    dy = _grad(dy, ctx, "avg_pool2d")
+    return get_module(ctx.backend).avg_pool2d_backward(dy, ctx.saved)

@@ -1,0 +1,94 @@
+"""Every registered backend against the `loops` reference: forward and all
+gradients, float32 and float64, over the shape cases in cases.py."""
+import numpy as np
+import pytest
+
+from fastcnn import ops
+from fastcnn.testing import assert_close
+
+from cases import CONV_CASES, POOL_CASES, TOL, case_id, conv_inputs, pool_inputs
+
+DTYPES = [np.float32, np.float64]
+
+
+def _reference_conv(x, w, b, stride, padding, dy):
+    """loops in float64: the float32 results are compared with exact-ish numbers."""
+    f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
+    y, ctx = ops.conv2d_forward(f64(x), f64(w), f64(b), stride, padding, backend="loops")
+    return (y, *ops.conv2d_backward(f64(dy), ctx))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
+def test_conv2d_matches_loops(backend, case, dtype):
+    x, w, b, stride, padding = conv_inputs(case, dtype)
+    originals = [a.copy() for a in (x, w, b) if a is not None]
+    y, ctx = ops.conv2d_forward(x, w, b, stride, padding, backend=backend)
+    assert ctx.backend == backend and y.dtype == dtype
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    dy_copy = dy.copy()
+    dx, dw, db = ops.conv2d_backward(dy, ctx)
+    ref = _reference_conv(x, w, b, stride, padding, dy)
+    for name, got, want in zip(("y", "dx", "dw", "db"), (y, dx, dw, db), ref):
+        assert got.dtype == dtype, f"{name} dtype {got.dtype}"
+        assert_close(got, want, TOL[dtype], name)
+    for a, orig in zip([a for a in (x, w, b) if a is not None], originals):
+        np.testing.assert_array_equal(a, orig)      # inputs are never modified
+    np.testing.assert_array_equal(dy, dy_copy)
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
+def test_pool_matches_loops(backend, case, dtype, op):
+    fwd = getattr(ops, f"{op}_pool2d_forward")
+    bwd = getattr(ops, f"{op}_pool2d_backward")
+    x, k, s, p = pool_inputs(case, dtype)
+    x_copy = x.copy()
+    y, ctx = fwd(x, k, s, p, backend=backend)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    dx = bwd(dy, ctx)
+    y_ref, ctx_ref = fwd(x.astype(np.float64), k, s, p, backend="loops")
+    dx_ref = bwd(dy.astype(np.float64), ctx_ref)
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert_close(y, y_ref, TOL[dtype], "y")
+    assert_close(dx, dx_ref, TOL[dtype], "dx")
+    np.testing.assert_array_equal(x, x_copy)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided", "negative-stride"])
+def test_noncontiguous_inputs(backend, layout):
+    rng = np.random.default_rng(3)
+    big = rng.standard_normal((2, 6, 14, 18))
+    w = rng.standard_normal((4, 3, 3, 3))
+    if layout == "fortran":
+        x, w = np.asfortranarray(big[:, :3, :7, :9]), np.asfortranarray(w)
+    elif layout == "strided":
+        x = big[:, ::2, ::2, ::2]
+    else:
+        x = big[:, :3, ::-2, ::-2]
+    xc = np.ascontiguousarray(x)
+    y, ctx = ops.conv2d_forward(x, w, None, 1, 1, backend=backend)
+    y_ref, ctx_ref = ops.conv2d_forward(xc, np.ascontiguousarray(w), None, 1, 1, backend="loops")
+    dy = rng.standard_normal(y.shape)[:, :, ::-1]                 # a non-contiguous gradient too
+    for got, want in zip(ops.conv2d_backward(dy, ctx),
+                         ops.conv2d_backward(np.ascontiguousarray(dy), ctx_ref)):
+        assert_close(got, want, 1e-9)
+    assert_close(y, y_ref, 1e-9)
+    for op in ("max", "avg"):
+        yp, cp = getattr(ops, f"{op}_pool2d_forward")(x, 2, backend=backend)
+        yr, cr = getattr(ops, f"{op}_pool2d_forward")(xc, 2, backend="loops")
+        assert_close(yp, yr, 1e-9)
+        dyp = np.asfortranarray(rng.standard_normal(yp.shape))
+        assert_close(getattr(ops, f"{op}_pool2d_backward")(dyp, cp),
+                     getattr(ops, f"{op}_pool2d_backward")(np.ascontiguousarray(dyp), cr), 1e-9)
+
+
+def test_backward_twice_gives_same_result(backend):
+    x, w, b, stride, padding = conv_inputs(CONV_CASES[0], np.float64)
+    y, ctx = ops.conv2d_forward(x, w, b, stride, padding, backend=backend)
+    dy = np.ones_like(y)
+    first = ops.conv2d_backward(dy, ctx)
+    second = ops.conv2d_backward(dy, ctx)
+    for a, c in zip(first, second):
+        np.testing.assert_array_equal(a, c)

@@ -1,0 +1,76 @@
+"""Max-pool edge semantics on every backend: ties, -inf padding, NaN."""
+import numpy as np
+import pytest
+
+from fastcnn import ops
+
+from cases import BACKENDS
+
+
+@pytest.fixture(params=BACKENDS)
+def any_backend(request):
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_maximum_wins_ties(any_backend, dtype):
+    x = np.ones((2, 3, 4, 4), dtype=dtype)                   # every window is one big tie
+    y, ctx = ops.max_pool2d_forward(x, 2, backend=any_backend)
+    dx = ops.max_pool2d_backward(np.ones_like(y), ctx)
+    expected = np.zeros((4, 4)); expected[::2, ::2] = 1       # top-left of each window
+    np.testing.assert_array_equal(dx, np.broadcast_to(expected, x.shape))
+
+
+def test_ties_with_overlapping_windows(any_backend):
+    x = np.array([[[[3, 3, 3], [1, 3, 0], [3, 2, 3]]]], dtype=np.float64)
+    y, ctx = ops.max_pool2d_forward(x, 2, stride=1, backend=any_backend)
+    np.testing.assert_array_equal(y[0, 0], [[3, 3], [3, 3]])
+    dx = ops.max_pool2d_backward(np.array([[[[1.0, 10.0], [100.0, 1000.0]]]]), ctx)
+    # windows: (0,0)->x[0,0]; (0,1)->x[0,1]; (1,0)->x[1,1]; (1,1)->x[1,1]
+    np.testing.assert_array_equal(dx[0, 0], [[1, 10, 0], [0, 1100, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_negative_inputs_with_padding_pad_is_minus_inf(any_backend, dtype):
+    x = -1.0 - np.arange(9, dtype=dtype).reshape(1, 1, 3, 3)  # all negative
+    y, ctx = ops.max_pool2d_forward(x, 3, stride=2, padding=1, backend=any_backend)
+    # zero padding would give 0 everywhere; -inf padding gives the real maxima
+    np.testing.assert_array_equal(y[0, 0], [[-1, -2], [-4, -5]])
+    dx = ops.max_pool2d_backward(np.ones_like(y), ctx)
+    np.testing.assert_array_equal(dx[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_avg_pool_padding_counts_zeros(any_backend):
+    x = np.full((1, 1, 2, 2), 4.0)
+    y, ctx = ops.avg_pool2d_forward(x, 2, stride=2, padding=1, backend=any_backend)
+    np.testing.assert_array_equal(y[0, 0], [[1, 1], [1, 1]])  # one real 4 per window / 4
+    dx = ops.avg_pool2d_backward(np.ones_like(y), ctx)
+    np.testing.assert_array_equal(dx[0, 0], [[0.25, 0.25], [0.25, 0.25]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_propagates_and_takes_the_gradient(any_backend, dtype):
+    x = np.arange(16, dtype=dtype).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 0] = np.nan                                   # in window (0, 0), not first
+    x[0, 0, 3, 3] = np.nan                                   # in window (1, 1), last
+    y, ctx = ops.max_pool2d_forward(x, 2, backend=any_backend)
+    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(y[0, 0, 1, 1])
+    np.testing.assert_array_equal(y[0, 0, 0, 1], 7)
+    np.testing.assert_array_equal(y[0, 0, 1, 0], 13)
+    dx = ops.max_pool2d_backward(np.ones_like(y), ctx)
+    assert dx[0, 0, 1, 0] == 1 and dx[0, 0, 3, 3] == 1
+    assert dx.sum() == 4
+
+
+def test_nan_first_in_window_gets_gradient(any_backend):
+    x = np.array([[[[np.nan, 5.0], [np.nan, 9.0]]]])
+    y, ctx = ops.max_pool2d_forward(x, 2, backend=any_backend)
+    assert np.isnan(y[0, 0, 0, 0])
+    dx = ops.max_pool2d_backward(np.ones_like(y), ctx)
+    np.testing.assert_array_equal(dx[0, 0], [[1, 0], [0, 0]])
+
+
+def test_avg_pool_nan_propagates(any_backend):
+    x = np.zeros((1, 1, 4, 4)); x[0, 0, 0, 0] = np.nan
+    y, _ = ops.avg_pool2d_forward(x, 2, backend=any_backend)
+    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(y).sum() == 1
