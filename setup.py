@@ -85,7 +85,11 @@ def _extensions():
             include_dirs=[np.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ))
-    return cythonize(exts, compiler_directives=directives,
+    # The generated C depends on the directives, which cythonize's timestamp
+    # check does not see: keep the debug and release C apart so that flipping
+    # FASTCNN_DEBUG_BUILD really recompiles with the other directive set.
+    build_dir = os.path.join("build", "cython-debug" if DEBUG else "cython-release")
+    return cythonize(exts, compiler_directives=directives, build_dir=build_dir,
                      compile_time_env={"FASTCNN_DEBUG": DEBUG}, quiet=True)
 
 
