@@ -1,0 +1,146 @@
+"""Numba kernels for conv2d, forward and backward: im2col / col2im packing
+and the layout kernels around the BLAS matmuls, which the adapter calls
+(``np.matmul``; Numba's own ``np.dot`` would need SciPy).
+
+im2col reads a zero-padded input ``xp`` (N, C, (HP+1)*WP) and col2im sums
+through a padded per-sample scratch plane, so no loop tests bounds.
+HP = H+PT+PB and WP = W+PL+PR; the extra zero row keeps the stride-1 trick
+in bounds.
+
+The stride-1 trick (as in "flattened" convolution): with row pitch WP, the
+input of output (oh, ow) for tap (kh, kw) sits at flat offset
+(oh*WP + ow) + (kh*WP + kw), so a whole plane of one tap is ONE contiguous
+run of L = OH*WP elements: long copies that vectorise, instead of OH short
+rows (14 or 28 elements, too short for AVX-512 loops). The price: WP-OW
+garbage columns per output row, which the matmul computes and the layout
+kernels drop (dy is zero there, so they add nothing to dw or dx - except
+that 0*inf is NaN, so with non-finite inputs dw/dx can read NaN where the
+exact result is +-inf). Strided convolutions and the per-image layout use
+per-element loops with pitch OW.
+
+Column matrix ``cols`` is seen as (K, N, L): row (c, kh, kw), sample n,
+position oh*RP + ow with row pitch RP (WP for the stride-1 trick, else OW).
+It is either the whole-batch layout (K, N*L), where y^T = w2d @ cols is one
+large matmul, or a strided view of the per-image layout (N, K+1, P). This
+module deliberately chooses nothing (layout, threads, dtype): that is the
+adapter's job (``fastcnn.backends.numba``).
+
+Shapes: xp (N, C, (HP+1)*WP), w (F, C, KH, KW), y/dy (N, F, OH, OW),
+dx (N, C, H, W); stride (SH, SW); padding top PT and left PL.
+"""
+import numpy as np
+from numba import njit, prange
+
+from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _crop(scratch, dxn, WP, PT, PL):
+    """dxn[c, ih, iw] = scratch[c, (ih+PT)*WP + iw+PL]: a padded plane back
+    to the image."""
+    C, H, W = dxn.shape
+    for c in range(C):
+        for ih in range(H):
+            base = (ih + PT) * WP + PL
+            for iw in range(W):
+                dxn[c, ih, iw] = scratch[c, base + iw]
+
+
+@njit(i64(i64, i64, i64, i64), **JIT_OPTIONS)
+def pitch(OW, SH, SW, WP):
+    """Row pitch of the column layout: WP for the stride-1 trick, else OW."""
+    return WP if SH == 1 and SW == 1 else OW
+
+
+# ---------------------------------------------------------------- im2col ---
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3, "A"), i64, i64, i64, i64, i64, i64, i64, i64))
+def im2col(xp, cols, KH, KW, OH, OW, SH, SW, WP, RP):
+    """cols[(c, kh, kw), n, oh*RP + ow] = xp[n, c, (oh*SH+kh)*WP + ow*SW+kw].
+
+    ``cols`` is (K, N, L) with any strides: the whole-batch layout (K, N*L)
+    or a view of the per-image layout (N, K+1, P). Parallel over samples:
+    each writes its own columns."""
+    N, C, _ = xp.shape
+    L = OH * RP
+    flat = SH == 1 and SW == 1 and RP == WP
+    for n in prange(N):
+        for c in range(C):
+            for kh in range(KH):
+                for kw in range(KW):
+                    dst = cols[(c * KH + kh) * KW + kw, n]
+                    if flat:
+                        dst[:] = xp[n, c, kh * WP + kw:kh * WP + kw + L]
+                    else:
+                        for oh in range(OH):
+                            base = (oh * SH + kh) * WP + kw
+                            for ow in range(OW):
+                                dst[oh * RP + ow] = xp[n, c, base + ow * SW]
+
+
+@kernel(lambda t: void(ro(t, 3, "A"), rw(t, 4), i64, i64, i64, i64, i64, i64,
+                       i64, i64, i64, i64, i64))
+def col2im(dcols, dx, KH, KW, OH, OW, SH, SW, PT, PL, HPX, WP, RP):
+    """The adjoint of im2col: dx[n, c, ih, iw] = sum of the dcols entries
+    im2col copied from it (dcols (K, N, L), any strides). Parallel over
+    samples, each summing into a private padded scratch plane, so no two
+    threads add into the same element."""
+    N, C, H, W = dx.shape
+    flat = SH == 1 and SW == 1 and RP == WP
+    for n in prange(N):
+        scratch = np.zeros((C, HPX * WP), dtype=dx.dtype)
+        for c in range(C):
+            for kh in range(KH):
+                for kw in range(KW):
+                    src = dcols[(c * KH + kh) * KW + kw, n]
+                    if flat:
+                        dst = scratch[c, kh * WP + kw:kh * WP + kw + src.shape[0]]
+                        for j in range(src.shape[0]):
+                            dst[j] += src[j]
+                    else:
+                        for oh in range(OH):
+                            base = (oh * SH + kh) * WP + kw
+                            for ow in range(OW):
+                                scratch[c, base + ow * SW] += src[oh * RP + ow]
+        _crop(scratch, dx[n], WP, PT, PL)
+
+
+# ------------------------------------------- layout around the matmul ---
+
+@kernel(lambda t: void(ro(t, 2), ro(t, 1), rw(t, 4), i64))
+def bias_from_fnp(yT, b, y, RP):
+    """y[n, f, oh, ow] = yT[f, n*L + oh*RP + ow] + b[f]: the matmul's
+    (F, N*L) result back to NCHW, garbage columns dropped, bias added."""
+    N, F, OH, OW = y.shape
+    L = OH * RP
+    for i in prange(N * F):
+        n = i // F
+        f = i - n * F
+        bf = b[f]
+        for oh in range(OH):
+            base = n * L + oh * RP
+            for ow in range(OW):
+                y[n, f, oh, ow] = yT[f, base + ow] + bf
+
+
+@kernel(lambda t: void(ro(t, 4), rw(t, 2), rw(t, 1), i64))
+def fnp_and_sum(dy, dyT, db, RP):
+    """dyT[f, n*L + oh*RP + ow] = dy[n, f, oh, ow], zero in the garbage
+    columns (so they add nothing to dw or dx), and db[f] = sum of dy[:, f].
+
+    Parallel over f: each f owns its row of dyT and its db entry. The sum
+    runs in a row of partial sums (vectorises without fastmath)."""
+    N, F, OH, OW = dy.shape
+    L = OH * RP
+    for f in prange(F):
+        acc = np.zeros(OW, dtype=db.dtype)
+        for n in range(N):
+            dst = dyT[f, n * L:(n + 1) * L]
+            for oh in range(OH):
+                for ow in range(OW):
+                    v = dy[n, f, oh, ow]
+                    dst[oh * RP + ow] = v
+                    acc[ow] += v
+                for ow in range(OW, RP):
+                    dst[oh * RP + ow] = 0
+        db[f] = acc.sum()

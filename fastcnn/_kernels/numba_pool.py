@@ -1,0 +1,141 @@
+"""Numba kernels for max and average pooling, forward and backward.
+
+Direct fused loops (no window extraction, no padding copy): pooling moves
+memory and does almost no arithmetic, so one pass over the input is the
+whole cost. Every kernel is parallel over image planes (n, c); a plane is
+never shared between threads, so the backward scatter-adds cannot race even
+when windows overlap. This module deliberately chooses nothing (threads,
+dtype): that is the adapter's job (``fastcnn.backends.numba``).
+
+Shapes: the adapter views x as planes (NC, H, W) = (N*C, H, W), y/dy as
+(NC, OH, OW), dx as (NC, H*W) for max pooling (argmax offsets index it)
+and (NC, H, W) for average pooling; window (KH, KW), stride (SH, SW),
+symmetric padding (PH, PW) with PH <= KH // 2, so every window holds at least
+one real element.
+"""
+
+from numba import njit, prange
+
+from fastcnn._kernels.numba_common import JIT_OPTIONS, kernel, ro, rw, i32, i64, void
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _window(o, S, P, K, I):
+    """Input rows (or columns) [lo, hi) of window o that lie inside the image:
+    the padding is skipped, never read."""
+    start = o * S - P
+    return max(start, 0), min(start + K, I)
+
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3),
+                       i64, i64, i64, i64, i64, i64))
+def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW):
+    """y = window maximum; argmax = its offset ih*W + iw in the plane.
+
+    Padding acts as -inf, i.e. is skipped. Ties keep the first maximum in
+    row-major window order (strict >). A NaN wins over any number and the
+    first NaN stays (NaN > v and v > NaN are both false), so the output is
+    NaN and the gradient goes to that first NaN.
+    """
+    NC, H, W = x.shape
+    _, OH, OW = y.shape
+    for i in prange(NC):
+        xi = x[i]
+        for oh in range(OH):
+            ih0, ih1 = _window(oh, SH, PH, KH, H)
+            for ow in range(OW):
+                iw0, iw1 = _window(ow, SW, PW, KW, W)
+                best = xi[ih0, iw0]
+                where = ih0 * W + iw0
+                for ih in range(ih0, ih1):
+                    for iw in range(iw0, iw1):
+                        v = xi[ih, iw]
+                        # bitwise, not `or`: a select instead of a branch
+                        take = (v > best) | ((v != v) & (best == best))
+                        best = v if take else best
+                        where = ih * W + iw if take else where
+                y[i, oh, ow] = best
+                argmax[i, oh, ow] = where
+
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3)))
+def max_pool2d_forward_2x2(x, y, argmax):
+    """max_pool2d_forward for kernel 2, stride 2, no padding (the common
+    case), same semantics. With the window unrolled the loop over ow has a
+    fixed body that LLVM vectorises; the generic loop has data-dependent trip
+    counts and runs scalar, about 5x slower."""
+    NC, H, W = x.shape
+    _, OH, OW = y.shape
+    for i in prange(NC):
+        xi = x[i]
+        for oh in range(OH):
+            top = xi[2 * oh]
+            bot = xi[2 * oh + 1]
+            for ow in range(OW):
+                best = top[2 * ow]
+                where = 2 * oh * W + 2 * ow
+                v = top[2 * ow + 1]
+                take = (v > best) | ((v != v) & (best == best))
+                best = v if take else best
+                where = where + 1 if take else where
+                v = bot[2 * ow]
+                take = (v > best) | ((v != v) & (best == best))
+                best = v if take else best
+                where = (2 * oh + 1) * W + 2 * ow if take else where
+                v = bot[2 * ow + 1]
+                take = (v > best) | ((v != v) & (best == best))
+                best = v if take else best
+                where = (2 * oh + 1) * W + 2 * ow + 1 if take else where
+                y[i, oh, ow] = best
+                argmax[i, oh, ow] = where
+
+
+@kernel(lambda t: void(ro(t, 3), ro(i32, 3), rw(t, 2)))
+def max_pool2d_backward(dy, argmax, dx):
+    """dx[plane, argmax] += dy: each output's gradient goes to its argmax."""
+    NC, OH, OW = dy.shape
+    for i in prange(NC):
+        dxi = dx[i]
+        dxi[:] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                dxi[argmax[i, oh, ow]] += dy[i, oh, ow]
+
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3), i64, i64, i64, i64, i64, i64))
+def avg_pool2d_forward(x, y, KH, KW, SH, SW, PH, PW):
+    """y = (sum of the window's real elements) / (KH*KW): padding counts as
+    zeros (count_include_pad)."""
+    NC, H, W = x.shape
+    _, OH, OW = y.shape
+    area = KH * KW
+    for i in prange(NC):
+        xi = x[i]
+        for oh in range(OH):
+            ih0, ih1 = _window(oh, SH, PH, KH, H)
+            for ow in range(OW):
+                iw0, iw1 = _window(ow, SW, PW, KW, W)
+                s = 0.0
+                for ih in range(ih0, ih1):
+                    for iw in range(iw0, iw1):
+                        s += xi[ih, iw]
+                y[i, oh, ow] = s / area
+
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3), i64, i64, i64, i64, i64, i64))
+def avg_pool2d_backward(dy, dx, KH, KW, SH, SW, PH, PW):
+    """dx[window] += dy / (KH*KW) for every window (padding drops its share)."""
+    NC, H, W = dx.shape
+    _, OH, OW = dy.shape
+    area = KH * KW
+    for i in prange(NC):
+        dxi = dx[i]
+        dxi[:, :] = 0
+        for oh in range(OH):
+            ih0, ih1 = _window(oh, SH, PH, KH, H)
+            for ow in range(OW):
+                iw0, iw1 = _window(ow, SW, PW, KW, W)
+                g = dy[i, oh, ow] / area
+                for ih in range(ih0, ih1):
+                    for iw in range(iw0, iw1):
+                        dxi[ih, iw] += g

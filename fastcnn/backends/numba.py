@@ -1,0 +1,380 @@
+"""The ``numba`` backend: a thin adapter around the @njit kernels in
+``fastcnn/_kernels/numba_conv.py`` and ``numba_pool.py`` (and, switched off,
+``numba_winograd.py``).
+
+It allocates outputs, picks a path and a thread count, and calls kernels;
+the arithmetic is all in the kernels (and in one BLAS matmul for the
+many-tap convolutions).
+
+Paths for conv2d, chosen by the number of taps K = C*KH*KW; both are
+im2col (Numba, parallel over samples) + ``np.matmul`` (BLAS) + col2im:
+  * K <= PER_IMAGE_MAX_TAPS: per-image columns (N, K+1, P) and a batch of
+    small products y[n] = [w | b] @ cols[n] that come out NCHW, the bias on a
+    row of ones. Direct fused loops were measured and lost even on the
+    1->32 channel first MNIST layer (batch 64, one thread: fwd+bwd 6.5 ms
+    against 3.8-6.1 ms for this path), so there are none.
+  * otherwise: whole-batch columns (K, N*L) and one large product per pass,
+    with y and dy transposed by layout kernels (bias and db fused in).
+
+Inputs are zero-padded once (``_padded``) so kernels never test bounds.
+
+Compilation: the kernel modules compile eagerly for float32 and float64 when
+imported, with ``cache=True``, so the cost is paid once per installation.
+Importing *this* module imports neither them nor Numba itself (0.4 s or
+more), so ``fastcnn.available_backends()`` stays fast; the first kernel
+call, ``warmup()`` or ``info()`` does.
+
+Deliberately not here: argument checks (``fastcnn.ops``), backend choice
+(``fastcnn.backend``).
+"""
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+# Taps up to which the per-image column layout beats the whole-batch one
+# (batch 64, one thread, fwd+bwd: K=9 6.1 vs 14.0 ms, K=36 15.7 vs 22.1,
+# K=72 27.4 vs 31.7 but noisy, K=288 about equal; above that the one large
+# product should split better across BLAS threads - unmeasured, the machine
+# was too loaded for two-thread timings).
+PER_IMAGE_MAX_TAPS = 32
+# Below this many inner-loop iterations a kernel runs on the calling thread:
+# waking the thread pool costs more than the work.
+SERIAL_BELOW = 1 << 16
+# Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with many taps
+# (numba_winograd). Off: it is exact (1e-7 rel. float32) and its matmuls take
+# half the time of im2col's, but its tile transforms are not vectorised yet,
+# so conv2 of the MNIST CNN comes out no faster (27.4 vs 27.2 ms fwd+bwd, one
+# thread). Its kernels are compiled only when this is switched on.
+WINOGRAD = False
+
+numba = None              # the numba module, imported with the kernels
+_conv = _pool = _wino = None
+_requested_threads = None  # set_num_threads() before numba was imported
+
+
+def _kernels():
+    """Import Numba and the kernel modules (compiling them, or loading them
+    from the disk cache) once."""
+    global numba, _conv, _pool, _wino
+    if _conv is None:
+        import numba as nb
+        from fastcnn._kernels import numba_conv, numba_pool
+        numba = nb
+        if _requested_threads is not None:
+            set_num_threads(_requested_threads)
+        _conv, _pool = numba_conv, numba_pool
+    if WINOGRAD and _wino is None:
+        from fastcnn._kernels import numba_winograd
+        _wino = numba_winograd
+    return _conv, _pool
+
+
+class _Workspace:
+    """Reusable scratch arrays (column matrices, padded inputs, transposes).
+
+    Why: a fresh 16 MB ``np.empty`` is a fresh mmap, and touching it costs
+    page faults - about 2.5 ms per column matrix of the MNIST conv2, more than
+    the im2col that fills it. An array here is handed out again only when
+    nothing outside holds it any more (a saved ``cols`` stays in use until its
+    ctx dies). Kernel outputs (y, dx, dw, db) never come from here: they are
+    fresh arrays, as the contract says.
+    """
+
+    PER_KEY = 3             # cols of this step and the last one, dcols (same shape)
+    MAX_BYTES = 256 << 20   # least recently used shapes are dropped beyond this
+
+    def __init__(self):
+        self._arrays = {}
+        self._lock = threading.Lock()
+        self._free = self._refcount_when_free()
+
+    @staticmethod
+    def _refcount_when_free():
+        """sys.getrefcount of an array only the pool holds, seen from the
+        loop in take() (measured, not assumed: it differs across CPythons)."""
+        for a in [np.empty(0)]:
+            return sys.getrefcount(a)
+
+    def take(self, shape, dtype):
+        key = (shape, np.dtype(dtype).str)
+        with self._lock:
+            arrays = self._arrays.pop(key, [])
+            self._arrays[key] = arrays          # most recently used last
+            for a in arrays:
+                if sys.getrefcount(a) == self._free:
+                    return a
+            a = np.empty(shape, dtype=dtype)
+            if len(arrays) < self.PER_KEY and a.nbytes <= self.MAX_BYTES:
+                arrays.append(a)
+            while sum(b.nbytes for v in self._arrays.values() for b in v) > self.MAX_BYTES:
+                del self._arrays[next(iter(self._arrays))]
+            return a
+
+
+_workspace = _Workspace()
+
+
+def _run(kernel, work, *args):
+    """Call ``kernel``, on one thread when ``work`` is too small to share."""
+    threads = numba.get_num_threads()
+    if work >= SERIAL_BELOW or threads == 1:
+        kernel(*args)
+        return
+    numba.set_num_threads(1)
+    try:
+        kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- conv2d ---
+
+def _padded(x, PT, PB, PL, PR):
+    """x zero-padded, plus one zero row (the stride-1 trick reads up to
+    KW-1 elements past the last padded row), planes flattened:
+    (N, C, (HP+1)*WP), in the workspace. Returns it with HP+1 and WP."""
+    N, C, H, W = x.shape
+    HPX, WP = H + PT + PB + 1, W + PL + PR
+    xp = _workspace.take((N, C, HPX, WP), x.dtype)
+    xp.fill(0)
+    xp[:, :, PT:PT + H, PL:PL + W] = x
+    return xp.reshape(N, C, HPX * WP), HPX, WP
+
+
+def _conv_path(C, KH, KW, stride):
+    if C * KH * KW <= PER_IMAGE_MAX_TAPS:
+        return "per_image"
+    if WINOGRAD and KH == KW == 3 and stride == (1, 1):
+        return "winograd"
+    return "batch"
+
+
+def conv2d_forward(x, w, b, stride, padding):
+    conv, _ = _kernels()
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    SH, SW = stride
+    PT, PB, PL, PR = padding
+    OH = (H + PT + PB - KH) // SH + 1
+    OW = (W + PL + PR - KW) // SW + 1
+    K = C * KH * KW
+    bias = b if b is not None else np.zeros(F, dtype=x.dtype)
+    y = np.empty((N, F, OH, OW), dtype=x.dtype)
+    path = _conv_path(C, KH, KW, stride)
+    if path == "winograd":
+        return y, _winograd_forward(x, w, bias, y, padding)
+    xp, HPX, WP = _padded(x, PT, PB, PL, PR)
+    if path == "per_image":
+        # y[n] = [w | b] @ cols[n]: the product is NCHW already, and the
+        # bias rides on a row of ones (db then falls out of the dw product).
+        P = OH * OW
+        cols = _workspace.take((N, K + 1, P), x.dtype)
+        cols[:, K, :] = 1
+        _run(conv.im2col, K * N * P, xp, cols.transpose(1, 0, 2)[:K],
+             KH, KW, OH, OW, SH, SW, WP, OW)
+        wb = np.empty((F, K + 1), dtype=x.dtype)
+        wb[:, :K] = w.reshape(F, K)
+        wb[:, K] = bias
+        np.matmul(wb, cols, out=y.reshape(N, F, P))
+        return y, (path, x.shape, w, cols, stride, padding, HPX, WP)
+    RP = conv.pitch(OW, SH, SW, WP)          # column row pitch (see numba_conv)
+    NL = N * OH * RP
+    cols = _workspace.take((K, NL), x.dtype)
+    _run(conv.im2col, K * NL, xp, cols.reshape(K, N, OH * RP), KH, KW, OH, OW, SH, SW, WP, RP)
+    yT = np.matmul(w.reshape(F, K), cols, out=_workspace.take((F, NL), x.dtype))
+    _run(conv.bias_from_fnp, F * NL, yT, bias, y, RP)
+    return y, (path, x.shape, w, cols, stride, padding, HPX, WP)
+
+
+def conv2d_backward(dy, saved):
+    conv, _ = _kernels()
+    if saved[0] == "winograd":
+        return _winograd_backward(dy, saved)
+    path, x_shape, w, cols, (SH, SW), (PT, PB, PL, PR), HPX, WP = saved
+    N, F, OH, OW = dy.shape
+    _, C, KH, KW = w.shape
+    K = C * KH * KW
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    if path == "per_image":
+        P = OH * OW
+        dy3 = dy.reshape(N, F, P)
+        dwb = np.matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0)     # (F, K+1)
+        dcols = np.matmul(w.reshape(F, K).T, dy3, out=_workspace.take((N, K, P), dy.dtype))
+        _run(conv.col2im, K * N * P, dcols.transpose(1, 0, 2), dx,
+             KH, KW, OH, OW, SH, SW, PT, PL, HPX, WP, OW)
+        return dx, np.ascontiguousarray(dwb[:, :K]).reshape(w.shape), dwb[:, K].copy()
+    RP = conv.pitch(OW, SH, SW, WP)
+    NL = N * OH * RP
+    db = np.empty(F, dtype=dy.dtype)
+    dyT = _workspace.take((F, NL), dy.dtype)
+    _run(conv.fnp_and_sum, F * NL, dy, dyT, db, RP)
+    # dw^T = cols @ dyT^T rather than dw = dyT @ cols^T: the same product,
+    # but OpenBLAS splits this orientation across threads far better (the
+    # other one, with its 64x288 output and inner dimension N*L, collapsed
+    # to ~1 GFLOP/s on 2 threads of a loaded machine).
+    dwT = np.matmul(cols, dyT.T, out=np.empty((K, F), dtype=dy.dtype))
+    dcols = np.matmul(w.reshape(F, K).T, dyT, out=_workspace.take((K, NL), dy.dtype))
+    _run(conv.col2im, K * NL, dcols.reshape(K, N, OH * RP), dx,
+         KH, KW, OH, OW, SH, SW, PT, PL, HPX, WP, RP)
+    return dx, np.ascontiguousarray(dwT.T).reshape(w.shape), db
+
+
+# Winograd F(2x2, 3x3) transform matrices (Lavin & Gray 2015); B and A are
+# applied inside the kernels, G here on the (small) weights.
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+def _winograd_forward(x, w, b, y, padding):
+    """3x3 stride-1 conv as 16 matmuls on transformed 4x4 tiles."""
+    _kernels()
+    wino = _wino
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    PT, _, PL, _ = padding
+    _, _, OH, OW = y.shape
+    TH, TW = (OH + 1) // 2, (OW + 1) // 2
+    HT, WT = 2 * TH + 2, 2 * TW + 2       # every 4x4 tile inside the padded plane
+    T = N * TH * TW
+    xp = _workspace.take((N, C, HT, WT), x.dtype)
+    xp.fill(0)
+    xp[:, :, PT:PT + H, PL:PL + W] = x
+    G = _G.astype(x.dtype)
+    U = np.einsum("ai,fcij,bj->abfc", G, w, G, optimize=True).reshape(16, F, C)
+    V = np.empty((16, C, T), dtype=x.dtype)                 # saved for dw
+    _run(wino.input_transform, 16 * C * T, xp, V, TH, TW)
+    M = np.matmul(U, V, out=_workspace.take((16, F, T), x.dtype))
+    _run(wino.output_transform, 16 * F * T, M, b, y, TH, TW)
+    return ("winograd", x.shape, w.shape, U, V, padding, HT, WT)
+
+
+def _winograd_backward(dy, saved):
+    """The exact adjoint of _winograd_forward (see numba_winograd)."""
+    _kernels()
+    wino = _wino
+    _, x_shape, w_shape, U, V, (PT, _, PL, _), HT, WT = saved
+    N, F, OH, OW = dy.shape
+    C = w_shape[1]
+    TH, TW = (OH + 1) // 2, (OW + 1) // 2
+    T = N * TH * TW
+    db = np.empty(F, dtype=dy.dtype)
+    dM = _workspace.take((16, F, T), dy.dtype)
+    _run(wino.grad_output_transform, 16 * F * T, dy, dM, db, TH, TW)
+    dU = np.matmul(dM, V.transpose(0, 2, 1))                 # (16, F, C)
+    G = _G.astype(dy.dtype)
+    dw = np.einsum("ai,abfc,bj->fcij", G, dU.reshape(4, 4, F, C), G, optimize=True)
+    dV = np.matmul(U.transpose(0, 2, 1), dM, out=_workspace.take((16, C, T), dy.dtype))
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    _run(wino.grad_input_transform, 16 * C * T, dV, dx, TH, TW, PT, PL, HT, WT)
+    return dx, np.ascontiguousarray(dw), db
+
+
+# --------------------------------------------------------------- pooling ---
+
+def _pool_out(x_shape, kernel, stride, padding):
+    N, C, H, W = x_shape
+    (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
+    return (H + 2 * PH - KH) // SH + 1, (W + 2 * PW - KW) // SW + 1
+
+
+def max_pool2d_forward(x, kernel, stride, padding):
+    _, pool = _kernels()
+    N, C, H, W = x.shape
+    OH, OW = _pool_out(x.shape, kernel, stride, padding)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    argmax = np.empty((N, C, OH, OW), dtype=np.int32)   # offset ih*W + iw in the plane
+    planes = (x.reshape(N * C, H, W), y.reshape(N * C, OH, OW), argmax.reshape(N * C, OH, OW))
+    work = N * C * OH * OW * kernel[0] * kernel[1]
+    if kernel == stride == (2, 2) and padding == (0, 0):
+        _run(pool.max_pool2d_forward_2x2, work, *planes)
+    else:
+        _run(pool.max_pool2d_forward, work, *planes, *kernel, *stride, *padding)
+    return y, (x.shape, argmax)
+
+
+def max_pool2d_backward(dy, saved):
+    _, pool = _kernels()
+    (N, C, H, W), argmax = saved
+    _, _, OH, OW = dy.shape
+    dx = np.empty((N, C, H, W), dtype=dy.dtype)
+    _run(pool.max_pool2d_backward, N * C * (H * W + OH * OW),
+         dy.reshape(N * C, OH, OW), argmax.reshape(N * C, OH, OW),
+         dx.reshape(N * C, H * W))
+    return dx
+
+
+def avg_pool2d_forward(x, kernel, stride, padding):
+    _, pool = _kernels()
+    N, C, H, W = x.shape
+    OH, OW = _pool_out(x.shape, kernel, stride, padding)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    _run(pool.avg_pool2d_forward, N * C * OH * OW * kernel[0] * kernel[1],
+         x.reshape(N * C, H, W), y.reshape(N * C, OH, OW), *kernel, *stride, *padding)
+    return y, (x.shape, kernel, stride, padding)
+
+
+def avg_pool2d_backward(dy, saved):
+    _, pool = _kernels()
+    (N, C, H, W), kernel, stride, padding = saved
+    _, _, OH, OW = dy.shape
+    dx = np.empty((N, C, H, W), dtype=dy.dtype)
+    _run(pool.avg_pool2d_backward, N * C * (H * W + OH * OW * kernel[0] * kernel[1]),
+         dy.reshape(N * C, OH, OW), dx.reshape(N * C, H, W), *kernel, *stride, *padding)
+    return dx
+
+
+# ------------------------------------------------- threads, warmup, info ---
+
+def set_num_threads(n):
+    """Threads for the parallel kernels (capped at Numba's pool size; like
+    ``numba.set_num_threads`` it applies to the calling thread)."""
+    global _requested_threads
+    _requested_threads = int(n)
+    if numba is not None:
+        numba.set_num_threads(min(_requested_threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def get_num_threads():
+    if numba is None:       # what the pool will get once Numba is imported
+        pool = int(os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count() or 1)
+        return min(_requested_threads or pool, pool)
+    return numba.get_num_threads()
+
+
+def warmup():
+    """Compile (or load from the disk cache) every kernel for float32 and
+    float64 (importing the kernel modules does that: explicit signatures),
+    run each conv path and pooling op once per dtype on tiny inputs, and
+    start the thread pool. Returns the seconds it took."""
+    t0 = time.perf_counter()
+    _kernels()
+    for dtype in (np.float32, np.float64):
+        x = np.ones((2, 4, 8, 8), dtype=dtype)
+        for C, stride in ((1, 1), (4, 1), (4, 2)):    # per image, winograd or batch, batch
+            y, s = conv2d_forward(np.ones((2, C, 8, 8), dtype=dtype),
+                                  np.ones((2, C, 3, 3), dtype=dtype),
+                                  None, (stride, stride), (1, 1, 1, 1))
+            conv2d_backward(y, s)
+        for fwd, bwd in ((max_pool2d_forward, max_pool2d_backward),
+                         (avg_pool2d_forward, avg_pool2d_backward)):
+            y, s = fwd(x, (2, 2), (2, 2), (0, 0))
+            bwd(y, s)
+    _threading_layer()
+    return time.perf_counter() - t0
+
+
+def _threading_layer():
+    _kernels()
+    from fastcnn._kernels.numba_common import thread_probe
+    thread_probe(numba.get_num_threads())
+    return numba.threading_layer()
+
+
+def info():
+    """{numba_version, threading_layer, num_threads}."""
+    layer = _threading_layer()
+    return {"numba_version": numba.__version__,
+            "threading_layer": layer,
+            "num_threads": numba.get_num_threads()}
