@@ -74,3 +74,13 @@ def test_avg_pool_nan_propagates(any_backend):
     x = np.zeros((1, 1, 4, 4)); x[0, 0, 0, 0] = np.nan
     y, _ = ops.avg_pool2d_forward(x, 2, backend=any_backend)
     assert np.isnan(y[0, 0, 0, 0]) and np.isnan(y).sum() == 1
+
+
+def test_all_minus_inf_window_sends_gradient_to_first_real_element(any_backend):
+    # padding is -inf too, but it is never chosen: PyTorch sends the gradient to
+    # the first real element of the window
+    x = np.array([[[[-np.inf, -np.inf], [1.0, 2.0]]]])
+    y, ctx = ops.max_pool2d_forward(x, 2, stride=1, padding=(1, 0), backend=any_backend)
+    np.testing.assert_array_equal(y[0, 0], [[-np.inf], [2.0], [2.0]])
+    dx = ops.max_pool2d_backward(np.array([[[[1.0], [10.0], [100.0]]]]), ctx)
+    np.testing.assert_array_equal(dx[0, 0], [[1, 0], [0, 110]])

@@ -114,3 +114,15 @@ def test_pool_loops_matches_torch(case, op):
     ty.backward(torch.tensor(dy))
     assert_close(y, ty.detach().numpy(), 1e-9, "y")
     assert_close(bwd(dy, ctx), tx.grad.numpy(), 1e-9, "dx")
+
+
+def test_max_pool_minus_inf_window_matches_torch():
+    torch = _torch()
+    x = np.array([[[[-np.inf, -np.inf, -np.inf], [1.0, -2.0, 2.0], [-np.inf, 0.5, -np.inf]]]])
+    y, ctx = ops.max_pool2d_forward(x, 2, 1, 1, **L)
+    dy = np.arange(1.0, 1.0 + y.size).reshape(y.shape)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.max_pool2d(tx, 2, 1, 1)
+    ty.backward(torch.tensor(dy))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(ops.max_pool2d_backward(dy, ctx), tx.grad.numpy())

@@ -66,37 +66,49 @@ def conv2d_backward(dy, saved):
 
 # ---------------------------------------------------------------- max pooling
 
+def _real(i, S, P, K, size):
+    """The part [lo, hi) of window i's rows (or columns) that lies inside the input."""
+    start = i * S - P
+    return max(start, 0), min(start + K, size)
+
+
 def max_pool2d_forward(x, kernel, stride, padding):
-    # y[n, c, i, j] = max over the window; padding is -inf so it never wins
-    # against a real value. np.argmax returns the first maximum in row-major
-    # order, and the first NaN if there is one (NaN compares as the maximum).
+    # y[n, c, i, j] = max of x over the window's real (unpadded) elements.
+    # The padding is -inf, so it can never be the (first) maximum: looking at
+    # the real elements only is the same thing, and sends the gradient of an
+    # all -inf window to its first real element, as PyTorch does.
+    # np.argmax returns the first maximum in row-major order, and the first
+    # NaN if there is one (NaN compares as the maximum).
     N, C, H, W = x.shape
-    KH, KW = kernel
-    PH, PW = padding
-    pads = (PH, PH, PW, PW)
-    xp = _pad(x, pads, -np.inf)
-    OH = (xp.shape[2] - KH) // stride[0] + 1
-    OW = (xp.shape[3] - KW) // stride[1] + 1
+    (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
+    OH = (H + 2 * PH - KH) // SH + 1
+    OW = (W + 2 * PW - KW) // SW + 1
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    arg = np.empty((N, C, OH, OW), dtype=np.intp)             # flat index kh*KW + kw
-    for i, j, rows, cols in _windows(OH, OW, stride, kernel):
-        win = xp[:, :, rows, cols].reshape(N, C, KH * KW)
-        arg[:, :, i, j] = np.argmax(win, axis=2)
-        y[:, :, i, j] = np.take_along_axis(win, arg[:, :, i, j, None], axis=2)[..., 0]
-    return y, (xp.shape, arg, kernel, stride, pads)
+    rows = np.empty((N, C, OH, OW), dtype=np.intp)             # where each max came from
+    cols = np.empty((N, C, OH, OW), dtype=np.intp)
+    for i in range(OH):
+        r0, r1 = _real(i, SH, PH, KH, H)
+        for j in range(OW):
+            c0, c1 = _real(j, SW, PW, KW, W)
+            win = x[:, :, r0:r1, c0:c1].reshape(N, C, -1)      # (N, C, real taps)
+            k = np.argmax(win, axis=2)                          # (N, C)
+            y[:, :, i, j] = np.take_along_axis(win, k[..., None], axis=2)[..., 0]
+            rows[:, :, i, j] = r0 + k // (c1 - c0)
+            cols[:, :, i, j] = c0 + k % (c1 - c0)
+    return y, (x.shape, rows, cols)
 
 
 def max_pool2d_backward(dy, saved):
-    # dxp[n, c, i*SH + kh, j*SW + kw] += dy[n, c, i, j] at the window's argmax (kh, kw)
-    xp_shape, arg, (KH, KW), (SH, SW), pads = saved
+    # dx[n, c, rows[n, c, i, j], cols[n, c, i, j]] += dy[n, c, i, j]
+    x_shape, rows, cols = saved
     N, C, OH, OW = dy.shape
-    dxp = np.zeros(xp_shape, dtype=dy.dtype)
+    dx = np.zeros(x_shape, dtype=dy.dtype)
     n, c = np.indices((N, C))                                 # (N, C) each
-    for i, j, _, _ in _windows(OH, OW, (SH, SW), (KH, KW)):
-        kh, kw = np.divmod(arg[:, :, i, j], KW)
-        # one target per (n, c) within a window, so plain += does not lose updates
-        dxp[n, c, i * SH + kh, j * SW + kw] += dy[:, :, i, j]
-    return _unpad(dxp, pads).copy()
+    for i in range(OH):
+        for j in range(OW):
+            # one target per (n, c) within a window, so plain += loses no update
+            dx[n, c, rows[:, :, i, j], cols[:, :, i, j]] += dy[:, :, i, j]
+    return dx
 
 
 # ---------------------------------------------------------------- average pooling
