@@ -1,0 +1,82 @@
+"""Cross-check the backends: the same training steps on each, compared with ``loops``.
+
+Every backend starts from the same initial weights (copied from one model),
+sees the same batches and draws the same dropout masks (the model's dropout
+generator is reseeded identically), and runs ``training.train_step`` — the
+loop the CLI trains with. After each step we record the loss, the logits and
+every parameter, and compare them with the reference backend:
+
+    abs = max |value - reference|        rel = abs / max |reference|
+
+A difference can only come from the ops, since that is all a backend changes.
+This module deliberately prints nothing; ``fastcnn.cli`` formats the report.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+import fastcnn
+from fastcnn import models
+from fastcnn.nn.optim import make_optimizer
+from fastcnn.training import train_step
+
+REFERENCE = "loops"
+# float64 results of different summation orders agree to ~1e-15 relative; a few
+# steps of SGD may amplify that by a few orders of magnitude, a real bug by far more
+DEFAULT_TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
+
+
+class Diff(NamedTuple):
+    abs: float
+    rel: float
+
+
+def diff(value, reference):
+    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
+    a = float(np.max(np.abs(value - reference))) if value.size else 0.0
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    return Diff(a, a / scale if scale > 0 else (0.0 if a == 0 else float("inf")))
+
+
+def run(backend, initial, *, model, dtype, seed, optimizer, x, y, batches):
+    """Train on ``backend`` from the state dict ``initial``; per step a dict
+    {'loss': float, 'logits': array, <param name>: array}."""
+    net = models.build(model, dtype=dtype, seed=seed)
+    net.load_state_dict(initial)
+    net.seed(seed)
+    opt = make_optimizer(optimizer, net.parameters())
+    records = []
+    with fastcnn.use_backend(backend):
+        for idx in batches:
+            loss, logits = train_step(net, opt, x[idx], y[idx], return_logits=True)
+            records.append({"loss": loss, "logits": logits.copy(), **net.state_dict()})
+    return records
+
+
+class BackendResult(NamedTuple):
+    backend: str
+    steps: list          # per step: {quantity: Diff}
+    worst: Diff          # over all steps and quantities (by rel)
+
+
+def crosscheck(backends, x, y, *, model="light", dtype="float64", steps=3, batch_size=8,
+               seed=0, optimizer=None):
+    """Run ``steps`` training steps on ``REFERENCE`` and each of ``backends``;
+    returns [BackendResult] for the backends other than the reference."""
+    optimizer = optimizer or {"name": "sgd", "lr": 0.05, "momentum": 0.9,
+                              "weight_decay": 0.0}
+    x = np.asarray(x, dtype=dtype)
+    batches = [np.arange(i * batch_size, (i + 1) * batch_size) % len(x) for i in range(steps)]
+    initial = models.build(model, dtype=dtype, seed=seed).state_dict()
+    kw = dict(model=model, dtype=dtype, seed=seed, optimizer=optimizer, x=x, y=y,
+              batches=batches)
+    reference = run(REFERENCE, initial, **kw)
+    results = []
+    for name in backends:
+        if name == REFERENCE:
+            continue
+        records = run(name, initial, **kw)
+        per_step = [{k: diff(rec[k], ref[k]) for k in ref} for rec, ref in zip(records, reference)]
+        worst = max((d for s in per_step for d in s.values()), key=lambda d: d.rel)
+        results.append(BackendResult(name, per_step, worst))
+    return results

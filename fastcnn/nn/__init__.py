@@ -1,0 +1,22 @@
+"""Neural-network building blocks on top of ``fastcnn.ops``.
+
+    from fastcnn import nn
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(8 * 14 * 14, 10))
+    logits = model.forward(x)
+    loss, dlogits = nn.softmax_cross_entropy(logits, y)
+    model.backward(dlogits)
+    nn.SGD(model.parameters(), lr=0.05, momentum=0.9).step()
+
+Layers never choose a backend; ``fastcnn.use_backend`` around the calls does.
+This package deliberately has no autograd: each layer has a hand-written backward.
+"""
+from fastcnn.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
+                               ReLU)
+from fastcnn.nn.loss import softmax_cross_entropy
+from fastcnn.nn.module import Module, Parameter, Sequential
+from fastcnn.nn.optim import SGD, Adam, Optimizer, make_optimizer
+
+__all__ = ["Module", "Parameter", "Sequential", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU",
+           "Flatten", "Linear", "Dropout", "softmax_cross_entropy", "Optimizer", "SGD",
+           "Adam", "make_optimizer"]

@@ -1,0 +1,179 @@
+"""The layers: Conv2d, MaxPool2d, AvgPool2d, ReLU, Flatten, Linear, Dropout.
+
+Conv2d and the pooling layers call only the public ``fastcnn.ops``, never a
+backend: whichever backend is in force (``fastcnn.use_backend``) does their
+work, and backward runs on the backend its forward ran on (the ctx knows).
+Linear, ReLU, Flatten and Dropout are a few NumPy lines each, identical for
+every backend. Every layer keeps its input dtype: float32 in, float32 out.
+
+Shapes: x (N, C, H, W) for conv/pool, (N, D) for Linear.
+"""
+import numpy as np
+
+from fastcnn import ops
+from fastcnn.nn import init
+from fastcnn.nn.module import Module, Parameter
+
+
+def _rng(rng):
+    return rng if rng is not None else np.random.default_rng()
+
+
+class _Layer(Module):
+    """Remembers the forward state and refuses a backward without a forward."""
+
+    _saved = None
+
+    def _take(self):
+        saved, self._saved = self._saved, None
+        if saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called without a "
+                               f"preceding forward")
+        return saved
+
+
+class Conv2d(_Layer):
+    """2-D convolution (PyTorch's nn.Conv2d): w (F, C, KH, KW), b (F,)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 bias=True, *, dtype="float32", rng=None):
+        kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else kernel_size
+        self.stride, self.padding = stride, padding
+        shape = (out_channels, in_channels, kh, kw)
+        self.weight = Parameter(init.kaiming_normal(shape, in_channels * kh * kw,
+                                                    _rng(rng), dtype))
+        self.bias = Parameter(init.zeros((out_channels,), dtype)) if bias else None
+
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.data
+        y, self._saved = ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = ops.conv2d_backward(dy, self._take())
+        self.weight.grad = dw
+        if self.bias is not None:
+            self.bias.grad = db
+        return dx
+
+    def __repr__(self):
+        F, C, KH, KW = self.weight.shape
+        return (f"Conv2d({C}, {F}, kernel_size=({KH}, {KW}), stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None})")
+
+
+class _Pool2d(_Layer):
+    _forward = _backward = None   # set by the subclasses to the ops pair
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        y, self._saved = type(self)._forward(x, self.kernel_size, self.stride, self.padding)
+        return y
+
+    def backward(self, dy):
+        return type(self)._backward(dy, self._take())
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding})")
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling (PyTorch's nn.MaxPool2d, ceil_mode=False)."""
+    _forward, _backward = staticmethod(ops.max_pool2d_forward), staticmethod(ops.max_pool2d_backward)
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling (PyTorch's nn.AvgPool2d, count_include_pad=True)."""
+    _forward, _backward = staticmethod(ops.avg_pool2d_forward), staticmethod(ops.avg_pool2d_backward)
+
+
+class ReLU(_Layer):
+    def forward(self, x):
+        self._saved = x > 0
+        return np.maximum(x, 0)          # unlike a mask, lets a NaN through to the loss
+
+    def backward(self, dy):
+        return dy * self._take()
+
+    def __repr__(self):
+        return "ReLU()"
+
+
+class Flatten(_Layer):
+    """(N, C, H, W) -> (N, C*H*W)."""
+
+    def forward(self, x):
+        self._saved = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._take())
+
+    def __repr__(self):
+        return "Flatten()"
+
+
+class Linear(_Layer):
+    """y = x @ w.T + b with w (out_features, in_features), as PyTorch's nn.Linear."""
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype="float32", rng=None):
+        self.weight = Parameter(init.kaiming_normal((out_features, in_features), in_features,
+                                                    _rng(rng), dtype))
+        self.bias = Parameter(init.zeros((out_features,), dtype)) if bias else None
+
+    def forward(self, x):
+        if x.dtype != self.weight.dtype:
+            # the conv ops refuse mixed dtypes too; silent upcasting would hide a bug
+            raise TypeError(f"Linear: x is {x.dtype} but the weights are {self.weight.dtype}")
+        self._saved = x
+        y = x @ self.weight.data.T
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, dy):
+        x = self._take()
+        self.weight.grad = dy.T @ x
+        if self.bias is not None:
+            self.bias.grad = dy.sum(axis=0)
+        return dy @ self.weight.data
+
+    def __repr__(self):
+        out_f, in_f = self.weight.shape
+        return f"Linear({in_f}, {out_f}, bias={self.bias is not None})"
+
+
+class Dropout(_Layer):
+    """Inverted dropout: in training, zero each value with probability p and
+    scale the rest by 1/(1-p); the identity in eval mode. The masks come from
+    the layer's own generator, reset by ``seed()``, so runs are repeatable."""
+
+    def __init__(self, p=0.5, *, rng=None):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.rng = _rng(rng)
+
+    def seed(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._saved = False     # backward is the identity
+            return x
+        # drawn in float64 whatever the dtype, so float32 and float64 runs share masks
+        keep = self.rng.random(x.shape) >= self.p
+        self._saved = keep
+        return x * keep * x.dtype.type(1.0 / (1.0 - self.p))
+
+    def backward(self, dy):
+        keep = self._take()
+        if keep is False:
+            return dy
+        return dy * keep * dy.dtype.type(1.0 / (1.0 - self.p))
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
