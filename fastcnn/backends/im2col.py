@@ -1,0 +1,257 @@
+"""Backend 'im2col': windows as strided views, then one matrix multiply.
+
+conv2d copies the padded input's windows (``_windows.windows``) once into a
+column matrix; the forward pass is one GEMM, y = w2 @ cols, and the
+backward pass two, dw = dy2 @ cols.T and dcols = w2.T @ dy2, followed by
+col2im: a scatter-add into the padded gradient that loops over the KH*KW
+kernel offsets, never over pixels. Pooling reads the same window view one
+kernel offset at a time: max keeps the running maximum and the offset it
+came from, avg sums and divides by KH*KW. Every step is a whole-array NumPy
+operation in the input's dtype; ``saved`` keeps cols for the backward pass.
+
+The column matrix has two layouts (``_batched`` picks one per call, both
+with rows ordered (C, KH, KW) so ``w.reshape(F, -1)`` needs no copy):
+* wide, cols (C*KH*KW, N*OH*OW): one big GEMM for the batch; its output
+  (F, N, OH, OW) reaches NCHW with one transposing copy that also adds the
+  bias, and dy takes the opposite copy.
+* batched, cols (N, C*KH*KW, OH*OW): one small GEMM per image that writes
+  y in NCHW directly, and nothing to transpose.
+
+Tried and measured no faster on the MNIST CNN (float32, batch 64, one
+thread), so not here: extended rows for stride 1 (GEMMs over the padded
+width, so that im2col and col2im move whole rows: those got 1.3-1.4x faster,
+the GEMMs on 14% more columns 18-42% slower; conv2 forward+backward 40 ms vs
+36 ms) and a CHWN layout (long runs in im2col/col2im, paid back by the
+gathers to and from NCHW: conv2 within 3%, conv1 1.7x slower).
+
+Deliberately not here: argument checks (``fastcnn.ops`` did them), threads
+other than BLAS's own, loops over pixels, dtype conversions.
+"""
+
+import numpy as np
+
+from fastcnn.backends._windows import padded, windows
+
+
+# ---------------------------------------------------------------- conv2d
+
+def _batched(C, KH, KW, F):
+    """Batched layout when the output (F rows per pixel) outgrows cols (C*KH*KW rows).
+
+    The wide layout moves y and dy once more than the batched one (the
+    transposing copies); the batched one runs N small GEMMs instead of one
+    big one, which BLAS threads poorly. Measured (float32, batch 64, one
+    thread, forward+backward): MNIST conv1, F = 32 > 9, 3.1 ms batched vs
+    9.5 ms wide; conv2, F = 64 < 288, 35 ms wide vs 39 ms batched, and the
+    gap widens with two BLAS threads.
+    """
+    return F > C * KH * KW
+
+
+def conv2d_forward(x, w, b, stride, padding):
+    # cols[(c, i, j), (n, p, q)] = xp[n, c, p*SH + i, q*SW + j]
+    # y[n, f, p, q] = b[f] + sum_{c,i,j} w[f, c, i, j] * cols[(c, i, j), (n, p, q)]
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    SH, SW = stride
+    PT, PB, PL, PR = padding
+    OH, OW = (H + PT + PB - KH) // SH + 1, (W + PL + PR - KW) // SW + 1
+    xp = padded(x, padding, 0) if any(padding) else x       # (N, C, Hp, Wp)
+    win = windows(xp, (KH, KW), stride, (OH, OW))            # (KH, KW, N, C, OH, OW)
+    w2 = w.reshape(F, C * KH * KW)
+    if _batched(C, KH, KW, F):
+        cols = np.empty((N, C, KH, KW, OH, OW), x.dtype)
+        np.copyto(cols, win.transpose(2, 3, 0, 1, 4, 5))
+        cols = cols.reshape(N, C * KH * KW, OH * OW)
+        y = np.matmul(w2, cols).reshape(N, F, OH, OW)
+        if b is not None:
+            y += b[:, None, None]
+    else:
+        cols = np.empty((C, KH, KW, N, OH, OW), x.dtype)
+        np.copyto(cols, win.transpose(3, 0, 1, 2, 4, 5))
+        cols = cols.reshape(C * KH * KW, N * OH * OW)
+        yt = (w2 @ cols).reshape(F, N, OH, OW).transpose(1, 0, 2, 3)
+        y = np.empty((N, F, OH, OW), x.dtype)
+        if b is None:
+            np.copyto(y, yt)
+        else:
+            np.add(yt, b[:, None, None], out=y)             # the bias rides on the copy
+    return y, (cols, w, x.shape, stride, padding)
+
+
+def conv2d_backward(dy, saved):
+    # dw[f, (c, i, j)] = sum_{n,p,q} dy[n, f, p, q] * cols[(c, i, j), (n, p, q)]
+    # dcols = w2.T @ dy2; dxp[n, c, p*SH + i, q*SW + j] += dcols[(c, i, j), (n, p, q)]
+    cols, w, (N, C, H, W), stride, (PT, PB, PL, PR) = saved
+    F, _, KH, KW = w.shape
+    _, _, OH, OW = dy.shape
+    Hp, Wp = H + PT + PB, W + PL + PR
+    w2 = w.reshape(F, C * KH * KW)
+    if cols.ndim == 3:                                        # batched layout
+        dy3 = dy.reshape(N, F, OH * OW)
+        db = dy3.sum(axis=(0, 2))
+        dw = np.matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0).reshape(F, C, KH, KW)
+        dcols = np.matmul(w2.T, dy3).reshape(N, C, KH, KW, OH, OW)
+        dxp = np.zeros((N, C, Hp, Wp), dy.dtype)
+        _col2im(dxp, dcols.transpose(2, 3, 0, 1, 4, 5), stride)
+        dx = dxp[:, :, PT:PT + H, PL:PL + W].copy() if Hp > H or Wp > W else dxp
+        return dx, dw, db
+    dy2 = np.empty((F, N, OH, OW), dy.dtype)
+    np.copyto(dy2, dy.transpose(1, 0, 2, 3))
+    dy2 = dy2.reshape(F, N * OH * OW)
+    db = dy2.sum(axis=1)
+    dw = (dy2 @ cols.T).reshape(F, C, KH, KW)
+    dcols = (w2.T @ dy2).reshape(C, KH, KW, N, OH, OW)
+    # col2im into a (C, N, Hp, Wp) buffer, dcols' own axis order, so that the
+    # adds run along whole output rows; one transposing copy makes it NCHW.
+    dxp = np.zeros((C, N, Hp, Wp), dy.dtype)
+    _col2im(dxp, dcols.transpose(1, 2, 0, 3, 4, 5), stride)
+    dx = np.empty((N, C, H, W), dy.dtype)
+    np.copyto(dx, dxp[:, :, PT:PT + H, PL:PL + W].transpose(1, 0, 2, 3))
+    return dx, dw, db
+
+
+def _col2im(dxp, dcols, stride):
+    """dxp[a, b, p*SH + i, q*SW + j] += dcols[i, j, a, b, p, q]: one add per kernel offset."""
+    KH, KW, _, _, OH, OW = dcols.shape
+    target = windows(dxp, (KH, KW), stride, (OH, OW), writeable=True)
+    for i in range(KH):
+        for j in range(KW):
+            target[i, j] += dcols[i, j]
+
+
+# ---------------------------------------------------------------- pooling
+
+def _pool_geometry(x_shape, kernel, stride, padding):
+    _, _, H, W = x_shape
+    (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
+    return (H + 2 * PH - KH) // SH + 1, (W + 2 * PW - KW) // SW + 1
+
+
+def _pool_windows(x, kernel, stride, padding, fill):
+    PH, PW = padding
+    xp = padded(x, (PH, PH, PW, PW), fill) if PH or PW else x
+    return windows(xp, kernel, stride, _pool_geometry(x.shape, kernel, stride, padding))
+
+
+def _pool_gradient(x_shape, kernel, stride, padding, dtype):
+    """(dxp, its window view): a zero padded gradient to scatter-add into."""
+    N, C, H, W = x_shape
+    PH, PW = padding
+    dxp = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype)
+    OH, OW = _pool_geometry(x_shape, kernel, stride, padding)
+    return dxp, windows(dxp, kernel, stride, (OH, OW), writeable=True)
+
+
+def _unpad(dxp, x_shape, padding):
+    _, _, H, W = x_shape
+    PH, PW = padding
+    return dxp[:, :, PH:PH + H, PW:PW + W].copy() if PH or PW else dxp
+
+
+def _disjoint(kernel, stride):
+    """True when no two windows share an element: plain stores replace adds."""
+    return stride[0] >= kernel[0] and stride[1] >= kernel[1]
+
+
+def max_pool2d_forward(x, kernel, stride, padding):
+    # x (N, C, H, W) -> y, arg (N, C, OH, OW); xp is x padded to (N, C, H+2PH, W+2PW)
+    # y[n, c, p, q] = max_{i,j} xp[n, c, p*SH + i, q*SW + j]   (padding is -inf)
+    # arg[n, c, p, q] = the first (i*KW + j) in row-major order that holds it;
+    # the first NaN if the window has one (then y is NaN), like np.argmax;
+    # the first real element if y is -inf (padding is never the maximum).
+    KH, KW = kernel
+    win = _pool_windows(x, kernel, stride, padding, -np.inf)  # (KH, KW, N, C, OH, OW)
+    y = win[0, 0].copy()
+    arg = np.zeros(y.shape, np.min_scalar_type(KH * KW - 1))
+    v = np.empty_like(y)
+    better = np.empty(y.shape, bool)
+    y_is_number = np.empty(y.shape, bool)
+    step = np.empty(y.shape, arg.dtype)
+    # One pass per offset in row-major order, all whole-array ufuncs: no
+    # boolean-mask writes (they run at mask-run speed on random data).
+    for k in range(1, KH * KW):
+        np.copyto(v, win[k // KW, k % KW])                    # one strided read, then contiguous
+        # v takes over if larger, or NaN while y is not: not (v <= y) holds
+        # for larger v and for any NaN; y == y keeps an earlier NaN in place.
+        np.less_equal(v, y, out=better)
+        np.logical_not(better, out=better)
+        np.equal(y, y, out=y_is_number)
+        better &= y_is_number
+        # k exceeds every offset seen so far, so max() writes k where better.
+        np.multiply(better, arg.dtype.type(k), out=step)
+        np.maximum(arg, step, out=arg)
+        np.maximum(y, v, out=y)                               # propagates NaN
+    _first_real_if_minus_inf(y, arg, kernel, stride, padding)
+    return y, (arg, x.shape, kernel, stride, padding)
+
+
+def _first_real_if_minus_inf(y, arg, kernel, stride, padding):
+    """Padding is never the maximum: a window whose maximum is -inf takes its
+    first real element (as PyTorch does), not the -inf padding before it that
+    the first-offset tie rule picked. Any other maximum is real already."""
+    (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
+    if not (PH or PW):
+        return
+    at_minus_inf = y == -np.inf
+    if not at_minus_inf.any():
+        return
+    _, _, OH, OW = y.shape
+    i0 = np.maximum(PH - SH * np.arange(OH), 0)              # padded rows before the input
+    j0 = np.maximum(PW - SW * np.arange(OW), 0)
+    first_real = (i0[:, None] * KW + j0[None, :]).astype(arg.dtype)
+    np.copyto(arg, np.broadcast_to(first_real, arg.shape), where=at_minus_inf)
+
+
+def max_pool2d_backward(dy, saved):
+    # dy, arg (N, C, OH, OW) -> dx (N, C, H, W)
+    # dxp[n, c, p*SH + i, q*SW + j] += dy[n, c, p, q] where arg[n, c, p, q] == i*KW + j
+    arg, x_shape, kernel, stride, padding = saved
+    KH, KW = kernel
+    dxp, target = _pool_gradient(x_shape, kernel, stride, padding, dy.dtype)
+    # Route dy by bit mask, not dy * (arg == k): 0 * inf would be NaN.
+    uint = np.dtype(f"u{dy.itemsize}")
+    dy_bits = dy.view(uint)
+    hit = np.empty(dy.shape, bool)
+    mask = np.empty(dy.shape, uint)
+    routed = np.empty(dy.shape, dy.dtype)
+    disjoint = _disjoint(kernel, stride)
+    for k in range(KH * KW):
+        np.equal(arg, k, out=hit)
+        np.negative(hit.view(np.uint8), out=mask, dtype=uint)  # 1 -> all ones
+        t = target[k // KW, k % KW]
+        if disjoint:
+            np.bitwise_and(dy_bits, mask, out=t.view(uint))
+        else:
+            np.bitwise_and(dy_bits, mask, out=routed.view(uint))
+            t += routed
+    return _unpad(dxp, x_shape, padding)
+
+
+def avg_pool2d_forward(x, kernel, stride, padding):
+    # x (N, C, H, W) -> y (N, C, OH, OW); xp is x padded to (N, C, H+2PH, W+2PW)
+    # y[n, c, p, q] = sum_{i,j} xp[n, c, p*SH + i, q*SW + j] / (KH*KW)   (padding is 0)
+    KH, KW = kernel
+    win = _pool_windows(x, kernel, stride, padding, 0)
+    y = win[0, 0].copy()
+    for k in range(1, KH * KW):
+        y += win[k // KW, k % KW]
+    y /= KH * KW
+    return y, (x.shape, kernel, stride, padding)
+
+
+def avg_pool2d_backward(dy, saved):
+    # dy (N, C, OH, OW) -> dx (N, C, H, W)
+    # dxp[n, c, p*SH + i, q*SW + j] += dy[n, c, p, q] / (KH*KW) for every (i, j)
+    x_shape, kernel, stride, padding = saved
+    KH, KW = kernel
+    dxp, target = _pool_gradient(x_shape, kernel, stride, padding, dy.dtype)
+    g = dy / (KH * KW)
+    disjoint = _disjoint(kernel, stride)
+    for k in range(KH * KW):
+        t = target[k // KW, k % KW]
+        if disjoint:
+            np.copyto(t, g)
+        else:
+            t += g
+    return _unpad(dxp, x_shape, padding)
