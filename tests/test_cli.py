@@ -29,6 +29,7 @@ def _train_args(data_dir, *extra):
 
 
 def test_train_writes_metrics_plot_and_checkpoint(tmp_path, data_dir, capsys):
+    pytest.importorskip("matplotlib")   # the [plot] extra; the [test] extra installs it
     metrics, plot, ck = tmp_path / "m.json", tmp_path / "curves.png", tmp_path / "ck.npz"
     rc = cli.main(_train_args(data_dir, "--epochs", "2", "--metrics", str(metrics),
                               "--plot", str(plot), "--save", str(ck)))
