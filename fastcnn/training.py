@@ -126,6 +126,7 @@ def train_epoch(model, opt, x, y, *, batch_size, seed, epoch, progress=False,
                 bar.update(len(idx))
     finally:
         if bar is not None:
+            bar.refresh()   # tqdm skips redraws within mininterval: show the final figures
             bar.close()
     seconds = time.perf_counter() - start
     return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), seen, seconds,
