@@ -23,6 +23,8 @@ CONV_CASES = [
     (2, 4, 7, 7, 3, 1, 1, 1, 0, True),           # 1x1 kernel
     (2, 3, 11, 10, 5, 5, 5, 2, 2, True),
     (1, 2, 5, 9, 3, 1, 4, (1, 3), (0, 2), True),
+    (8, 4, 9, 7, 5, 3, 3, 1, 1, True),           # batch >= 8, C >= 4, 3x3/1: numba's Winograd
+    (9, 5, 6, 11, 3, 3, 3, 1, (0, 2), False),    # Winograd with unequal padding, odd sizes
 ]
 
 # (N, C, H, W, kernel_size, stride, padding)

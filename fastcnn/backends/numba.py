@@ -1,20 +1,23 @@
 """The ``numba`` backend: a thin adapter around the @njit kernels in
-``fastcnn/_kernels/numba_conv.py`` and ``numba_pool.py`` (and, switched off,
-``numba_winograd.py``).
+``fastcnn/_kernels/numba_conv.py``, ``numba_winograd.py`` and
+``numba_pool.py``.
 
 It allocates outputs, picks a path and a thread count, and calls kernels;
-the arithmetic is all in the kernels (and in one BLAS matmul for the
+the arithmetic is all in the kernels (and in BLAS matmuls for the
 many-tap convolutions).
 
-Paths for conv2d, chosen by the number of taps K = C*KH*KW; both are
-im2col (Numba, parallel over samples) + ``np.matmul`` (BLAS) + col2im:
-  * K <= PER_IMAGE_MAX_TAPS: per-image columns (N, K+1, P) and a batch of
-    small products y[n] = [w | b] @ cols[n] that come out NCHW, the bias on a
-    row of ones. Direct fused loops were measured and lost even on the
-    1->32 channel first MNIST layer (batch 64, one thread: fwd+bwd 6.5 ms
-    against 3.8-6.1 ms for this path), so there are none.
-  * otherwise: whole-batch columns (K, N*L) and one large product per pass,
-    with y and dy transposed by layout kernels (bias and db fused in).
+Paths for conv2d, chosen by shape (``_conv_path``):
+  * K = C*KH*KW <= PER_IMAGE_MAX_TAPS: im2col (Numba, parallel over samples)
+    with per-image columns (N, K+1, P) and a batch of small products
+    y[n] = [w | b] @ cols[n] that come out NCHW, the bias on a row of ones.
+    Direct fused loops were measured and lost even on the 1->32 channel
+    first MNIST layer (batch 64, one thread: fwd+bwd 6.5 ms against
+    3.8-6.1 ms for this path), so there are none.
+  * 3x3, stride 1, more taps, batch >= WINOGRAD_MIN_BATCH: Winograd
+    F(2x2, 3x3) (numba_winograd), 16 batched matmuls over transformed tiles
+    for the forward, dx and dw alike.
+  * otherwise: im2col with whole-batch columns (K, N*L) and one large product
+    per pass, with y and dy transposed by layout kernels (bias and db fused in).
 
 Inputs are zero-padded once (``_padded``) so kernels never test bounds.
 
@@ -43,12 +46,13 @@ PER_IMAGE_MAX_TAPS = 32
 # Below this many inner-loop iterations a kernel runs on the calling thread:
 # waking the thread pool costs more than the work.
 SERIAL_BELOW = 1 << 16
-# Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with many taps
-# (numba_winograd). Off: it is exact (1e-7 rel. float32) and its matmuls take
-# half the time of im2col's, but its tile transforms are not vectorised yet,
-# so conv2 of the MNIST CNN comes out no faster (27.4 vs 27.2 ms fwd+bwd, one
-# thread). Its kernels are compiled only when this is switched on.
-WINOGRAD = False
+# Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with more taps than
+# the per-image path takes. Measured against the whole-batch im2col path
+# (fwd+bwd, float32, one thread, CPU time): MNIST conv2 (64x32->64, 14x14)
+# 13.1 vs 29.1 ms (torch 14.5); the batch-innermost tile layout needs enough
+# lanes: batch 8 1.4x faster, batch 4 0.9x, batch 1 0.4x.
+WINOGRAD = True
+WINOGRAD_MIN_BATCH = 8
 
 numba = None              # the numba module, imported with the kernels
 _conv = _pool = _wino = None
@@ -144,10 +148,10 @@ def _padded(x, PT, PB, PL, PR):
     return xp.reshape(N, C, HPX * WP), HPX, WP
 
 
-def _conv_path(C, KH, KW, stride):
+def _conv_path(N, C, KH, KW, stride):
     if C * KH * KW <= PER_IMAGE_MAX_TAPS:
         return "per_image"
-    if WINOGRAD and KH == KW == 3 and stride == (1, 1):
+    if WINOGRAD and KH == KW == 3 and stride == (1, 1) and N >= WINOGRAD_MIN_BATCH:
         return "winograd"
     return "batch"
 
@@ -163,7 +167,7 @@ def conv2d_forward(x, w, b, stride, padding):
     K = C * KH * KW
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
     y = np.empty((N, F, OH, OW), dtype=x.dtype)
-    path = _conv_path(C, KH, KW, stride)
+    path = _conv_path(N, C, KH, KW, stride)
     if path == "winograd":
         return y, _winograd_forward(x, w, bias, y, padding)
     xp, HPX, WP = _padded(x, PT, PB, PL, PR)
@@ -222,13 +226,38 @@ def conv2d_backward(dy, saved):
     return dx, np.ascontiguousarray(dwT.T).reshape(w.shape), db
 
 
-# Winograd F(2x2, 3x3) transform matrices (Lavin & Gray 2015); B and A are
+# Winograd F(2x2, 3x3) weight transform (Lavin & Gray 2015); B and A are
 # applied inside the kernels, G here on the (small) weights.
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+# Tiles per band: transforms and matmuls run band by band over whole tile
+# rows, so a band's (16, F, tiles) products stay in cache between the kernel
+# or matmul that writes them and the one that reads them (MNIST conv2, one
+# thread, bands of one tile row against one band: matmuls fwd 3.0 -> 2.6 ms,
+# bwd 7.2 -> 5.5 ms; fwd+bwd 17.7 -> 16.0 ms; 1024 tiles and more were slower).
+WINOGRAD_BAND_TILES = 512
+
+
+def _bands(TH, TW, N):
+    """(th0, th1) tile-row bands of about WINOGRAD_BAND_TILES tiles."""
+    rows = max(1, WINOGRAD_BAND_TILES // (TW * N))
+    return [(th0, min(TH, th0 + rows)) for th0 in range(0, TH, rows)]
+
+
+def _band_buffer(rows, K, TW, N, dtype):
+    """A contiguous (16, K, rows*TW, N) scratch array for one band: views of
+    one flat workspace array, so the last, shorter band is contiguous too."""
+    flat = _workspace.take((16 * K * rows * TW * N,), dtype)
+    return lambda r: flat[:16 * K * r * TW * N].reshape(16, K, r * TW, N)
+
+
+def _band(V, th0, th1, C, TW, N):
+    """Band (th0, th1) of the saved V: (16, C, (th1-th0)*TW, N), contiguous."""
+    return V[16 * C * th0 * TW * N:16 * C * th1 * TW * N].reshape(16, C, (th1 - th0) * TW, N)
 
 
 def _winograd_forward(x, w, b, y, padding):
-    """3x3 stride-1 conv as 16 matmuls on transformed 4x4 tiles."""
+    """3x3 stride-1 conv as 16 matmuls on transformed 4x4 tiles (batch as
+    the innermost, vectorised axis; see numba_winograd)."""
     _kernels()
     wino = _wino
     N, C, H, W = x.shape
@@ -236,39 +265,63 @@ def _winograd_forward(x, w, b, y, padding):
     PT, _, PL, _ = padding
     _, _, OH, OW = y.shape
     TH, TW = (OH + 1) // 2, (OW + 1) // 2
-    HT, WT = 2 * TH + 2, 2 * TW + 2       # every 4x4 tile inside the padded plane
-    T = N * TH * TW
-    xp = _workspace.take((N, C, HT, WT), x.dtype)
-    xp.fill(0)
-    xp[:, :, PT:PT + H, PL:PL + W] = x
+    P = TH * TW
     G = _G.astype(x.dtype)
-    U = np.einsum("ai,fcij,bj->abfc", G, w, G, optimize=True).reshape(16, F, C)
-    V = np.empty((16, C, T), dtype=x.dtype)                 # saved for dw
-    _run(wino.input_transform, 16 * C * T, xp, V, TH, TW)
-    M = np.matmul(U, V, out=_workspace.take((16, F, T), x.dtype))
-    _run(wino.output_transform, 16 * F * T, M, b, y, TH, TW)
-    return ("winograd", x.shape, w.shape, U, V, padding, HT, WT)
+    U = np.ascontiguousarray(
+        np.einsum("ai,fcij,bj->abfc", G, w, G, optimize=True).reshape(16, F, C))
+    xs = _workspace.take((C, 2 * TH + 2, 2 * TW + 2, N), x.dtype)
+    wino.pack_planes(x, xs, PT, PL)
+    # V band by band, each band contiguous (16, C, rows*TW, N): saved for dw
+    V = _workspace.take((16 * C * P * N,), x.dtype)
+    bands = _bands(TH, TW, N)
+    band_M = _band_buffer(bands[0][1], F, TW, N, x.dtype)
+    ys = _workspace.take((F, 2 * TH, 2 * TW, N), x.dtype)
+    for th0, th1 in bands:
+        L = (th1 - th0) * TW * N
+        Vb = _band(V, th0, th1, C, TW, N)
+        wino.input_transform(xs, Vb, th0)
+        M = band_M(th1 - th0)
+        np.matmul(U, Vb.reshape(16, C, L), out=M.reshape(16, F, L))
+        wino.output_transform(M, b, ys, th0)
+    wino.crop_planes(ys, y, 0, 0)
+    return ("winograd", x.shape, w.shape, U, V, padding, bands)
 
 
 def _winograd_backward(dy, saved):
-    """The exact adjoint of _winograd_forward (see numba_winograd)."""
+    """The exact adjoint of _winograd_forward (see numba_winograd), band by
+    band: dM, then dU += dM V^T and dV = U^T dM, scatter-added into dx."""
     _kernels()
     wino = _wino
-    _, x_shape, w_shape, U, V, (PT, _, PL, _), HT, WT = saved
+    _, x_shape, w_shape, U, V, (PT, _, PL, _), bands = saved
     N, F, OH, OW = dy.shape
     C = w_shape[1]
     TH, TW = (OH + 1) // 2, (OW + 1) // 2
-    T = N * TH * TW
-    db = np.empty(F, dtype=dy.dtype)
-    dM = _workspace.take((16, F, T), dy.dtype)
-    _run(wino.grad_output_transform, 16 * F * T, dy, dM, db, TH, TW)
-    dU = np.matmul(dM, V.transpose(0, 2, 1))                 # (16, F, C)
+    db = np.zeros(F, dtype=np.float64)
+    dU = np.zeros((16, F, C), dtype=dy.dtype)
+    dU_band = np.empty_like(dU)
+    UT = U.transpose(0, 2, 1)
+    xs = _workspace.take((C, 2 * TH + 2, 2 * TW + 2, N), dy.dtype)
+    dys = _workspace.take((F, 2 * TH, 2 * TW, N), dy.dtype)
+    wino.pack_planes(dy, dys, 0, 0)
+    band_dM = _band_buffer(bands[0][1], F, TW, N, dy.dtype)
+    band_dV = _band_buffer(bands[0][1], C, TW, N, dy.dtype)
+    for th0, th1 in bands:
+        r = th1 - th0
+        L = r * TW * N
+        dM = band_dM(r)
+        wino.grad_output_transform(dys, dM, db, th0)
+        dM3 = dM.reshape(16, F, L)
+        Vb = _band(V, th0, th1, C, TW, N).reshape(16, C, L)
+        np.matmul(dM3, Vb.transpose(0, 2, 1), out=dU_band)
+        dU += dU_band
+        dV = band_dV(r)
+        np.matmul(UT, dM3, out=dV.reshape(16, C, L))
+        wino.grad_input_transform(dV, xs, th0)
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    wino.crop_planes(xs, dx, PT, PL)
     G = _G.astype(dy.dtype)
     dw = np.einsum("ai,abfc,bj->fcij", G, dU.reshape(4, 4, F, C), G, optimize=True)
-    dV = np.matmul(U.transpose(0, 2, 1), dM, out=_workspace.take((16, C, T), dy.dtype))
-    dx = np.empty(x_shape, dtype=dy.dtype)
-    _run(wino.grad_input_transform, 16 * C * T, dV, dx, TH, TW, PT, PL, HT, WT)
-    return dx, np.ascontiguousarray(dw), db
+    return dx, np.ascontiguousarray(dw), db.astype(dy.dtype)
 
 
 # --------------------------------------------------------------- pooling ---
@@ -352,8 +405,8 @@ def warmup():
     _kernels()
     for dtype in (np.float32, np.float64):
         x = np.ones((2, 4, 8, 8), dtype=dtype)
-        for C, stride in ((1, 1), (4, 1), (4, 2)):    # per image, winograd or batch, batch
-            y, s = conv2d_forward(np.ones((2, C, 8, 8), dtype=dtype),
+        for C, stride in ((1, 1), (4, 1), (4, 2)):    # per image, winograd, batch
+            y, s = conv2d_forward(np.ones((WINOGRAD_MIN_BATCH, C, 8, 8), dtype=dtype),
                                   np.ones((2, C, 3, 3), dtype=dtype),
                                   None, (stride, stride), (1, 1, 1, 1))
             conv2d_backward(y, s)
