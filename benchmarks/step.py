@@ -1,0 +1,32 @@
+"""``python -m benchmarks.step IMPL[,IMPL...] [--threads N] [--dtype D] [--batch B]``:
+time the MNIST training step of the named implementations in THIS process.
+
+The report runs every implementation in one process, so thread pools
+(PyTorch's OpenMP, numba's, the Cython kernels' OpenMP, OpenBLAS) share it;
+run one implementation per process here to see each one alone. Deliberately
+only a stopwatch: no files written.
+"""
+import argparse
+
+from benchmarks import machine, runners
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.split("\n\n")[0])
+    p.add_argument("impls", help="comma-separated: torch, tutorial, or fastcnn backends")
+    p.add_argument("--threads", type=int, default=machine.default_threads())
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--batch", type=int, default=64)
+    args = p.parse_args(argv)
+    machine.prepare(args.threads)
+    fns = {i: runners.make_train_step(i, args.dtype, args.batch) for i in args.impls.split(",")}
+    for fn in fns.values():
+        fn()                                   # warm: JIT, caches, buffers
+    times = machine.median_times(fns, target_s=0.3, repeat=7)
+    for impl, s in times.items():
+        print(f"{impl:9s} {args.dtype} b{args.batch} threads={args.threads}: "
+              f"{s * 1e3:7.1f} ms/step  {args.batch / s:7.0f} images/s")
+
+
+if __name__ == "__main__":
+    main()
