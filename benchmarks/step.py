@@ -1,5 +1,5 @@
-"""``python -m benchmarks.step IMPL[,IMPL...] [--threads N] [--dtype D] [--batch B]``:
-time the MNIST training step of the named implementations in THIS process.
+"""``python -m benchmarks.step IMPL[,IMPL...] [--threads N] [--dtype D] [--batch B] [--infer]``:
+time the MNIST training step (or inference) of the named implementations in THIS process.
 
 The report runs every implementation in one process, so thread pools
 (PyTorch's OpenMP, numba's, the Cython kernels' OpenMP, OpenBLAS) share it;
@@ -17,15 +17,18 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=machine.default_threads())
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--infer", action="store_true", help="time eval-mode inference instead")
     args = p.parse_args(argv)
     machine.prepare(args.threads)
-    fns = {i: runners.make_train_step(i, args.dtype, args.batch) for i in args.impls.split(",")}
+    make = runners.make_inference if args.infer else runners.make_train_step
+    fns = {i: make(i, args.dtype, args.batch) for i in args.impls.split(",")}
     for fn in fns.values():
         fn()                                   # warm: JIT, caches, buffers
     times = machine.median_times(fns, target_s=0.3, repeat=7)
     for impl, s in times.items():
-        print(f"{impl:9s} {args.dtype} b{args.batch} threads={args.threads}: "
-              f"{s * 1e3:7.1f} ms/step  {args.batch / s:7.0f} images/s")
+        what = "inference" if args.infer else "step"
+        print(f"{impl:9s} {what} {args.dtype} b{args.batch} threads={args.threads}: "
+              f"{s * 1e3:7.1f} ms  {args.batch / s:7.0f} images/s")
 
 
 if __name__ == "__main__":
