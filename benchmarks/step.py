@@ -18,8 +18,16 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--infer", action="store_true", help="time eval-mode inference instead")
+    p.add_argument("--kernel-threads", type=int, default=None,
+                   help="threads of the compiled backends' own loops (OpenMP, numba), "
+                        "leaving BLAS at --threads: shows what the two pools cost each other")
     args = p.parse_args(argv)
     machine.prepare(args.threads)
+    if args.kernel_threads is not None:
+        from fastcnn import backend
+        for name in ("cython", "numba"):
+            if name in backend.available_backends():
+                backend.get_module(name).set_num_threads(args.kernel_threads)
     make = runners.make_inference if args.infer else runners.make_train_step
     fns = {i: make(i, args.dtype, args.batch) for i in args.impls.split(",")}
     for fn in fns.values():
