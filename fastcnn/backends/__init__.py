@@ -22,8 +22,10 @@ input and never re-check it:
   ``(PH, PW)`` symmetric with ``PH <= KH // 2`` and ``PW <= KW // 2``;
   ``OH = (H + 2 PH - KH) // SH + 1`` (floor; ``ceil_mode=False``), >= 1.
   Max pooling pads with -inf; the first maximum in row-major window order
-  wins a tie; a NaN in a window makes the output NaN and the gradient goes to
-  the first NaN. Average pooling divides by ``KH * KW`` (count_include_pad).
+  wins a tie; padding is never chosen (an all -inf window sends its gradient
+  to its first real element, as PyTorch does); a NaN in a window makes the
+  output NaN and the gradient goes to the first NaN (PyTorch: the last).
+  Average pooling divides by ``KH * KW`` (count_include_pad).
 
 The six functions (same names, same signatures in every backend)::
 
