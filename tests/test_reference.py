@@ -78,10 +78,6 @@ def _torch():
     return pytest.importorskip("torch")
 
 
-def _torch_padding(padding):
-    return padding if isinstance(padding, (str, int, tuple)) else tuple(padding)
-
-
 @pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
 def test_conv_loops_matches_torch(case):
     torch = _torch()
@@ -93,7 +89,7 @@ def test_conv_loops_matches_torch(case):
     tx = torch.tensor(x, requires_grad=True)
     tw = torch.tensor(w, requires_grad=True)
     tb = torch.tensor(b if b is not None else np.zeros(w.shape[0]), requires_grad=True)
-    ty = F.conv2d(tx, tw, tb, stride=stride, padding=_torch_padding(padding))
+    ty = F.conv2d(tx, tw, tb, stride=stride, padding=padding)
     ty.backward(torch.tensor(dy))
     for name, got, want in (("y", y, ty), ("dx", dx, tx.grad), ("dw", dw, tw.grad),
                             ("db", db, tb.grad)):
