@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from fastcnn import _auto, _threads
+from fastcnn import _auto, _malloc, _threads
 from fastcnn.backend import available_backends, get_backend, get_module, unavailable_backends
 
 
@@ -25,6 +25,8 @@ def config():
         "unavailable": unavailable_backends(),
         "default_backend": get_backend(),
         "num_threads": _threads.get_num_threads(),
+        "omp_wait_policy": _threads.wait_policy(),
+        "malloc": _malloc.malloc_state(),
         "blas": [{k: d.get(k) for k in ("internal_api", "version", "num_threads",
                                         "threading_layer", "architecture")}
                  for d in threadpool_info() if d.get("user_api") == "blas"],
@@ -56,6 +58,7 @@ def show_config(file=None):
         print(f"BLAS: {b['internal_api']} {b['version']} ({b['architecture']}, "
               f"{b['threading_layer']}), {b['num_threads']} threads", file=file)
     print(f"threads (set_num_threads / FASTCNN_NUM_THREADS): {info['num_threads']}", file=file)
+    print(f"OMP_WAIT_POLICY: {info['omp_wait_policy']}; malloc: {info['malloc']}", file=file)
 
 
 def warmup():

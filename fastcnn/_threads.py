@@ -5,6 +5,10 @@ imported later gets the same count when the registry loads it. Kernels may
 still run a tiny problem on one thread (their own choice, by work size).
 This module deliberately does not know any backend by name: a backend module
 takes part by defining ``set_num_threads(n)``.
+
+It also chooses OpenMP's wait policy (``default_wait_policy``): libgomp,
+which the Cython kernels and Numba's 'omp' threading layer use, reads
+OMP_WAIT_POLICY once, when it is loaded, and has no API to change it later.
 """
 import numbers
 import os
@@ -12,6 +16,42 @@ import sys
 
 _requested = None   # set_num_threads(); None -> $FASTCNN_NUM_THREADS -> cpu count
 _blas_limiter = None
+# True when fastcnn, not the user, put OMP_WAIT_POLICY=PASSIVE in the environment.
+WAIT_POLICY_SET_BY_FASTCNN = False
+
+
+def default_wait_policy():
+    """OMP_WAIT_POLICY=PASSIVE unless the user set OMP_WAIT_POLICY.
+
+    Why: by default OpenMP workers spin after each parallel loop, and
+    OpenBLAS's workers spin after each matmul; a layer alternates the two,
+    so on a small machine each pool's spinners steal the cores the other
+    needs. Measured (MNIST training step, batch 64, float32, 2 cores,
+    ``python -m benchmarks.step numba,cython``): numba 52.9 -> 28.7 ms,
+    cython 62.2 -> 35.6 ms with PASSIVE. Must run before libgomp is loaded
+    (fastcnn's own backends load it lazily, after this; a library imported
+    before fastcnn that loaded libgomp - PyTorch does - keeps its policy,
+    and PyTorch imported after fastcnn shares it: one libgomp per process).
+    """
+    global WAIT_POLICY_SET_BY_FASTCNN
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        WAIT_POLICY_SET_BY_FASTCNN = True
+
+
+def drop_default_wait_policy():
+    """Undo default_wait_policy() (if fastcnn set it): for a process that
+    will load OpenMP only for another library (a PyTorch-only benchmark)."""
+    global WAIT_POLICY_SET_BY_FASTCNN
+    if WAIT_POLICY_SET_BY_FASTCNN:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        WAIT_POLICY_SET_BY_FASTCNN = False
+
+
+def wait_policy():
+    """What OMP_WAIT_POLICY says now, and who set it."""
+    value = os.environ.get("OMP_WAIT_POLICY", "(unset: spin, then sleep)")
+    return f"{value} ({'fastcnn default' if WAIT_POLICY_SET_BY_FASTCNN else 'user'})"
 
 
 def _check(n, name):
