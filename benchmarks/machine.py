@@ -43,12 +43,15 @@ def limit_threads(n):
     return thread_report()
 
 
-def prepare(threads):
-    """Threads for everyone, then every JIT kernel compiled (timed): call before timing anything."""
+def prepare(threads, warm=True):
+    """Threads for everyone, glibc told to keep freed memory (for every
+    implementation alike, see fastcnn/_malloc.py), then every JIT kernel
+    compiled (timed; ``warm=False`` skips it): call before timing anything."""
     import fastcnn
+    fastcnn.tune_malloc()
     limit_threads(threads)
     t0 = time.perf_counter()
-    per_backend = fastcnn.warmup()
+    per_backend = fastcnn.warmup() if warm else {}
     # importing numba loads SciPy's OpenBLAS when SciPy is installed; threadpoolctl
     # only limits libraries already loaded, so limit again now that it is
     limit_threads(threads)
@@ -120,6 +123,7 @@ def numba_threading_layer():
 def describe():
     """Everything a results header needs, as an ordered dict of strings."""
     import fastcnn
+    from fastcnn import _malloc, _threads
     v = versions()
     return {
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
@@ -129,6 +133,8 @@ def describe():
                               ("numpy", "numba", "Cython", "torch", "threadpoolctl")),
         "blas": blas_name(),
         "numba threading layer": numba_threading_layer(),
+        "OpenMP wait policy": _threads.wait_policy(),
+        "malloc": _malloc.malloc_state(),
         "threads": ", ".join(f"{k}={n}" for k, n in thread_report().items()),
         "fastcnn backends": ", ".join(fastcnn.available_backends()),
     }

@@ -22,14 +22,22 @@ def main(argv=None):
                    help="threads of the compiled backends' own loops (OpenMP, numba), "
                         "leaving BLAS at --threads: shows what the two pools cost each other")
     args = p.parse_args(argv)
-    machine.prepare(args.threads)
+    impls = args.impls.split(",")
+    fastcnn_impls = [i for i in impls if i not in runners.REFERENCES]
+    if not fastcnn_impls:
+        # PyTorch alone runs as its users run it: no fastcnn backend loaded,
+        # and OpenMP's wait policy left to PyTorch (fastcnn sets PASSIVE at
+        # import; nothing has loaded libgomp yet, so dropping it still counts)
+        from fastcnn import _threads
+        _threads.drop_default_wait_policy()
+    machine.prepare(args.threads, warm=bool(fastcnn_impls))
     if args.kernel_threads is not None:
         from fastcnn import backend
         for name in ("cython", "numba"):
             if name in backend.available_backends():
                 backend.get_module(name).set_num_threads(args.kernel_threads)
     make = runners.make_inference if args.infer else runners.make_train_step
-    fns = {i: make(i, args.dtype, args.batch) for i in args.impls.split(",")}
+    fns = {i: make(i, args.dtype, args.batch) for i in impls}
     for fn in fns.values():
         fn()                                   # warm: JIT, caches, buffers
     times = machine.median_times(fns, target_s=0.3, repeat=7)

@@ -174,6 +174,9 @@ def main(argv=None):
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the command owns this process: keep freed memory for the next step
+    # (see fastcnn/_malloc.py; it does not change any result)
+    fastcnn.tune_malloc()
     try:
         if getattr(args, "threads", None):
             fastcnn.set_num_threads(args.threads)
