@@ -25,6 +25,7 @@ CONV_CASES = [
     (1, 2, 5, 9, 3, 1, 4, (1, 3), (0, 2), True),
     (8, 4, 9, 7, 5, 3, 3, 1, 1, True),           # batch >= 8, C >= 4, 3x3/1: numba's Winograd
     (9, 5, 6, 11, 3, 3, 3, 1, (0, 2), False),    # Winograd with unequal padding, odd sizes
+    (130, 4, 5, 5, 3, 3, 3, 1, 1, True),         # batch over numba's Winograd chunk (64): 3 chunks
 ]
 
 # (N, C, H, W, kernel_size, stride, padding)

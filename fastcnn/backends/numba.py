@@ -53,6 +53,9 @@ SERIAL_BELOW = 1 << 16
 # lanes: batch 8 1.4x faster, batch 4 0.9x, batch 1 0.4x.
 WINOGRAD = True
 WINOGRAD_MIN_BATCH = 8
+# Images per Winograd pass: the transformed tiles of a chunk stay in cache
+# (MNIST conv2 forward at batch 1000, two threads: 123 ms in one pass).
+WINOGRAD_CHUNK = 64
 
 numba = None              # the numba module, imported with the kernels
 _conv = _pool = _wino = None
@@ -255,20 +258,38 @@ def _band(V, th0, th1, C, TW, N):
     return V[16 * C * th0 * TW * N:16 * C * th1 * TW * N].reshape(16, C, (th1 - th0) * TW, N)
 
 
+def _chunks(N):
+    """Batch slices of at most WINOGRAD_CHUNK images, balanced (so no chunk
+    falls below WINOGRAD_MIN_BATCH when N does not)."""
+    k = -(-N // WINOGRAD_CHUNK)
+    size = -(-N // k)
+    return [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
+
+
 def _winograd_forward(x, w, b, y, padding):
     """3x3 stride-1 conv as 16 matmuls on transformed 4x4 tiles (batch as
-    the innermost, vectorised axis; see numba_winograd)."""
+    the innermost, vectorised axis; see numba_winograd), chunk by chunk of
+    the batch."""
     _kernels()
+    F, C = w.shape[:2]
+    G = _G.astype(x.dtype)
+    U = np.ascontiguousarray(
+        np.einsum("ai,fcij,bj->abfc", G, w, G, optimize=True).reshape(16, F, C))
+    chunks = [(sl, _winograd_forward_chunk(x[sl], U, b, y[sl], padding))
+              for sl in _chunks(x.shape[0])]
+    return ("winograd", x.shape, w.shape, U, chunks, padding)
+
+
+def _winograd_forward_chunk(x, U, b, y, padding):
+    """One chunk of the batch (x and y C-contiguous slices): returns what
+    its backward needs (the transformed input V and the bands)."""
     wino = _wino
     N, C, H, W = x.shape
-    F = w.shape[0]
+    F = U.shape[1]
     PT, _, PL, _ = padding
     _, _, OH, OW = y.shape
     TH, TW = (OH + 1) // 2, (OW + 1) // 2
     P = TH * TW
-    G = _G.astype(x.dtype)
-    U = np.ascontiguousarray(
-        np.einsum("ai,fcij,bj->abfc", G, w, G, optimize=True).reshape(16, F, C))
     xs = _workspace.take((C, 2 * TH + 2, 2 * TW + 2, N), x.dtype)
     wino.pack_planes(x, xs, PT, PL)
     # V band by band, each band contiguous (16, C, rows*TW, N): saved for dw
@@ -284,20 +305,33 @@ def _winograd_forward(x, w, b, y, padding):
         np.matmul(U, Vb.reshape(16, C, L), out=M.reshape(16, F, L))
         wino.output_transform(M, b, ys, th0)
     wino.crop_planes(ys, y, 0, 0)
-    return ("winograd", x.shape, w.shape, U, V, padding, bands)
+    return V, bands
 
 
 def _winograd_backward(dy, saved):
-    """The exact adjoint of _winograd_forward (see numba_winograd), band by
-    band: dM, then dU += dM V^T and dV = U^T dM, scatter-added into dx."""
+    """The exact adjoint of _winograd_forward (see numba_winograd), chunk by
+    chunk: dx per chunk, dU and db summed over the chunks, then dw = G^T dU G."""
     _kernels()
-    wino = _wino
-    _, x_shape, w_shape, U, V, (PT, _, PL, _), bands = saved
-    N, F, OH, OW = dy.shape
-    C = w_shape[1]
-    TH, TW = (OH + 1) // 2, (OW + 1) // 2
+    _, x_shape, w_shape, U, chunks, padding = saved
+    F, C = w_shape[:2]
     db = np.zeros(F, dtype=np.float64)
     dU = np.zeros((16, F, C), dtype=dy.dtype)
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    for sl, (V, bands) in chunks:
+        _winograd_backward_chunk(dy[sl], U, V, bands, padding, dx[sl], dU, db)
+    G = _G.astype(dy.dtype)
+    dw = np.einsum("ai,abfc,bj->fcij", G, dU.reshape(4, 4, F, C), G, optimize=True)
+    return dx, np.ascontiguousarray(dw), db.astype(dy.dtype)
+
+
+def _winograd_backward_chunk(dy, U, V, bands, padding, dx, dU, db):
+    """One chunk, band by band: dM, then dU += dM V^T and dV = U^T dM,
+    scatter-added into the chunk's dx; db += the chunk's sum of dy."""
+    wino = _wino
+    PT, _, PL, _ = padding
+    N, F, OH, OW = dy.shape
+    C = U.shape[2]
+    TH, TW = (OH + 1) // 2, (OW + 1) // 2
     dU_band = np.empty_like(dU)
     UT = U.transpose(0, 2, 1)
     xs = _workspace.take((C, 2 * TH + 2, 2 * TW + 2, N), dy.dtype)
@@ -317,11 +351,7 @@ def _winograd_backward(dy, saved):
         dV = band_dV(r)
         np.matmul(UT, dM3, out=dV.reshape(16, C, L))
         wino.grad_input_transform(dV, xs, th0)
-    dx = np.empty(x_shape, dtype=dy.dtype)
     wino.crop_planes(xs, dx, PT, PL)
-    G = _G.astype(dy.dtype)
-    dw = np.einsum("ai,abfc,bj->fcij", G, dU.reshape(4, 4, F, C), G, optimize=True)
-    return dx, np.ascontiguousarray(dw), db.astype(dy.dtype)
 
 
 # --------------------------------------------------------------- pooling ---
