@@ -92,11 +92,14 @@ class AvgPool2d(_Pool2d):
 
 class ReLU(_Layer):
     def forward(self, x):
-        self._saved = x > 0
-        return np.maximum(x, 0)          # unlike a mask, lets a NaN through to the loss
+        # one pass: the mask is recomputed from y in backward (y > 0 exactly
+        # where x > 0), so inference never pays for it
+        y = np.maximum(x, 0)             # unlike a mask, lets a NaN through to the loss
+        self._saved = y
+        return y
 
     def backward(self, dy):
-        return dy * self._take()
+        return dy * (self._take() > 0)
 
     def __repr__(self):
         return "ReLU()"
