@@ -37,6 +37,8 @@ import time
 
 import numpy as np
 
+from fastcnn.backends import _concurrent
+
 # Taps up to which the per-image column layout beats the whole-batch one
 # (batch 64, one thread, fwd+bwd: K=9 6.1 vs 14.0 ms, K=36 15.7 vs 22.1,
 # K=72 27.4 vs 31.7 but noisy, K=288 about equal; above that the one large
@@ -237,7 +239,7 @@ _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 # or matmul that writes them and the one that reads them (MNIST conv2, one
 # thread, bands of one tile row against one band: matmuls fwd 3.0 -> 2.6 ms,
 # bwd 7.2 -> 5.5 ms; fwd+bwd 17.7 -> 16.0 ms; 1024 tiles and more were slower).
-WINOGRAD_BAND_TILES = 512
+WINOGRAD_BAND_TILES = 256
 
 
 def _bands(TH, TW, N):
@@ -258,26 +260,35 @@ def _band(V, th0, th1, C, TW, N):
     return V[16 * C * th0 * TW * N:16 * C * th1 * TW * N].reshape(16, C, (th1 - th0) * TW, N)
 
 
-def _chunks(N):
-    """Batch slices of at most WINOGRAD_CHUNK images, balanced (so no chunk
-    falls below WINOGRAD_MIN_BATCH when N does not)."""
-    k = -(-N // WINOGRAD_CHUNK)
+def _chunks(N, threads):
+    """Batch slices for the Winograd path: at most WINOGRAD_CHUNK images
+    each, at least one per thread while each keeps WINOGRAD_MIN_BATCH
+    images, balanced."""
+    k = max(-(-N // WINOGRAD_CHUNK), min(threads, N // WINOGRAD_MIN_BATCH), 1)
     size = -(-N // k)
     return [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
 
 
+def _concurrently(fn, items):
+    """fn over items, one chunk per thread at a time, each single-threaded
+    (see backends/_concurrent)."""
+    return _concurrent.run(fn, items, numba.get_num_threads(),
+                           numba.get_num_threads, numba.set_num_threads)
+
+
 def _winograd_forward(x, w, b, y, padding):
     """3x3 stride-1 conv as 16 matmuls on transformed 4x4 tiles (batch as
-    the innermost, vectorised axis; see numba_winograd), chunk by chunk of
-    the batch."""
+    the innermost, vectorised axis; see numba_winograd), chunks of the batch
+    running concurrently."""
     _kernels()
     F, C = w.shape[:2]
     G = _G.astype(x.dtype)
     U = np.ascontiguousarray(
         np.einsum("ai,fcij,bj->abfc", G, w, G, optimize=True).reshape(16, F, C))
-    chunks = [(sl, _winograd_forward_chunk(x[sl], U, b, y[sl], padding))
-              for sl in _chunks(x.shape[0])]
-    return ("winograd", x.shape, w.shape, U, chunks, padding)
+    slices = _chunks(x.shape[0], numba.get_num_threads())
+    saved = _concurrently(lambda sl: _winograd_forward_chunk(x[sl], U, b, y[sl], padding),
+                          slices)
+    return ("winograd", x.shape, w.shape, U, list(zip(slices, saved)), padding)
 
 
 def _winograd_forward_chunk(x, U, b, y, padding):
@@ -310,15 +321,25 @@ def _winograd_forward_chunk(x, U, b, y, padding):
 
 def _winograd_backward(dy, saved):
     """The exact adjoint of _winograd_forward (see numba_winograd), chunk by
-    chunk: dx per chunk, dU and db summed over the chunks, then dw = G^T dU G."""
+    chunk (concurrently): dx per chunk, dU and db summed over the chunks,
+    then dw = G^T dU G."""
     _kernels()
     _, x_shape, w_shape, U, chunks, padding = saved
     F, C = w_shape[:2]
-    db = np.zeros(F, dtype=np.float64)
-    dU = np.zeros((16, F, C), dtype=dy.dtype)
     dx = np.empty(x_shape, dtype=dy.dtype)
-    for sl, (V, bands) in chunks:
+
+    def chunk(item):
+        sl, (V, bands) = item
+        dU = np.zeros((16, F, C), dtype=dy.dtype)
+        db = np.zeros(F, dtype=np.float64)
         _winograd_backward_chunk(dy[sl], U, V, bands, padding, dx[sl], dU, db)
+        return dU, db
+
+    parts = _concurrently(chunk, chunks)
+    dU, db = parts[0]
+    for dU_c, db_c in parts[1:]:
+        dU += dU_c
+        db += db_c
     G = _G.astype(dy.dtype)
     dw = np.einsum("ai,abfc,bj->fcij", G, dU.reshape(4, 4, F, C), G, optimize=True)
     return dx, np.ascontiguousarray(dw), db.astype(dy.dtype)

@@ -1,0 +1,105 @@
+"""Run independent pieces of one op on a few Python threads at once, each
+piece single-threaded: one pool busy at a time instead of two fighting.
+
+Why: a piece that alternates small matmuls with short compiled loops (the
+numba Winograd convolution, band by band) cannot use two cores well from
+one thread - OpenBLAS splits each small matmul across its threads for a few
+microseconds, and each wake of the kernels' OpenMP pool costs ~50 us. Giving
+each core a whole piece (a chunk of the batch) with single-threaded BLAS and
+kernels keeps both cores busy with no hand-offs inside a piece. The pieces
+must not write to shared memory; the caller combines their results.
+
+``run(fn, items, threads)`` calls ``fn(item)`` for every item and returns
+the results in order; the calling thread takes part. While pieces run, every
+BLAS loaded in the process runs one thread (threadpoolctl; restored when the
+last concurrent caller leaves, so concurrent ops from several user threads
+are safe) and each participating thread's kernels run one thread (the backend passes
+its per-thread getter and setter, e.g. numba's).
+
+Deliberately not here: deciding how to split an op (the backend does).
+"""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+_lock = threading.Lock()
+_active = 0               # concurrent callers inside a single-threaded-BLAS section
+_saved_blas = None        # [(controller, its thread count before)] while _active
+_controllers = None
+_executor = None
+_executor_workers = 0
+
+
+def _blas_controllers():
+    global _controllers
+    if _controllers is None:
+        from threadpoolctl import ThreadpoolController
+        _controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _controllers
+
+
+def _enter():
+    global _active, _saved_blas
+    with _lock:
+        if _active == 0:
+            _saved_blas = [(c, c.num_threads) for c in _blas_controllers()]
+            for c, _ in _saved_blas:
+                c.set_num_threads(1)
+        _active += 1
+
+
+def _leave():
+    global _active, _saved_blas
+    with _lock:
+        _active -= 1
+        if _active == 0:
+            for c, n in _saved_blas:
+                c.set_num_threads(n)
+            _saved_blas = None
+
+
+def _pool(workers):
+    global _executor, _executor_workers
+    with _lock:
+        if _executor is None or _executor_workers < workers:
+            old = _executor
+            _executor = ThreadPoolExecutor(max_workers=workers,
+                                           thread_name_prefix="fastcnn")
+            _executor_workers = workers
+            if old is not None:
+                old.shutdown(wait=False)
+        return _executor
+
+
+def run(fn, items, threads, get_threads, set_threads):
+    """[fn(item) for item in items], up to ``threads`` at a time (see module
+    doc); ``get_threads``/``set_threads`` read and set the calling thread's
+    own kernel thread count (numba's is per thread)."""
+    items = list(items)
+    threads = max(1, min(threads, len(items)))
+    if threads == 1:
+        return [fn(item) for item in items]
+
+    def piece(item):
+        set_threads(1)
+        return fn(item)
+
+    results = [None] * len(items)
+    own = get_threads()
+    _enter()
+    futures = {}
+    try:
+        set_threads(1)
+        # the caller takes every threads-th item from 0, the workers the
+        # others, so equal pieces finish together
+        pool = _pool(threads - 1)
+        futures = {i: pool.submit(piece, items[i]) for i in range(len(items)) if i % threads}
+        for i in range(0, len(items), threads):
+            results[i] = fn(items[i])
+        for i, f in futures.items():
+            results[i] = f.result()
+    finally:
+        for f in futures.values():      # never leave a piece running on our buffers
+            f.exception()
+        set_threads(own)
+        _leave()
+    return results
