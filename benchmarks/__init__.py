@@ -8,3 +8,7 @@ This package is deliberately not part of the installed library: it is only
 importable from a checkout (the repo root on ``sys.path``), and nothing in
 ``fastcnn`` imports it.
 """
+
+# fastcnn first, before numpy: its thread-pool defaults (OMP_WAIT_POLICY,
+# OPENBLAS_THREAD_TIMEOUT) only count if set before OpenBLAS and OpenMP load
+import fastcnn  # noqa: E402,F401

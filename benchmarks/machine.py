@@ -134,6 +134,7 @@ def describe():
         "blas": blas_name(),
         "numba threading layer": numba_threading_layer(),
         "OpenMP wait policy": _threads.wait_policy(),
+        "OPENBLAS_THREAD_TIMEOUT": _threads.blas_timeout(),
         "malloc": _malloc.malloc_state(),
         "threads": ", ".join(f"{k}={n}" for k, n in thread_report().items()),
         "fastcnn backends": ", ".join(fastcnn.available_backends()),

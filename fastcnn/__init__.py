@@ -7,7 +7,9 @@ matmul), ``cython`` and ``numba`` (compiled kernels). The public ops live in
 and reporting the configuration.
 """
 from fastcnn import _threads
-_threads.default_wait_policy()     # before anything can load an OpenMP runtime
+# before anything loads OpenMP or OpenBLAS (numpy): they read these once
+_threads.default_wait_policy()
+_threads.default_blas_timeout()
 
 from fastcnn import ops  # noqa: E402
 from fastcnn._threads import get_num_threads, set_num_threads, init_from_env as _init_threads  # noqa: E402

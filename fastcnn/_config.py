@@ -26,6 +26,7 @@ def config():
         "default_backend": get_backend(),
         "num_threads": _threads.get_num_threads(),
         "omp_wait_policy": _threads.wait_policy(),
+        "openblas_thread_timeout": _threads.blas_timeout(),
         "malloc": _malloc.malloc_state(),
         "blas": [{k: d.get(k) for k in ("internal_api", "version", "num_threads",
                                         "threading_layer", "architecture")}
@@ -58,7 +59,9 @@ def show_config(file=None):
         print(f"BLAS: {b['internal_api']} {b['version']} ({b['architecture']}, "
               f"{b['threading_layer']}), {b['num_threads']} threads", file=file)
     print(f"threads (set_num_threads / FASTCNN_NUM_THREADS): {info['num_threads']}", file=file)
-    print(f"OMP_WAIT_POLICY: {info['omp_wait_policy']}; malloc: {info['malloc']}", file=file)
+    print(f"OMP_WAIT_POLICY: {info['omp_wait_policy']}; OPENBLAS_THREAD_TIMEOUT: "
+          f"{info['openblas_thread_timeout']}", file=file)
+    print(f"malloc: {info['malloc']}", file=file)
 
 
 def warmup():

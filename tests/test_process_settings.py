@@ -13,7 +13,8 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def _python(code, **env):
-    full = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
     full.update(env)
     proc = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True,
                           text=True, timeout=300)
@@ -43,6 +44,14 @@ def test_drop_default_wait_policy_removes_only_fastcnns_own():
                   "_threads.drop_default_wait_policy(); print(os.environ.get('OMP_WAIT_POLICY'))",
                   OMP_WAIT_POLICY="ACTIVE")
     assert out == "ACTIVE"
+
+
+def test_import_shortens_openblas_spinning_when_it_comes_before_numpy():
+    code = "import fastcnn; from fastcnn import _threads; print(_threads.blas_timeout())"
+    assert _python(code) == "16 (fastcnn default)"
+    assert _python("import numpy; " + code) == \
+        "16 (fastcnn default, too late: numpy was imported before fastcnn)"
+    assert _python(code, OPENBLAS_THREAD_TIMEOUT="28") == "28 (user)"
 
 
 _FAULTS = """
