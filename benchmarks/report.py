@@ -5,9 +5,13 @@ group with the speed relative to PyTorch), ``benchmarks/layers.png`` (per-layer
 forward + backward time by implementation) and ``benchmarks/throughput.png``
 (images/s against batch size, training and inference), all atomically.
 Timing is timeit-style (``machine.median_times``: the median of a few
-repeats, warm-up call excluded, the rows of a group taking turns), not pytest. Peak memory of training and the
-numba cold-compile time are measured in fresh subprocesses, so neither is
-disturbed by what this process has already allocated or compiled.
+repeats, warm-up call excluded), not pytest. Each implementation is timed
+alone in a fresh process (``--timing-child``), as its users would run it:
+thread pools of different libraries in one process slow each other down, and
+one process has one OpenMP runtime, so fastcnn's OpenMP default would also
+be PyTorch's. The children run in ``--rounds`` rounds, the order reversed
+each round, and each row keeps its best round. Peak memory of training and
+the numba cold-compile time are measured in fresh subprocesses too.
 It deliberately makes no claims of its own: every number in the file is
 measured in this run, on this machine.
 """
@@ -115,6 +119,76 @@ def measure_network(run, impls, dtypes_train):
             (impl,): (runners.make_inference, impl, "float32", batch) for impl in impls})
         infer[(batch, "float32")] = {k[0]: v for k, v in t.items()}
     return {"train": train, "infer": infer}
+
+
+# ---------------------------------------------------------------- one implementation per process
+
+# A reference row runs with its libraries' own thread-pool defaults, not
+# fastcnn's (see fastcnn/_threads.py): OpenBLAS's built-in 2**28-cycle spin
+# (set explicitly, since fastcnn is imported - and numpy loaded - first), and
+# no OMP_WAIT_POLICY (dropped before PyTorch loads OpenMP).
+REFERENCE_ENV = {"OPENBLAS_THREAD_TIMEOUT": "28"}
+
+
+def timing_child(impl, threads, quick):
+    """Time every layer and network row of ``impl`` in this process; print JSON."""
+    reference = impl in runners.REFERENCES
+    if reference:
+        from fastcnn import _threads
+        _threads.drop_default_wait_policy()
+    setup = machine.prepare(threads, warm=not reference)
+    run = Run(target_s=0.15 if quick else 0.4)
+    dtypes = ("float32",) if quick else common.DTYPES
+    layers = measure_layers(run, LAYERS + LARGE + (() if quick else FULL_ONLY), dtypes, [impl])
+    net = measure_network(run, [impl], common.DTYPES)
+    print(json.dumps({
+        "layers": [[label, dtype, *row[impl]] for (label, dtype), row in layers.items()
+                   if impl in row],
+        "train": [[b, dt, row[impl]] for (b, dt), row in net["train"].items() if impl in row],
+        "infer": [[b, dt, row[impl]] for (b, dt), row in net["infer"].items() if impl in row],
+        "warmup": setup["warmup"], "skipped": run.skipped, "failed": run.failed}))
+
+
+def measure_timings(run, impls, threads, quick, rounds):
+    """Layers and network of every implementation, each in its own process,
+    ``rounds`` times in alternating order; every row keeps its fastest round.
+    Returns (layers, net, warmup) shaped as measure_layers / measure_network."""
+    layers, net, warmup = {}, {"train": {}, "infer": {}}, {}
+
+    def keep(table, key, impl, value, total=lambda v: v):
+        row = table.setdefault(key, {})
+        if impl not in row or total(value) < total(row[impl]):
+            row[impl] = value
+
+    for r in range(rounds):
+        for impl in (impls if r % 2 == 0 else impls[::-1]):
+            progress(f"timing {impl} alone (round {r + 1}/{rounds})")
+            argv = ["-m", "benchmarks.report", "--timing-child", impl, str(threads)]
+            try:
+                out = run_child(argv + (["--quick"] if quick else []),
+                                REFERENCE_ENV if impl in runners.REFERENCES else None,
+                                timeout=1800)
+            except Exception as e:
+                run.failed.append((f"timing {impl} round {r + 1}", str(e)))
+                continue
+            for label, dtype, f, b in out["layers"]:
+                keep(layers, (label, dtype), impl, (f, b), total=sum)
+            for kind in ("train", "infer"):
+                for b, dt, t in out[kind]:
+                    keep(net[kind], (b, dt), impl, t)
+            warmup.update(out["warmup"])
+            if r == 0:
+                run.skipped += [tuple(x) for x in out["skipped"]]
+            run.failed += [(f"{what} (round {r + 1})", why) for what, why in out["failed"]]
+    # rows in the usual order: layers as listed, implementations as registered
+    order = {impl: i for i, impl in enumerate(impls)}
+    layers = {k: dict(sorted(v.items(), key=lambda kv: order[kv[0]])) for k, v in layers.items()}
+    for kind in net:
+        net[kind] = {k: dict(sorted(v.items(), key=lambda kv: order[kv[0]]))
+                     for k, v in sorted(net[kind].items(), key=lambda kv: (kv[0][1], kv[0][0]))}
+    labels = [lab for lab, _, _ in LAYERS + LARGE + FULL_ONLY]
+    layers = dict(sorted(layers.items(), key=lambda kv: (labels.index(kv[0][0]), kv[0][1])))
+    return layers, net, warmup
 
 
 # ---------------------------------------------------------------- subprocess measurements
@@ -296,13 +370,18 @@ def write_markdown(path, env, peaks, setup, layers, net, memory, compiled, run, 
          f"Produced by `python -m benchmarks.report{' --quick' if args.quick else ''}` on "
          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in {took:.0f} s. "
          "Times are medians of timeit-style repeats after a warm-up call "
-         "(JIT compilation excluded; it is reported separately below). Other work on the "
-         "machine during the run makes single numbers noisy; ratios measured side by side "
-         "in one run are the robust figures.", "", "## Machine", ""]
+         "(JIT compilation excluded; it is reported separately below). Each implementation "
+         f"ran alone in its own process, {args.rounds} round(s) in alternating order, and "
+         "each row keeps its fastest round. fastcnn's backends ran with fastcnn's thread-pool "
+         "defaults (OMP_WAIT_POLICY=PASSIVE, OPENBLAS_THREAD_TIMEOUT=16); PyTorch and the "
+         "tutorial code with their libraries' own (OMP_WAIT_POLICY unset, "
+         "OPENBLAS_THREAD_TIMEOUT=28, OpenBLAS's built-in value); glibc malloc tuned "
+         "(`fastcnn.tune_malloc()`) for all. Other work on the machine makes single numbers "
+         "noisy.", "", "## Machine", ""]
     L += [f"- **{k}**: {v}" for k, v in env.items()]
     L += ["- **matmul peak (1024x1024 BLAS matmul, this run)**: "
           + ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in peaks.items()),
-          f"- **JIT warm-up in this process before timing**: {setup['warmup_s']:.2f} s ("
+          f"- **JIT warm-up in the timing processes**: ("
           + ", ".join(f"{k} {v:.2f} s" for k, v in setup["warmup"].items()) + ")", ""]
     L += ["## Headline: each backend against PyTorch CPU", ""] + headline(layers, net) + [""]
     L += ["![per-layer time](layers.png)", "", "![throughput](throughput.png)", ""]
@@ -426,24 +505,29 @@ def main(argv=None):
     p.add_argument("--no-compile", action="store_true",
                    help="skip the numba cold-compile measurement (two fresh processes; "
                         "always skipped with --quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="times each implementation's process runs (default 2, 1 with --quick)")
     p.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--timing-child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
         impl, dtype, steps, threads = args.memory_child
         return memory_child(impl, dtype, int(steps), int(threads))
+    if args.timing_child:
+        impl, threads = args.timing_child
+        return timing_child(impl, int(threads), args.quick)
 
     start = time.perf_counter()
     args.memory_steps = args.memory_steps or (5 if args.quick else 20)
+    args.rounds = args.rounds or (1 if args.quick else 2)
     setup = machine.prepare(args.threads)
     impls = runners.implementations()
     progress(f"implementations: {', '.join(impls)}; {args.threads} threads")
     run = Run(target_s=0.15 if args.quick else 0.4)
     peaks = {dt: machine.matmul_peak(dt) for dt in common.DTYPES}
 
-    dtypes = ("float32",) if args.quick else common.DTYPES
-    layer_rows = LAYERS + LARGE + (() if args.quick else FULL_ONLY)
-    layers = measure_layers(run, layer_rows, dtypes, impls)
-    net = measure_network(run, impls, common.DTYPES)
+    layers, net, setup["warmup"] = measure_timings(run, impls, args.threads, args.quick,
+                                                   args.rounds)
     memory = measure_memory(run, impls, args.memory_steps, args.threads)
     compiled = {} if (args.no_compile or args.quick) else measure_compile(run)
     env = machine.describe()    # after the kernels ran: numba's threading layer is known now
