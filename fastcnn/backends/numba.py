@@ -141,6 +141,17 @@ def _aligned_empty(shape, dtype, align=4096):
 _workspace = _Workspace()
 
 
+class _single_threaded_kernels:
+    """The calling thread's Numba kernels on one thread inside the block."""
+
+    def __enter__(self):
+        self.threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        numba.set_num_threads(self.threads)
+
+
 def _run(kernel, work, *args):
     """Call ``kernel``, on one thread when ``work`` is too small to share."""
     threads = numba.get_num_threads()
@@ -166,6 +177,17 @@ def _padded(x, PT, PB, PL, PR):
     xp.fill(0)
     xp[:, :, PT:PT + H, PL:PL + W] = x
     return xp.reshape(N, C, HPX * WP), HPX, WP
+
+
+def _per_image_chunks(fn, N, work):
+    """fn(slice) over the batch: one chunk per thread, concurrently, when
+    the work is worth it; else one chunk on this thread."""
+    threads = numba.get_num_threads()
+    if work < SERIAL_BELOW or threads == 1 or N < 2:
+        with _single_threaded_kernels():
+            return [fn(slice(0, N))]
+    size = -(-N // threads)
+    return _concurrently(fn, [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)])
 
 
 def _conv_path(N, C, KH, KW, stride):
@@ -194,15 +216,22 @@ def conv2d_forward(x, w, b, stride, padding):
     if path == "per_image":
         # y[n] = [w | b] @ cols[n]: the product is NCHW already, and the
         # bias rides on a row of ones (db then falls out of the dw product).
+        # Chunks of the batch run concurrently, one per core (its im2col and
+        # its small matmuls single-threaded): MNIST conv1 fwd+bwd 3.1 -> 1.9 ms.
         P = OH * OW
         cols = _workspace.take((N, K + 1, P), x.dtype)
-        cols[:, K, :] = 1
-        _run(conv.im2col, K * N * P, xp, cols.transpose(1, 0, 2)[:K],
-             KH, KW, OH, OW, SH, SW, WP, OW)
         wb = np.empty((F, K + 1), dtype=x.dtype)
         wb[:, :K] = w.reshape(F, K)
         wb[:, K] = bias
-        np.matmul(wb, cols, out=y.reshape(N, F, P))
+        y3 = y.reshape(N, F, P)
+
+        def chunk(sl):
+            c = cols[sl]
+            c[:, K, :] = 1
+            conv.im2col(xp[sl], c.transpose(1, 0, 2)[:K], KH, KW, OH, OW, SH, SW, WP, OW)
+            np.matmul(wb, c, out=y3[sl])
+
+        _per_image_chunks(chunk, N, K * N * P)
         return y, (path, x.shape, w, cols, stride, padding, HPX, WP)
     RP = conv.pitch(OW, SH, SW, WP)          # column row pitch (see numba_conv)
     NL = N * OH * RP
@@ -225,10 +254,17 @@ def conv2d_backward(dy, saved):
     if path == "per_image":
         P = OH * OW
         dy3 = dy.reshape(N, F, P)
-        dwb = np.matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0)     # (F, K+1)
-        dcols = np.matmul(w.reshape(F, K).T, dy3, out=_workspace.take((N, K, P), dy.dtype))
-        _run(conv.col2im, K * N * P, dcols.transpose(1, 0, 2), dx,
-             KH, KW, OH, OW, SH, SW, PT, PL, HPX, WP, OW)
+        dcols = _workspace.take((N, K, P), dy.dtype)
+        wT = w.reshape(F, K).T
+
+        def chunk(sl):
+            dwb = np.matmul(dy3[sl], cols[sl].transpose(0, 2, 1)).sum(axis=0)   # (F, K+1)
+            np.matmul(wT, dy3[sl], out=dcols[sl])
+            conv.col2im(dcols[sl].transpose(1, 0, 2), dx[sl],
+                        KH, KW, OH, OW, SH, SW, PT, PL, HPX, WP, OW)
+            return dwb
+
+        dwb = sum(_per_image_chunks(chunk, N, K * N * P))
         return dx, np.ascontiguousarray(dwb[:, :K]).reshape(w.shape), dwb[:, K].copy()
     RP = conv.pitch(OW, SH, SW, WP)
     NL = N * OH * RP
