@@ -282,9 +282,6 @@ def conv2d_backward(dy, saved):
     return dx, np.ascontiguousarray(dwT.T).reshape(w.shape), db
 
 
-# Winograd F(2x2, 3x3) weight transform (Lavin & Gray 2015); B and A are
-# applied inside the kernels, G here on the (small) weights.
-_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 # Tiles per band: transforms and matmuls run band by band over whole tile
 # rows, so a band's (16, F, tiles) products stay in cache between the kernel
 # or matmul that writes them and the one that reads them (MNIST conv2, one
@@ -333,9 +330,8 @@ def _winograd_forward(x, w, b, y, padding):
     running concurrently."""
     _kernels()
     F, C = w.shape[:2]
-    G = _G.astype(x.dtype)
-    U = np.ascontiguousarray(
-        np.einsum("ai,fcij,bj->abfc", G, w, G, optimize=True).reshape(16, F, C))
+    U = np.empty((16, F, C), dtype=x.dtype)
+    _wino.weight_transform(w, U)
     slices = _chunks(x.shape[0], numba.get_num_threads())
     saved = _concurrently(lambda sl: _winograd_forward_chunk(x[sl], U, b, y[sl], padding),
                           slices)
@@ -391,9 +387,9 @@ def _winograd_backward(dy, saved):
     for dU_c, db_c in parts[1:]:
         dU += dU_c
         db += db_c
-    G = _G.astype(dy.dtype)
-    dw = np.einsum("ai,abfc,bj->fcij", G, dU.reshape(4, 4, F, C), G, optimize=True)
-    return dx, np.ascontiguousarray(dw), db.astype(dy.dtype)
+    dw = np.empty(w_shape, dtype=dy.dtype)
+    _wino.weight_grad_transform(dU, dw)
+    return dx, dw, db.astype(dy.dtype)
 
 
 def _winograd_backward_chunk(dy, U, V, bands, padding, dx, dU, db):
