@@ -4,11 +4,52 @@ types of the signatures.
 This module deliberately holds no kernels and no thread policy (the adapter
 ``fastcnn.backends.numba`` decides how many threads a call gets).
 """
+import os
+
 from numba import njit, prange, types
 
-# cache=True: compiled once per installation, reloaded from disk later (next
-# to the source in __pycache__, or in NUMBA_CACHE_DIR / the user cache when the
-# package directory is read-only). fastmath stays off: no kernel needs
+_KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _install_cache_locator():
+    """Cache fastcnn's compiled kernels under the user's cache folder
+    ($XDG_CACHE_HOME/fastcnn/numba, default ~/.cache/fastcnn/numba), not in
+    __pycache__ beside the installed source as Numba would: files there are
+    not the package's, so ``pip uninstall`` leaves the folder behind, and
+    that leftover ``fastcnn/`` in site-packages then shadows a later
+    ``pip install -e .`` as an empty namespace package. NUMBA_CACHE_DIR, if
+    set, still wins; if the folder is not writable, Numba's own choice
+    stands. Uses Numba's locator list (numba.core.caching), which is not a
+    public API: if it changes, Numba's default simply applies."""
+    try:
+        from numba.core import config as numba_config
+        from numba.core.caching import CacheImpl, UserWideCacheLocator
+    except ImportError:
+        return
+
+    class FastcnnCacheLocator(UserWideCacheLocator):
+        def __init__(self, py_func, py_file):
+            super().__init__(py_func, py_file)
+            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+                os.path.expanduser("~"), ".cache")
+            self._cache_path = os.path.join(base, "fastcnn", "numba",
+                                            self.get_suitable_cache_subpath(py_file))
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if numba_config.CACHE_DIR or \
+                    os.path.dirname(os.path.abspath(py_file)) != _KERNELS_DIR:
+                return None
+            return super().from_function(py_func, py_file)
+
+    if not any(c.__name__ == "FastcnnCacheLocator" for c in CacheImpl._locator_classes):
+        CacheImpl._locator_classes.insert(0, FastcnnCacheLocator)
+
+
+_install_cache_locator()
+
+# cache=True: compiled once per installation, reloaded from disk later (see
+# _install_cache_locator for where). fastmath stays off: no kernel needs
 # reassociation: reductions accumulate into rows of partial sums instead.
 # error_model='numpy': no ZeroDivisionError checks inside the loops.
 JIT_OPTIONS = dict(cache=True, nogil=True, fastmath=False, error_model="numpy",
