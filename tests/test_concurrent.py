@@ -8,7 +8,10 @@ from fastcnn.backends import _concurrent
 
 
 def _blas_threads():
-    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    # the BLAS libraries _concurrent controls: those loaded at its first use,
+    # numpy's (what np.matmul calls) among them
+    paths = {c.filepath for c in _concurrent._blas_controllers()}
+    return [p["num_threads"] for p in threadpool_info() if p["filepath"] in paths]
 
 
 class _Local(threading.local):

@@ -11,7 +11,8 @@ must not write to shared memory; the caller combines their results.
 
 ``run(fn, items, threads)`` calls ``fn(item)`` for every item and returns
 the results in order; the calling thread takes part. While pieces run, every
-BLAS loaded in the process runs one thread (threadpoolctl; restored when the
+BLAS that was loaded when this module first ran pieces - numpy's, which
+np.matmul calls, among them - runs one thread (threadpoolctl; restored when the
 last concurrent caller leaves, so concurrent ops from several user threads
 are safe) and each participating thread's kernels run one thread (the backend passes
 its per-thread getter and setter, e.g. numba's).

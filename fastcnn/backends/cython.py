@@ -24,6 +24,8 @@ import threading
 
 import numpy as np
 
+from fastcnn.backends import _concurrent
+
 try:
     from fastcnn._kernels import cy_conv, cy_info, cy_pool
 except ImportError as e:  # the registry reports this message as the reason
@@ -66,8 +68,35 @@ def build_info():
 
 def _threads(work, items):
     """Threads for a loop of `items` parallel items and `work` total work:
-    one for tiny problems, never more than there are items."""
-    return max(1, min(_num_threads, items, work // _WORK_PER_THREAD))
+    one for tiny problems, never more than there are items (and one inside
+    a chunk that runs concurrently with others, see _chunked)."""
+    n = _local.__dict__.get("threads")
+    return max(1, min(_num_threads if n is None else n, items, work // _WORK_PER_THREAD))
+
+
+def _get_own_threads():
+    return _local.__dict__.get("threads")
+
+
+def _set_own_threads(n):
+    """This thread's cap on the kernels' OpenMP threads (None: the global one)."""
+    if n is None:
+        _local.__dict__.pop("threads", None)
+    else:
+        _local.threads = n
+
+
+def _chunked(fn, N, work):
+    """fn(slice) over chunks of the batch: one chunk per thread, running
+    concurrently, each single-threaded (OpenMP loops and BLAS; see
+    backends/_concurrent) - or one chunk, with the usual OpenMP threads,
+    when the problem is too small to share. Returns fn's results."""
+    threads = min(_num_threads, N, work // _WORK_PER_THREAD)
+    if threads < 2:
+        return [fn(slice(0, N))]
+    size = -(-N // threads)
+    return _concurrent.run(fn, [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)],
+                           threads, _get_own_threads, _set_own_threads)
 
 
 # ------------------------------------------------------- scratch buffers
@@ -126,12 +155,24 @@ def _columns(x, KH, KW, stride, padding, OH, OW):
 def conv2d_forward(x, w, b, stride, padding):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
-    (SH, SW), (PT, PB, PL, PR) = stride, padding
-    OH = (H + PT + PB - KH) // SH + 1
-    OW = (W + PL + PR - KW) // SW + 1
-    K, P = C * KH * KW, OH * OW
+    (PT, PB, PL, PR) = padding
+    OH = (H + PT + PB - KH) // stride[0] + 1
+    OW = (W + PL + PR - KW) // stride[1] + 1
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
     y = np.empty((N, F, OH, OW), dtype=x.dtype)
+    # chunks of the batch, one per core (MNIST conv1 fwd+bwd 2.2 -> 1.8 ms;
+    # conv2, BLAS-bound, 13.4 -> 13.3 ms)
+    _chunked(lambda sl: _forward(x[sl], w, bias, y[sl], stride, padding),
+             N, N * F * C * KH * KW * OH * OW)
+    return y, (x, w, stride, padding)
+
+
+def _forward(x, w, bias, y, stride, padding):
+    """The forward of one chunk: y (a C-contiguous slice) = conv(x) + bias."""
+    N, C, _, _ = x.shape
+    F, _, KH, KW = w.shape
+    _, _, OH, OW = y.shape
+    K, P = C * KH * KW, OH * OW
     cols = _columns(x, KH, KW, stride, padding, OH, OW)
     if K <= _PER_IMAGE_MAX_K:
         wb = np.empty((F, K + 1), dtype=x.dtype)
@@ -142,11 +183,26 @@ def conv2d_forward(x, w, b, stride, padding):
         yF = np.matmul(w.reshape(F, K), cols.reshape(K, N * P),
                        out=_scratch("yF", (F, N * P), x.dtype))
         cy_conv.unpack_output(yF, bias, y.reshape(N, F, P), _threads(N * F * P, N * F))
-    return y, (x, w, stride, padding)
 
 
 def conv2d_backward(dy, saved):
     x, w, stride, padding = saved
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    _, _, OH, OW = dy.shape
+    dx = np.empty(x.shape, dtype=dy.dtype)
+    parts = _chunked(lambda sl: _backward(dy[sl], x[sl], w, stride, padding, dx[sl]),
+                     N, N * F * C * KH * KW * OH * OW)
+    dw, db = parts[0]
+    for dw_c, db_c in parts[1:]:
+        dw += dw_c
+        db += db_c
+    return dx, dw, db
+
+
+def _backward(dy, x, w, stride, padding, dx):
+    """The backward of one chunk: fills dx (a C-contiguous slice), returns
+    the chunk's (dw, db)."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     (SH, SW), (PT, _, PL, _) = stride, padding
@@ -168,9 +224,8 @@ def conv2d_backward(dy, saved):
         dw = np.matmul(dyF, cols.reshape(K, N * P).T).reshape(w.shape)
         dcols = np.matmul(w2.T, dyF, out=_scratch("dcols", (K, N * P), dy.dtype))
         dcols = dcols.reshape(K, N, P)
-    dx = np.empty(x.shape, dtype=dy.dtype)
     cy_conv.col2im(dcols, dx, KH, KW, SH, SW, PT, PL, OH, OW, _threads(K * N * P, N * C))
-    return dx, dw, db
+    return dw, db
 
 
 # ---------------------------------------------------------------- pooling
