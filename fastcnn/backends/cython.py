@@ -13,6 +13,8 @@ saying so, and the registry reports the backend absent with that reason.
   loops were measured and lost even on the 1->32 channel 3x3 first MNIST
   layer (batch 64, one thread: direct fwd+dx+dw 10.8 ms, im2col +
   per-image BLAS about 1.3 ms), so there are none.
+* conv2d runs the batch as one chunk per thread, concurrently, each with
+  single-threaded loops and BLAS (``backends/_concurrent``).
 * pooling: direct compiled loops; max pooling saves int32 argmax planes.
 
 Shapes: x (N, C, H, W), w (F, C, KH, KW), y/dy (N, F, OH, OW); stride

@@ -7,8 +7,8 @@ the arithmetic is all in the kernels (and in BLAS matmuls for the
 many-tap convolutions).
 
 Paths for conv2d, chosen by shape (``_conv_path``):
-  * K = C*KH*KW <= PER_IMAGE_MAX_TAPS: im2col (Numba, parallel over samples)
-    with per-image columns (N, K+1, P) and a batch of small products
+  * K = C*KH*KW <= PER_IMAGE_MAX_TAPS: im2col (Numba) with per-image
+    columns (N, K+1, P) and a batch of small products
     y[n] = [w | b] @ cols[n] that come out NCHW, the bias on a row of ones.
     Direct fused loops were measured and lost even on the 1->32 channel
     first MNIST layer (batch 64, one thread: fwd+bwd 6.5 ms against
@@ -19,10 +19,18 @@ Paths for conv2d, chosen by shape (``_conv_path``):
   * otherwise: im2col with whole-batch columns (K, N*L) and one large product
     per pass, with y and dy transposed by layout kernels (bias and db fused in).
 
+Threads: the first two paths split the batch into chunks, one per thread,
+that run concurrently with single-threaded kernels and BLAS
+(``backends/_concurrent``): one pool busy at a time, where OpenBLAS splitting
+dozens of small products and Numba's pool waking for short loops kept both
+cores half idle (MNIST conv2 fwd+bwd 13 -> 8 ms). The third path and the
+pooling kernels use Numba's parallel loops and multi-threaded BLAS.
+
 Inputs are zero-padded once (``_padded``) so kernels never test bounds.
 
 Compilation: the kernel modules compile eagerly for float32 and float64 when
-imported, with ``cache=True``, so the cost is paid once per installation.
+imported, with ``cache=True`` (under ~/.cache/fastcnn/numba, see
+numba_common), so the cost is paid once per installation and user.
 Importing *this* module imports neither them nor Numba itself (0.4 s or
 more), so ``fastcnn.available_backends()`` stays fast; the first kernel
 call, ``warmup()`` or ``info()`` does.
