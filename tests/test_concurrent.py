@@ -87,3 +87,19 @@ def test_concurrent_callers_restore_blas_only_when_the_last_leaves():
             t.join()
         assert not errors
         assert set(_blas_threads()) == {2}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_gets_fresh_workers():
+    import multiprocessing
+    get, set_, _ = _setter()
+    assert _concurrent.run(lambda i: i, range(4), 2, get, set_) == [0, 1, 2, 3]   # workers started
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        out = pool.apply_async(_run_in_child).get(timeout=60)     # hung before: dead workers
+    assert out == [0, 1, 4, 9]
+
+
+def _run_in_child():
+    get, set_, _ = _setter()
+    return _concurrent.run(lambda i: i * i, range(4), 2, get, set_)

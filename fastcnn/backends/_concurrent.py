@@ -19,6 +19,7 @@ its per-thread getter and setter, e.g. numba's).
 
 Deliberately not here: deciding how to split an op (the backend does).
 """
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +29,19 @@ _saved_blas = None        # [(controller, its thread count before)] while _activ
 _controllers = None
 _executor = None
 _executor_workers = 0
+
+
+def _after_fork_in_child():
+    """A forked child has none of the parent's worker threads: forget the
+    executor (its dead workers would never run a piece) and the lock."""
+    global _lock, _active, _saved_blas, _executor, _executor_workers
+    _lock = threading.Lock()
+    _active, _saved_blas = 0, None
+    _executor, _executor_workers = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _blas_controllers():
