@@ -93,7 +93,7 @@ POOL_SHAPES = {
 # Shapes small enough that the pure-Python ``loops`` reference is worth timing.
 MNIST_SHAPES = ("mnist_conv1", "mnist_conv2", "mnist_pool1", "mnist_pool2")
 TRAIN_BATCH = 64
-INFERENCE_BATCHES = (1, 16, 64, 256)
+INFERENCE_BATCHES = (1, 16, 64, 256, 1000)
 # --- end of append-only ------------------------------------------------------
 
 # The MNIST network of the training benchmark, as (layer name, shape name).

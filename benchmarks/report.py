@@ -271,8 +271,31 @@ def measure_memory(run, impls, steps, threads):
     return out
 
 
+# What a user waits for in a new process once the JIT cache is warm: import
+# fastcnn, build the model, one training step (batch 64) on one backend.
+FIRST_STEP_CHILD = """
+import sys, json, time
+t0 = time.perf_counter()
+import fastcnn
+import numpy as np
+from fastcnn import nn
+from fastcnn.models import mnist_cnn
+from fastcnn.training import train_step
+rng = np.random.default_rng(0)
+x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+y = rng.integers(0, 10, 64)
+model = mnist_cnn(seed=0)
+opt = nn.SGD(model.parameters(), lr=0.01)
+with fastcnn.use_backend(sys.argv[1]):
+    train_step(model, opt, x, y)
+print(json.dumps({"first_step_s": time.perf_counter() - t0}))
+"""
+
+
 def measure_compile(run):
-    """Cold compile (empty NUMBA_CACHE_DIR) and a cached load, each in a fresh process."""
+    """Cold compile (empty NUMBA_CACHE_DIR) and a cached load, each in a fresh
+    process; then import + first training step per backend in fresh
+    processes with that cache warm (median of 3 each)."""
     progress("numba cold compile (fresh cache dir)")
     out = {}
     with tempfile.TemporaryDirectory() as cache:
@@ -280,6 +303,14 @@ def measure_compile(run):
         try:
             out["cold"] = run_child(["-c", COMPILE_CHILD], env)
             out["cached"] = run_child(["-c", COMPILE_CHILD], env)
+            first = {}
+            for impl in ("im2col", "cython", "numba"):
+                if impl in runners.implementations():
+                    progress(f"first training step in a fresh process: {impl}")
+                    first[impl] = sorted(
+                        run_child(["-c", FIRST_STEP_CHILD, impl], env)["first_step_s"]
+                        for _ in range(3))[1]
+            out["first_step"] = first
         except Exception as e:
             run.failed.append(("compile", str(e)))
     return out
@@ -407,11 +438,21 @@ def write_markdown(path, env, peaks, setup, layers, net, memory, compiled, run, 
         L.append(f"| {impl} | {rss} | {m['tracemalloc_peak_mb']:.1f} |")
     L += ["", "## JIT compile time (fresh processes)", ""]
     if compiled:
-        for kind, c in compiled.items():
+        for kind in ("cold", "cached"):
+            c = compiled.get(kind)
+            if c is None:
+                continue
             per = ", ".join(f"{k} {v:.2f} s" for k, v in c["per_backend"].items())
             L.append(f"- **{kind}** ({'empty' if kind == 'cold' else 'filled'} "
                      f"NUMBA_CACHE_DIR): import fastcnn {c['import_s']:.2f} s, "
                      f"fastcnn.warmup() {c['warmup_s']:.2f} s ({per})")
+        first = compiled.get("first_step")
+        if first:
+            extra = (f"; numba - im2col = {first['numba'] - first['im2col']:+.2f} s"
+                     if "numba" in first and "im2col" in first else "")
+            L.append("- **import + first training step** (batch 64, fresh process, cache "
+                     "warm, median of 3): " + ", ".join(
+                         f"{k} {v:.2f} s" for k, v in first.items()) + extra)
     elif args.quick or args.no_compile:
         L.append("- not measured in this run (`--quick` / `--no-compile`); the in-process "
                  "warm-up above loaded already-compiled kernels from numba's cache")

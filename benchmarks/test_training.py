@@ -1,4 +1,4 @@
-"""The MNIST CNN end to end: a training step at batch 64 and inference at batch 1, 16, 64, 256.
+"""The MNIST CNN end to end: a training step at batch 64 and inference at batch 1, 16, 64, 256, 1000.
 
 A training step is forward, softmax cross-entropy, backward and an SGD
 momentum update (``fastcnn.training.train_step``); inference is
