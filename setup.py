@@ -55,7 +55,13 @@ class BuildExt(build_ext):
         else:
             openmp = _compiler_has_openmp([cc[0]])
             omp_compile = omp_link = ["-fopenmp"] if openmp else []
-        opt = [] if ctype == "msvc" else (["-O0", "-g"] if DEBUG else ["-O3"])
+        # -fno-trapping-math: no kernel reads the FP exception flags, and without
+        # it GCC may not compute a value it might not need (inf * 0 could
+        # raise a flag), so a select stays a mispredicted branch (ReLU
+        # backward on random signs: 8 ms instead of ~0.3). Results are
+        # unchanged: unlike -ffast-math it allows no reassociation.
+        opt = [] if ctype == "msvc" else (["-O0", "-g"] if DEBUG else
+                                           ["-O3", "-fno-trapping-math"])
         for ext in self.extensions:
             ext.extra_compile_args = list(ext.extra_compile_args or []) + opt + omp_compile
             ext.extra_link_args = list(ext.extra_link_args or []) + omp_link

@@ -30,7 +30,8 @@ def pair(value, name, *, minimum):
 
 
 def array(a, name, ndim, dtype=None):
-    """Check a float32/float64 ndarray of ndim dimensions (and dtype, if given)."""
+    """Check a float32/float64 ndarray of ndim dimensions (any, if None; and
+    dtype, if given)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
@@ -38,7 +39,7 @@ def array(a, name, ndim, dtype=None):
     if dtype is not None and a.dtype != dtype:
         raise TypeError(f"{name} has dtype {a.dtype} but the input x is {dtype}; "
                         f"mixed dtypes are not allowed (cast with .astype({dtype.name!r}))")
-    if a.ndim != ndim:
+    if ndim is not None and a.ndim != ndim:
         layout = {4: " (N, C, H, W)", 1: " (C_out,)"}.get(ndim, "")
         raise ValueError(f"{name} must have {ndim} dimensions{layout}, got shape {a.shape}")
     if a.size == 0:

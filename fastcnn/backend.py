@@ -1,6 +1,6 @@
 """The backend registry: name -> module, and which backend is in force.
 
-A backend is a module in ``fastcnn.backends`` that defines the six kernels of
+A backend is a module in ``fastcnn.backends`` that defines the kernels (KERNELS below) of
 the contract in ``fastcnn/backends/__init__.py``. It is registered once, by
 name, in ``_MODULES`` below, and imported lazily on first use, so a missing
 compiled extension only makes that backend absent (with the reason kept for
@@ -29,7 +29,8 @@ _MODULES = {
 }
 AUTO = "auto"
 KERNELS = ("conv2d_forward", "conv2d_backward", "max_pool2d_forward",
-           "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward")
+           "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+           "relu_forward", "relu_backward")
 
 _loaded = {}      # name -> module
 _failed = {}      # name -> reason the module could not be imported

@@ -1,4 +1,4 @@
-"""The six public ops: validate once, pick the backend, run its kernel.
+"""The public ops: validate once, pick the backend, run its kernel.
 
     y, ctx = conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None)
     dx, dw, db = conv2d_backward(dy, ctx)
@@ -6,6 +6,8 @@
     dx = max_pool2d_backward(dy, ctx)
     y, ctx = avg_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None)
     dx = avg_pool2d_backward(dy, ctx)
+    y, ctx = relu_forward(x, *, backend=None)       # any shape
+    dx = relu_backward(dy, ctx)
 
 Semantics are PyTorch's F.conv2d / F.max_pool2d / F.avg_pool2d (NCHW,
 weights (F, C, KH, KW), count_include_pad=True, ceil_mode=False):
@@ -46,11 +48,11 @@ def _forward(op, backend, args, y_shape):
     return y, Context(op, name, saved, y_shape, args[0].dtype)
 
 
-def _grad(dy, ctx, op):
+def _grad(dy, ctx, op, ndim=4):
     if not isinstance(ctx, Context) or ctx.op != op:
         got = ctx.op + "_forward" if isinstance(ctx, Context) else type(ctx).__name__
         raise TypeError(f"ctx must be the context returned by {op}_forward, got {got}")
-    dy = _shapes.array(dy, "dy", 4, ctx.dtype)
+    dy = _shapes.array(dy, "dy", ndim, ctx.dtype)
     if dy.shape != ctx.y_shape:
         raise ValueError(f"dy must have the shape of the forward output {ctx.y_shape}, "
                          f"got {dy.shape}")
@@ -127,3 +129,17 @@ def avg_pool2d_backward(dy, ctx):
     """dy (N, C, OH, OW) -> dx (N, C, H, W)."""
     dy = _grad(dy, ctx, "avg_pool2d")
     return get_module(ctx.backend).avg_pool2d_backward(dy, ctx.saved)
+
+
+def relu_forward(x, *, backend=None):
+    """y = max(x, 0) elementwise, any shape; a NaN stays NaN (as np.maximum
+    and PyTorch's relu)."""
+    x = _shapes.array(x, "x", None)
+    return _forward("relu", backend, (np.ascontiguousarray(x),), x.shape)
+
+
+def relu_backward(dy, ctx):
+    """dy -> dx = dy * [y > 0]: zero where x <= 0 or x was NaN (as PyTorch),
+    except that an inf or NaN in dy there gives NaN (PyTorch: 0)."""
+    dy = _grad(dy, ctx, "relu", ndim=None)
+    return get_module(ctx.backend).relu_backward(dy, ctx.saved)

@@ -1,4 +1,4 @@
-"""Backend modules: one module per backend, the same six kernels in each.
+"""Backend modules: one module per backend, the same eight kernels in each.
 
 This package deliberately holds no dispatch logic (that is ``fastcnn.backend``)
 and no validation (that is ``fastcnn.ops``). It documents the contract every
@@ -26,8 +26,12 @@ input and never re-check it:
   to its first real element, as PyTorch does); a NaN in a window makes the
   output NaN and the gradient goes to the first NaN (PyTorch: the last).
   Average pooling divides by ``KH * KW`` (count_include_pad).
+* relu takes ``x`` of any shape: ``y = x`` where ``x > 0`` or ``x`` is NaN,
+  else +0 (``np.maximum(x, 0)``, which turns -0.0 into 0.0);
+  ``dx = dy * [y > 0]`` (an inf or NaN in ``dy`` where ``y <= 0`` gives NaN;
+  PyTorch's select gives 0 there).
 
-The six functions (same names, same signatures in every backend)::
+The eight functions (same names, same signatures in every backend)::
 
     conv2d_forward(x, w, b, stride, padding)   -> (y, saved)
     conv2d_backward(dy, saved)                 -> (dx, dw, db)   # db (F,) always
@@ -35,6 +39,8 @@ The six functions (same names, same signatures in every backend)::
     max_pool2d_backward(dy, saved)             -> dx
     avg_pool2d_forward(x, kernel, stride, padding) -> (y, saved)
     avg_pool2d_backward(dy, saved)             -> dx
+    relu_forward(x)                            -> (y, saved)
+    relu_backward(dy, saved)                   -> dx
 
 ``saved`` is private to the backend (inputs, column matrix, argmax, ...);
 ``fastcnn.ops`` wraps it in a context that remembers the backend. Kernels

@@ -29,7 +29,7 @@ import numpy as np
 from fastcnn.backends import _concurrent
 
 try:
-    from fastcnn._kernels import cy_conv, cy_info, cy_pool
+    from fastcnn._kernels import cy_act, cy_conv, cy_info, cy_pool
 except ImportError as e:  # the registry reports this message as the reason
     raise ImportError(
         "fastcnn was installed without its compiled Cython kernels "
@@ -275,4 +275,19 @@ def avg_pool2d_backward(dy, saved):
     dx = np.empty(x_shape, dtype=dy.dtype)
     cy_pool.avg_backward(dy, dx, *kernel, *stride, *padding,
                          _threads(N * C * H * W * kernel[0] * kernel[1], N * C))
+    return dx
+
+
+# ---------------------------------------------------------------- relu
+
+def relu_forward(x):
+    y = np.empty_like(x)
+    cy_act.relu_forward(x.reshape(-1), y.reshape(-1), _threads(x.size // 4, x.size))
+    return y, y
+
+
+def relu_backward(dy, y):
+    dx = np.empty_like(dy)
+    cy_act.relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1),
+                         _threads(dy.size // 4, dy.size))
     return dx

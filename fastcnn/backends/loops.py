@@ -136,3 +136,19 @@ def avg_pool2d_backward(dy, saved):
     for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW)):
         dxp[:, :, rows, cols] += dy[:, :, i, j, None, None] / (KH * KW)
     return _unpad(dxp, pads).copy()
+
+
+# ---------------------------------------------------------------- relu
+
+def relu_forward(x):
+    # y = max(x, 0) elementwise; a NaN stays NaN. y is all backward needs.
+    y = np.maximum(x, 0)
+    return y, y
+
+
+def relu_backward(dy, y):
+    # dx = dy * [y > 0] (y > 0 exactly where x > 0); dtype= casts the 0/1
+    # mask inside the loop. An inf in dy where y <= 0 gives NaN (inf * 0),
+    # where PyTorch's select gives 0.
+    with np.errstate(invalid="ignore"):           # inf * 0 is the documented NaN
+        return np.multiply(dy, y > 0, dtype=dy.dtype)

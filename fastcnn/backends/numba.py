@@ -68,21 +68,21 @@ WINOGRAD_MIN_BATCH = 8
 WINOGRAD_CHUNK = 64
 
 numba = None              # the numba module, imported with the kernels
-_conv = _pool = _wino = None
+_conv = _pool = _wino = _act = None
 _requested_threads = None  # set_num_threads() before numba was imported
 
 
 def _kernels():
     """Import Numba and the kernel modules (compiling them, or loading them
     from the disk cache) once."""
-    global numba, _conv, _pool, _wino
+    global numba, _conv, _pool, _wino, _act
     if _conv is None:
         import numba as nb
-        from fastcnn._kernels import numba_conv, numba_pool
+        from fastcnn._kernels import numba_act, numba_conv, numba_pool
         numba = nb
         if _requested_threads is not None:
             set_num_threads(_requested_threads)
-        _conv, _pool = numba_conv, numba_pool
+        _conv, _pool, _act = numba_conv, numba_pool, numba_act
     if WINOGRAD and _wino is None:
         from fastcnn._kernels import numba_winograd
         _wino = numba_winograd
@@ -484,6 +484,28 @@ def avg_pool2d_backward(dy, saved):
     return dx
 
 
+# ------------------------------------------------------------------ relu ---
+# An elementwise pass is ~0.3 ns per element: below this many elements the
+# thread pool's wake-up (~50 us) costs more than the second core saves.
+RELU_SERIAL_BELOW = 1 << 22
+
+
+def relu_forward(x):
+    _kernels()
+    y = np.empty_like(x)
+    _run(_act.relu_forward, x.size * SERIAL_BELOW // RELU_SERIAL_BELOW,
+         x.reshape(-1), y.reshape(-1))
+    return y, y
+
+
+def relu_backward(dy, y):
+    _kernels()
+    dx = np.empty_like(dy)
+    _run(_act.relu_backward, dy.size * SERIAL_BELOW // RELU_SERIAL_BELOW,
+         dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    return dx
+
+
 # ------------------------------------------------- threads, warmup, info ---
 
 def set_num_threads(n):
@@ -520,6 +542,8 @@ def warmup():
                          (avg_pool2d_forward, avg_pool2d_backward)):
             y, s = fwd(x, (2, 2), (2, 2), (0, 0))
             bwd(y, s)
+        y, s = relu_forward(x)
+        relu_backward(y, s)
     _threading_layer()
     return time.perf_counter() - t0
 
