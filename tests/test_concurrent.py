@@ -103,3 +103,11 @@ def test_a_forked_child_gets_fresh_workers():
 def _run_in_child():
     get, set_, _ = _setter()
     return _concurrent.run(lambda i: i * i, range(4), 2, get, set_)
+
+
+@pytest.mark.parametrize("N, k", [(64, 2), (130, 3), (1000, 16), (5, 8), (1, 2), (7, 1)])
+def test_batch_slices_cover_the_batch_in_balanced_order(N, k):
+    slices = _concurrent.batch_slices(N, k)
+    assert [i for s in slices for i in range(N)[s]] == list(range(N))
+    sizes = [s.stop - s.start for s in slices]
+    assert len(slices) <= min(k, N) and max(sizes) - min(sizes) <= max(sizes) // 2 + 1

@@ -85,6 +85,12 @@ def _pool(workers):
         return _executor
 
 
+def batch_slices(N, k):
+    """range(N) as at most k contiguous slices of balanced sizes."""
+    size = -(-N // max(1, min(k, N)))
+    return [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
+
+
 def run(fn, items, threads, get_threads, set_threads):
     """[fn(item) for item in items], up to ``threads`` at a time (see module
     doc); ``get_threads``/``set_threads`` read and set the calling thread's

@@ -96,8 +96,7 @@ def _chunked(fn, N, work):
     threads = min(_num_threads, N, work // _WORK_PER_THREAD)
     if threads < 2:
         return [fn(slice(0, N))]
-    size = -(-N // threads)
-    return _concurrent.run(fn, [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)],
+    return _concurrent.run(fn, _concurrent.batch_slices(N, threads),
                            threads, _get_own_threads, _set_own_threads)
 
 
@@ -280,6 +279,9 @@ def avg_pool2d_backward(dy, saved):
 
 # ---------------------------------------------------------------- relu
 
+# An elementwise element is cheaper than the im2col/pooling work _threads
+# counts in: a second thread pays from about 512K elements (MNIST conv1
+# output, 1.6M: forward 0.19 -> 0.17 ms, backward 0.45 -> 0.30 ms).
 def relu_forward(x):
     y = np.empty_like(x)
     cy_act.relu_forward(x.reshape(-1), y.reshape(-1), _threads(x.size // 4, x.size))
