@@ -2,13 +2,14 @@
 
 Deliberately read-only apart from warmup(): reporting never changes a setting.
 """
+import os
 import platform
 import sys
 import time
 
 import numpy as np
 
-from fastcnn import _auto, _malloc, _threads
+from fastcnn import _runtime, _threads
 from fastcnn.backend import available_backends, get_backend, get_module, unavailable_backends
 
 
@@ -25,9 +26,9 @@ def config():
         "unavailable": unavailable_backends(),
         "default_backend": get_backend(),
         "num_threads": _threads.get_num_threads(),
-        "omp_wait_policy": _threads.wait_policy(),
-        "openblas_thread_timeout": _threads.blas_timeout(),
-        "malloc": _malloc.malloc_state(),
+        "tuning": _runtime.describe(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "(unset)"),
         "blas": [{k: d.get(k) for k in ("internal_api", "version", "num_threads",
                                         "threading_layer", "architecture")}
                  for d in threadpool_info() if d.get("user_api") == "blas"],
@@ -59,9 +60,9 @@ def show_config(file=None):
         print(f"BLAS: {b['internal_api']} {b['version']} ({b['architecture']}, "
               f"{b['threading_layer']}), {b['num_threads']} threads", file=file)
     print(f"threads (set_num_threads / FASTCNN_NUM_THREADS): {info['num_threads']}", file=file)
+    print(f"process: {info['tuning']}", file=file)
     print(f"OMP_WAIT_POLICY: {info['omp_wait_policy']}; OPENBLAS_THREAD_TIMEOUT: "
           f"{info['openblas_thread_timeout']}", file=file)
-    print(f"malloc: {info['malloc']}", file=file)
 
 
 def warmup():

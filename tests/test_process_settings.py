@@ -1,5 +1,6 @@
-"""Process-wide settings fastcnn makes: OpenMP's wait policy (a default, at
-import) and glibc's malloc thresholds (only on request: tune_malloc)."""
+"""Process-wide settings: none at import, all three on request (tune_runtime),
+and the ``fastcnn`` command asks for them unless told not to."""
+import json
 import os
 import platform
 import subprocess
@@ -10,59 +11,72 @@ import pytest
 import fastcnn
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+TUNED_VARS = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "FASTCNN_TUNE")
 
 
-def _python(code, **env):
-    full = {k: v for k, v in os.environ.items()
-            if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+def _python(code, *args, **env):
+    full = {k: v for k, v in os.environ.items() if k not in TUNED_VARS}
     full.update(env)
-    proc = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=full, capture_output=True,
+                          text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
 
-def test_import_makes_openmp_wait_passively_by_default():
-    out = _python("import os, fastcnn; from fastcnn import _threads; "
-                  "print(os.environ['OMP_WAIT_POLICY'], _threads.WAIT_POLICY_SET_BY_FASTCNN)")
-    assert out == "PASSIVE True"
+def test_import_changes_nothing_in_the_process():
+    out = _python("import os, sys, json, subprocess\n"
+                  "before = dict(os.environ)\n"
+                  "import fastcnn\n"
+                  "child = subprocess.run([sys.executable, '-c', 'import os, json; "
+                  "print(json.dumps(dict(os.environ)))'], capture_output=True, text=True).stdout\n"
+                  "print(json.dumps([dict(os.environ) == before, json.loads(child) == before,\n"
+                  "                  'numpy' in sys.modules, fastcnn.get_num_threads() > 0]))")
+    assert json.loads(out) == [True, True, False, True]
 
 
-def test_a_wait_policy_the_user_set_is_kept():
-    out = _python("import os, fastcnn; from fastcnn import _threads; "
-                  "print(os.environ['OMP_WAIT_POLICY'], _threads.wait_policy())",
+def test_tune_runtime_before_numpy_sets_everything_and_says_so():
+    out = _python("import os, json, fastcnn\n"
+                  "r = fastcnn.tune_runtime()\n"
+                  "import numpy\n"
+                  "print(json.dumps([r, os.environ.get('OMP_WAIT_POLICY'),\n"
+                  "                  os.environ.get('OPENBLAS_THREAD_TIMEOUT'),\n"
+                  "                  fastcnn.tune_runtime() == r]))")
+    r, policy, timeout, idempotent = json.loads(out)
+    assert (policy, timeout, idempotent) == ("PASSIVE", "16", True)
+    assert r["set"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert r["set"]["OPENBLAS_THREAD_TIMEOUT"] == "16"
+    assert r["too_late"] == {} and r["kept"] == {}
+    assert ("malloc" in r["set"]) == GLIBC
+
+
+def test_tune_runtime_after_numpy_reports_blas_too_late_and_keeps_users_values():
+    out = _python("import numpy, os, json, fastcnn\n"
+                  "r = fastcnn.tune_runtime(malloc=False)\n"
+                  "print(json.dumps([r, 'OPENBLAS_THREAD_TIMEOUT' in os.environ]))",
                   OMP_WAIT_POLICY="ACTIVE")
-    assert out == "ACTIVE ACTIVE (user)"
+    r, timeout_written = json.loads(out)
+    assert r["kept"] == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert "OpenBLAS" in r["too_late"]["OPENBLAS_THREAD_TIMEOUT"]
+    assert r["set"] == {} and not timeout_written
 
 
-def test_drop_default_wait_policy_removes_only_fastcnns_own():
-    out = _python("import os, fastcnn; from fastcnn import _threads; "
-                  "_threads.drop_default_wait_policy(); "
-                  "print(os.environ.get('OMP_WAIT_POLICY'), _threads.WAIT_POLICY_SET_BY_FASTCNN)")
-    assert out == "None False"
-    out = _python("import os, fastcnn; from fastcnn import _threads; "
-                  "_threads.drop_default_wait_policy(); print(os.environ.get('OMP_WAIT_POLICY'))",
-                  OMP_WAIT_POLICY="ACTIVE")
-    assert out == "ACTIVE"
-
-
-def test_import_shortens_openblas_spinning_when_it_comes_before_numpy():
-    code = "import fastcnn; from fastcnn import _threads; print(_threads.blas_timeout())"
-    assert _python(code) == "16 (fastcnn default)"
-    assert _python("import numpy; " + code) == \
-        "16 (fastcnn default, too late: numpy was imported before fastcnn)"
-    assert _python(code, OPENBLAS_THREAD_TIMEOUT="28") == "28 (user)"
+def test_the_command_tunes_unless_told_not_to():
+    run = "import sys; from fastcnn.__main__ import main; sys.exit(main(['info']))"
+    assert "process: tuned: OMP_WAIT_POLICY=PASSIVE; OPENBLAS_THREAD_TIMEOUT=16" in _python(run)
+    assert "process: not tuned" in _python(run, FASTCNN_TUNE="0")
+    from fastcnn.__main__ import tuning_wanted
+    assert not tuning_wanted(["train", "--no-tune"]) and tuning_wanted(["train"])
 
 
 _FAULTS = """
 import resource, sys
-import numpy as np
 import fastcnn
+if sys.argv[1] == "tuned":
+    assert "malloc" in fastcnn.tune_runtime()["set"]
+import numpy as np
 from fastcnn import nn
 from fastcnn.models import mnist_cnn
 from fastcnn.training import train_step
-if sys.argv[1] == "tuned":
-    assert fastcnn.tune_malloc()
 rng = np.random.default_rng(0)
 x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
 y = rng.integers(0, 10, 64)
@@ -79,21 +93,16 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 5)
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
-def test_tune_malloc_stops_the_training_steps_page_faults():
+def test_tuned_malloc_stops_the_training_steps_page_faults():
     # page faults, not time: a deterministic count of what the tuning removes
-    # (default here: ~3,700 minor faults per step)
-    default = float(subprocess.run([sys.executable, "-c", _FAULTS, "default"], check=True,
-                                   capture_output=True, text=True).stdout)
-    tuned = float(subprocess.run([sys.executable, "-c", _FAULTS, "tuned"], check=True,
-                                 capture_output=True, text=True).stdout)
+    # (default here: thousands of minor faults per step with the im2col backend)
+    default = float(_python(_FAULTS, "default"))
+    tuned = float(_python(_FAULTS, "tuned"))
     assert default > 500
     assert tuned < default / 20
 
 
-@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
 def test_show_config_reports_the_process_settings(capsys):
-    assert fastcnn.tune_malloc() is True
     fastcnn.show_config()
     out = capsys.readouterr().out
-    assert "malloc: tuned (glibc" in out
-    assert "OMP_WAIT_POLICY: " in out
+    assert "process: " in out and "OMP_WAIT_POLICY: " in out
