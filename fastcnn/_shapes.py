@@ -9,6 +9,10 @@ import numbers
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Largest stride / padding / kernel size accepted: the kernels compute
+# offsets like stride * itemsize * W in 64-bit integers, and nothing useful
+# is larger than any array that fits in memory.
+MAX_PARAM = 2**31 - 1
 
 
 def _is_int(v):
@@ -26,6 +30,8 @@ def pair(value, name, *, minimum):
     if min(hw) < minimum:
         what = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    if max(hw) > MAX_PARAM:
+        raise ValueError(f"{name} must be at most {MAX_PARAM}, got {value!r}")
     return hw
 
 
