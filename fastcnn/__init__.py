@@ -25,11 +25,13 @@ _LAZY = {
     "show_config": ("fastcnn._config", "show_config"),
     "warmup": ("fastcnn._config", "warmup"),
     "auto_choices": ("fastcnn._auto", "auto_choices"),
+    "pin_auto_choices": ("fastcnn._auto", "pin_auto_choices"),
 }
 
 __all__ = ["ops", "available_backends", "registered_backends", "unavailable_backends",
            "get_backend", "set_backend", "use_backend", "set_num_threads",
            "get_num_threads", "show_config", "warmup", "tune_runtime", "auto_choices",
+           "pin_auto_choices",
            "__version__"]
 
 
