@@ -2,25 +2,65 @@
 
 The CPU analogue of cuDNN's benchmark mode: the first call with a new key
 times forward+backward once on every available backend except ``loops``
-(after one untimed call, so JIT compilation is not counted) and caches the
+(after one untimed call, so JIT compilation is not counted) and keeps the
 winner for the life of the process. It deliberately never picks ``loops``
-and never persists choices to disk (timings depend on the machine's load).
+and never writes choices to disk by itself (timings depend on the load).
+
+Backends round differently, so a run that chooses differently computes
+something else. The choices can therefore be seen and replayed::
+
+    fastcnn.auto_choices()         -> [{"op": "conv2d", "shapes": [[64, 1, 28, 28],
+                                        [8, 1, 3, 3], [8]], "dtype": "float32",
+                                        "params": [[1, 1], [1, 1, 1, 1]], "threads": 2,
+                                        "backend": "numba"}, ...]
+    fastcnn.pin_auto_choices(c)    -> use these backends for these keys, no timing
+    FASTCNN_AUTO_CHOICES=file.json -> the same, read at the first 'auto' call
+
+``shapes`` has one entry per array argument of the op (null: no bias),
+``params`` its other arguments (stride, padding, kernel size) in call order.
+A pinned record whose ``threads`` is null applies at any thread count. A
+choices file holds such a list, or a JSON object with the list under
+"auto_choices" (the metrics file of ``fastcnn train --metrics`` is one).
+A later pin replaces an earlier pin, or a timed choice, for the same key;
+the environment variable is read before any ``pin_auto_choices`` call, so
+an explicit pin (a resumed checkpoint's, say) wins over it.
 """
+import json
+import os
 import threading
 import time
 
 import numpy as np
 
 from fastcnn import _threads
-from fastcnn.backend import available_backends, get_module
+from fastcnn.backend import AUTO, KERNELS, available_backends, get_module
 
-_choices = {}
-_lock = threading.Lock()
+ENV = "FASTCNN_AUTO_CHOICES"
+OPS = tuple(dict.fromkeys(k.rsplit("_", 1)[0] for k in KERNELS))
+_FIELDS = ("op", "shapes", "dtype", "params", "threads", "backend")
+
+_choices = {}        # key -> backend name, in the order the keys were first chosen
+_env_read = False
+_lock = threading.RLock()
 
 
-def _key(op, args, y_shape):
-    arrays = tuple((a.shape, a.dtype.str) if isinstance(a, np.ndarray) else a for a in args)
-    return (op, arrays, y_shape, _threads.get_num_threads())
+def _frozen(value):
+    """JSON lists -> hashable tuples, recursively."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _key(op, args):
+    shapes = tuple(a.shape if isinstance(a, np.ndarray) else None
+                   for a in args if a is None or isinstance(a, np.ndarray))
+    params = tuple(_frozen(a) for a in args if a is not None and not isinstance(a, np.ndarray))
+    return (op, shapes, args[0].dtype.name, params, _threads.get_num_threads())
+
+
+def _record(key, backend):
+    op, shapes, dtype, params, threads = key
+    as_list = lambda v: [as_list(i) for i in v] if isinstance(v, tuple) else v  # noqa: E731
+    return {"op": op, "shapes": as_list(shapes), "dtype": dtype, "params": as_list(params),
+            "threads": threads, "backend": backend}
 
 
 def _time_once(mod, op, args, y_shape):
@@ -38,9 +78,11 @@ def candidates():
 
 
 def choose(op, args, y_shape):
-    """Name of the fastest backend for this call's key (timed on first use)."""
-    key = _key(op, args, y_shape)
-    name = _choices.get(key)
+    """Name of the backend for this call's key: pinned, chosen before, or timed now."""
+    if not _env_read:
+        read_env()
+    key = _key(op, args)
+    name = _choices.get(key) or _choices.get(key[:-1] + (None,))
     if name is not None:
         return name
     with _lock:  # one timing run per key, even with several threads
@@ -60,11 +102,103 @@ def choose(op, args, y_shape):
     return name
 
 
-def chosen():
-    """{key: backend} chosen so far in this process (for show_config / debugging)."""
-    return dict(_choices)
+def auto_choices():
+    """What 'auto' uses in this process, timed or pinned: a JSON-able list of
+    {"op", "shapes", "dtype", "params", "threads", "backend"} records."""
+    if not _env_read:
+        read_env()
+    with _lock:
+        return [_record(k, v) for k, v in _choices.items()]
+
+
+def describe(records):
+    """One line per op: the backend chosen for each input shape (for a log)."""
+    by_op = {}
+    for r in records:
+        shape = "x".join(map(str, r["shapes"][0] or ()))
+        by_op.setdefault(r["op"], []).append(f"{shape} {r['backend']}")
+    return [f"auto chose for {op}: {', '.join(items)}" for op, items in by_op.items()]
+
+
+def _checked(i, record):
+    where = f"choices[{i}]"
+    if not isinstance(record, dict):
+        raise TypeError(f"{where} must be a dict, got {type(record).__name__}")
+    missing = [f for f in _FIELDS if f not in record and f != "threads"]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)}")
+    if record["op"] not in OPS:
+        raise ValueError(f"{where}['op'] must be one of {', '.join(OPS)}, got {record['op']!r}")
+    name, threads = record["backend"], record.get("threads")
+    if name == AUTO:
+        raise ValueError(f"{where}['backend'] must be a concrete backend, not 'auto'")
+    try:
+        get_module(name)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}['backend']: {e}") from None
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"{where}['threads'] must be a positive integer or null, "
+                         f"got {threads!r}")
+    key = (record["op"], _frozen(record["shapes"]), record["dtype"],
+           _frozen(record["params"]), threads)
+    return key, name
+
+
+def _read(path):
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read auto choices from {path}: {e}") from None
+    if isinstance(data, dict):
+        data = data.get("auto_choices")
+    if not isinstance(data, list):
+        raise ValueError(f"{path} holds no list of auto choices (a list, or an object "
+                         f"with the list under 'auto_choices')")
+    return data
+
+
+def pin_auto_choices(choices):
+    """Make 'auto' use the given backend for each record's key instead of timing.
+    ``choices``: records as ``auto_choices()`` returns them, or the path of a JSON
+    file holding them. All records are checked before any is used."""
+    if isinstance(choices, (str, os.PathLike)):
+        choices = _read(choices)
+    if not isinstance(choices, (list, tuple)):
+        raise TypeError(f"choices must be a list of records or a path, "
+                        f"got {type(choices).__name__}")
+    pairs = [_checked(i, r) for i, r in enumerate(choices)]
+    if not _env_read:
+        read_env()
+    with _lock:
+        for key, name in pairs:
+            if key[-1] is None:   # replaces this key's choices at every thread count
+                for k in [k for k in _choices if k[:-1] == key[:-1]]:
+                    del _choices[k]
+            _choices[key] = name
+
+
+def read_env():
+    """Pin the choices of the file named by $FASTCNN_AUTO_CHOICES (once per
+    process, or after reset). Raises ValueError naming the variable."""
+    global _env_read
+    with _lock:
+        if _env_read:
+            return
+        _env_read = True
+        path = os.environ.get(ENV, "").strip()
+        if path:
+            try:
+                pin_auto_choices(path)
+            except (ValueError, TypeError) as e:
+                _env_read = False   # report it again at the next call, not silently never
+                raise ValueError(f"environment variable {ENV}: {e}") from None
 
 
 def reset():
-    """Forget every choice (e.g. after changing the thread count)."""
-    _choices.clear()
+    """Forget every choice, timed or pinned; $FASTCNN_AUTO_CHOICES is read again."""
+    global _env_read
+    with _lock:
+        _choices.clear()
+        _env_read = False

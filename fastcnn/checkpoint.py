@@ -5,6 +5,8 @@ Layout of the archive (every entry a plain array, so it loads with
 
     meta            0-d unicode array: JSON {"format", "version", "model", "dtype",
                     "seed", "epoch", "optimizer": {name, hyperparameters, "t"}, ...}
+                    (``fastcnn.training.fit`` adds "history", "lr_schedule",
+                    "batch_size", "backend", "threads" and "auto_choices")
     param/<name>    one array per model parameter ('param/0.weight', ...)
     optim/<key>     one array per optimizer state buffer ('optim/velocity.0', ...)
 
@@ -23,6 +25,7 @@ from fastcnn import _atomic, models
 from fastcnn.nn.optim import make_optimizer
 
 FORMAT, VERSION = "fastcnn-checkpoint", 1
+MAX_EPOCH = 10**6   # no real run gets near it; a larger 'epoch' is a forged or broken file
 
 
 class CheckpointError(Exception):
@@ -76,9 +79,37 @@ def load(path):
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path} is a version {meta.get('version')} checkpoint; this "
                               f"fastcnn reads version {VERSION}")
+    _check_meta(path, meta)
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+    for key, value in arrays.items():
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise CheckpointError(f"{path} holds non-finite values (NaN or inf) in {key}; "
+                                  f"fastcnn never saves those, so the file is refused")
     return Checkpoint(meta, params, optim)
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_meta(path, meta):
+    """The fields a resume trusts: counts that are plain, sane integers."""
+    epoch, seed = meta.get("epoch"), meta.get("seed")
+    if not _is_int(epoch) or not 0 <= epoch <= MAX_EPOCH:
+        raise CheckpointError(f"{path}: meta 'epoch' must be an integer in [0, {MAX_EPOCH}], "
+                              f"got {epoch!r}")
+    if not _is_int(seed) or seed < 0:
+        raise CheckpointError(f"{path}: meta 'seed' must be an integer >= 0, got {seed!r}")
+    optimizer = meta.get("optimizer")
+    if not isinstance(optimizer, dict) or not _is_int(optimizer.get("t")) or optimizer["t"] < 0:
+        raise CheckpointError(f"{path}: meta 'optimizer' must hold the optimizer's name, "
+                              f"hyperparameters and step count 't'")
+    history = meta.get("history")
+    if history is not None and (not isinstance(history, list) or len(history) != epoch):
+        raise CheckpointError(f"{path}: meta 'history' must list one record per epoch "
+                              f"({epoch}), got {type(history).__name__} of "
+                              f"{len(history) if isinstance(history, list) else '?'}")
 
 
 def restore(ckpt):
@@ -86,12 +117,24 @@ def restore(ckpt):
     meta = ckpt.meta
     try:
         model = models.build(meta["model"], dtype=meta["dtype"], seed=meta["seed"])
-        model.load_state_dict(ckpt.params)
         config = {k: v for k, v in meta["optimizer"].items() if k != "t"}
         opt = make_optimizer(config, model.parameters())
-        opt.load_state_dict({"config": config, "t": meta["optimizer"]["t"],
-                             "arrays": ckpt.optim})
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint does not describe a usable model: "
                               f"{type(e).__name__}: {e}") from None
+    restore_into(ckpt, model, opt)
     return model, opt
+
+
+def restore_into(ckpt, model, optimizer):
+    """Load a Checkpoint's weights and optimizer state into existing objects
+    (which must have the same layers, dtype and optimizer kind)."""
+    meta = ckpt.meta
+    try:
+        model.load_state_dict(ckpt.params)
+        config = {k: v for k, v in meta["optimizer"].items() if k != "t"}
+        optimizer.load_state_dict({"config": config, "t": meta["optimizer"]["t"],
+                                   "arrays": ckpt.optim})
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint does not describe a usable model: "
+                              f"{type(e).__name__}: {e}") from None

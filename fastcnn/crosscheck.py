@@ -9,7 +9,8 @@ every parameter, and compare them with the reference backend:
     abs = max |value - reference|        rel = abs / max |reference|
 
 A difference can only come from the ops, since that is all a backend changes.
-This module deliberately prints nothing; ``fastcnn.cli`` formats the report.
+This module deliberately prints nothing: ``report`` gives the lines that
+``fastcnn crosscheck`` prints.
 """
 from typing import NamedTuple
 
@@ -80,3 +81,26 @@ def crosscheck(backends, x, y, *, model="light", dtype="float64", steps=3, batch
         worst = max((d for s in per_step for d in s.values()), key=lambda d: d.rel)
         results.append(BackendResult(name, per_step, worst))
     return results
+
+
+def report(results, tolerance, strict):
+    """The lines of the table ``fastcnn crosscheck`` prints: per backend, the
+    relative difference of each quantity after each step, then a verdict."""
+    lines = []
+    for r in results:
+        keys = list(r.steps[0])
+        width = max(10, max(len(k) for k in keys) + 1)
+        lines.append(f"{r.backend} vs {REFERENCE} (max relative difference after each step; "
+                     f"max absolute in the last row)")
+        lines.append("  step " + "".join(f"{k:>{width}}" for k in keys))
+        lines += [f"  {i + 1:>4} " + "".join(f"{step[k].rel:>{width}.1e}" for k in keys)
+                  for i, step in enumerate(r.steps)]
+        lines.append("  abs  " + "".join(f"{max(s[k].abs for s in r.steps):>{width}.1e}"
+                                         for k in keys))
+        ok = r.worst.rel <= tolerance
+        verdict = "OK" if ok else ("FAIL" if strict else "above tolerance (reported only)")
+        lines.append(f"  {r.backend}: {verdict}: largest relative difference {r.worst.rel:.2e}, "
+                     f"absolute {max(d.abs for s in r.steps for d in s.values()):.2e}")
+    if not results:
+        lines.append("only the reference backend was given: nothing to compare")
+    return lines

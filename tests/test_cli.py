@@ -171,7 +171,7 @@ def test_info(capsys):
     (["train", "--resume", "/no/such/ck.npz"], "--resume /no/such/ck.npz: no such file"),
     (["train", "--metrics", "/no/such/dir/m.json"], "folder /no/such/dir does not exist"),
     (["eval", "--model", "/no/such/ck.npz"], "--model /no/such/ck.npz: no such file"),
-    (["crosscheck", "--backends", "loops,foo"], "unknown backend 'foo' in --backends"),
+    (["crosscheck", "--backends", "loops,foo"], "--backends: unknown backend 'foo'"),
     (["crosscheck", "--steps", "0"], "expected a positive integer, got 0"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
