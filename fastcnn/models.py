@@ -6,8 +6,9 @@
     mnist_cnn_light:  the same with 8/16 channels and dense 784->32
 
 Weights are drawn from ``np.random.default_rng(seed)`` in layer order (He
-init, zero biases), then the dropout generator is seeded from the same seed:
-the same seed always gives the same model, in float32 or float64.
+init, except small "logits" weights in the output layer so that the initial
+loss is about ln 10; zero biases), then the dropout generator is seeded from
+the same seed: the same seed always gives the same model, in float32 or float64.
 """
 import numpy as np
 
@@ -28,7 +29,7 @@ def _cnn(c1, c2, hidden, dtype, seed):
         nn.Flatten(),
         nn.Linear(c2 * 7 * 7, hidden, **kw), nn.ReLU(),
         nn.Dropout(0.25),
-        nn.Linear(hidden, 10, **kw),
+        nn.Linear(hidden, 10, init="logits", **kw),
     )
     model.seed(seed)
     return model

@@ -7,6 +7,7 @@ import pytest
 
 import fastcnn
 from fastcnn import models, nn
+from fastcnn.datasets import load_sample
 from fastcnn.training import train_step
 
 ALL_BACKENDS = fastcnn.available_backends()
@@ -231,7 +232,7 @@ def test_mnist_models_architecture_and_parameter_counts():
     assert full.eval().forward(x).shape == (2, 10)
 
 
-def test_models_are_seeded_and_he_initialised():
+def test_models_are_seeded_and_he_initialised_with_small_logits():
     a, b = models.mnist_cnn(seed=5), models.mnist_cnn(seed=5)
     c, d64 = models.mnist_cnn(seed=6), models.mnist_cnn(dtype="float64", seed=5)
     for (name, pa), pb, pc, pd in zip(a.named_parameters(), b.parameters(), c.parameters(),
@@ -241,9 +242,33 @@ def test_models_are_seeded_and_he_initialised():
         if name.endswith("weight"):
             assert not np.array_equal(pa.data, pc.data)
             fan_in = pa.data[0].size
-            assert pa.data.std() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1), name
+            # He for the layers before a ReLU; the output layer (10) produces logits
+            std = 0.01 if name == "10.weight" else math.sqrt(2 / fan_in)
+            assert pa.data.std() == pytest.approx(std, rel=0.1), name
         else:
             assert not pa.data.any()
+
+
+@pytest.mark.parametrize("build", [models.mnist_cnn, models.mnist_cnn_light])
+def test_initial_loss_is_about_ln10_on_real_digits(build):
+    """Uniform guessing over 10 digits costs ln 10 = 2.303; He init in the output
+    layer started the MNIST CNN at 4-6, with single batches above 10."""
+    data = load_sample(limit_train=256)          # real MNIST digits, shipped with fastcnn
+    x, y = data.train_images, data.train_labels
+    for seed in range(5):
+        model = build(seed=seed).train()         # dropout on, as in the first steps
+        losses = [nn.softmax_cross_entropy(model.forward(x[i:i + 64]), y[i:i + 64])[0]
+                  for i in range(0, len(y), 64)]
+        assert np.mean(losses) == pytest.approx(math.log(10), abs=0.2), (seed, losses)
+        assert max(losses) < 3.0, (seed, losses)
+
+
+def test_linear_init_is_checked():
+    layer = nn.Linear(4, 3, init="logits", rng=np.random.default_rng(0))
+    assert layer.weight.data.std() < 0.05 and layer.weight.dtype == np.float32
+    with pytest.raises(ValueError, match="Linear: init must be one of kaiming, logits, "
+                                         "got 'xavier'"):
+        nn.Linear(4, 3, init="xavier")
 
 
 def test_load_state_dict_checks_names_shapes_and_dtypes():

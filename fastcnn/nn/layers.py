@@ -11,7 +11,7 @@ Shapes: x (N, C, H, W) for conv/pool, (N, D) for Linear.
 import numpy as np
 
 from fastcnn import ops
-from fastcnn.nn import init
+from fastcnn.nn import init as _init
 from fastcnn.nn.module import Module, Parameter
 
 
@@ -40,9 +40,9 @@ class Conv2d(_Layer):
         kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else kernel_size
         self.stride, self.padding = stride, padding
         shape = (out_channels, in_channels, kh, kw)
-        self.weight = Parameter(init.kaiming_normal(shape, in_channels * kh * kw,
-                                                    _rng(rng), dtype))
-        self.bias = Parameter(init.zeros((out_channels,), dtype)) if bias else None
+        self.weight = Parameter(_init.kaiming_normal(shape, in_channels * kh * kw,
+                                                     _rng(rng), dtype))
+        self.bias = Parameter(_init.zeros((out_channels,), dtype)) if bias else None
 
     def forward(self, x):
         b = None if self.bias is None else self.bias.data
@@ -119,12 +119,18 @@ class Flatten(_Layer):
 
 
 class Linear(_Layer):
-    """y = x @ w.T + b with w (out_features, in_features), as PyTorch's nn.Linear."""
+    """y = x @ w.T + b with w (out_features, in_features), as PyTorch's nn.Linear.
+    ``init``: "kaiming" (He, for a layer followed by ReLU) or "logits" (small
+    weights, for the output layer; see ``fastcnn.nn.init``)."""
 
-    def __init__(self, in_features, out_features, bias=True, *, dtype="float32", rng=None):
-        self.weight = Parameter(init.kaiming_normal((out_features, in_features), in_features,
-                                                    _rng(rng), dtype))
-        self.bias = Parameter(init.zeros((out_features,), dtype)) if bias else None
+    def __init__(self, in_features, out_features, bias=True, *, init="kaiming",
+                 dtype="float32", rng=None):
+        if init not in _init.WEIGHT_INITS:
+            raise ValueError(f"Linear: init must be one of {', '.join(_init.WEIGHT_INITS)}, "
+                             f"got {init!r}")
+        draw = _init.WEIGHT_INITS[init]
+        self.weight = Parameter(draw((out_features, in_features), in_features, _rng(rng), dtype))
+        self.bias = Parameter(_init.zeros((out_features,), dtype)) if bias else None
 
     def forward(self, x):
         if x.dtype != self.weight.dtype:
