@@ -64,7 +64,7 @@ def test_a_pinned_choice_is_used_without_timing(monkeypatch):
     record = {**fastcnn.auto_choices()[0], "backend": LAST}
     _auto.reset()
     timed = _rig(monkeypatch, lambda op: FIRST)
-    _auto.pin_auto_choices([record])
+    fastcnn.pin_auto_choices([record])
     assert ops.conv2d_forward(x, w, backend="auto")[1].backend == LAST
     assert timed == [] and fastcnn.auto_choices() == [record]
     assert ops.conv2d_forward(x[:1], w, backend="auto")[1].backend == FIRST  # another key
@@ -78,9 +78,9 @@ def test_pinned_threads_must_match_unless_null(monkeypatch):
     record = fastcnn.auto_choices()[0]
     _auto.reset()
     _rig(monkeypatch, lambda op: FIRST)
-    _auto.pin_auto_choices([{**record, "backend": LAST, "threads": record["threads"] + 1}])
+    fastcnn.pin_auto_choices([{**record, "backend": LAST, "threads": record["threads"] + 1}])
     assert ops.relu_forward(x, backend="auto")[1].backend == FIRST
-    _auto.pin_auto_choices([{**record, "backend": LAST, "threads": None}])
+    fastcnn.pin_auto_choices([{**record, "backend": LAST, "threads": None}])
     assert ops.relu_forward(x, backend="auto")[1].backend == LAST
 
 
@@ -96,7 +96,7 @@ def test_choices_file_env_var_and_an_explicit_pin_over_it(tmp_path, monkeypatch)
     assert ops.relu_forward(x, backend="auto")[1].backend == LAST
     plain = tmp_path / "choices.json"
     plain.write_text(json.dumps([record]))
-    _auto.pin_auto_choices(plain)
+    fastcnn.pin_auto_choices(plain)
     assert ops.relu_forward(x, backend="auto")[1].backend == FIRST
     _auto.reset()
     monkeypatch.setenv(_auto.ENV, str(tmp_path / "missing.json"))
@@ -121,10 +121,10 @@ def test_bad_records_are_refused_and_none_is_pinned(change, message):
             "backend": FIRST}
     bad = {k: v for k, v in {**good, **change}.items() if v is not DROP}
     with pytest.raises(ValueError, match=message):
-        _auto.pin_auto_choices([good, bad])
+        fastcnn.pin_auto_choices([good, bad])
     assert fastcnn.auto_choices() == []
     with pytest.raises(TypeError, match="choices must be a list of records or a path"):
-        _auto.pin_auto_choices({"op": "relu"})
+        fastcnn.pin_auto_choices({"op": "relu"})
 
 
 # -- a resumed 'auto' run -------------------------------------------------

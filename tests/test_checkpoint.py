@@ -1,4 +1,5 @@
 """fastcnn.checkpoint: round trip, resume == uninterrupted run, refusing bad files."""
+import json
 import os
 import zipfile
 
@@ -128,3 +129,44 @@ def test_checkpoint_is_a_plain_npz(tmp_path):
     with np.load(path, allow_pickle=False) as npz:
         assert "param/0.weight" in npz.files and "optim/velocity.0" in npz.files
         np.testing.assert_array_equal(npz["param/0.weight"], model.layers[0].weight.data)
+
+
+def forge(tmp_path, change=None, params=None):
+    """A checkpoint of a fresh light model, with meta fields or parameters replaced
+    (also used by test_cli)."""
+    model = models.mnist_cnn_light()
+    good = tmp_path / "good.npz"
+    checkpoint.save(good, model, nn.SGD(model.parameters(), lr=0.1), model_name="light",
+                    seed=0, epoch=1, history=[{"epoch": 1}])
+    with np.load(good) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, **(change or {})}))
+    arrays.update(params or {})
+    forged = tmp_path / "forged.npz"
+    np.savez(forged, **arrays)
+    return forged
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epoch": -1}, r"meta 'epoch' must be an integer in \[0, 1000000\], got -1"),
+    ({"epoch": 1.5}, "got 1.5"),
+    ({"epoch": "1"}, "got '1'"),
+    ({"epoch": True}, "got True"),
+    ({"epoch": 10**30, "history": None}, "got 1000000000000000000000000000000"),
+    ({"epoch": 2}, r"meta 'history' must list one record per epoch \(2\), got list of 1"),
+    ({"seed": -3}, "meta 'seed' must be an integer >= 0, got -3"),
+    ({"optimizer": {"name": "sgd", "lr": 0.1}}, "meta 'optimizer' must hold"),
+])
+def test_forged_meta_fields_are_refused(tmp_path, change, message):
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(forge(tmp_path, change))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused(tmp_path, bad):
+    weight = models.mnist_cnn_light().layers[0].weight.data.copy()
+    weight[0, 0, 1, 1] = bad
+    with pytest.raises(CheckpointError, match=r"non-finite values \(NaN or inf\) in "
+                                              r"param/0.weight"):
+        checkpoint.load(forge(tmp_path, params={"param/0.weight": weight}))

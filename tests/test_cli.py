@@ -1,5 +1,6 @@
 """The fastcnn command: train/eval/crosscheck/info end to end on small IDX folders,
-checkpoints and resume, Ctrl-C, NaN, and one-line errors for bad flags."""
+checkpoints and resume, Ctrl-C, NaN, auto's choices, and one-line errors for bad
+flags, bad files and bad environments, found before any work."""
 import json
 import os
 import subprocess
@@ -10,7 +11,8 @@ import pytest
 
 import fastcnn
 from _idx import write_mnist
-from fastcnn import checkpoint, cli, training
+from test_checkpoint import forge
+from fastcnn import _auto, _cli_flags, checkpoint, cli, training
 
 FAST = [b for b in fastcnn.available_backends() if b != "loops"]
 BACKEND = FAST[0] if FAST else "loops"
@@ -167,6 +169,8 @@ def test_info(capsys):
     (["train", "--lr", "-0.1"], "argument --lr: expected a positive number, got -0.1"),
     (["train", "--lr", "nan"], "expected a positive number, got nan"),
     (["train", "--momentum", "1.5"], "expected a number in [0, 1), got 1.5"),
+    (["train", "--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    (["crosscheck", "--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
     (["train", "--data-dir", "/no/such/folder"], "/no/such/folder is not a folder"),
     (["train", "--resume", "/no/such/ck.npz"], "--resume /no/such/ck.npz: no such file"),
     (["train", "--metrics", "/no/such/dir/m.json"], "folder /no/such/dir does not exist"),
@@ -205,3 +209,131 @@ def test_python_dash_m_and_progress_bar(data_dir):
     assert proc.returncode == 0, proc.stderr
     assert "img_s=" in proc.stderr and "acc=" in proc.stderr and "loss=" in proc.stderr
     assert "epoch 1/1" in proc.stdout
+
+
+def _one_line(err):
+    return len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["--save", "--metrics", "--plot"])
+def test_an_output_path_that_is_a_folder_fails_before_any_work(flag, tmp_path, capsys):
+    empty = tmp_path / "empty"    # loading data from here would fail with status 1
+    empty.mkdir()
+    assert cli.main(["train", "--data-dir", str(empty), flag, str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {tmp_path} is a folder; give a file name" in err and _one_line(err)
+    missing = tmp_path / "no" / "m.out"
+    assert cli.main(["train", "--data-dir", str(empty), flag, str(missing)]) == 2
+    assert f"folder {missing.parent} does not exist" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_folder_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    real = os.access
+    monkeypatch.setattr(_cli_flags.os, "access",   # as if tmp_path were read-only
+                        lambda p, mode: False if mode & os.W_OK else real(p, mode))
+    assert cli.main(["train", "--data-dir", str(empty), "--save", str(tmp_path / "ck.npz")]) == 2
+    err = capsys.readouterr().err
+    assert f"--save {tmp_path / 'ck.npz'}: folder {tmp_path} is not writable" in err
+    assert _one_line(err)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_a_really_read_only_folder_fails_before_any_work(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        assert cli.main(["train", "--metrics", str(locked / "m.json")]) == 2
+    finally:
+        locked.chmod(0o700)
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_a_bad_backend_environment_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FASTCNN_BACKEND", "nonsense")
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert "fastcnn info: error: environment variable FASTCNN_BACKEND: unknown backend " \
+           "'nonsense'" in err and _one_line(err)
+    monkeypatch.delenv("FASTCNN_BACKEND")
+    monkeypatch.setenv(_auto.ENV, str(tmp_path / "none.json"))
+    _auto.reset()
+    try:
+        assert cli.main(["train", "--backend", "auto", "--data-dir", str(tmp_path)]) == 2
+    finally:
+        monkeypatch.delenv(_auto.ENV)
+        _auto.reset()
+    err = capsys.readouterr().err
+    assert "environment variable FASTCNN_AUTO_CHOICES: cannot read" in err and _one_line(err)
+
+
+NAN_WEIGHT = {"param/0.weight": np.full((8, 1, 3, 3), np.nan, np.float32)}
+
+
+@pytest.mark.parametrize("meta, params, message", [
+    ({"epoch": -2, "history": None}, None, "meta 'epoch' must be an integer"),
+    ({"epoch": 10**12, "history": None}, None, "got 1000000000000"),
+    ({"epoch": "2", "history": None}, None, "got '2'"),
+    (None, NAN_WEIGHT, "non-finite values (NaN or inf) in param/0.weight"),
+])
+def test_forged_or_non_finite_checkpoints_are_refused_in_one_line(tmp_path, data_dir, capsys,
+                                                                  meta, params, message):
+    ck = str(forge(tmp_path, meta, params))
+    assert cli.main(["eval", "--model", ck, "--data-dir", data_dir]) == 1
+    assert cli.main(_train_args(data_dir, "--resume", ck)) == 1
+    err = capsys.readouterr().err
+    assert err.count(message) == 2 and len(err.strip().splitlines()) == 2, err
+
+
+def test_too_many_threads_are_capped_with_a_warning(tmp_path, data_dir, capsys):
+    ck = str(forge(tmp_path))
+    cpus, before = os.cpu_count(), fastcnn.get_num_threads()
+    try:
+        assert cli.main(["eval", "--model", ck, "--data-dir", data_dir, "--backend", BACKEND,
+                         "--threads", str(cpus + 3)]) == 0
+        assert fastcnn.get_num_threads() == cpus
+    finally:
+        fastcnn.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert err == (f"fastcnn eval: warning: --threads {cpus + 3} is more than the {cpus} "
+                   f"CPUs here; using {cpus}\n")
+
+
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_a_closed_stdout_pipe_ends_quietly(tmp_path, data_dir, unbuffered):
+    """`fastcnn eval ... | head -1`: no traceback, no 'Exception ignored', whether
+    the first print or the final flush meets the closed pipe."""
+    ck = str(forge(tmp_path))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update({"PYTHONUNBUFFERED": "1"} if unbuffered else {})
+    proc = subprocess.Popen([sys.executable, "-m", "fastcnn", "eval", "--model", ck,
+                             "--data-dir", data_dir, "--backend", BACKEND],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()    # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert "BrokenPipeError" not in err and "Traceback" not in err, err
+
+
+def test_auto_choices_are_printed_saved_and_replayed_on_resume(tmp_path, data_dir,
+                                                               monkeypatch, capsys):
+    ck, metrics, straight = tmp_path / "ck.npz", tmp_path / "m.json", tmp_path / "s.json"
+    auto = [a if a != BACKEND else "auto" for a in _train_args(data_dir, "--epochs", "2")]
+    _auto.reset()
+    assert cli.main(auto + ["--metrics", str(straight)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("auto chose for conv2d: 32x1x28x28 ") < out.index("epoch 1/2:")
+    assert "auto chose for conv2d: 100x1x28x28 " in out   # the evaluation's, after epoch 1
+    with monkeypatch.context() as m:
+        _interrupt_in_epoch(m, 2)
+        assert cli.main(auto + ["--save", str(ck)]) == 130
+    _auto.reset()    # as a new process would
+    assert cli.main(auto + ["--resume", str(ck), "--metrics", str(metrics)]) == 0
+    saved = checkpoint.load(ck).meta["auto_choices"]
+    resumed, whole = (json.loads(p.read_text()) for p in (metrics, straight))
+    assert {c["op"] for c in saved} == {"conv2d", "max_pool2d", "relu"}
+    assert resumed["auto_choices"] == fastcnn.auto_choices()
+    assert sorted(map(json.dumps, resumed["auto_choices"])) == sorted(map(json.dumps, saved))
+    assert resumed["history"][1]["step_losses"] == whole["history"][1]["step_losses"]

@@ -1,4 +1,4 @@
-"""fastcnn.training and fastcnn.crosscheck: the loop every caller shares."""
+"""fastcnn.training and fastcnn.crosscheck: the loop every caller shares, and fit."""
 import os
 
 import numpy as np
@@ -6,10 +6,11 @@ import pytest
 
 import fastcnn
 from _idx import synthetic_digits
-from fastcnn import crosscheck, models, nn
+from fastcnn import checkpoint, crosscheck, models, nn
 from fastcnn.datasets import load_mnist
-from fastcnn.training import (NonFiniteLossError, batch_order, evaluate, train_epoch,
-                              train_step)
+from fastcnn.nn.optim import make_optimizer
+from fastcnn.training import (NonFiniteLossError, batch_order, cosine_lr, evaluate, fit,
+                              optimizer_config, train_epoch, train_step)
 
 REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 FAST = [b for b in fastcnn.available_backends() if b != "loops"]
@@ -141,3 +142,102 @@ def test_end_to_end_training_reaches_sensible_accuracy():
         result = evaluate(model, xte, yte)
     assert stats.loss < 1.2
     assert result.accuracy > floor, result.accuracy
+
+
+# -- fit: the whole run --------------------------------------------------
+def _fit_setup(optimizer="sgd", seed=2):
+    model = models.build("light", seed=seed)
+    return model, make_optimizer(optimizer_config(optimizer, lr=0.05), model.parameters())
+
+
+def test_fit_is_the_seeded_epoch_loop_with_a_cosine_schedule():
+    """Oracle: the same epochs written out by hand with train_epoch and cosine_lr."""
+    (x, y), test = _data(40), _data(20, seed=1)
+    model, opt = _fit_setup()
+    records, lines = [], []
+    with fastcnn.use_backend(TRAIN_BACKEND):
+        metrics = fit(model, opt, (x, y), test, epochs=2, batch_size=16, seed=2,
+                      log=lines.append, on_epoch=records.append)
+        hand, hand_opt = _fit_setup()
+        lrs = []
+        for epoch in range(2):   # 40 images / 16 = 3 steps per epoch
+            stats = train_epoch(hand, hand_opt, x, y, batch_size=16, seed=2, epoch=epoch,
+                                global_step=3 * epoch,
+                                lr_at=lambda s: lrs.append(cosine_lr(0.05, s, 6)) or lrs[-1])
+        ev = evaluate(hand, *test)
+    assert lrs[0] == 0.05 and lrs[-1] == pytest.approx(0.05 * 0.5 * (1 + np.cos(np.pi * 5 / 6)))
+    for (name, p), q in zip(model.named_parameters(), hand.parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+    assert records == metrics["history"] and [r["epoch"] for r in records] == [1, 2]
+    assert records[1]["step_losses"] == stats.step_losses
+    assert (metrics["test_loss"], metrics["test_accuracy"]) == (ev.loss, ev.accuracy)
+    assert (metrics["backend"], metrics["auto_choices"], metrics["epochs"], metrics["seed"],
+            metrics["train_images"], metrics["test_images"]) == (TRAIN_BACKEND, None, 2, 2,
+                                                                 40, 20)
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_fit_constant_schedule_keeps_the_rate_and_saves_every_epoch(tmp_path):
+    (x, y), test = _data(32), _data(10, seed=1)
+    model, opt = _fit_setup()
+    saved = []
+    ck = tmp_path / "ck.npz"
+    with fastcnn.use_backend(TRAIN_BACKEND):
+        fit(model, opt, (x, y), test, epochs=2, batch_size=16, lr_schedule="constant",
+            save=ck, model_name="light",
+            on_epoch=lambda r: saved.append(checkpoint.load(ck).meta["epoch"]))
+    assert opt.lr == 0.05 and saved == [1, 2]
+    meta = checkpoint.load(ck).meta
+    assert meta["lr_schedule"] == {"name": "constant", "base_lr": 0.05}
+    assert (meta["backend"], meta["threads"], len(meta["history"])) == (
+        TRAIN_BACKEND, fastcnn.get_num_threads(), 2)
+
+
+def test_fit_resume_checks_what_it_is_given_and_warns_on_another_backend(tmp_path):
+    (x, y), test = _data(32), _data(10, seed=1)
+    model, opt = _fit_setup()
+    ck = tmp_path / "ck.npz"
+    with fastcnn.use_backend(TRAIN_BACKEND):
+        fit(model, opt, (x, y), test, epochs=1, batch_size=16, save=ck, model_name="light")
+        with pytest.raises(ValueError, match=r"seed=3 contradicts the checkpoint \(0\)"):
+            fit(*_fit_setup(), (x, y), test, epochs=2, seed=3, resume=ck)
+        with pytest.raises(ValueError, match="lr_schedule='constant' contradicts"):
+            fit(*_fit_setup(), (x, y), test, epochs=2, lr_schedule="constant", resume=ck)
+        with pytest.raises(ValueError, match="optimizer .* differs from the checkpoint's"):
+            fit(*_fit_setup("adam"), (x, y), test, epochs=2, resume=ck)
+    lines = []
+    with fastcnn.use_backend("loops"):
+        fit(*_fit_setup(), (x, y), test, epochs=1, resume=ck, log=lines.append)
+        with pytest.warns(UserWarning, match=f"trained with backend {TRAIN_BACKEND}, this "
+                                             f"run uses loops"):
+            fit(*_fit_setup(), (x, y), test, epochs=1, resume=ck)
+    assert lines == [f"warning: the checkpoint was trained with backend {TRAIN_BACKEND}, this "
+                     f"run uses loops: it will not compute exactly what an uninterrupted run "
+                     f"would", "the checkpoint already holds 1 epochs, as many as asked for "
+                     "(1); nothing to train"]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+    ({"epochs": 1, "batch_size": 2.5}, "batch_size must be a positive integer, got 2.5"),
+    ({"epochs": 1, "seed": -1}, "seed must be an integer >= 0 or None, got -1"),
+    ({"epochs": 1, "lr_schedule": "step"}, "lr_schedule must be one of"),
+])
+def test_fit_refuses_bad_arguments(kw, message):
+    with pytest.raises(ValueError, match=message):
+        fit(*_fit_setup(), _data(8), _data(4), **kw)
+
+
+def test_fit_stops_on_a_nan_loss_with_the_checkpoint_intact(tmp_path):
+    (x, y), test = _data(32), _data(10, seed=1)
+    model, opt = _fit_setup()
+    ck = tmp_path / "ck.npz"
+
+    def poison(record):   # after epoch 1 is saved: make every later loss infinite
+        model.layers[10].bias.data[0] = np.inf
+
+    with fastcnn.use_backend(TRAIN_BACKEND):
+        with pytest.raises(NonFiniteLossError, match=r"at epoch 2, step 1 \(global step 3\)"):
+            fit(model, opt, (x, y), test, epochs=2, batch_size=16, save=ck, on_epoch=poison)
+    meta = checkpoint.load(ck).meta
+    assert meta["epoch"] == 1 and len(meta["history"]) == 1
