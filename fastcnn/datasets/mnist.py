@@ -37,7 +37,7 @@ FILES = {
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 # A header announcing more than this is refused before anything is allocated:
-# 20 times the full training set, room for MNIST-like sets such as QMNIST or EMNIST.
+# about 20 times the full training set, room for MNIST-like sets (QMNIST, EMNIST).
 MAX_BYTES = 1 << 30
 
 MIRRORS = (
@@ -65,7 +65,7 @@ def cache_dir():
     return os.path.join(base, "fastcnn", "mnist")
 
 
-def how_to_fix(names=tuple(FILES)):
+def _how_to_fix(names=tuple(FILES)):
     return ("pass --data-dir (or set $FASTCNN_DATA to) a folder holding the MNIST files "
             + ", ".join(names) + " (each optionally .gz)")
 
@@ -89,12 +89,12 @@ def locate(data_dir=None, *, names=tuple(FILES), download_missing=True, mirrors=
             else (env, "$FASTCNN_DATA")
         if not os.path.isdir(folder):
             raise DataError(f"MNIST folder {folder} (from {origin}) does not exist; "
-                            f"{how_to_fix(names)}")
+                            f"{_how_to_fix(names)}")
         paths = {name: _find(folder, name) for name in names}
         missing = [name for name, p in paths.items() if p is None]
         if missing:
             raise DataError(f"MNIST folder {folder} (from {origin}) lacks "
-                            f"{', '.join(missing)}; {how_to_fix(names)}, or unset both to "
+                            f"{', '.join(missing)}; {_how_to_fix(names)}, or unset both to "
                             f"download into {cache_dir()}")
         return folder, paths, f"{folder} ({origin})"
     folder = cache_dir()
@@ -103,7 +103,7 @@ def locate(data_dir=None, *, names=tuple(FILES), download_missing=True, mirrors=
     if missing and not download_missing:
         raise DataError(f"MNIST files {', '.join(missing)} are not in the cache folder "
                         f"{folder} (looked there because neither --data-dir nor "
-                        f"$FASTCNN_DATA is set) and downloading is off; {how_to_fix(names)}")
+                        f"$FASTCNN_DATA is set) and downloading is off; {_how_to_fix(names)}")
     for name in missing:
         md5, size, _ = FILES[name]
         paths[name] = download.fetch(name, md5, size, folder,
@@ -112,12 +112,12 @@ def locate(data_dir=None, *, names=tuple(FILES), download_missing=True, mirrors=
 
 
 def read(path, name, verify):
-    """The array in MNIST file ``name`` at ``path``; with ``verify``, its size
-    and MD5 must be the original's."""
-    md5, size, ndim = FILES[name]
+    """The array in MNIST file ``name`` at ``path``; with ``verify``, the MD5
+    of its decompressed content must be the original's."""
+    md5, _, ndim = FILES[name]
     digest = hashlib.md5() if verify else None
     array = idx.read(path, ndim, max_bytes=MAX_BYTES, digest=digest)
-    if verify and (digest.hexdigest() != md5 or array.size + 4 + 4 * ndim != size):
+    if verify and digest.hexdigest() != md5:
         raise DataError(f"{path}: checksum mismatch (md5 of the decompressed data is "
                         f"{digest.hexdigest()}, expected {md5}); the file is "
                         f"damaged or not the original MNIST file")
@@ -175,7 +175,7 @@ def load_mnist(data_dir=None, *, dtype="float32", limit_train=None, limit_test=N
     the MD5 of local files too (downloads are always checked). ``sample``: fall
     back to the bundled sample when the cache folder lacks files that cannot be
     downloaded (never when data_dir or $FASTCNN_DATA names a folder)."""
-    from fastcnn.datasets import sample as bundled   # imports this module
+    from fastcnn.datasets import sample as bundled   # not at the top: it imports this module
 
     dtype = check_arguments(dtype, limit_train, limit_test)
     explicit = data_dir is not None or os.environ.get("FASTCNN_DATA", "").strip()
