@@ -54,11 +54,12 @@ def main(argv=None):
         return 1
 
 
-def _load_data(args, dtype, limit_train=None, limit_test=None):
-    """The MNIST arrays, and where they came from (for the report)."""
-    data = load_mnist(args.data_dir, dtype=dtype, limit_train=limit_train,
-                      limit_test=limit_test or getattr(args, "limit_test", None))
-    return data, getattr(data, "description", None) or data.folder
+def _load_data(args, dtype, **kw):
+    """The MNIST arrays; a note on stderr when they are the bundled sample."""
+    data = load_mnist(args.data_dir, dtype=dtype, **kw)
+    if data.note:
+        print(data.note, file=sys.stderr)
+    return data
 
 
 def _describe(config):
@@ -90,7 +91,7 @@ def cmd_train(args):
     where = backend_name(args.backend)
     model, opt, name, ck = _model_from_flags(args)
     dtype = np.dtype(model.dtype).name
-    data, source = _load_data(args, dtype, args.limit_train)
+    data = _load_data(args, dtype, limit_train=args.limit_train, limit_test=args.limit_test)
     schedule = training.schedule_of(ck.meta) if ck else {"name": args.schedule or "cosine",
                                                           "base_lr": opt.lr}
     seed = ck.meta["seed"] if ck else args.seed or 0
@@ -98,7 +99,7 @@ def cmd_train(args):
           f"{dtype}), backend {where}, {_describe({**opt.config(), 'lr': schedule['base_lr']})}"
           f", {schedule['name']} schedule, batch {args.batch_size}, seed {seed}")
     print(f"data: {len(data.train_images)} train / {len(data.test_images)} test images "
-          f"from {source}")
+          f"from {data.source}")
     done = [ck.meta["epoch"] if ck else 0]
     with fastcnn.use_backend(where):
         try:
@@ -141,7 +142,7 @@ def cmd_eval(args):
     if not os.path.isfile(args.model):
         raise UsageError(f"--model {args.model}: no such file")
     model, _ = checkpoint.restore(checkpoint.load(args.model))
-    data, _ = _load_data(args, np.dtype(model.dtype).name, limit_train=1)
+    data = _load_data(args, np.dtype(model.dtype).name, train=False, limit_test=args.limit_test)
     with fastcnn.use_backend(where):
         t0 = time.perf_counter()
         ev = training.evaluate(model, data.test_images, data.test_labels)
@@ -175,10 +176,10 @@ def cmd_crosscheck(args):
         source = "synthetic images"
     else:
         try:
-            data, source = _load_data(args, args.dtype, limit_train=n, limit_test=1)
+            data = _load_data(args, args.dtype, limit_train=n, limit_test=1)
         except DataError as e:
             raise DataError(f"{e} (or run the check on --synthetic images)") from None
-        x, y, source = data.train_images, data.train_labels, f"MNIST from {source}"
+        x, y, source = data.train_images, data.train_labels, f"MNIST from {data.source}"
     tol = args.tolerance or cc.DEFAULT_TOLERANCE[args.dtype]
     strict = args.dtype == "float64"
     optimizer = training.optimizer_config(args.optimizer)

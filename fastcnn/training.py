@@ -239,7 +239,7 @@ def fit(model, optimizer, train_data, test_data, *, epochs, batch_size=64, seed=
         'auto' its backend choices are pinned (``fastcnn._auto``), so the result
         is bit for bit the uninterrupted run's on the same machine and thread count.
     progress: a tqdm bar per epoch. log: called with each line of the report
-        (``print``, say); None: quiet. on_epoch(record): called after each epoch,
+        (e.g. ``print``); None: quiet. on_epoch(record): called after each epoch,
         once its checkpoint is written, with its history record.
 
     A NaN or infinite loss raises NonFiniteLossError before the weights change;
@@ -262,7 +262,7 @@ def fit(model, optimizer, train_data, test_data, *, epochs, batch_size=64, seed=
         schedule = {"name": lr_schedule or "cosine", "base_lr": optimizer.lr}
     else:
         warn = (lambda text: say(f"warning: {text}")) if log else (
-            lambda text: warnings.warn(text, stacklevel=3))
+            lambda text: warnings.warn(text, stacklevel=4))
         start, history, seed, schedule = _resume(resume, model, optimizer, seed, lr_schedule,
                                                  backend, warn)
         if start >= epochs:
