@@ -198,3 +198,16 @@ def backend_name(name, flag="--backend"):
         return name
     except ValueError as e:
         raise UsageError(f"{flag}: {e}" if flag else str(e)) from None
+
+
+def threads_wanted(args):
+    """(thread count to set or None, warning or None). --threads above the CPUs
+    here is capped, with a warning; a bad $FASTCNN_NUM_THREADS is a UsageError."""
+    try:
+        fastcnn.get_num_threads()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    wanted, cpus = getattr(args, "threads", None), os.cpu_count() or 1
+    if wanted is None or wanted <= cpus:
+        return wanted, None
+    return cpus, f"warning: --threads {wanted} is more than the {cpus} CPUs here; using {cpus}"

@@ -19,7 +19,8 @@ import numpy as np
 
 import fastcnn
 from fastcnn import _atomic, backend, checkpoint, models, training
-from fastcnn._cli_flags import UsageError, backend_name, build_parser, check_outputs
+from fastcnn._cli_flags import (UsageError, backend_name, build_parser, check_outputs,
+                               threads_wanted)
 from fastcnn.datasets import DataError, load_mnist
 from fastcnn.nn.optim import make_optimizer
 
@@ -31,12 +32,11 @@ def main(argv=None):
     say = lambda text: print(f"fastcnn {args.command}: {text}", file=sys.stderr)  # noqa: E731
     try:
         check_outputs(args)
-        if getattr(args, "threads", None):
-            cpus = os.cpu_count() or 1
-            if args.threads > cpus:
-                say(f"warning: --threads {args.threads} is more than the {cpus} CPUs here; "
-                    f"using {cpus}")
-            fastcnn.set_num_threads(min(args.threads, cpus))
+        threads, warning = threads_wanted(args)
+        if warning:
+            say(warning)
+        if threads:
+            fastcnn.set_num_threads(threads)
         status = COMMANDS[args.command](args) or 0
         sys.stdout.flush()   # a closed pipe shows here, not at exit
         return status

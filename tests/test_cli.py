@@ -258,6 +258,11 @@ def test_a_bad_backend_environment_is_one_line(monkeypatch, tmp_path, capsys):
     assert "fastcnn info: error: environment variable FASTCNN_BACKEND: unknown backend " \
            "'nonsense'" in err and _one_line(err)
     monkeypatch.delenv("FASTCNN_BACKEND")
+    monkeypatch.setenv("FASTCNN_NUM_THREADS", "many")
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert "FASTCNN_NUM_THREADS must be a positive integer, got 'many'" in err and _one_line(err)
+    monkeypatch.delenv("FASTCNN_NUM_THREADS")
     monkeypatch.setenv(_auto.ENV, str(tmp_path / "none.json"))
     _auto.reset()
     try:

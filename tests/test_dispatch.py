@@ -126,7 +126,7 @@ def test_num_threads_knob():
         fastcnn.set_num_threads(before)
     r = _run("import fastcnn; print(fastcnn.get_num_threads())", FASTCNN_NUM_THREADS="1")
     assert r.stdout.strip() == "1", r.stderr
-    r = _run("import fastcnn", FASTCNN_NUM_THREADS="many")
+    r = _run("import fastcnn; fastcnn.get_num_threads()", FASTCNN_NUM_THREADS="many")
     assert "FASTCNN_NUM_THREADS must be a positive integer, got 'many'" in r.stderr
 
 
