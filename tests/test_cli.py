@@ -327,7 +327,7 @@ def test_auto_choices_are_printed_saved_and_replayed_on_resume(tmp_path, data_di
     ck, metrics, straight = tmp_path / "ck.npz", tmp_path / "m.json", tmp_path / "s.json"
     auto = [a if a != BACKEND else "auto" for a in _train_args(data_dir, "--epochs", "2")]
     _auto.reset()
-    assert cli.main(auto + ["--metrics", str(straight)]) == 0
+    assert cli.main(auto + ["--metrics", str(straight), "--save", str(tmp_path / "s.npz")]) == 0
     out = capsys.readouterr().out
     assert out.index("auto chose for conv2d: 32x1x28x28 ") < out.index("epoch 1/2:")
     assert "auto chose for conv2d: 100x1x28x28 " in out   # the evaluation's, after epoch 1
@@ -335,7 +335,11 @@ def test_auto_choices_are_printed_saved_and_replayed_on_resume(tmp_path, data_di
         _interrupt_in_epoch(m, 2)
         assert cli.main(auto + ["--save", str(ck)]) == 130
     _auto.reset()    # as a new process would
-    assert cli.main(auto + ["--resume", str(ck), "--metrics", str(metrics)]) == 0
+    assert cli.main(auto + ["--resume", str(ck), "--save", str(ck), "--metrics",
+                            str(metrics)]) == 0
+    whole = checkpoint.load(tmp_path / "s.npz").params
+    for name, value in checkpoint.load(ck).params.items():
+        np.testing.assert_array_equal(value, whole[name], err_msg=name)
     saved = checkpoint.load(ck).meta["auto_choices"]
     resumed, whole = (json.loads(p.read_text()) for p in (metrics, straight))
     assert {c["op"] for c in saved} == {"conv2d", "max_pool2d", "relu"}
