@@ -79,8 +79,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None):
     _shapes.check_window_fits(H, W, pads, KH, KW, "kernel w")
     OH = _shapes.out_size(H, pads[0] + pads[1], KH, stride[0])
     OW = _shapes.out_size(W, pads[2] + pads[3], KW, stride[1])
-    args = (np.ascontiguousarray(x), np.ascontiguousarray(w), b, stride, pads)
-    return _forward("conv2d", backend, args, (N, F, OH, OW))
+    y_shape = (N, F, OH, OW)
+    args = (np.ascontiguousarray(x), np.ascontiguousarray(w), b, stride, pads, y_shape)
+    return _forward("conv2d", backend, args, y_shape)
 
 
 def conv2d_backward(dy, ctx):

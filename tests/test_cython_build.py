@@ -14,7 +14,7 @@ import pytest
 
 cy = pytest.importorskip("fastcnn.backends.cython",
                          reason="cython backend not built in this install")
-from fastcnn.backends import loops  # noqa: E402
+from fastcnn.backends import _concurrent, _gemm_conv, loops  # noqa: E402
 from fastcnn.testing import assert_close  # noqa: E402
 
 TOL = {np.float32: 1e-4, np.float64: 1e-9}
@@ -30,7 +30,9 @@ CASES = [
 
 
 def _conv_all(mod, x, w, b, stride, padding, dy=None):
-    y, saved = mod.conv2d_forward(x, w, b, stride, padding)
+    (N, _, H, W), (F, _, KH, KW), (PT, PB, PL, PR) = x.shape, w.shape, padding
+    y_shape = (N, F, (H + PT + PB - KH) // stride[0] + 1, (W + PL + PR - KW) // stride[1] + 1)
+    y, saved = mod.conv2d_forward(x, w, b, stride, padding, y_shape)
     if dy is None:
         dy = np.random.default_rng(7).standard_normal(y.shape).astype(x.dtype)
     return (y, *mod.conv2d_backward(dy, saved)), dy
@@ -45,15 +47,15 @@ def _inputs(case, dtype, seed=0):
     return x, w, b, stride, padding
 
 
-@pytest.mark.parametrize("per_image_max_k", [0, 10 ** 6], ids=["batch-layout", "per-image-layout"])
+@pytest.mark.parametrize("path", ["batch", "per_image"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_both_column_layouts_match_loops(monkeypatch, case, dtype, with_bias, per_image_max_k):
-    monkeypatch.setattr(cy, "_PER_IMAGE_MAX_K", per_image_max_k)
+def test_both_column_layouts_match_loops(case, dtype, with_bias, path):
     x, w, b, stride, padding = _inputs(case, dtype)
     b = b if with_bias else None
-    got, dy = _conv_all(cy, x, w, b, stride, padding)
+    with _gemm_conv.forced_path(path):
+        got, dy = _conv_all(cy, x, w, b, stride, padding)
     f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
     want, _ = _conv_all(loops, f64(x), f64(w), f64(b), stride, padding, f64(dy))
     for name, g, e in zip(("y", "dx", "dw", "db"), got, want):
@@ -76,7 +78,7 @@ def test_thread_count_does_not_change_results(monkeypatch):
     # single bit of them. dw and db are sums over the batch, taken per chunk
     # of the batch (one chunk per thread) and then added: a different
     # rounding order, so those agree to float32 rounding only.
-    monkeypatch.setattr(cy, "_WORK_PER_THREAD", 1)     # threads even for small work
+    monkeypatch.setattr(_concurrent, "WORK_PER_THREAD", 1)     # threads even for small work
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 3, 11, 10)).astype(np.float32)
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)

@@ -6,10 +6,12 @@ item owns the output elements it writes (a row of the column matrix, an
 image plane), so no two threads ever ``+=`` into the same element.
 
 What this is not: no validation, no allocation and no arithmetic beyond
-copies and sums -- the multiply-adds are numpy's BLAS, called by the adapter
-``fastcnn.backends.cython`` between these loops. Direct convolution loops
-were tried and dropped: even for a 1->32 channel 3x3 first layer they were
-3x slower than im2col + per-image BLAS (numbers in the adapter's docstring).
+copies and sums -- the multiply-adds are numpy's BLAS, called by the shared
+driver ``fastcnn.backends._gemm_conv`` between these loops. Same-named
+kernels in ``numba_conv.py`` take the same arguments in the same order, up
+to the tail: here the thread count, there the padded layout. Direct
+convolution loops were tried and dropped: even for a 1->32 channel 3x3
+first layer they were 3x slower than im2col + per-image BLAS.
 
 Shapes: x (N, C, H, W), w (F, C, KH, KW), y/dy (N, F, OH, OW), stride
 (SH, SW), top/left padding PT, PL (bottom/right padding only shows up in OH,
@@ -52,7 +54,7 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, :] cols,
            int nthreads):
     """cols[(c, kh, kw), n, (oh, ow)] = x[n, c, oh*SH + kh - PT, ow*SW + kw - PL]
     (0 outside the image). cols is (K, N, P) with only P contiguous, so one
-    loop fills both layouts the adapter uses. Parallel over rows k."""
+    loop fills both layouts the driver uses. Parallel over rows k."""
     if cols.shape[2] > 1 and cols.strides[2] != sizeof(floating):
         raise ValueError("im2col: cols must be contiguous along its last axis")
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -124,11 +126,11 @@ def col2im(const floating[:, :, :] dcols, floating[:, :, :, ::1] dx,
 
 
 def unpack_output(const floating[:, ::1] yF, const floating[::1] b,
-                  floating[:, :, ::1] y, int nthreads):
-    """y[n, f, p] = yF[f, n*P + p] + b[f]: the matrix product's (F, N*P)
-    layout back to NCHW (viewed as (N, F, P)), with the bias added on the
-    way instead of in a second pass."""
-    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], P = y.shape[2]
+                  floating[:, :, :, ::1] y, int nthreads):
+    """y[n, f, oh, ow] = yF[f, n*P + oh*OW + ow] + b[f]: the matrix
+    product's (F, N*P) layout back to NCHW, with the bias added on the way
+    instead of in a second pass."""
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], P = y.shape[2] * y.shape[3]
     cdef Py_ssize_t item, n, f, p
     cdef floating bias
     cdef floating* dst
@@ -138,17 +140,17 @@ def unpack_output(const floating[:, ::1] yF, const floating[::1] b,
             n = item // F
             f = item % F
             bias = b[f]
-            dst = &y[n, f, 0]
+            dst = &y[n, f, 0, 0]
             src = &yF[f, n * P]
             for p in range(P):
                 dst[p] = src[p] + bias
 
 
-def pack_grad_output(const floating[:, :, ::1] dy, floating[:, ::1] dyF,
+def pack_grad_output(const floating[:, :, :, ::1] dy, floating[:, ::1] dyF,
                      floating[::1] db, int nthreads):
-    """dyF[f, n*P + p] = dy[n, f, p] (NCHW to the column layout) and
-    db[f] = sum of dy[:, f] in the same pass. Parallel over f."""
-    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], P = dy.shape[2]
+    """dyF[f, n*P + oh*OW + ow] = dy[n, f, oh, ow] (NCHW to the column
+    layout) and db[f] = sum of dy[:, f] in the same pass. Parallel over f."""
+    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], P = dy.shape[2] * dy.shape[3]
     cdef Py_ssize_t n, f, p
     cdef double s
     cdef floating* dst
@@ -158,7 +160,7 @@ def pack_grad_output(const floating[:, :, ::1] dy, floating[:, ::1] dyF,
             s = 0
             for n in range(N):
                 dst = &dyF[f, n * P]
-                src = &dy[n, f, 0]
+                src = &dy[n, f, 0, 0]
                 for p in range(P):
                     dst[p] = src[p]
                 s = s + _sum(src, P)

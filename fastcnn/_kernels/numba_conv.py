@@ -1,6 +1,9 @@
 """Numba kernels for conv2d, forward and backward: im2col / col2im packing
-and the layout kernels around the BLAS matmuls, which the adapter calls
-(``np.matmul``; Numba's own ``np.dot`` would need SciPy).
+and the layout kernels around the BLAS matmuls, which the shared driver
+``fastcnn.backends._gemm_conv`` calls (``np.matmul``; Numba's own ``np.dot``
+would need SciPy). Same-named kernels in ``cy_conv.pyx`` take the same
+arguments in the same order, up to the tail: here the padded layout (HPX,
+WP, RP), there the thread count.
 
 im2col reads a zero-padded input ``xp`` (N, C, (HP+1)*WP) and col2im sums
 through a padded per-sample scratch plane, so no loop tests bounds.
@@ -23,7 +26,7 @@ position oh*RP + ow with row pitch RP (WP for the stride-1 trick, else OW).
 It is either the whole-batch layout (K, N*L), where y^T = w2d @ cols is one
 large matmul, or a strided view of the per-image layout (N, K+1, P). This
 module deliberately chooses nothing (layout, threads, dtype): that is the
-adapter's job (``fastcnn.backends.numba``).
+driver's job (``fastcnn.backends._gemm_conv``).
 
 Shapes: xp (N, C, (HP+1)*WP), w (F, C, KH, KW), y/dy (N, F, OH, OW),
 dx (N, C, H, W); stride (SH, SW); padding top PT and left PL.
@@ -46,16 +49,10 @@ def _crop(scratch, dxn, WP, PT, PL):
                 dxn[c, ih, iw] = scratch[c, base + iw]
 
 
-@njit(i64(i64, i64, i64, i64), **JIT_OPTIONS)
-def pitch(OW, SH, SW, WP):
-    """Row pitch of the column layout: WP for the stride-1 trick, else OW."""
-    return WP if SH == 1 and SW == 1 else OW
-
-
 # ---------------------------------------------------------------- im2col ---
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3, "A"), i64, i64, i64, i64, i64, i64, i64, i64))
-def im2col(xp, cols, KH, KW, OH, OW, SH, SW, WP, RP):
+def im2col(xp, cols, KH, KW, SH, SW, OH, OW, WP, RP):
     """cols[(c, kh, kw), n, oh*RP + ow] = xp[n, c, (oh*SH+kh)*WP + ow*SW+kw].
 
     ``cols`` is (K, N, L) with any strides: the whole-batch layout (K, N*L)
@@ -80,7 +77,7 @@ def im2col(xp, cols, KH, KW, OH, OW, SH, SW, WP, RP):
 
 @kernel(lambda t: void(ro(t, 3, "A"), rw(t, 4), i64, i64, i64, i64, i64, i64,
                        i64, i64, i64, i64, i64))
-def col2im(dcols, dx, KH, KW, OH, OW, SH, SW, PT, PL, HPX, WP, RP):
+def col2im(dcols, dx, KH, KW, SH, SW, PT, PL, OH, OW, HPX, WP, RP):
     """The adjoint of im2col: dx[n, c, ih, iw] = sum of the dcols entries
     im2col copied from it (dcols (K, N, L), any strides). Parallel over
     samples, each summing into a private padded scratch plane, so no two
@@ -108,8 +105,8 @@ def col2im(dcols, dx, KH, KW, OH, OW, SH, SW, PT, PL, HPX, WP, RP):
 # ------------------------------------------- layout around the matmul ---
 
 @kernel(lambda t: void(ro(t, 2), ro(t, 1), rw(t, 4), i64))
-def bias_from_fnp(yT, b, y, RP):
-    """y[n, f, oh, ow] = yT[f, n*L + oh*RP + ow] + b[f]: the matmul's
+def unpack_output(yF, b, y, RP):
+    """y[n, f, oh, ow] = yF[f, n*L + oh*RP + ow] + b[f]: the matmul's
     (F, N*L) result back to NCHW, garbage columns dropped, bias added."""
     N, F, OH, OW = y.shape
     L = OH * RP
@@ -120,22 +117,22 @@ def bias_from_fnp(yT, b, y, RP):
         for oh in range(OH):
             base = n * L + oh * RP
             for ow in range(OW):
-                y[n, f, oh, ow] = yT[f, base + ow] + bf
+                y[n, f, oh, ow] = yF[f, base + ow] + bf
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 2), rw(t, 1), i64))
-def fnp_and_sum(dy, dyT, db, RP):
-    """dyT[f, n*L + oh*RP + ow] = dy[n, f, oh, ow], zero in the garbage
+def pack_grad_output(dy, dyF, db, RP):
+    """dyF[f, n*L + oh*RP + ow] = dy[n, f, oh, ow], zero in the garbage
     columns (so they add nothing to dw or dx), and db[f] = sum of dy[:, f].
 
-    Parallel over f: each f owns its row of dyT and its db entry. The sum
+    Parallel over f: each f owns its row of dyF and its db entry. The sum
     runs in a row of partial sums (vectorises without fastmath)."""
     N, F, OH, OW = dy.shape
     L = OH * RP
     for f in prange(F):
         acc = np.zeros(OW, dtype=db.dtype)
         for n in range(N):
-            dst = dyT[f, n * L:(n + 1) * L]
+            dst = dyF[f, n * L:(n + 1) * L]
             for oh in range(OH):
                 for ow in range(OW):
                     v = dy[n, f, oh, ow]

@@ -5,7 +5,8 @@ Convolutional Neural Networks", 2015).
     y_tile (2x2) = A^T [ (G g G^T) (.) (B^T d B) ] A      d: 4x4 input tile
 
 The sum over input channels of the 16 element-wise products is 16 matmuls
-M[k] = U[k] @ V[k] (``np.matmul`` on stacks, called by the adapter); these
+M[k] = U[k] @ V[k] (``np.matmul`` on stacks, called by the driver
+``fastcnn.backends._winograd``); these
 kernels do the tile transforms around them. The backward pass is the exact
 adjoint of the forward: dM = A dY A^T, dU = dM V^T, dV = U^T dM,
 dd = B dV B^T (scatter-added: tiles overlap by 2), dg = G^T dU G. dx is thus
@@ -30,7 +31,7 @@ measured on the MNIST conv2 (input transform, one thread: 0.28 ms here,
 NCHW arrays are transposed to and from planes with the batch innermost
 (pack_planes, crop_planes) in one pass each. The transforms work on bands
 of whole tile rows (th0.. as many rows as the band array holds), so the
-adapter can keep a band's products in cache between matmul and transform.
+driver can keep a band's products in cache between matmul and transform.
 
 Non-finite inputs: the transforms subtract inputs, so an inf can give NaN
 where the direct sum is +-inf.
@@ -48,7 +49,7 @@ HT = 2*TH+2 >= H+PT+PB, WT = 2*TW+2; output planes ys/dys (F, 2*TH, 2*TW, N);
 band arrays V/dV (16, C, rows*TW, N), M/dM (16, F, rows*TW, N); element
 (i, j) of a 4x4 tile at k = 4*i + j. Padding top PT, left PL (any: the
 planes hold every padded row and column). This module deliberately chooses
-nothing: the adapter decides when Winograd applies and how wide a band is.
+nothing: the driver decides when Winograd applies and how wide a band is.
 """
 import numpy as np
 from numba import prange, types

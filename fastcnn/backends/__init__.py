@@ -17,7 +17,8 @@ input and never re-check it:
   non-negative ints; it is asymmetric only for ``padding='same'`` with an even
   kernel (the extra row/column goes bottom/right, as in PyTorch).
   ``OH = (H + PT + PB - KH) // SH + 1``, ``OW = (W + PL + PR - KW) // SW + 1``,
-  both >= 1.
+  both >= 1; ``fastcnn.ops`` computes them once and passes conv2d_forward
+  ``y_shape = (N, F, OH, OW)``, so no conv kernel recomputes them.
 * pool ``kernel`` is ``(KH, KW)``, ``stride`` ``(SH, SW)``, ``padding``
   ``(PH, PW)`` symmetric with ``PH <= KH // 2`` and ``PW <= KW // 2``;
   ``OH = (H + 2 PH - KH) // SH + 1`` (floor; ``ceil_mode=False``), >= 1.
@@ -33,7 +34,7 @@ input and never re-check it:
 
 The eight functions (same names, same signatures in every backend)::
 
-    conv2d_forward(x, w, b, stride, padding)   -> (y, saved)
+    conv2d_forward(x, w, b, stride, padding, y_shape) -> (y, saved)
     conv2d_backward(dy, saved)                 -> (dx, dw, db)   # db (F,) always
     max_pool2d_forward(x, kernel, stride, padding) -> (y, saved)
     max_pool2d_backward(dy, saved)             -> dx

@@ -17,7 +17,11 @@ last concurrent caller leaves, so concurrent ops from several user threads
 are safe) and each participating thread's kernels run one thread (the backend passes
 its per-thread getter and setter, e.g. numba's).
 
-Deliberately not here: deciding how to split an op (the backend does).
+``threads_for(available, work, items)`` is the one rule both compiled
+backends use for how many threads a loop (or a batch split) gets.
+
+Deliberately not here: deciding how to split an op (the driver or the
+backend does).
 """
 import os
 import threading
@@ -83,6 +87,23 @@ def _pool(workers):
             if old is not None:
                 old.shutdown(wait=False)
         return _executor
+
+
+# Work (elements read or written, multiply-adds of a chunk) per extra thread:
+# below about this much a fork/join of the kernels' pool costs more than it
+# saves, so tiny problems run on one thread.
+WORK_PER_THREAD = 1 << 16
+# The same for an elementwise pass (relu), ~0.1-0.3 ns per element: numba and
+# cython alike ran MNIST-sized activations (0.2-1.6M elements) faster on one
+# thread than on two, and only numba gained at 4M.
+ELEMENTS_PER_THREAD = 1 << 21
+
+
+def threads_for(available, work, items, per_thread=None):
+    """Threads for ``work`` spread over ``items`` independent pieces: one
+    per ``per_thread`` of work (default WORK_PER_THREAD), never more than
+    the items or ``available`` (the calling thread's kernel thread count)."""
+    return max(1, min(available, items, work // (per_thread or WORK_PER_THREAD)))
 
 
 def batch_slices(N, k):

@@ -32,14 +32,12 @@ def _windows(OH, OW, stride, kernel):
 
 # ---------------------------------------------------------------- conv2d
 
-def conv2d_forward(x, w, b, stride, padding):
+def conv2d_forward(x, w, b, stride, padding, y_shape):
     # y[n, f, i, j] = b[f] + sum_{c,kh,kw} xp[n, c, i*SH+kh, j*SW+kw] * w[f, c, kh, kw]
-    N, C, H, W = x.shape
-    F, _, KH, KW = w.shape
+    _, _, KH, KW = w.shape
+    _, _, OH, OW = y_shape
     xp = _pad(x, padding, 0)                                   # (N, C, H+PT+PB, W+PL+PR)
-    OH = (xp.shape[2] - KH) // stride[0] + 1
-    OW = (xp.shape[3] - KW) // stride[1] + 1
-    y = np.zeros((N, F, OH, OW), dtype=x.dtype)
+    y = np.zeros(y_shape, dtype=x.dtype)
     for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW)):
         patch = xp[:, :, rows, cols]                           # (N, C, KH, KW)
         y[:, :, i, j] = np.tensordot(patch, w, axes=([1, 2, 3], [1, 2, 3]))  # (N, F)

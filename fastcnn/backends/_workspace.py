@@ -1,0 +1,75 @@
+"""One pool of reusable scratch arrays for the compiled backends (column
+matrices, padded inputs, transposes, Winograd tiles).
+
+Why: a fresh 16 MB ``np.empty`` is a fresh mmap, and touching it costs page
+faults - about 2.5 ms per column matrix of the MNIST conv2, more than the
+im2col that fills it. An array here is handed out again only when nothing
+outside the pool holds it any more (a ``cols`` saved in a ctx stays in use
+until that ctx dies), so callers on any thread, concurrent chunks included,
+never share a buffer. The pool is bounded: at most ``PER_KEY`` arrays per
+(shape, dtype) and ``MAX_BYTES`` in all, least recently used shapes dropped
+first; a larger request gets a fresh array that the pool does not keep.
+
+Deliberately not here: kernel outputs (y, dx, dw, db are fresh arrays, as
+the kernel contract says), and any knowledge of what the arrays are for.
+"""
+import sys
+import threading
+
+import numpy as np
+
+
+def aligned_empty(shape, dtype, align=4096):
+    """(owner, array): an uninitialised array that starts on a page boundary,
+    so where scratch buffers fall in the caches does not change from process
+    to process with malloc's 16-byte alignment (a precaution: the one
+    measurement was within the machine's noise)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n + align, dtype=np.uint8)
+    off = -raw.ctypes.data % align
+    return raw, raw[off:off + n].view(dtype).reshape(shape)
+
+
+class Workspace:
+    """Thread-safe pool of page-aligned scratch arrays; ``take`` one."""
+
+    PER_KEY = 3             # cols of this step and the last one, dcols (same shape)
+    MAX_BYTES = 256 << 20   # least recently used shapes are dropped beyond this
+
+    def __init__(self):
+        self._arrays = {}       # (shape, dtype) -> [(owner, array)], most recent key last
+        self._lock = threading.Lock()
+        self._free = self._refcounts_when_free()
+
+    @staticmethod
+    def _refcounts_when_free():
+        """sys.getrefcount of an array and of its memory's owner when only
+        the pool holds them, seen from the loop in take() (measured, not
+        assumed: it differs across CPythons). Both count: a view of the
+        array has the owner as its base, not the array."""
+        for raw, a in [aligned_empty((1,), np.float32)]:
+            return sys.getrefcount(a), sys.getrefcount(raw)
+
+    def take(self, shape, dtype):
+        """An uninitialised C-contiguous array that no one else holds."""
+        key = (tuple(shape), np.dtype(dtype).str)
+        with self._lock:
+            arrays = self._arrays.pop(key, [])
+            self._arrays[key] = arrays
+            for raw, a in arrays:
+                if (sys.getrefcount(a), sys.getrefcount(raw)) == self._free:
+                    return a
+            raw, a = aligned_empty(shape, dtype)
+            if len(arrays) < self.PER_KEY and a.nbytes <= self.MAX_BYTES:
+                arrays.append((raw, a))
+            while self.held_bytes() > self.MAX_BYTES:
+                del self._arrays[next(iter(self._arrays))]
+            return a
+
+    def held_bytes(self):
+        """Bytes of the arrays the pool keeps (in use or not)."""
+        return sum(a.nbytes for v in self._arrays.values() for _, a in v)
+
+
+workspace = Workspace()     # the one pool both compiled backends take from
