@@ -1,8 +1,10 @@
-"""Max-pool edge semantics on every backend: ties, -inf padding, NaN."""
+"""Max-pool edge semantics on every backend: ties, -inf padding, NaN; and
+the compiled backends' refusal of planes their argmax cannot index."""
 import numpy as np
 import pytest
 
 from fastcnn import ops
+from fastcnn.backends import _pooling
 
 from cases import BACKENDS
 
@@ -84,3 +86,17 @@ def test_all_minus_inf_window_sends_gradient_to_first_real_element(any_backend):
     np.testing.assert_array_equal(y[0, 0], [[-np.inf], [2.0], [2.0]])
     dx = ops.max_pool2d_backward(np.array([[[[1.0], [10.0], [100.0]]]]), ctx)
     np.testing.assert_array_equal(dx[0, 0], [[1, 0], [0, 110]])
+
+
+def test_argmax_guard_names_the_plane_size():
+    _pooling.check_argmax_fits(46340, 46340)                 # 2147395600 elements: fits
+    with pytest.raises(ValueError, match=r"plane of 65536x32768 = 2147483648 elements"):
+        _pooling.check_argmax_fits(65536, 32768)             # 2**31: would wrap
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("cython", "numba")])
+def test_compiled_backends_refuse_planes_their_argmax_cannot_index(backend, monkeypatch):
+    # an 8-bit argmax stands in for the 32-bit one, so no 8 GB plane is needed
+    monkeypatch.setattr(_pooling, "ARGMAX_DTYPE", np.dtype(np.int8))
+    with pytest.raises(ValueError, match=r"plane of 12x12 = 144 elements.*8-bit argmax"):
+        ops.max_pool2d_forward(np.zeros((1, 1, 12, 12)), 2, backend=backend)
