@@ -111,3 +111,13 @@ def test_batch_slices_cover_the_batch_in_balanced_order(N, k):
     assert [i for s in slices for i in range(N)[s]] == list(range(N))
     sizes = [s.stop - s.start for s in slices]
     assert len(slices) <= min(k, N) and max(sizes) - min(sizes) <= max(sizes) // 2 + 1
+
+
+def test_threads_for_gives_one_thread_per_share_of_work_within_the_limits():
+    per = _concurrent.WORK_PER_THREAD
+    assert _concurrent.threads_for(8, per - 1, 100) == 1            # too little work
+    assert _concurrent.threads_for(8, 3 * per, 100) == 3
+    assert _concurrent.threads_for(8, 100 * per, 100) == 8          # capped by the threads
+    assert _concurrent.threads_for(8, 100 * per, 2) == 2            # and by the items
+    assert _concurrent.threads_for(8, 10, 10, per_thread=5) == 2
+    assert _concurrent.threads_for(1, 0, 0) == 1                    # never below one

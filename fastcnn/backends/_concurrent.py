@@ -89,9 +89,10 @@ def _pool(workers):
         return _executor
 
 
-# Work (elements read or written, multiply-adds of a chunk) per extra thread:
-# below about this much a fork/join of the kernels' pool costs more than it
-# saves, so tiny problems run on one thread.
+# Work (elements read or written: im2col copies, pooling window reads, the
+# column matrix of a batch split) per extra thread: below about this much a
+# fork/join of the kernels' pool costs more than it saves, so tiny problems
+# run on one thread.
 WORK_PER_THREAD = 1 << 16
 # The same for an elementwise pass (relu), ~0.1-0.3 ns per element: numba and
 # cython alike ran MNIST-sized activations (0.2-1.6M elements) faster on one
