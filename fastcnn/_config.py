@@ -65,10 +65,12 @@ def show_config(file=None):
           f"{info['openblas_thread_timeout']}", file=file)
 
 
-def warmup():
-    """Compile / load every JIT kernel now; returns {backend: seconds}."""
+def warmup(backends=None):
+    """Compile / load the JIT kernels of ``backends`` (default: every available
+    one) now, so no later op pays for it; returns {backend: seconds} for
+    those that have JIT kernels."""
     out = {}
-    for name in available_backends():
+    for name in available_backends() if backends is None else backends:
         fn = getattr(get_module(name), "warmup", None)
         if fn is not None:
             t0 = time.perf_counter()

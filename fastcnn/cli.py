@@ -100,6 +100,7 @@ def cmd_train(args):
           f", {schedule['name']} schedule, batch {args.batch_size}, seed {seed}")
     print(f"data: {len(data.train_images)} train / {len(data.test_images)} test images "
           f"from {data.source}")
+    _prepare_kernels(where)
     done = [ck.meta["epoch"] if ck else 0]
     with fastcnn.use_backend(where):
         try:
@@ -126,6 +127,18 @@ def cmd_train(args):
         plot_history(metrics["history"], args.plot, title=f"{name}, backend {where}")
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _prepare_kernels(where):
+    """JIT compilation (numba: once per install and user, then loaded from its
+    cache) before the clock of the first epoch starts, and said as it happens."""
+    names = [where] if where != backend.AUTO else list(fastcnn.available_backends())
+    if not any(callable(getattr(backend.get_module(n), "warmup", None)) for n in names):
+        return
+    print("preparing JIT kernels (the first run compiles them, later runs load them "
+          "from the cache) ...", end=" ", flush=True)
+    seconds = fastcnn.warmup(names)
+    print(", ".join(f"{n} {s:.1f} s" for n, s in seconds.items()) + " (not counted in images/s)")
 
 
 def _stopped(args, why, epochs_done, status):

@@ -346,3 +346,20 @@ def test_auto_choices_are_printed_saved_and_replayed_on_resume(tmp_path, data_di
     assert resumed["auto_choices"] == fastcnn.auto_choices()
     assert sorted(map(json.dumps, resumed["auto_choices"])) == sorted(map(json.dumps, saved))
     assert resumed["history"][1]["step_losses"] == whole["history"][1]["step_losses"]
+
+
+@pytest.mark.skipif("numba" not in fastcnn.available_backends(), reason="numba not installed")
+def test_jit_compilation_is_announced_and_kept_out_of_the_epoch_clock(data_dir, capsys,
+                                                                     monkeypatch):
+    from fastcnn.backend import get_module
+    calls = []
+    monkeypatch.setattr(get_module("numba"), "warmup",
+                        lambda: calls.append("numba") or __import__("time").sleep(0.5))
+    args = ["train", "--backend", "numba", "--model", "light", "--data-dir", data_dir,
+            "--batch-size", "32", "--no-progress", "--epochs", "1"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert calls == ["numba"]
+    assert "preparing JIT kernels" in out and "numba 0.5 s (not counted in images/s)" in out
+    seconds = float(out.split("epoch 1/1:")[1].split(" s (")[0].split("|")[-1])
+    assert seconds < 0.5    # the half second of 'compiling' is not in the epoch's time
