@@ -15,6 +15,7 @@ something else. The choices can therefore be seen and replayed::
                                         "backend": "numba"}, ...]
     fastcnn.pin_auto_choices(c)    -> use these backends for these keys, no timing
     FASTCNN_AUTO_CHOICES=file.json -> the same, read at the first 'auto' call
+    FASTCNN_AUTO_CANDIDATES=numba,cython -> time only these (one: no timing)
 
 ``shapes`` has one entry per array argument of the op (null: no bias),
 ``params`` its other arguments (stride, padding, kernel size) in call order.
@@ -36,6 +37,7 @@ from fastcnn import _threads
 from fastcnn.backend import AUTO, KERNELS, available_backends, get_module
 
 ENV = "FASTCNN_AUTO_CHOICES"
+CANDIDATES_ENV = "FASTCNN_AUTO_CANDIDATES"
 OPS = tuple(dict.fromkeys(k.rsplit("_", 1)[0] for k in KERNELS))
 _FIELDS = ("op", "shapes", "dtype", "params", "threads", "backend")
 
@@ -73,8 +75,22 @@ def _time_once(mod, op, args, y_shape):
 
 
 def candidates():
-    """Backends 'auto' chooses among, in registry order."""
-    return tuple(n for n in available_backends() if n != "loops")
+    """Backends 'auto' chooses among, in registry order: every available one
+    but ``loops``, or those named in $FASTCNN_AUTO_CANDIDATES (comma-separated;
+    one name means no timing at all - the way to keep a huge first call from
+    running forward+backward on every backend). Raises ValueError naming the
+    variable for an unknown, unavailable or empty list."""
+    usable = tuple(n for n in available_backends() if n != "loops")
+    raw = os.environ.get(CANDIDATES_ENV, "").strip()
+    if not raw:
+        return usable
+    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+    bad = [n for n in names if n not in usable]
+    if bad or not names:
+        raise ValueError(f"environment variable {CANDIDATES_ENV}={raw!r}: expected "
+                         f"comma-separated backends among {', '.join(usable)}"
+                         + (f"; not usable: {', '.join(bad)}" if bad else ""))
+    return tuple(n for n in usable if n in names)
 
 
 def choose(op, args, y_shape):

@@ -20,3 +20,27 @@ def test_huge_stride_is_a_value_error_naming_stride(backend):
     # the largest accepted stride still works: one window, the PyTorch answer
     y, _ = ops.conv2d_forward(x, w, stride=2**31 - 1, backend=backend)
     assert y.shape == (1, 1, 1, 1) and y[0, 0, 0, 0] == 4
+
+
+def test_auto_candidates_can_be_limited(monkeypatch):
+    from fastcnn import _auto
+    usable = _auto.candidates()
+    if len(usable) < 2:
+        pytest.skip("needs two compiled backends")
+    timed = []
+    real = _auto._time_once
+    monkeypatch.setattr(_auto, "_time_once",
+                        lambda mod, *a: timed.append(mod.__name__) or real(mod, *a))
+    monkeypatch.setenv("FASTCNN_AUTO_CANDIDATES", usable[-1])
+    _auto.reset()
+    try:
+        x = np.ones((3, 2, 9, 9), np.float64)
+        ops.avg_pool2d_forward(x, 3, backend="auto")
+        assert timed == []                      # one candidate: nothing run twice
+        assert fastcnn.auto_choices()[-1]["backend"] == usable[-1]
+        for bad in ("loops", "nonsense", " , "):
+            monkeypatch.setenv("FASTCNN_AUTO_CANDIDATES", bad)
+            with pytest.raises(ValueError, match="FASTCNN_AUTO_CANDIDATES"):
+                ops.avg_pool2d_forward(np.ones((3, 2, 8, 8)), 2, backend="auto")
+    finally:
+        _auto.reset()
