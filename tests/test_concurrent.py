@@ -1,9 +1,12 @@
 """backends._concurrent: pieces of one op on a few threads, BLAS single-threaded meanwhile."""
+import os
 import threading
 
+import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
+import fastcnn
 from fastcnn.backends import _concurrent
 
 
@@ -14,43 +17,43 @@ def _blas_threads():
     return [p["num_threads"] for p in threadpool_info() if p["filepath"] in paths]
 
 
-class _Local(threading.local):
-    n = 4
-
-
-def _setter():
-    local = _Local()
-    return (lambda: local.n), (lambda n: setattr(local, "n", n)), local
-
-
-def test_results_in_order_each_piece_single_threaded_and_blas_restored():
-    get, set_, local = _setter()
+def test_results_in_order_each_piece_with_single_threaded_blas_and_blas_restored():
     seen = []
 
     def piece(i):
-        seen.append((i, get(), tuple(_blas_threads()), threading.get_ident()))
+        seen.append((i, tuple(_blas_threads()), threading.get_ident()))
         return i * i
 
     with threadpool_limits(2, user_api="blas"):
-        out = _concurrent.run(piece, range(7), 2, get, set_)
+        out = _concurrent.run(piece, range(7), 2)
         assert _blas_threads() == [2] * len(_blas_threads())
     assert out == [i * i for i in range(7)]
-    assert all(k == 1 for _, k, _, _ in seen)                  # kernels: one thread each
-    assert all(set(b) == {1} for _, _, b, _ in seen)           # BLAS: one thread meanwhile
+    assert all(set(b) == {1} for _, b, _ in seen)              # BLAS: one thread meanwhile
     assert len({t for *_, t in seen}) >= 2                     # the caller and a worker
-    assert local.n == 4                                        # caller's own count restored
 
 
-def test_one_thread_runs_inline_and_touches_nothing():
-    get, set_, _ = _setter()
+def test_one_thread_runs_inline_with_single_threaded_blas():
     with threadpool_limits(2, user_api="blas"):
-        out = _concurrent.run(lambda i: (get(), tuple(_blas_threads())), range(3), 1, get, set_)
-    assert {o[0] for o in out} == {4}
-    assert all(set(b) == {2} for _, b in out)
+        out = _concurrent.run(lambda i: (threading.get_ident(), tuple(_blas_threads())),
+                              range(3), 1)
+        assert set(_blas_threads()) == {2}
+    assert {o[0] for o in out} == {threading.get_ident()}
+    assert all(set(b) == {1} for _, b in out)
+
+
+def test_nested_calls_run_inline():
+    inner = []
+
+    def piece(i):
+        inner.append(_concurrent.num_threads())
+        return _concurrent.run(lambda j: threading.get_ident(), range(4))
+
+    out = _concurrent.run(piece, range(2), 2)
+    assert inner == [1, 1]
+    assert all(len(set(o)) == 1 for o in out)                 # each piece's items on its thread
 
 
 def test_an_error_in_any_piece_propagates_after_every_piece_finished():
-    get, set_, _ = _setter()
     finished = []
 
     def piece(i):
@@ -61,13 +64,12 @@ def test_an_error_in_any_piece_propagates_after_every_piece_finished():
 
     with threadpool_limits(2, user_api="blas"):
         with pytest.raises(ValueError, match="piece 3"):
-            _concurrent.run(piece, range(6), 2, get, set_)
+            _concurrent.run(piece, range(6), 2)
         assert set(_blas_threads()) == {2}
     assert sorted(finished) == [0, 1, 2, 4, 5]
 
 
 def test_concurrent_callers_restore_blas_only_when_the_last_leaves():
-    get, set_, _ = _setter()
     start = threading.Barrier(3)
     errors = []
 
@@ -75,7 +77,7 @@ def test_concurrent_callers_restore_blas_only_when_the_last_leaves():
         try:
             start.wait()
             for _ in range(20):
-                _concurrent.run(lambda i: sum(range(2000)), range(4), 2, get, set_)
+                _concurrent.run(lambda i: sum(range(2000)), range(4), 2)
         except Exception as e:     # pragma: no cover - reported below
             errors.append(e)
 
@@ -92,8 +94,7 @@ def test_concurrent_callers_restore_blas_only_when_the_last_leaves():
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_a_forked_child_gets_fresh_workers():
     import multiprocessing
-    get, set_, _ = _setter()
-    assert _concurrent.run(lambda i: i, range(4), 2, get, set_) == [0, 1, 2, 3]   # workers started
+    assert _concurrent.run(lambda i: i, range(4), 2) == [0, 1, 2, 3]   # workers started
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
         out = pool.apply_async(_run_in_child).get(timeout=60)     # hung before: dead workers
@@ -101,8 +102,55 @@ def test_a_forked_child_gets_fresh_workers():
 
 
 def _run_in_child():
-    get, set_, _ = _setter()
-    return _concurrent.run(lambda i: i * i, range(4), 2, get, set_)
+    return _concurrent.run(lambda i: i * i, range(4), 2)
+
+
+@pytest.mark.parametrize("shape", [(300, 40, 200), (40, 300, 500), (3, 5, 7), (1, 900, 2000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_equals_numpy_split_or_not(shape, dtype, monkeypatch):
+    monkeypatch.setattr(_concurrent, "MACS_PER_THREAD", 1)       # split whatever the size
+    M, K, N = shape
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((N, K)).astype(dtype).T               # a transposed view
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    rtol = 1e-4 if dtype == np.float32 else 1e-12
+    got = _concurrent.matmul(a, b)
+    assert got.dtype == dtype and got.shape == (M, N)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.sqrt(K))
+    out = np.full((M, N + 3), np.nan, dtype=dtype)
+    res = _concurrent.matmul(a, b, out=out[:, 1:N + 1])           # a strided out
+    assert res.base is out.base or res.base is out
+    np.testing.assert_allclose(out[:, 1:N + 1], want, rtol=rtol, atol=rtol * np.sqrt(K))
+    assert np.isnan(out[:, 0]).all() and np.isnan(out[:, N + 1:]).all()
+
+
+def test_matmul_runs_blas_single_threaded_and_splits_big_products(monkeypatch):
+    calls = []
+    real = np.matmul
+
+    def spy(a, b, out=None):
+        calls.append((a.shape, b.shape, tuple(_blas_threads()), threading.get_ident()))
+        return real(a, b, out=out)
+
+    monkeypatch.setattr(_concurrent.np, "matmul", spy)
+    a, b = np.ones((4, 3)), np.ones((3, 2))
+    with threadpool_limits(2, user_api="blas"):
+        _concurrent.matmul(a, b)                                  # small: one block
+        assert set(_blas_threads()) == {2}
+    assert len(calls) == 1 and set(calls[0][2]) == {1}
+    if (os.cpu_count() or 1) < 2:
+        return
+    calls.clear()
+    before = fastcnn.get_num_threads()
+    fastcnn.set_num_threads(2)
+    try:
+        big = np.ones((512, 256))
+        _concurrent.matmul(big, big.T)                            # 2**25 multiply-adds
+    finally:
+        fastcnn.set_num_threads(before)
+    assert len(calls) == 2 and all(set(c[2]) == {1} for c in calls)
+    assert sorted(c[0][0] for c in calls) == [256, 256]           # row blocks of a
 
 
 @pytest.mark.parametrize("N, k", [(64, 2), (130, 3), (1000, 16), (5, 8), (1, 2), (7, 1)])

@@ -6,11 +6,14 @@ adapter's internal choices are forced both ways, because the shared cases
 alone would only ever take the branch their shapes select.
 """
 import importlib.util
+import os
 import sys
 import threading
 
 import numpy as np
 import pytest
+
+import fastcnn
 
 cy = pytest.importorskip("fastcnn.backends.cython",
                          reason="cython backend not built in this install")
@@ -71,44 +74,34 @@ def _run_every_op(x, w):
     return out
 
 
-@pytest.mark.skipif(not cy.build_info()["openmp"], reason="built without OpenMP")
 def test_thread_count_does_not_change_results(monkeypatch):
     # Every output element but the weight and bias gradients is computed by
     # one thread in a fixed order, so the thread count must not change a
     # single bit of them. dw and db are sums over the batch, taken per chunk
     # of the batch (one chunk per thread) and then added: a different
     # rounding order, so those agree to float32 rounding only.
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: fastcnn's thread count is capped at 1")
     monkeypatch.setattr(_concurrent, "WORK_PER_THREAD", 1)     # threads even for small work
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 3, 11, 10)).astype(np.float32)
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
-    old = cy.get_num_threads()
+    old = fastcnn.get_num_threads()
     try:
-        cy.set_num_threads(1)
+        fastcnn.set_num_threads(1)
         serial = _run_every_op(x, w)
-        cy.set_num_threads(3)
-        assert cy.get_num_threads() == 3
+        fastcnn.set_num_threads(2)
+        _concurrent.max_concurrent = 0
         parallel = _run_every_op(x, w)
+        assert _concurrent.max_concurrent == 2
     finally:
-        cy.set_num_threads(old)
+        fastcnn.set_num_threads(old)
     for i, (a, p) in enumerate(zip(serial, parallel)):
         if i in (2, 3):                        # conv dw, db
             np.testing.assert_allclose(a, p, rtol=1e-5, atol=1e-5)
             assert not np.array_equal(a, np.zeros_like(a))
         else:
             np.testing.assert_array_equal(a, p)
-
-
-@pytest.mark.parametrize("n", [0, -1, 1.5, "2", True])
-def test_set_num_threads_rejects_bad_counts(n):
-    with pytest.raises(ValueError, match="n must be a positive integer"):
-        cy.set_num_threads(n)
-
-
-def test_small_problems_stay_single_threaded():
-    assert cy._threads(work=100, items=64) == 1
-    assert cy._threads(work=10 ** 9, items=1) == 1
-    assert cy._threads(work=10 ** 9, items=10 ** 6) == cy.get_num_threads()
 
 
 def test_concurrent_python_threads_get_correct_results():
@@ -140,11 +133,18 @@ def test_concurrent_python_threads_get_correct_results():
 
 def test_build_info_reports_the_build():
     info = cy.build_info()
-    assert set(info) == {"cython_version", "openmp", "debug_build"}
-    assert isinstance(info["openmp"], bool) and isinstance(info["debug_build"], bool)
+    assert set(info) == {"cython_version", "openmp", "debug_build", "threads"}
+    assert info["openmp"] is False and isinstance(info["debug_build"], bool)
     assert info["cython_version"][0].isdigit()
-    if not info["openmp"]:
-        assert cy.get_num_threads() == 1
+
+
+def test_the_extensions_link_no_openmp_runtime():
+    # an OpenMP team does not survive fork; the loops are single-threaded
+    import fastcnn._kernels.cy_conv as mod
+    with open(mod.__file__, "rb") as f:
+        blob = f.read()
+    for name in (b"GOMP_parallel", b"omp_get_num_threads", b"__kmpc_fork_call"):
+        assert name not in blob, name
 
 
 def test_missing_extension_is_an_import_error_that_says_how_to_fix(monkeypatch):

@@ -36,8 +36,18 @@ def test_kernels_cache_under_the_user_cache_folder(monkeypatch, tmp_path):
 def test_numba_cache_dir_still_wins(monkeypatch, tmp_path):
     # numba reads NUMBA_CACHE_DIR into its config at import
     monkeypatch.setattr(numba_config, "CACHE_DIR", str(tmp_path / "mine"))
-    path = _locator_for(numba_common.thread_probe).get_cache_path()
+    path = _locator_for(numba_pool.max_pool2d_backward).get_cache_path()
     assert path.startswith(str(tmp_path / "mine"))
+
+
+def test_a_cached_kernel_is_stale_when_the_shared_options_change(monkeypatch, tmp_path):
+    # numba only stamps a kernel's own file; its jit options live in
+    # numba_common, so that file's stamp is part of every kernel's
+    monkeypatch.setattr(numba_config, "CACHE_DIR", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    stamp = _locator_for(numba_pool.max_pool2d_backward).get_source_stamp()
+    st = os.stat(numba_common.__file__)
+    assert stamp[1:] == (st.st_mtime, st.st_size)
 
 
 def test_other_code_keeps_numbas_own_choice(monkeypatch, tmp_path):

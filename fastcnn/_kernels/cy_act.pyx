@@ -1,8 +1,8 @@
 """Compiled ReLU, forward and backward, over flat contiguous arrays.
 
 What this is: one typed loop each, fused float32/float64, GIL released,
-OpenMP ``prange`` over blocks of BLOCK elements (each thread writes its own
-blocks), a plain C loop over raw pointers per block for the compiler to
+single-threaded (the adapter runs element ranges concurrently on fastcnn's
+pool), a plain C loop over raw pointers per block for the compiler to
 vectorise. The backward's select needs setup.py's -fno-trapping-math: without
 it GCC kept ``g * 0`` behind a branch, which random signs mispredict half the
 time (8 ms for the MNIST conv1 output instead of 0.45 ms on one thread).
@@ -15,7 +15,6 @@ What this is not: no validation and no allocation -- the adapter
                                                 where y <= 0; PyTorch's select: 0)
 """
 from cython cimport floating
-from cython.parallel cimport prange
 
 DEF BLOCK = 16384
 
@@ -36,18 +35,17 @@ cdef inline void _backward(const floating* dy, const floating* y, floating* dx,
         dx[i] = g if y[i] > 0 else z
 
 
-def relu_forward(const floating[::1] x, floating[::1] y, int nthreads):
+def relu_forward(const floating[::1] x, floating[::1] y):
     cdef Py_ssize_t b, lo, n = x.shape[0]
     with nogil:
-        for b in prange((n + BLOCK - 1) // BLOCK, num_threads=nthreads, schedule="static"):
+        for b in range((n + BLOCK - 1) // BLOCK):
             lo = b * BLOCK
             _forward(&x[lo], &y[lo], min(BLOCK, n - lo))
 
 
-def relu_backward(const floating[::1] dy, const floating[::1] y, floating[::1] dx,
-                  int nthreads):
+def relu_backward(const floating[::1] dy, const floating[::1] y, floating[::1] dx):
     cdef Py_ssize_t b, lo, n = dy.shape[0]
     with nogil:
-        for b in prange((n + BLOCK - 1) // BLOCK, num_threads=nthreads, schedule="static"):
+        for b in range((n + BLOCK - 1) // BLOCK):
             lo = b * BLOCK
             _backward(&dy[lo], &y[lo], &dx[lo], min(BLOCK, n - lo))

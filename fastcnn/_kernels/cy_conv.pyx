@@ -1,15 +1,15 @@
 """Compiled conv2d packing loops: im2col, col2im and the layout changes around BLAS.
 
 What this is: typed loops over memoryviews, fused float32/float64, run with
-the GIL released and OpenMP ``prange`` over independent work. Each parallel
-item owns the output elements it writes (a row of the column matrix, an
-image plane), so no two threads ever ``+=`` into the same element.
+the GIL released, single-threaded: the shared driver runs chunks of the
+batch concurrently on fastcnn's pool (``backends/_concurrent``), and no
+OpenMP team is ever started (none survives a fork).
 
 What this is not: no validation, no allocation and no arithmetic beyond
 copies and sums -- the multiply-adds are numpy's BLAS, called by the shared
 driver ``fastcnn.backends._gemm_conv`` between these loops. Same-named
 kernels in ``numba_conv.py`` take the same arguments in the same order, up
-to the tail: here the thread count, there the padded layout. Direct
+to the tail: there the padded layout. Direct
 convolution loops were tried and dropped: even for a 1->32 channel 3x3
 first layer they were 3x slower than im2col + per-image BLAS.
 
@@ -21,7 +21,6 @@ Column matrix: cols[k, n, p] with k = (c, kh, kw), K = C*KH*KW and
 p = (oh, ow), P = OH*OW, so ``w.reshape(F, K) @ cols`` is the convolution.
 """
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.stdlib cimport free
 
 from fastcnn._kernels._rows cimport _axpy, _tap_ranges, _zero
@@ -50,11 +49,10 @@ cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
 
 def im2col(const floating[:, :, :, ::1] x, floating[:, :, :] cols,
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-           Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t OH, Py_ssize_t OW,
-           int nthreads):
+           Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t OH, Py_ssize_t OW):
     """cols[(c, kh, kw), n, (oh, ow)] = x[n, c, oh*SH + kh - PT, ow*SW + kw - PL]
     (0 outside the image). cols is (K, N, P) with only P contiguous, so one
-    loop fills both layouts the driver uses. Parallel over rows k."""
+    loop fills both layouts the driver uses."""
     if cols.shape[2] > 1 and cols.strides[2] != sizeof(floating):
         raise ValueError("im2col: cols must be contiguous along its last axis")
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -65,7 +63,7 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, :] cols,
     cdef Py_ssize_t* r = _tap_ranges(KW, SW, PL, W, OW)
     try:
         with nogil:
-            for k in prange(K, num_threads=nthreads, schedule="static"):
+            for k in range(K):
                 c = k // T
                 kh = (k // KW) % KH
                 kw = k % KW
@@ -93,11 +91,9 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, :] cols,
 
 def col2im(const floating[:, :, :] dcols, floating[:, :, :, ::1] dx,
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-           Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t OH, Py_ssize_t OW,
-           int nthreads):
+           Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t OH, Py_ssize_t OW):
     """The adjoint of im2col: dx[n, c, ih, iw] = sum of the dcols[k, n, p]
-    entries that im2col copied from there. Parallel over (n, c) planes of
-    dx, so the overlapping windows of one plane are summed by one thread."""
+    entries that im2col copied from there, plane by (n, c) plane of dx."""
     if dcols.shape[2] > 1 and dcols.strides[2] != sizeof(floating):
         raise ValueError("col2im: dcols must be contiguous along its last axis")
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
@@ -106,7 +102,7 @@ def col2im(const floating[:, :, :] dcols, floating[:, :, :, ::1] dx,
     cdef Py_ssize_t* r = _tap_ranges(KW, SW, PL, W, OW)
     try:
         with nogil:
-            for item in prange(N * C, num_threads=nthreads, schedule="static"):
+            for item in range(N * C):
                 n = item // C
                 c = item % C
                 _zero(&dx[n, c, 0, 0], H * W)
@@ -126,7 +122,7 @@ def col2im(const floating[:, :, :] dcols, floating[:, :, :, ::1] dx,
 
 
 def unpack_output(const floating[:, ::1] yF, const floating[::1] b,
-                  floating[:, :, :, ::1] y, int nthreads):
+                  floating[:, :, :, ::1] y):
     """y[n, f, oh, ow] = yF[f, n*P + oh*OW + ow] + b[f]: the matrix
     product's (F, N*P) layout back to NCHW, with the bias added on the way
     instead of in a second pass."""
@@ -136,7 +132,7 @@ def unpack_output(const floating[:, ::1] yF, const floating[::1] b,
     cdef floating* dst
     cdef const floating* src
     with nogil:
-        for item in prange(N * F, num_threads=nthreads, schedule="static"):
+        for item in range(N * F):
             n = item // F
             f = item % F
             bias = b[f]
@@ -147,16 +143,16 @@ def unpack_output(const floating[:, ::1] yF, const floating[::1] b,
 
 
 def pack_grad_output(const floating[:, :, :, ::1] dy, floating[:, ::1] dyF,
-                     floating[::1] db, int nthreads):
+                     floating[::1] db):
     """dyF[f, n*P + oh*OW + ow] = dy[n, f, oh, ow] (NCHW to the column
-    layout) and db[f] = sum of dy[:, f] in the same pass. Parallel over f."""
+    layout) and db[f] = sum of dy[:, f] in the same pass."""
     cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], P = dy.shape[2] * dy.shape[3]
     cdef Py_ssize_t n, f, p
     cdef double s
     cdef floating* dst
     cdef const floating* src
     with nogil:
-        for f in prange(F, num_threads=nthreads, schedule="static"):
+        for f in range(F):
             s = 0
             for n in range(N):
                 dst = &dyF[f, n * P]

@@ -1,8 +1,9 @@
 """Compiled max/avg pooling loops, forward and backward.
 
 What this is: typed loops over memoryviews, fused float32/float64, GIL
-released, OpenMP ``prange`` over the N*C independent image planes (a
-thread owns the planes it writes, so the backward scatter needs no atomics).
+released, single-threaded over the N*C image planes (the adapter runs
+ranges of planes concurrently; a plane is never split, so the backward
+scatter needs no atomics).
 
 What this is not: no validation and no allocation -- the adapter
 ``fastcnn.backends.cython`` allocates; ``fastcnn.ops`` validates.
@@ -20,7 +21,6 @@ one pass along a whole output row. The inner loops are then long, branch-free
 and vectorisable, unlike a loop over each 2x2 window.
 """
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.stdlib cimport free
 
 from fastcnn._kernels._rows cimport _axpy, _tap_ranges, _zero
@@ -48,7 +48,7 @@ cdef inline void _max_tap(floating* best, int* arg, const floating* src,
 def max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                 int[:, :, :, ::1] argmax,
                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                Py_ssize_t PH, Py_ssize_t PW, int nthreads):
+                Py_ssize_t PH, Py_ssize_t PW):
     """y[n, c, oh, ow] = max over the window; argmax records where it was.
 
     The row of y itself holds the running maxima. It starts at -inf with
@@ -61,7 +61,7 @@ def max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
     cdef Py_ssize_t* r = _tap_ranges(KW, SW, PW, W, OW)
     try:
         with nogil:
-            for item in prange(N * C, num_threads=nthreads, schedule="static"):
+            for item in range(N * C):
                 n = item // C
                 c = item % C
                 for oh in range(OH):
@@ -87,7 +87,7 @@ def max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
 
 
 def max_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
-                 floating[:, :, :, ::1] dx, int nthreads):
+                 floating[:, :, :, ::1] dx):
     """dx[n, c].flat[argmax[n, c, oh, ow]] += dy[n, c, oh, ow] (+= because
     overlapping windows can pick the same element)."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
@@ -97,7 +97,7 @@ def max_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax
     cdef const floating* g
     cdef const int* arg
     with nogil:
-        for item in prange(N * C, num_threads=nthreads, schedule="static"):
+        for item in range(N * C):
             n = item // C
             c = item % C
             plane = &dx[n, c, 0, 0]
@@ -110,7 +110,7 @@ def max_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax
 
 def avg_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                Py_ssize_t PH, Py_ssize_t PW, int nthreads):
+                Py_ssize_t PH, Py_ssize_t PW):
     """y[n, c, oh, ow] = (sum of the window's real elements) / (KH*KW)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
@@ -119,7 +119,7 @@ def avg_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
     cdef Py_ssize_t* r = _tap_ranges(KW, SW, PW, W, OW)
     try:
         with nogil:
-            for item in prange(N * C, num_threads=nthreads, schedule="static"):
+            for item in range(N * C):
                 n = item // C
                 c = item % C
                 for oh in range(OH):
@@ -141,7 +141,7 @@ def avg_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
 
 def avg_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                  Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                 Py_ssize_t PH, Py_ssize_t PW, int nthreads):
+                 Py_ssize_t PH, Py_ssize_t PW):
     """dx[n, c, window] += dy[n, c, oh, ow] / (KH*KW) over every window."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
@@ -150,7 +150,7 @@ def avg_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
     cdef Py_ssize_t* r = _tap_ranges(KW, SW, PW, W, OW)
     try:
         with nogil:
-            for item in prange(N * C, num_threads=nthreads, schedule="static"):
+            for item in range(N * C):
                 n = item // C
                 c = item % C
                 _zero(&dx[n, c, 0, 0], H * W)

@@ -3,7 +3,7 @@ and the layout kernels around the BLAS matmuls, which the shared driver
 ``fastcnn.backends._gemm_conv`` calls (``np.matmul``; Numba's own ``np.dot``
 would need SciPy). Same-named kernels in ``cy_conv.pyx`` take the same
 arguments in the same order, up to the tail: here the padded layout (HPX,
-WP, RP), there the thread count.
+WP, RP). Every kernel is single-threaded.
 
 im2col reads a zero-padded input ``xp`` (N, C, (HP+1)*WP) and col2im sums
 through a padded per-sample scratch plane, so no loop tests bounds.
@@ -32,7 +32,7 @@ Shapes: xp (N, C, (HP+1)*WP), w (F, C, KH, KW), y/dy (N, F, OH, OW),
 dx (N, C, H, W); stride (SH, SW); padding top PT and left PL.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
 
@@ -56,12 +56,11 @@ def im2col(xp, cols, KH, KW, SH, SW, OH, OW, WP, RP):
     """cols[(c, kh, kw), n, oh*RP + ow] = xp[n, c, (oh*SH+kh)*WP + ow*SW+kw].
 
     ``cols`` is (K, N, L) with any strides: the whole-batch layout (K, N*L)
-    or a view of the per-image layout (N, K+1, P). Parallel over samples:
-    each writes its own columns."""
+    or a view of the per-image layout (N, K+1, P)."""
     N, C, _ = xp.shape
     L = OH * RP
     flat = SH == 1 and SW == 1 and RP == WP
-    for n in prange(N):
+    for n in range(N):
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
@@ -79,13 +78,13 @@ def im2col(xp, cols, KH, KW, SH, SW, OH, OW, WP, RP):
                        i64, i64, i64, i64, i64))
 def col2im(dcols, dx, KH, KW, SH, SW, PT, PL, OH, OW, HPX, WP, RP):
     """The adjoint of im2col: dx[n, c, ih, iw] = sum of the dcols entries
-    im2col copied from it (dcols (K, N, L), any strides). Parallel over
-    samples, each summing into a private padded scratch plane, so no two
-    threads add into the same element."""
+    im2col copied from it (dcols (K, N, L), any strides), each sample
+    summed into a padded scratch plane."""
     N, C, H, W = dx.shape
     flat = SH == 1 and SW == 1 and RP == WP
-    for n in prange(N):
-        scratch = np.zeros((C, HPX * WP), dtype=dx.dtype)
+    scratch = np.empty((C, HPX * WP), dtype=dx.dtype)      # one per call, reused
+    for n in range(N):
+        scratch[:] = 0
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
@@ -110,7 +109,7 @@ def unpack_output(yF, b, y, RP):
     (F, N*L) result back to NCHW, garbage columns dropped, bias added."""
     N, F, OH, OW = y.shape
     L = OH * RP
-    for i in prange(N * F):
+    for i in range(N * F):
         n = i // F
         f = i - n * F
         bf = b[f]
@@ -125,11 +124,10 @@ def pack_grad_output(dy, dyF, db, RP):
     """dyF[f, n*L + oh*RP + ow] = dy[n, f, oh, ow], zero in the garbage
     columns (so they add nothing to dw or dx), and db[f] = sum of dy[:, f].
 
-    Parallel over f: each f owns its row of dyF and its db entry. The sum
-    runs in a row of partial sums (vectorises without fastmath)."""
+    The sum runs in a row of partial sums (vectorises without fastmath)."""
     N, F, OH, OW = dy.shape
     L = OH * RP
-    for f in prange(F):
+    for f in range(F):
         acc = np.zeros(OW, dtype=db.dtype)
         for n in range(N):
             dst = dyF[f, n * L:(n + 1) * L]

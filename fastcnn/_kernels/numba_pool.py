@@ -2,10 +2,11 @@
 
 Direct fused loops (no window extraction, no padding copy): pooling moves
 memory and does almost no arithmetic, so one pass over the input is the
-whole cost. Every kernel is parallel over image planes (n, c); a plane is
-never shared between threads, so the backward scatter-adds cannot race even
-when windows overlap. This module deliberately chooses nothing (threads,
-dtype): that is the adapter's job (``fastcnn.backends.numba``).
+whole cost. Every kernel loops over image planes (n, c) on one thread; the
+adapter runs ranges of planes concurrently (a plane is never split, so the
+backward scatter-adds cannot race even when windows overlap). This module
+deliberately chooses nothing (threads, dtype): that is the adapter's job
+(``fastcnn.backends.numba``).
 
 Shapes: the adapter views x as planes (NC, H, W) = (N*C, H, W), y/dy as
 (NC, OH, OW), dx as (NC, H*W) for max pooling (argmax offsets index it)
@@ -14,7 +15,7 @@ symmetric padding (PH, PW) with PH <= KH // 2, so every window holds at least
 one real element.
 """
 
-from numba import njit, prange
+from numba import njit
 
 from fastcnn._kernels.numba_common import JIT_OPTIONS, kernel, ro, rw, i32, i64, void
 
@@ -39,7 +40,7 @@ def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW):
     """
     NC, H, W = x.shape
     _, OH, OW = y.shape
-    for i in prange(NC):
+    for i in range(NC):
         xi = x[i]
         for oh in range(OH):
             ih0, ih1 = _window(oh, SH, PH, KH, H)
@@ -66,7 +67,7 @@ def max_pool2d_forward_2x2(x, y, argmax):
     counts and runs scalar, about 5x slower."""
     NC, H, W = x.shape
     _, OH, OW = y.shape
-    for i in prange(NC):
+    for i in range(NC):
         xi = x[i]
         for oh in range(OH):
             top = xi[2 * oh]
@@ -94,7 +95,7 @@ def max_pool2d_forward_2x2(x, y, argmax):
 def max_pool2d_backward(dy, argmax, dx):
     """dx[plane, argmax] += dy: each output's gradient goes to its argmax."""
     NC, OH, OW = dy.shape
-    for i in prange(NC):
+    for i in range(NC):
         dxi = dx[i]
         dxi[:] = 0
         for oh in range(OH):
@@ -109,7 +110,7 @@ def avg_pool2d_forward(x, y, KH, KW, SH, SW, PH, PW):
     NC, H, W = x.shape
     _, OH, OW = y.shape
     area = KH * KW
-    for i in prange(NC):
+    for i in range(NC):
         xi = x[i]
         for oh in range(OH):
             ih0, ih1 = _window(oh, SH, PH, KH, H)
@@ -128,7 +129,7 @@ def avg_pool2d_backward(dy, dx, KH, KW, SH, SW, PH, PW):
     NC, H, W = dx.shape
     _, OH, OW = dy.shape
     area = KH * KW
-    for i in prange(NC):
+    for i in range(NC):
         dxi = dx[i]
         dxi[:, :] = 0
         for oh in range(OH):

@@ -36,12 +36,8 @@ driver can keep a band's products in cache between matmul and transform.
 Non-finite inputs: the transforms subtract inputs, so an inf can give NaN
 where the direct sum is +-inf.
 
-Threads: the banded transforms are serial - they run between OpenBLAS's
-matmuls, a band at a time, and each wake of Numba's pool costs ~50 us under
-OMP_WAIT_POLICY=PASSIVE (fastcnn's default), as much as a band's transform
-(measured: MNIST conv2 fwd+bwd 13.1 ms parallel vs 13.0 serial). pack_planes
-and crop_planes, once per call over whole planes, run in parallel over
-channels (0.30 -> 0.16 ms for the MNIST conv2 input, with contiguous writes).
+Threads: every kernel is single-threaded; the driver runs chunks of the
+batch concurrently (``fastcnn.backends._winograd``).
 
 Shapes: x (N, C, H, W), y/dy (N, F, OH, OW); TH = ceil(OH/2), TW = ceil(OW/2)
 tiles per plane, P = TH*TW; padded input planes xs (C, HT, WT, N) with
@@ -52,12 +48,12 @@ planes hold every padded row and column). This module deliberately chooses
 nothing: the driver decides when Winograd applies and how wide a band is.
 """
 import numpy as np
-from numba import prange, types
+from numba import types
 
 from fastcnn._kernels.numba_common import i64, kernel, ro, rw, void
 
 
-@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64), parallel=True)
+@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64))
 def pack_planes(x, xs, PT, PL):
     """xs[c, ih+PT, iw+PL, n] = x[n, c, ih, iw], zero elsewhere: NCHW to
     zero-padded planes with the batch innermost. One pass over whole planes:
@@ -65,7 +61,7 @@ def pack_planes(x, xs, PT, PL):
     cache lines once per band (MNIST conv2, one thread: 2.7 ms for dy's side
     of the backward that way, 0.7 + 0.85 ms as pack + transform)."""
     N, C, H, W = x.shape
-    for c in prange(C):
+    for c in range(C):
         plane = xs[c]
         plane[:] = 0
         for ih in range(H):         # writes contiguous; the strided reads stay in L2
@@ -74,7 +70,7 @@ def pack_planes(x, xs, PT, PL):
                     plane[ih + PT, iw + PL, n] = x[n, c, ih, iw]
 
 
-@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64), parallel=False)
+@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64))
 def input_transform(xs, V, th0):
     """V[:, c, p, n] = B^T d B for the band of tile rows th0.. that V
     (16, C, rows*TW, N) holds; d is the 4x4 tile of sample n, channel c at
@@ -109,7 +105,7 @@ def input_transform(xs, V, th0):
                         V[4 * i + 3, c, p, n] = R[i, w + 1, n] - R[i, w + 3, n]
 
 
-@kernel(lambda t: void(ro(t, 4), ro(t, 1), rw(t, 4), i64), parallel=False)
+@kernel(lambda t: void(ro(t, 4), ro(t, 1), rw(t, 4), i64))
 def output_transform(M, b, ys, th0):
     """ys[f, 2th+a, 2tw+b, n] = (A^T m A)[a, b] + bias[f] for the band of
     tile rows th0.. that M (16, F, rows*TW, N) holds; ys (F, 2*TH, 2*TW, N)
@@ -136,7 +132,7 @@ def output_transform(M, b, ys, th0):
                         ys[f, oh + a, 2 * tw + 1, n] = S[a, 1, tw, n] - S[a, 2, tw, n] - S[a, 3, tw, n] + bf
 
 
-@kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(types.float64, 1), i64), parallel=False)
+@kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(types.float64, 1), i64))
 def grad_output_transform(dys, dM, db, th0):
     """dM[:, f, p, n] = A dY A^T for the band of tile rows th0.. that dM
     (16, F, rows*TW, N) holds, dY the 2x2 tile of the packed gradient dys
@@ -177,7 +173,7 @@ def grad_output_transform(dys, dM, db, th0):
         db[f] += acc.sum()
 
 
-@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64), parallel=False)
+@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64))
 def grad_input_transform(dV, xs, th0):
     """dd = B dV B^T per tile for the band of tile rows th0.. that dV
     (16, C, rows*TW, N) holds, scatter-added into the padded planes xs[c]
@@ -216,19 +212,19 @@ def grad_input_transform(dV, xs, th0):
                     plane[h + 3, w, n] -= E[3, w, n]
 
 
-@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64), parallel=True)
+@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64))
 def crop_planes(xs, dx, PT, PL):
     """dx[n, c, ih, iw] = xs[c, ih+PT, iw+PL, n]: planes with the batch
     innermost back to NCHW (the inverse of pack_planes)."""
     N, C, H, W = dx.shape
-    for c in prange(C):
+    for c in range(C):
         for ih in range(H):         # reads contiguous (one plane at a time)
             for iw in range(W):
                 for n in range(N):
                     dx[n, c, ih, iw] = xs[c, ih + PT, iw + PL, n]
 
 
-@kernel(lambda t: void(ro(t, 4), rw(t, 3)), parallel=False)
+@kernel(lambda t: void(ro(t, 4), rw(t, 3)))
 def weight_transform(w, U):
     """U[4i+j, f, c] = (G g G^T)[i, j] for g = w[f, c] (3x3), with
     G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
@@ -250,7 +246,7 @@ def weight_transform(w, U):
                 U[4 * i + 3, f, c] = T[i, 2]
 
 
-@kernel(lambda t: void(ro(t, 3), rw(t, 4)), parallel=False)
+@kernel(lambda t: void(ro(t, 3), rw(t, 4)))
 def weight_grad_transform(dU, dw):
     """dw[f, c] = G^T dU[:, f, c] G, dU[4i+j] the (i, j) element: the
     adjoint of weight_transform."""

@@ -43,7 +43,22 @@ The eight functions (same names, same signatures in every backend)::
     relu_forward(x)                            -> (y, saved)
     relu_backward(dy, saved)                   -> dx
 
-``saved`` is private to the backend (inputs, column matrix, argmax, ...);
-``fastcnn.ops`` wraps it in a context that remembers the backend. Kernels
-never write into their inputs, and return fresh arrays of the input dtype.
+``saved`` is private to the backend (column matrix, argmax, copies, ...);
+``fastcnn.ops`` wraps it in a context that remembers the backend.
+
+Backward uses what forward saw: ``saved`` holds the backend's own copies of,
+or arrays derived from, whatever backward needs - never a reference to an
+array the caller holds (x, w, relu's y) - so a caller who changes x, w or
+y in place between the forward and the backward still gets the gradients
+of the forward that ran, on every backend alike.
+
+Kernels never write into their inputs, and return fresh arrays of the
+input dtype: arrays no one else holds. The compiled backends serve them
+from a bounded pool (``_workspace.outputs``) that hands an array out again
+only once nothing - no caller, no view, no ctx - refers to it any more, so
+"fresh" still means that no two live results share memory.
+
+Threads: the kernels of the compiled backends are single-threaded; pieces
+of an op run concurrently only on fastcnn's own pool (``_concurrent``),
+with BLAS at one thread meanwhile.
 """

@@ -1,31 +1,44 @@
-"""Run independent pieces of one op on a few Python threads at once, each
-piece single-threaded: one pool busy at a time instead of two fighting.
+"""fastcnn's one thread pool: the independent pieces of one op (batch chunks,
+plane ranges, element ranges, row or column blocks of a product) run on a
+few Python threads at once, each piece single-threaded.
 
-Why: a piece that alternates small matmuls with short compiled loops (the
-numba Winograd convolution, band by band) cannot use two cores well from
-one thread - OpenBLAS splits each small matmul across its threads for a few
-microseconds, and each wake of the kernels' OpenMP pool costs ~50 us. Giving
-each core a whole piece (a chunk of the batch) with single-threaded BLAS and
-kernels keeps both cores busy with no hand-offs inside a piece. The pieces
-must not write to shared memory; the caller combines their results.
+Why: every kernel of the compiled backends is single-threaded (numba compiles
+without ``parallel``, the Cython loops without OpenMP), so this is the only
+place fastcnn runs anything in parallel. Python threads wait on futexes and
+never spin, so an idle pool steals no core from the next op - where OpenBLAS
+workers spin ~0.1 s after every multi-threaded product and an OpenMP team
+spins after every loop. No OpenMP team means nothing to break in a forked
+child either (a GNU OpenMP team does not survive fork); the pool itself
+forgets its workers in a forked child and starts new ones.
 
-``run(fn, items, threads)`` calls ``fn(item)`` for every item and returns
-the results in order; the calling thread takes part. While pieces run, every
-BLAS that was loaded when this module first ran pieces - numpy's, which
-np.matmul calls, among them - runs one thread (threadpoolctl; restored when the
-last concurrent caller leaves, so concurrent ops from several user threads
-are safe) and each participating thread's kernels run one thread (the backend passes
-its per-thread getter and setter, e.g. numba's).
+``run(fn, items)`` calls ``fn(item)`` for every item and returns the results
+in order; the calling thread takes part. While pieces run, every BLAS that
+was loaded when this module first ran pieces - numpy's, which np.matmul
+calls, among them - runs one thread (threadpoolctl; restored when the last
+concurrent caller leaves, so concurrent ops from several user threads are
+safe). A piece that itself calls ``run`` or ``matmul`` runs its items inline:
+the cores are taken already.
 
-``threads_for(available, work, items)`` is the one rule both compiled
-backends use for how many threads a loop (or a batch split) gets.
+``matmul(a, b, out=None)`` is a 2-D matrix product run the same way: BLAS at
+one thread, row blocks of ``a`` (or column blocks of ``b``) across the pool
+when the product is big enough.
 
-Deliberately not here: deciding how to split an op (the driver or the
-backend does).
+``threads_for(available, work, items)`` is the one rule for how many pieces
+an op gets; ``slices(total, work)`` applies it with fastcnn's thread count
+(``fastcnn._threads.get_num_threads()``, one value for the whole process, so
+it holds in every Python thread).
+
+Deliberately not here: deciding what a piece is (the drivers do), and any
+change to BLAS outside a call of ``run`` or ``matmul``.
 """
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from fastcnn import _threads
 
 _lock = threading.Lock()
 _active = 0               # concurrent callers inside a single-threaded-BLAS section
@@ -33,14 +46,18 @@ _saved_blas = None        # [(controller, its thread count before)] while _activ
 _controllers = None
 _executor = None
 _executor_workers = 0
+_local = threading.local()  # .inside: this thread runs a piece (nested calls go inline)
+# The most pieces that have run at once since the last reset (tests observe it).
+max_concurrent = 0
+_running = 0
 
 
 def _after_fork_in_child():
     """A forked child has none of the parent's worker threads: forget the
     executor (its dead workers would never run a piece) and the lock."""
-    global _lock, _active, _saved_blas, _executor, _executor_workers
+    global _lock, _active, _saved_blas, _executor, _executor_workers, _running
     _lock = threading.Lock()
-    _active, _saved_blas = 0, None
+    _active, _saved_blas, _running = 0, None, 0
     _executor, _executor_workers = None, 0
 
 
@@ -61,8 +78,9 @@ def _enter():
     with _lock:
         if _active == 0:
             _saved_blas = [(c, c.num_threads) for c in _blas_controllers()]
-            for c, _ in _saved_blas:
-                c.set_num_threads(1)
+            for c, n in _saved_blas:
+                if n != 1:
+                    c.set_num_threads(1)
         _active += 1
 
 
@@ -72,8 +90,21 @@ def _leave():
         _active -= 1
         if _active == 0:
             for c, n in _saved_blas:
-                c.set_num_threads(n)
+                if n != 1:
+                    c.set_num_threads(n)
             _saved_blas = None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS at one thread inside the block (what ``run`` does around its
+    pieces), for work on the calling thread that may still call ``run`` or
+    ``matmul``."""
+    _enter()
+    try:
+        yield
+    finally:
+        _leave()
 
 
 def _pool(workers):
@@ -90,20 +121,20 @@ def _pool(workers):
 
 
 # Work (elements read or written: im2col copies, pooling window reads, the
-# column matrix of a batch split) per extra thread: below about this much a
-# fork/join of the kernels' pool costs more than it saves, so tiny problems
-# run on one thread.
+# column matrix of a batch split) per extra thread: below about this much
+# handing a piece to another thread costs more than it saves, so tiny
+# problems run on one thread.
 WORK_PER_THREAD = 1 << 16
-# The same for an elementwise pass (relu), ~0.1-0.3 ns per element: numba and
-# cython alike ran MNIST-sized activations (0.2-1.6M elements) faster on one
-# thread than on two, and only numba gained at 4M.
+# The same for an elementwise pass (relu), ~0.1-0.3 ns per element.
 ELEMENTS_PER_THREAD = 1 << 21
+# The same for a matrix product, in multiply-adds.
+MACS_PER_THREAD = 1 << 20
 
 
 def threads_for(available, work, items, per_thread=None):
     """Threads for ``work`` spread over ``items`` independent pieces: one
     per ``per_thread`` of work (default WORK_PER_THREAD), never more than
-    the items or ``available`` (the calling thread's kernel thread count)."""
+    the items or ``available``."""
     return max(1, min(available, items, work // (per_thread or WORK_PER_THREAD)))
 
 
@@ -113,36 +144,86 @@ def batch_slices(N, k):
     return [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
 
 
-def run(fn, items, threads, get_threads, set_threads):
-    """[fn(item) for item in items], up to ``threads`` at a time (see module
-    doc); ``get_threads``/``set_threads`` read and set the calling thread's
-    own kernel thread count (numba's is per thread)."""
-    items = list(items)
-    threads = max(1, min(threads, len(items)))
-    if threads == 1:
-        return [fn(item) for item in items]
+def num_threads():
+    """Threads an op may use here: fastcnn's count, or 1 inside a piece."""
+    return 1 if getattr(_local, "inside", False) else _threads.get_num_threads()
 
-    def piece(item):
-        set_threads(1)
-        return fn(item)
 
-    results = [None] * len(items)
-    own = get_threads()
-    _enter()
-    futures = {}
+def slices(total, work, per_thread=None):
+    """range(total) as one slice per thread that ``work`` earns (threads_for)."""
+    return batch_slices(total, threads_for(num_threads(), work, total, per_thread))
+
+
+def _piece(fn, item):
+    global _running, max_concurrent
+    outer = getattr(_local, "inside", False)
+    _local.inside = True
+    with _lock:
+        _running += 1
+        max_concurrent = max(max_concurrent, _running)
     try:
-        set_threads(1)
-        # the caller takes every threads-th item from 0, the workers the
-        # others, so equal pieces finish together
-        pool = _pool(threads - 1)
-        futures = {i: pool.submit(piece, items[i]) for i in range(len(items)) if i % threads}
+        return fn(item)
+    finally:
+        with _lock:
+            _running -= 1
+        _local.inside = outer
+
+
+def run(fn, items, threads=None):
+    """[fn(item) for item in items], up to ``threads`` (default: all the
+    items, within ``num_threads()``) at a time, BLAS at one thread meanwhile
+    (see module doc)."""
+    items = list(items)
+    if getattr(_local, "inside", False):
+        return [fn(item) for item in items]
+    threads = max(1, min(num_threads() if threads is None else threads, len(items)))
+    results = [None] * len(items)
+    futures = {}
+    _enter()
+    try:
+        if threads > 1:
+            # the caller takes every threads-th item from 0, the workers the
+            # others, so equal pieces finish together
+            pool = _pool(threads - 1)
+            futures = {i: pool.submit(_piece, fn, items[i])
+                       for i in range(len(items)) if i % threads}
         for i in range(0, len(items), threads):
-            results[i] = fn(items[i])
+            results[i] = _piece(fn, items[i])
         for i, f in futures.items():
             results[i] = f.result()
     finally:
         for f in futures.values():      # never leave a piece running on our buffers
             f.exception()
-        set_threads(own)
         _leave()
     return results
+
+
+def matmul(a, b, out=None):
+    """a @ b for 2-D arrays (M, K) @ (K, N), into ``out`` (M, N) if given
+    (it may be a strided view with unit last stride, as BLAS allows). BLAS
+    runs one thread; a product of at least 2 * MACS_PER_THREAD splits into
+    blocks of rows of ``a`` (or of columns of ``b``, if it has more) run
+    across the pool. Returns out."""
+    (M, K), N = a.shape, b.shape[1]
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(a, b))
+    parts = slices(max(M, N), M * N * K, MACS_PER_THREAD)
+    if len(parts) == 1:
+        with single_threaded_blas():
+            np.matmul(a, b, out=out)
+    elif M >= N:
+        run(lambda sl: np.matmul(a[sl], b, out=out[sl]), parts)
+    else:
+        run(lambda sl: np.matmul(a, b[:, sl], out=out[:, sl]), parts)
+    return out
+
+
+def over_rows(kernel, arrays, params=(), work=0, per_thread=None):
+    """kernel(*(a[sl] for a in arrays), *params) over slices sl of the
+    arrays' first axis (one length for all: image planes, or elements of a
+    flat array), one slice per thread that ``work`` earns, concurrently."""
+    parts = slices(arrays[0].shape[0], work, per_thread)
+    if len(parts) == 1:
+        kernel(*arrays, *params)
+    else:
+        run(lambda sl: kernel(*(a[sl] for a in arrays), *params), parts)

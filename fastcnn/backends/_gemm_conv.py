@@ -17,27 +17,28 @@ Paths (``choose_path``; ``forced_path`` overrides it, for tests):
     padded width (row pitch RP = WP, with WP-OW "garbage columns" per row,
     see numba_conv); else RP = OW.
 Both im2col paths split the batch into chunks of n images, one per thread,
-that run concurrently, each with single-threaded BLAS and kernels
-(``backends/_concurrent``): one pool busy at a time instead of OpenBLAS's
-and the kernels' fighting over the cores. A problem too small to share is
-one chunk on the calling thread, whose kernels then choose their threads.
+that run concurrently on fastcnn's pool (``backends/_concurrent``), each
+with single-threaded BLAS and kernels. A batch too small to share is one
+chunk on the calling thread, still with BLAS at one thread; its large
+products (the whole-batch path's) split over row or column blocks instead
+(``_concurrent.matmul``), so no op leaves OpenBLAS's own pool spinning.
 
-ctx keeps each chunk's column matrix (a workspace array, handed out again
-once ctx dies) and w: the backward reuses the columns, chunk by chunk.
+y, dx and dw come from the output pool (``_workspace.outputs``). ctx keeps
+each chunk's column matrix (a workspace array, handed out again once ctx
+dies) and its own copy of w (``wb``: w with the bias column, made anyway):
+the backward reuses the columns, chunk by chunk, and computes with the
+x and w the forward saw even if the caller changed them in place since.
 
 The kernel table ``k`` (one object per backend):
     padded_input       True: the kernels read x zero-padded with one extra
                        zero row, planes flattened (N, C, (HP+1)*WP); False:
                        they read x itself and clip at its borders
     winograd           the Winograd driver module, or None
-    num_threads()      the calling thread's kernel thread count
-    get_own_threads(), set_own_threads(n)   what _concurrent saves and sets
     im2col(src, cols, g, RP)            cols (K, n, OH*RP), last axis contiguous
     col2im(dcols, dx, g, RP)            the adjoint, into dx (n, C, H, W)
     unpack_output(yF, b, y, RP)         yF (F, n*OH*RP) -> y (n, F, OH, OW) + b
     pack_grad_output(dy, dyF, db, RP)   the reverse, zero garbage columns, db
-Each kernel call picks its own thread count (``_concurrent.threads_for``
-over the axis it runs in parallel).
+Every kernel runs single-threaded, on the thread that calls it.
 
 Deliberately not here: argument checks and output sizes (``fastcnn.ops``
 computes y_shape), loops over elements (``fastcnn/_kernels``), Winograd.
@@ -49,7 +50,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastcnn.backends import _concurrent
-from fastcnn.backends._workspace import workspace
+from fastcnn.backends._workspace import outputs, workspace
 
 # Taps up to which the per-image column layout beats the whole-batch one
 # (measured at batch 64 on one thread, fwd+bwd: 2.3x faster at K=9, 1.4x at
@@ -128,7 +129,7 @@ def forward(k, x, w, b, stride, padding, y_shape):
     (N, C, H, W), (F, _, KH, KW), (_, _, OH, OW) = x.shape, w.shape, y_shape
     g = Geometry(N, C, H, W, F, KH, KW, *stride, *padding, OH, OW)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
-    y = np.empty(y_shape, dtype=x.dtype)
+    y = outputs.take(y_shape, x.dtype)
     path = choose_path(k, g)
     if path == "winograd":
         return y, (path, g, k.winograd.forward(k, x, w, bias, y, g))
@@ -137,10 +138,13 @@ def forward(k, x, w, b, stride, padding, y_shape):
         RP, fn = OW, _per_image_forward
     else:
         RP, fn = (g.WP if k.padded_input and stride == (1, 1) else OW), _batch_forward
-    slices = _concurrent.batch_slices(
-        N, _concurrent.threads_for(k.num_threads(), N * g.K * OH * RP, N))
-    cols = _map(k, lambda sl: fn(k, g, src[sl], w, bias, y[sl], RP), slices)
-    return y, (path, g, (w, list(zip(slices, cols)), RP))
+    # [w | b]: the per-image products' matrix, and backward's copy of w
+    wb = np.empty((F, g.K + 1), dtype=x.dtype)
+    wb[:, :g.K] = w.reshape(F, g.K)
+    wb[:, g.K] = bias
+    slices = _concurrent.slices(N, N * g.K * OH * RP)
+    cols = _map(lambda sl: fn(k, g, src[sl], wb, bias, y[sl], RP), slices)
+    return y, (path, g, (wb, list(zip(slices, cols)), RP))
 
 
 def backward(k, dy, saved):
@@ -148,17 +152,19 @@ def backward(k, dy, saved):
     path, g, data = saved
     if path == "winograd":
         return k.winograd.backward(k, dy, g, data)
-    w, chunks, RP = data
-    dx = np.empty((g.N, g.C, g.H, g.W), dtype=dy.dtype)
+    wb, chunks, RP = data
+    dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype)
     fn = _per_image_backward if path == "per_image" else _batch_backward
-    parts = _map(k, lambda item: fn(k, g, dy[item[0]], w, item[1], RP, dx[item[0]]), chunks)
+    parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx[item[0]]), chunks)
     # summed over the chunks: dw and db (only they) depend on the thread
     # count, in their last bits (another rounding order)
-    dw, db = parts[0]
+    dw = outputs.take((g.F, g.C, g.KH, g.KW), dy.dtype)
+    dw2, db = dw.reshape(g.F, g.K), parts[0][1]
+    np.copyto(dw2, parts[0][0])
     for dw_c, db_c in parts[1:]:
-        dw = dw + dw_c
+        dw2 += dw_c
         db = db + db_c
-    return dx, np.ascontiguousarray(dw).reshape(w.shape), np.ascontiguousarray(db)
+    return dx, dw, np.ascontiguousarray(db)
 
 
 def _padded(x, g):
@@ -171,20 +177,22 @@ def _padded(x, g):
     return xp.reshape(g.N, g.C, (g.HP + 1) * g.WP)
 
 
-def _map(k, fn, items):
-    """[fn(item)]: one item per thread, concurrently, each single-threaded
-    (see _concurrent) when there are several; else on this thread."""
-    return _concurrent.run(fn, items, len(items), k.get_own_threads, k.set_own_threads)
+def _map(fn, items):
+    """[fn(item)]: one item per thread, concurrently (see _concurrent) when
+    there are several; else on this thread, BLAS at one thread, where its
+    products (``_concurrent.matmul``) may still split across the pool."""
+    if len(items) == 1:
+        with _concurrent.single_threaded_blas():
+            return [fn(items[0])]
+    return _concurrent.run(fn, items)
 
 
 # One chunk of the batch each: src, y, dy, dx are C-contiguous slices of
-# n images; a forward returns its column matrix, a backward its (dw, db).
+# n images, wb is [w | b] (F, K+1); a forward returns its column matrix, a
+# backward its (dw, db).
 
-def _per_image_forward(k, g, src, w, bias, y, RP):
+def _per_image_forward(k, g, src, wb, bias, y, RP):
     n, F, K = y.shape[0], g.F, g.K
-    wb = np.empty((F, K + 1), dtype=y.dtype)
-    wb[:, :K] = w.reshape(F, K)
-    wb[:, K] = bias
     cols = workspace.take((n, K + 1, g.P), y.dtype)
     cols[:, K, :] = 1
     k.im2col(src, cols.transpose(1, 0, 2)[:K], g, RP)
@@ -192,34 +200,33 @@ def _per_image_forward(k, g, src, w, bias, y, RP):
     return cols
 
 
-def _per_image_backward(k, g, dy, w, cols, RP, dx):
+def _per_image_backward(k, g, dy, wb, cols, RP, dx):
     n, F, K, P = dy.shape[0], g.F, g.K, g.P
     dy3 = dy.reshape(n, F, P)
     dwb = np.matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0)         # (F, K+1)
-    dcols = np.matmul(w.reshape(F, K).T, dy3, out=workspace.take((n, K, P), dy.dtype))
+    dcols = np.matmul(wb[:, :K].T, dy3, out=workspace.take((n, K, P), dy.dtype))
     k.col2im(dcols.transpose(1, 0, 2), dx, g, RP)
     return dwb[:, :K], dwb[:, K]
 
 
-def _batch_forward(k, g, src, w, bias, y, RP):
+def _batch_forward(k, g, src, wb, bias, y, RP):
     n, K, F, L = y.shape[0], g.K, g.F, g.OH * RP
     cols = workspace.take((K, n * L), y.dtype)
     k.im2col(src, cols.reshape(K, n, L), g, RP)
-    yF = np.matmul(w.reshape(F, K), cols, out=workspace.take((F, n * L), y.dtype))
+    yF = _concurrent.matmul(wb[:, :K], cols, out=workspace.take((F, n * L), y.dtype))
     k.unpack_output(yF, bias, y, RP)
     return cols
 
 
-def _batch_backward(k, g, dy, w, cols, RP, dx):
+def _batch_backward(k, g, dy, wb, cols, RP, dx):
     n, K, F, L = dy.shape[0], g.K, g.F, g.OH * RP
     db = np.empty(F, dtype=dy.dtype)
     dyF = workspace.take((F, n * L), dy.dtype)
     k.pack_grad_output(dy, dyF, db, RP)
     # dw^T = cols @ dyF^T rather than dw = dyF @ cols^T: the same product,
-    # but OpenBLAS splits this orientation across threads far better (the
-    # other one, with its 64x288 output and inner dimension N*L, collapsed
-    # to ~1 GFLOP/s on 2 threads of a loaded machine).
-    dwT = np.matmul(cols, dyF.T, out=np.empty((K, F), dtype=dy.dtype))
-    dcols = np.matmul(w.reshape(F, K).T, dyF, out=workspace.take((K, n * L), dy.dtype))
+    # but its long inner dimension N*L stays whole in every block when it
+    # splits over the rows of cols (dw's columns).
+    dwT = _concurrent.matmul(cols, dyF.T, out=np.empty((K, F), dtype=dy.dtype))
+    dcols = _concurrent.matmul(wb[:, :K].T, dyF, out=workspace.take((K, n * L), dy.dtype))
     k.col2im(dcols.reshape(K, n, L), dx, g, RP)
     return dwT.T, db

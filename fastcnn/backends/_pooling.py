@@ -11,6 +11,8 @@ Deliberately not here: argument checks (``fastcnn.ops``), the loops
 """
 import numpy as np
 
+from fastcnn.backends._workspace import outputs
+
 ARGMAX_DTYPE = np.dtype(np.intc)
 
 
@@ -31,8 +33,9 @@ def check_argmax_fits(H, W):
 
 
 def max_pool_outputs(x, kernel, stride, padding):
-    """Fresh (y, argmax), both (N, C, OH, OW), for a max pooling of x."""
+    """Fresh (y, argmax), both (N, C, OH, OW), for a max pooling of x, from
+    the output pool."""
     N, C, H, W = x.shape
     check_argmax_fits(H, W)
     shape = (N, C, *out_hw(x.shape, kernel, stride, padding))
-    return np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=ARGMAX_DTYPE)
+    return outputs.take(shape, x.dtype), outputs.take(shape, ARGMAX_DTYPE)

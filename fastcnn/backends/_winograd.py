@@ -10,11 +10,12 @@ path (fwd+bwd, float32, one thread, CPU time): MNIST conv2 (64x32->64,
 14x14) 13.1 vs 29.1 ms (torch 14.5); the batch-innermost tile layout needs
 enough lanes: batch 8 1.4x faster, batch 4 0.9x, batch 1 0.4x.
 
-Chunks of the batch run concurrently, one per core, each with
-single-threaded BLAS and kernels (``backends/_concurrent``): one pool busy
-at a time, where OpenBLAS splitting dozens of small products and the
-kernels' pool waking for short loops kept both cores half idle (MNIST conv2
-fwd+bwd 13 -> 8 ms).
+Chunks of the batch run concurrently on fastcnn's pool, one per core,
+each with single-threaded BLAS and kernels (``backends/_concurrent``),
+where OpenBLAS splitting dozens of small products and a kernel thread pool
+waking for short loops kept both cores half idle. U and V, saved for the
+backward, are derived from w and x: a caller changing them in place after
+the forward changes nothing.
 
 Deliberately not here: the im2col paths and the choice between paths
 (``_gemm_conv``), argument checks (``fastcnn.ops``).
@@ -22,7 +23,7 @@ Deliberately not here: the im2col paths and the choice between paths
 import numpy as np
 
 from fastcnn.backends import _concurrent
-from fastcnn.backends._workspace import workspace
+from fastcnn.backends._workspace import outputs, workspace
 
 MIN_BATCH = 8
 # Images per pass: the transformed tiles of a chunk stay in cache (MNIST
@@ -57,8 +58,8 @@ def forward(k, x, w, b, y, g):
     wino = _kernels()
     U = np.empty((16, g.F, g.C), dtype=x.dtype)
     wino.weight_transform(w, U)
-    slices = _chunks(g.N, k.num_threads())
-    saved = _concurrently(k, lambda sl: _forward_chunk(x[sl], U, b, y[sl], g), slices)
+    slices = _chunks(g.N, _concurrent.num_threads())
+    saved = _concurrent.run(lambda sl: _forward_chunk(x[sl], U, b, y[sl], g), slices)
     return U, list(zip(slices, saved))
 
 
@@ -67,7 +68,7 @@ def backward(k, dy, g, saved):
     chunk, dU and db summed over the chunks, then dw = G^T dU G."""
     wino = _kernels()
     U, chunks = saved
-    dx = np.empty((g.N, g.C, g.H, g.W), dtype=dy.dtype)
+    dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype)
 
     def chunk(item):
         sl, (V, bands) = item
@@ -76,12 +77,12 @@ def backward(k, dy, g, saved):
         _backward_chunk(dy[sl], U, V, bands, g, dx[sl], dU, db)
         return dU, db
 
-    parts = _concurrently(k, chunk, chunks)
+    parts = _concurrent.run(chunk, chunks)
     dU, db = parts[0]
     for dU_c, db_c in parts[1:]:
         dU += dU_c
         db += db_c
-    dw = np.empty((g.F, g.C, 3, 3), dtype=dy.dtype)
+    dw = outputs.take((g.F, g.C, 3, 3), dy.dtype)
     wino.weight_grad_transform(dU, dw)
     return dx, dw, db.astype(dy.dtype)
 
@@ -90,10 +91,6 @@ def _chunks(N, threads):
     """Batch slices: at most CHUNK images each, at least one per thread
     while each keeps MIN_BATCH images, balanced."""
     return _concurrent.batch_slices(N, max(-(-N // CHUNK), min(threads, N // MIN_BATCH)))
-
-
-def _concurrently(k, fn, items):
-    return _concurrent.run(fn, items, k.num_threads(), k.get_own_threads, k.set_own_threads)
 
 
 def _bands(TH, TW, N):

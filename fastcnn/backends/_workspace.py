@@ -1,5 +1,6 @@
-"""One pool of reusable scratch arrays for the compiled backends (column
-matrices, padded inputs, transposes, Winograd tiles).
+"""Pools of reusable arrays for the compiled backends: ``workspace`` for
+scratch (column matrices, padded inputs, transposes, Winograd tiles) and
+``outputs`` for what the kernels return (y, dx, dw, argmax, relu's y/dx).
 
 Why: a fresh 16 MB ``np.empty`` is a fresh mmap, and touching it costs page
 faults - about 2.5 ms per column matrix of the MNIST conv2, more than the
@@ -10,8 +11,17 @@ never share a buffer. The pool is bounded: at most ``PER_KEY`` arrays per
 (shape, dtype) and ``MAX_BYTES`` in all, least recently used shapes dropped
 first; a larger request gets a fresh array that the pool does not keep.
 
-Deliberately not here: kernel outputs (y, dx, dw, db are fresh arrays, as
-the kernel contract says), and any knowledge of what the arrays are for.
+Outputs come from a pool of their own, with more arrays per shape (a
+training step holds several activations and gradients of one shape at
+once) and its own byte cap, so they never push the scratch arrays out.
+Serving them from a pool, not ``np.empty``, is what keeps a training step
+free of page faults without tuning glibc's malloc (``fastcnn.tune_runtime``):
+a freed big block goes back to the kernel and the next step faults it in
+again. "Fresh" keeps its meaning: an output is handed out again only when
+no one holds it (nor a view of it), so nothing a caller holds is ever
+overwritten.
+
+Deliberately not here: any knowledge of what the arrays are for.
 """
 import sys
 import threading
@@ -37,7 +47,8 @@ class Workspace:
     PER_KEY = 3             # cols of this step and the last one, dcols (same shape)
     MAX_BYTES = 256 << 20   # least recently used shapes are dropped beyond this
 
-    def __init__(self):
+    def __init__(self, per_key=PER_KEY, max_bytes=MAX_BYTES):
+        self.PER_KEY, self.MAX_BYTES = per_key, max_bytes
         self._arrays = {}       # (shape, dtype) -> [(owner, array)], most recent key last
         self._lock = threading.Lock()
         self._free = self._refcounts_when_free()
@@ -72,4 +83,7 @@ class Workspace:
         return sum(a.nbytes for v in self._arrays.values() for _, a in v)
 
 
-workspace = Workspace()     # the one pool both compiled backends take from
+workspace = Workspace()     # scratch, for both compiled backends
+# Kernel outputs: a layer's y, the next layer's y, their gradients and last
+# step's still referenced ones can share a shape.
+outputs = Workspace(per_key=8, max_bytes=256 << 20)

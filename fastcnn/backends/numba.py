@@ -8,9 +8,13 @@ of x, so no loop tests bounds and stride-1 columns run over the padded
 width; plus the Winograd F(2x2, 3x3) path (``backends/_winograd``), which
 only this backend has. Pooling and relu call their kernels directly.
 
-Threads: Numba's thread count is per calling thread. Each kernel call runs
-on ``_concurrent.threads_for`` threads (one for small work); the driver's
-concurrent batch chunks set their own threads to one.
+Threads: every kernel is compiled single-threaded (no ``parallel``), so
+Numba's threading layer never starts: no GNU OpenMP or TBB team in the
+process (a forked child that touched one was killed), and no per-thread
+Numba thread count. Pieces of an op - batch chunks, ranges of image
+planes, element ranges - run concurrently on fastcnn's pool
+(``backends/_concurrent``). Outputs come from the output pool
+(``backends/_workspace.outputs``).
 
 Compilation: the kernel modules compile eagerly for float32 and float64 when
 imported, with ``cache=True`` (under ~/.cache/fastcnn/numba, see
@@ -22,16 +26,16 @@ call, ``warmup()`` or ``info()`` does.
 Deliberately not here: argument checks (``fastcnn.ops``), backend choice
 (``fastcnn.backend``), the conv paths (``_gemm_conv``).
 """
-import os
+
 import time
 
 import numpy as np
 
 from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _winograd
+from fastcnn.backends._workspace import outputs
 
 numba = None              # the numba module, imported with the kernels
 _conv = _pool = _act = None
-_requested_threads = None  # set_num_threads() before numba was imported
 
 
 def _kernels():
@@ -42,51 +46,30 @@ def _kernels():
         import numba as nb
         from fastcnn._kernels import numba_act, numba_conv, numba_pool
         numba = nb
-        if _requested_threads is not None:
-            set_num_threads(_requested_threads)
         _conv, _pool, _act = numba_conv, numba_pool, numba_act
 
 
-def _run(kernel, work, items, *args, per_thread=None):
-    """kernel(*args) on threads_for(work, items) of this thread's threads."""
-    own = numba.get_num_threads()
-    n = _concurrent.threads_for(own, work, items, per_thread)
-    if n == own:
-        kernel(*args)
-        return
-    numba.set_num_threads(n)
-    try:
-        kernel(*args)
-    finally:
-        numba.set_num_threads(own)
-
-
 class _ConvKernels:
-    """The kernel table the shared conv driver calls (see _gemm_conv).
-    im2col and col2im run in parallel over samples, the layout kernels over
-    (n, f) or f."""
+    """The kernel table the shared conv driver calls (see _gemm_conv)."""
     padded_input = True
     winograd = _winograd
-    num_threads = get_own_threads = staticmethod(lambda: numba.get_num_threads())
-    set_own_threads = staticmethod(lambda n: numba.set_num_threads(n))
 
     @staticmethod
     def im2col(xp, cols, g, RP):
-        _run(_conv.im2col, cols.size, cols.shape[1],
-             xp, cols, g.KH, g.KW, g.SH, g.SW, g.OH, g.OW, g.WP, RP)
+        _conv.im2col(xp, cols, g.KH, g.KW, g.SH, g.SW, g.OH, g.OW, g.WP, RP)
 
     @staticmethod
     def col2im(dcols, dx, g, RP):
-        _run(_conv.col2im, dcols.size, dx.shape[0],
-             dcols, dx, g.KH, g.KW, g.SH, g.SW, g.PT, g.PL, g.OH, g.OW, g.HP + 1, g.WP, RP)
+        _conv.col2im(dcols, dx, g.KH, g.KW, g.SH, g.SW, g.PT, g.PL, g.OH, g.OW,
+                     g.HP + 1, g.WP, RP)
 
     @staticmethod
     def unpack_output(yF, b, y, RP):
-        _run(_conv.unpack_output, yF.size, y.shape[0] * y.shape[1], yF, b, y, RP)
+        _conv.unpack_output(yF, b, y, RP)
 
     @staticmethod
     def pack_grad_output(dy, dyF, db, RP):
-        _run(_conv.pack_grad_output, dyF.size, dy.shape[1], dy, dyF, db, RP)
+        _conv.pack_grad_output(dy, dyF, db, RP)
 
 
 def conv2d_forward(x, w, b, stride, padding, y_shape):
@@ -100,49 +83,53 @@ def conv2d_backward(dy, saved):
 
 
 # --------------------------------------------------------------- pooling ---
-# The kernels see planes: x (N*C, H, W), y and argmax (N*C, OH, OW).
+# The kernels see planes: x (N*C, H, W), y and argmax (N*C, OH, OW); ranges
+# of planes run concurrently.
+
+def _planes(a, flat=False):
+    N, C, H, W = a.shape
+    return a.reshape(N * C, H * W) if flat else a.reshape(N * C, H, W)
+
 
 def max_pool2d_forward(x, kernel, stride, padding):
     _kernels()
-    N, C, H, W = x.shape
     y, argmax = _pooling.max_pool_outputs(x, kernel, stride, padding)
-    OH, OW = y.shape[2:]
-    planes = (x.reshape(N * C, H, W), y.reshape(N * C, OH, OW), argmax.reshape(N * C, OH, OW))
+    planes = [_planes(x), _planes(y), _planes(argmax)]
     work = y.size * kernel[0] * kernel[1]
     if kernel == stride == (2, 2) and padding == (0, 0):
-        _run(_pool.max_pool2d_forward_2x2, work, N * C, *planes)
+        _concurrent.over_rows(_pool.max_pool2d_forward_2x2, planes, (), work)
     else:
-        _run(_pool.max_pool2d_forward, work, N * C, *planes, *kernel, *stride, *padding)
+        _concurrent.over_rows(_pool.max_pool2d_forward, planes,
+                              (*kernel, *stride, *padding), work)
     return y, (x.shape, argmax)
 
 
 def max_pool2d_backward(dy, saved):
     _kernels()
-    (N, C, H, W), argmax = saved
-    _, _, OH, OW = dy.shape
-    dx = np.empty((N, C, H, W), dtype=dy.dtype)
-    _run(_pool.max_pool2d_backward, N * C * (H * W + OH * OW), N * C,
-         dy.reshape(N * C, OH, OW), argmax.reshape(N * C, OH, OW), dx.reshape(N * C, H * W))
+    x_shape, argmax = saved
+    dx = outputs.take(x_shape, dy.dtype)
+    _concurrent.over_rows(_pool.max_pool2d_backward,
+                          [_planes(dy), _planes(argmax), _planes(dx, flat=True)], (),
+                          dx.size + dy.size)
     return dx
 
 
 def avg_pool2d_forward(x, kernel, stride, padding):
     _kernels()
     N, C, H, W = x.shape
-    OH, OW = _pooling.out_hw(x.shape, kernel, stride, padding)
-    y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    _run(_pool.avg_pool2d_forward, y.size * kernel[0] * kernel[1], N * C,
-         x.reshape(N * C, H, W), y.reshape(N * C, OH, OW), *kernel, *stride, *padding)
+    y = outputs.take((N, C, *_pooling.out_hw(x.shape, kernel, stride, padding)), x.dtype)
+    _concurrent.over_rows(_pool.avg_pool2d_forward, [_planes(x), _planes(y)],
+                          (*kernel, *stride, *padding), y.size * kernel[0] * kernel[1])
     return y, (x.shape, kernel, stride, padding)
 
 
 def avg_pool2d_backward(dy, saved):
     _kernels()
-    (N, C, H, W), kernel, stride, padding = saved
-    _, _, OH, OW = dy.shape
-    dx = np.empty((N, C, H, W), dtype=dy.dtype)
-    _run(_pool.avg_pool2d_backward, N * C * (H * W + OH * OW * kernel[0] * kernel[1]), N * C,
-         dy.reshape(N * C, OH, OW), dx.reshape(N * C, H, W), *kernel, *stride, *padding)
+    x_shape, kernel, stride, padding = saved
+    dx = outputs.take(x_shape, dy.dtype)
+    _concurrent.over_rows(_pool.avg_pool2d_backward, [_planes(dy), _planes(dx)],
+                          (*kernel, *stride, *padding),
+                          dx.size + dy.size * kernel[0] * kernel[1])
     return dx
 
 
@@ -150,43 +137,27 @@ def avg_pool2d_backward(dy, saved):
 
 def relu_forward(x):
     _kernels()
-    y = np.empty_like(x)
-    _run(_act.relu_forward, x.size, x.size, x.reshape(-1), y.reshape(-1),
-         per_thread=_concurrent.ELEMENTS_PER_THREAD)
+    y = outputs.take(x.shape, x.dtype)
+    _concurrent.over_rows(_act.relu_forward, [x.reshape(-1), y.reshape(-1)], (),
+                          x.size, _concurrent.ELEMENTS_PER_THREAD)
     return y, y
 
 
 def relu_backward(dy, y):
     _kernels()
-    dx = np.empty_like(dy)
-    _run(_act.relu_backward, dy.size, dy.size, dy.reshape(-1), y.reshape(-1), dx.reshape(-1),
-         per_thread=_concurrent.ELEMENTS_PER_THREAD)
+    dx = outputs.take(dy.shape, dy.dtype)
+    _concurrent.over_rows(_act.relu_backward, [dy.reshape(-1), y.reshape(-1), dx.reshape(-1)],
+                          (), dy.size, _concurrent.ELEMENTS_PER_THREAD)
     return dx
 
 
-# ------------------------------------------------- threads, warmup, info ---
-
-def set_num_threads(n):
-    """Threads for the parallel kernels (capped at Numba's pool size; like
-    ``numba.set_num_threads`` it applies to the calling thread)."""
-    global _requested_threads
-    _requested_threads = int(n)
-    if numba is not None:
-        numba.set_num_threads(min(_requested_threads, numba.config.NUMBA_NUM_THREADS))
-
-
-def get_num_threads():
-    if numba is None:       # what the pool will get once Numba is imported
-        pool = int(os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count() or 1)
-        return min(_requested_threads or pool, pool)
-    return numba.get_num_threads()
-
+# --------------------------------------------------------- warmup, info ---
 
 def warmup():
     """Compile (or load from the disk cache) every kernel for float32 and
-    float64 (importing the kernel modules does that: explicit signatures),
-    run each conv path and pooling op once per dtype on tiny inputs, and
-    start the thread pool. Returns the seconds it took."""
+    float64 (importing the kernel modules does that: explicit signatures)
+    and run each conv path and pooling op once per dtype on tiny inputs.
+    Returns the seconds it took."""
     t0 = time.perf_counter()
     _kernels()
     for dtype in (np.float32, np.float64):
@@ -202,20 +173,14 @@ def warmup():
             bwd(y, s)
         y, s = relu_forward(x)
         relu_backward(y, s)
-    _threading_layer()
     return time.perf_counter() - t0
 
 
-def _threading_layer():
-    _kernels()
-    from fastcnn._kernels.numba_common import thread_probe
-    thread_probe(numba.get_num_threads())
-    return numba.threading_layer()
-
-
 def info():
-    """{numba_version, threading_layer, num_threads}."""
-    layer = _threading_layer()
+    """{numba_version, threading_layer, num_threads}: the kernels are
+    single-threaded, so Numba's threading layer is never started."""
+    _kernels()
+    from fastcnn import _threads
     return {"numba_version": numba.__version__,
-            "threading_layer": layer,
-            "num_threads": numba.get_num_threads()}
+            "threading_layer": "none (single-threaded kernels; fastcnn's pool splits each op)",
+            "num_threads": _threads.get_num_threads()}
