@@ -1,14 +1,23 @@
 """fastcnn benchmarks: every backend against PyTorch CPU and tutorial-style im2col code.
 
-``pytest benchmarks/`` runs the pytest-benchmark suite (per op, per training
-step, inference over batch sizes); ``python -m benchmarks.report`` runs a
-compact version and writes ``benchmarks/RESULTS.md`` plus two PNG charts.
-
-This package is deliberately not part of the installed library: it is only
-importable from a checkout (the repo root on ``sys.path``), and nothing in
-``fastcnn`` imports it.
+``pytest benchmarks/`` is the pytest-benchmark suite; ``python -m
+benchmarks.report`` runs it once per implementation, each in its own
+process, into ``RESULTS.md`` and two charts; ``python -m benchmarks.step``
+times one implementation's training step. Deliberately not part of the
+installed library, and importing it does nothing: the processes that time
+call ``tune()``.
 """
+import os
 
-# fastcnn first, before numpy: its thread-pool defaults (OMP_WAIT_POLICY,
-# OPENBLAS_THREAD_TIMEOUT) only count if set before OpenBLAS and OpenMP load
-import fastcnn  # noqa: E402,F401
+
+def tune():
+    """``fastcnn.tune_runtime()``, as the ``fastcnn`` command does, for every implementation
+    alike; returns what it reports. Call it first: OpenBLAS and OpenMP read their settings
+    when numpy or torch loads them. With FASTCNN_TUNE=0 nothing is tuned and numpy is
+    imported first, as in a plain script."""
+    if os.environ.get("FASTCNN_TUNE", "").strip() == "0":
+        import numpy  # noqa: F401
+        return "off (FASTCNN_TUNE=0)"
+    import fastcnn
+    tune_runtime = getattr(fastcnn, "tune_runtime", None)    # absent in older fastcnn
+    return tune_runtime() if tune_runtime else "not available in this fastcnn"

@@ -1,155 +1,121 @@
-"""Seeded inputs, benchmark shapes and work counts, shared by the suite and the report.
+"""What is benchmarked, read from the library: ops, layer cases, seeded inputs, work counts.
 
-Shapes are append-only (as in numpy's ``benchmarks/common.py``): a name, once
-published, always means the same problem, so results from different days stay
-comparable. Add new shapes at the end; never edit or reorder existing ones.
-
-Every input is drawn from a generator seeded by the shape's name, so a row
-is reproducible on its own and two rows of one group time identical data.
-This module deliberately holds no timing code and imports no backend.
+Ops are the registry's kernels (``fastcnn.backend.KERNELS``). Each is timed
+on the layers of ``fastcnn.models.mnist_cnn`` that call it (input shapes
+traced by one ``loops`` pass of one image; average pooling, which the model
+does not use, on its max-pool windows) and on the larger layers below,
+which are append-only: a published name always means the same problem.
+Flop counts come from the layers' own weights, so nothing here repeats the
+model. Inputs come from generators seeded by name: every run and every row
+of a group times the same data.
 """
 import zlib
-from dataclasses import dataclass
+from math import prod
+from typing import NamedTuple
 
 import numpy as np
 
+import fastcnn
+from fastcnn import nn
+from fastcnn.backend import KERNELS
+from fastcnn.models import mnist_cnn
+
 DTYPES = ("float32", "float64")
-
-
-@dataclass(frozen=True)
-class ConvShape:
-    """x (N, C, H, W) convolved with w (F, C, K, K), stride S, padding P on all sides."""
-    N: int
-    C: int
-    H: int
-    W: int
-    F: int
-    K: int
-    S: int = 1
-    P: int = 0
-
-    @property
-    def out_hw(self):
-        return ((self.H + 2 * self.P - self.K) // self.S + 1,
-                (self.W + 2 * self.P - self.K) // self.S + 1)
-
-    def forward_flops(self):
-        """Multiply-adds of the forward pass, counted as 2 flops each (bias ignored)."""
-        OH, OW = self.out_hw
-        return 2 * self.N * self.F * OH * OW * self.C * self.K * self.K
-
-    def backward_flops(self):
-        """dx and dw each cost one forward's worth of multiply-adds (db ignored)."""
-        return 2 * self.forward_flops()
-
-    def label(self):
-        return (f"{self.N}x{self.C}x{self.H}x{self.W} -> {self.F} "
-                f"k{self.K} s{self.S} p{self.P}")
-
-
-@dataclass(frozen=True)
-class PoolShape:
-    """x (N, C, H, W) pooled with a K x K window, stride S, padding P."""
-    N: int
-    C: int
-    H: int
-    W: int
-    K: int
-    S: int
-    P: int = 0
-
-    @property
-    def out_hw(self):
-        return ((self.H + 2 * self.P - self.K) // self.S + 1,
-                (self.W + 2 * self.P - self.K) // self.S + 1)
-
-    def forward_bytes(self, itemsize):
-        """Least memory traffic of a forward pass: read x once, write y once."""
-        OH, OW = self.out_hw
-        return itemsize * self.N * self.C * (self.H * self.W + OH * OW)
-
-    def backward_bytes(self, itemsize):
-        """Least memory traffic of a backward pass: read dy once, write dx once."""
-        return self.forward_bytes(itemsize)
-
-    def label(self):
-        return f"{self.N}x{self.C}x{self.H}x{self.W} k{self.K} s{self.S} p{self.P}"
-
-
-# --- append-only from here -------------------------------------------------
-CONV_SHAPES = {
-    "mnist_conv1": ConvShape(N=64, C=1, H=28, W=28, F=32, K=3, S=1, P=1),
-    "mnist_conv2": ConvShape(N=64, C=32, H=14, W=14, F=64, K=3, S=1, P=1),
-    "cifar_conv": ConvShape(N=32, C=3, H=32, W=32, F=64, K=3, S=1, P=1),
-    "resnet_conv": ConvShape(N=8, C=64, H=56, W=56, F=128, K=3, S=1, P=1),
-}
-POOL_SHAPES = {
-    "mnist_pool1": PoolShape(N=64, C=32, H=28, W=28, K=2, S=2),
-    "mnist_pool2": PoolShape(N=64, C=64, H=14, W=14, K=2, S=2),
-    "cifar_pool": PoolShape(N=32, C=64, H=32, W=32, K=2, S=2),
-    "resnet_pool": PoolShape(N=8, C=128, H=56, W=56, K=2, S=2),
-    "resnet_stem_pool": PoolShape(N=8, C=64, H=112, W=112, K=3, S=2, P=1),
-}
-# Shapes small enough that the pure-Python ``loops`` reference is worth timing.
-MNIST_SHAPES = ("mnist_conv1", "mnist_conv2", "mnist_pool1", "mnist_pool2")
+OPS = tuple(dict.fromkeys(k.rsplit("_", 1)[0] for k in KERNELS))
 TRAIN_BATCH = 64
-INFERENCE_BATCHES = (1, 16, 64, 256, 1000)
-# --- end of append-only ------------------------------------------------------
-
-# The MNIST network of the training benchmark, as (layer name, shape name).
-MNIST_LAYERS = (("conv1", "mnist_conv1"), ("pool1", "mnist_pool1"),
-                ("conv2", "mnist_conv2"), ("pool2", "mnist_pool2"))
+TRAIN_BATCHES = (16, 64, 256)               # float32; float64 at TRAIN_BATCH only
+INFERENCE_BATCHES = (1, 16, 64, 256, 1000)  # float32
 
 
-def shape(name):
-    """The ConvShape or PoolShape published under ``name``."""
-    return CONV_SHAPES[name] if name in CONV_SHAPES else POOL_SHAPES[name]
+class Case(NamedTuple):
+    """One op on one layer (float64 weights), applied to an input of ``x_shape``."""
+    name: str
+    op: str
+    layer: nn.Module
+    x_shape: tuple
 
 
-def rng_for(*key):
-    """A generator seeded by a stable hash of ``key`` (same numbers on every run)."""
+def trace(model, x_shape):
+    """(layer, x shape, y shape) for each layer of ``model``, from one loops pass of one image."""
+    x, out = np.zeros((1, *x_shape[1:]), model.dtype), []
+    with fastcnn.use_backend("loops"):
+        for layer in model.layers:
+            y = layer.forward(x)
+            out.append((layer, x_shape[:1] + x.shape[1:], x_shape[:1] + y.shape[1:]))
+            x = y
+    return out
+
+
+MNIST = trace(mnist_cnn("float64", seed=0).eval(), (TRAIN_BATCH, 1, 28, 28))
+KINDS = {nn.Conv2d: ("conv", "conv2d"), nn.MaxPool2d: ("pool", "max_pool2d"),
+         nn.AvgPool2d: ("pool", "avg_pool2d"), nn.ReLU: ("relu", "relu")}
+
+
+def _mnist_cases():
+    """A case per layer that calls an op, named by kind and position (conv1, pool2, relu3)."""
+    out, seen = [], {}
+    for layer, x_shape, _ in MNIST:
+        kind, op = KINDS.get(type(layer), (None, None))
+        if op:
+            seen[kind] = seen.get(kind, 0) + 1
+            out.append(Case(f"{kind}{seen[kind]}", op, layer, x_shape))
+        if op == "max_pool2d":
+            avg = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding)
+            out.append(Case(f"{kind}{seen[kind]}", "avg_pool2d", avg, x_shape))
+    return out
+
+
+MNIST_CASES = _mnist_cases()
+_rng = np.random.default_rng(0)
+LARGER_CASES = [    # append-only
+    Case("cifar_conv", "conv2d", nn.Conv2d(3, 64, 3, padding=1, dtype="float64", rng=_rng),
+         (32, 3, 32, 32)),
+    Case("resnet_conv", "conv2d", nn.Conv2d(64, 128, 3, padding=1, dtype="float64", rng=_rng),
+         (8, 64, 56, 56)),
+    Case("cifar_pool", "max_pool2d", nn.MaxPool2d(2), (32, 64, 32, 32)),
+    Case("resnet_pool", "max_pool2d", nn.MaxPool2d(2), (8, 128, 56, 56)),
+    Case("resnet_stem_pool", "max_pool2d", nn.MaxPool2d(3, 2, 1), (8, 64, 112, 112)),
+]
+
+
+def cases(op):
+    return [c for c in MNIST_CASES + LARGER_CASES if c.op == op]
+
+
+def op_args(layer, dtype):
+    """What ``layer`` passes to its op after x, weights cast to ``dtype``."""
+    if isinstance(layer, nn.Conv2d):
+        return (layer.weight.data.astype(dtype), layer.bias.data.astype(dtype),
+                layer.stride, layer.padding)
+    return () if isinstance(layer, nn.ReLU) else (layer.kernel_size, layer.stride, layer.padding)
+
+
+def rng_for(key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
-def conv_inputs(name, dtype):
-    """(x, w, b, dy) for conv shape ``name``; weights scaled like He init."""
-    s = CONV_SHAPES[name]
-    OH, OW = s.out_hw
-    rng = rng_for("conv", name)
-    x = rng.standard_normal((s.N, s.C, s.H, s.W)).astype(dtype)
-    w = (rng.standard_normal((s.F, s.C, s.K, s.K))
-         * np.sqrt(2.0 / (s.C * s.K * s.K))).astype(dtype)
-    b = (0.1 * rng.standard_normal(s.F)).astype(dtype)
-    dy = rng.standard_normal((s.N, s.F, OH, OW)).astype(dtype)
-    return x, w, b, dy
-
-
-def pool_inputs(name, dtype):
-    """(x, dy) for pool shape ``name``; continuous draws, so max-pool ties do not occur."""
-    s = POOL_SHAPES[name]
-    OH, OW = s.out_hw
-    rng = rng_for("pool", name)
-    x = rng.standard_normal((s.N, s.C, s.H, s.W)).astype(dtype)
-    dy = rng.standard_normal((s.N, s.C, OH, OW)).astype(dtype)
-    return x, dy
+def array(key, shape, dtype):
+    """Standard normal draws, the same on every run: the generator is seeded by ``key``."""
+    return rng_for(key).standard_normal(shape).astype(dtype)
 
 
 def mnist_batch(batch, dtype):
-    """Synthetic MNIST-shaped batch: images in [0, 1), shape (B, 1, 28, 28), labels 0-9."""
-    rng = rng_for("mnist", batch)
-    x = rng.random((batch, 1, 28, 28)).astype(dtype)
-    y = rng.integers(0, 10, size=batch)
-    return x, y
+    """Synthetic MNIST batch: images in [0, 1), shape (B, 1, 28, 28), labels 0-9."""
+    rng = rng_for(("mnist", batch))
+    return rng.random((batch, 1, 28, 28)).astype(dtype), rng.integers(0, 10, size=batch)
 
 
-def mnist_step_flops(batch):
-    """Flops of one training step of the MNIST CNN: conv and dense layers, fwd + bwd."""
-    conv = sum(3 * CONV_SHAPES[s].forward_flops() for _, s in MNIST_LAYERS
-               if s.startswith("mnist_conv"))
-    dense = 3 * 2 * 64 * (3136 * 128 + 128 * 10)
-    return (conv + dense) * batch // TRAIN_BATCH
+def work(layer, x_shape, y_shape, dtype, backward=False):
+    """What one pass achieves: GFLOP of a layer with weights (2 per multiply-add; the
+    backward's dx and dw are one forward's worth each), else GB of the least
+    traffic (read the input, write the output)."""
+    w = getattr(layer, "weight", None)
+    if w is None:
+        return {"gbyte": 1e-9 * np.dtype(dtype).itemsize * (prod(x_shape) + prod(y_shape))}
+    return {"gflop": 2e-9 * prod(y_shape) * (w.data.size // w.shape[0]) * (2 if backward else 1)}
 
 
-def mnist_forward_flops(batch):
-    """Flops of one inference pass of the MNIST CNN (conv and dense layers)."""
-    return mnist_step_flops(batch) // 3
+def network_work(batch, training):
+    """GFLOP of one pass of the MNIST CNN (a training step: 3 forwards' worth) and images."""
+    gflop = sum(work(layer, x, y, "float64").get("gflop", 0) for layer, x, y in MNIST)
+    return {"gflop": gflop * batch / TRAIN_BATCH * (3 if training else 1), "images": batch}

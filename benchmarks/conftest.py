@@ -1,115 +1,102 @@
-"""pytest-benchmark plumbing: one thread count for everyone, warm JIT, work rates in extra_info.
+"""pytest-benchmark plumbing: tuning, one thread count, rows by implementation, rates, machine info.
 
-The session fixture sets the same thread count for fastcnn, numba, PyTorch
-and BLAS (``machine.limit_threads``), compiles the JIT kernels once
-(``fastcnn.warmup``) and records how long that took, so no timed round pays
-for compilation. ``run`` times a callable and stores GFLOP/s (or GB/s for
-pooling) and images/s beside the time; the terminal summary prints those
-rates per group next to the machine's measured matmul peak, since
-pytest-benchmark's own table has no column for them.
-Deliberately no assertions about speed: these are measurements, not tests.
+The process is tuned first, before numpy loads (``benchmarks.tune``), then
+every library gets the same thread count ($FASTCNN_BENCH_THREADS, else every
+CPU this process may use). ``--impl`` keeps the named implementations' rows
+only, so that a process times one implementation alone; ``run`` puts
+GFLOP/s or GB/s and images/s in ``extra_info``. Deliberately no timing and
+no assertions about speed.
 """
-import os
+from benchmarks import tune
 
-import pytest
+TUNED = tune()
 
-import fastcnn
-from benchmarks import machine, runners
+import io  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 
-_STATE = {"setup": None, "rows": []}
+import pytest  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+import fastcnn  # noqa: E402
+from benchmarks import runners  # noqa: E402
+
+_LIMITS = []      # keeps threadpoolctl's limiter alive for the whole session
 
 
-def _setup():
-    """Once per session: threads for everyone, then JIT warm-up (timed)."""
-    if _STATE["setup"] is None:
-        _STATE["setup"] = machine.prepare(machine.default_threads())
-    return _STATE["setup"]
+def pytest_addoption(parser):
+    parser.addoption("--impl", default="", help="fastcnn benchmarks: comma-separated "
+                     "implementations to run (backends, torch, tutorial, numpy: the matmul row)")
+    parser.addoption("--batch", type=int, help="fastcnn benchmarks: the network at this batch only")
 
 
 def pytest_configure(config):
-    if config.getoption("benchmark_disable", False):
-        runners.WARMUP = False
-    # Run from the repository root, `fastcnn` may be the source tree: without an
-    # editable install (pip install -e .) its compiled backend is missing and
-    # would only shrink the table. CI names the backends that must be there.
-    required = [b for b in os.environ.get("FASTCNN_REQUIRE_BACKENDS", "").split(",") if b]
-    missing = [b for b in required if b not in fastcnn.available_backends()]
-    if missing:
-        raise pytest.UsageError(
-            f"backends {missing} are not available to the benchmarks "
-            f"(fastcnn imported from {os.path.dirname(fastcnn.__file__)}: "
-            f"{fastcnn.unavailable_backends()}); install with `pip install -e .`")
+    config.addinivalue_line("markers", "startup: rows that time fresh Python processes")
+    # Run from the repository root, `fastcnn` is the source tree, whose compiled
+    # backends are missing without `pip install -e .`: that would only shrink the
+    # table. CI names the backends that must be there.
+    required = set(filter(None, os.environ.get("FASTCNN_REQUIRE_BACKENDS", "").split(",")))
+    if required - set(fastcnn.available_backends()):
+        raise pytest.UsageError(f"backends missing from the benchmarks: "
+                                f"{fastcnn.unavailable_backends()}; `pip install -e .`")
+    threads = int(os.environ.get("FASTCNN_BENCH_THREADS") or len(os.sched_getaffinity(0)))
+    _LIMITS.append(threadpool_limits(limits=threads))      # the BLAS and OpenMP loaded now
+    fastcnn.set_num_threads(threads)                       # fastcnn's kernels, numba's pool
+    if "torch" in (_selected(config) or runners.implementations()):   # only where it is timed
+        import torch
+        torch.set_num_threads(threads)
 
 
-def pytest_report_header(config):
-    setup = _setup()
-    lines = [f"fastcnn benchmarks: {setup['threads']} threads for every library "
-             f"(FASTCNN_BENCH_THREADS to change); backends "
-             f"{', '.join(fastcnn.available_backends())} from {os.path.dirname(fastcnn.__file__)}"]
-    lines += [f"  {k}: {v}" for k, v in machine.describe().items()]
-    lines.append(f"  JIT warm-up before timing: {setup['warmup_s']:.2f} s "
-                 + ", ".join(f"{k}={v:.2f}s" for k, v in setup["warmup"].items()))
-    return lines
+def _selected(config):
+    """--impl as a set; empty: every implementation."""
+    return set(filter(None, config.getoption("impl").split(",")))
 
 
-@pytest.fixture(scope="session")
-def bench_setup():
-    return _setup()
+def _impl(item):
+    return getattr(item, "callspec", None) and item.callspec.params.get("impl")
+
+
+@pytest.hookimpl(tryfirst=True)      # before -k and -m deselect
+def pytest_collection_modifyitems(config, items):
+    for i, item in enumerate(items):    # the whole suite's order: the report's, across processes
+        item.user_properties.append(("order", i))
+    keep = _selected(config)
+    if keep:
+        config.hook.pytest_deselected(items=[i for i in items if _impl(i) not in keep])
+        items[:] = [i for i in items if _impl(i) in keep]
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """What this process ran with, read at the end, when every pool has started."""
+    out = io.StringIO()
+    try:
+        fastcnn.show_config(out)
+    except Exception as e:      # a report without it beats none
+        out.write(f"fastcnn.show_config() failed: {type(e).__name__}: {e}")
+    info = machine_info["fastcnn"] = {"impl": config.getoption("impl") or "all",
+                                      "tune_runtime": TUNED, "show_config": out.getvalue().strip()}
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        info["torch"] = f"{torch.__version__}, {torch.get_num_threads()} threads"
+
+
+@pytest.fixture(autouse=True)
+def _order(request):
+    if "benchmark" in request.fixturenames:
+        request.getfixturevalue("benchmark").extra_info.update(request.node.user_properties)
 
 
 @pytest.fixture
-def run(benchmark, bench_setup):
-    """run(fn, group, work, **info): time fn in ``group`` and record its rates."""
+def run(benchmark):
+    """run(fn, group, work, **info): time fn in ``group``; its rates go into extra_info."""
 
     def _run(fn, group, work, **info):
         benchmark.group = group
-        benchmark.extra_info.update(info, threads=bench_setup["threads"], **work)
-        result = benchmark(fn)
-        stats = getattr(benchmark, "stats", None)
-        if stats is not None and not getattr(benchmark, "disabled", False):
-            median = stats.stats.median
-            rates = {"median_ms": 1e3 * median}
-            if work.get("images"):
-                rates["images/s"] = work["images"] / median
-            if "gflop" in work:
-                rates["GFLOP/s"] = work["gflop"] / median
-            if "gbyte" in work:
-                rates["GB/s"] = work["gbyte"] / median
-            benchmark.extra_info.update(rates)
-            _STATE["rows"].append((group, info.get("impl", "?"), rates))
-        return result
+        benchmark.extra_info.update(info, **work)
+        benchmark(fn)
+        if benchmark.stats is not None:      # None under --benchmark-disable
+            rates = {"GFLOP/s": "gflop", "GB/s": "gbyte", "images/s": "images"}
+            benchmark.extra_info.update({k: work[w] / benchmark.stats.stats.median
+                                         for k, w in rates.items() if work.get(w)})
 
     return _run
-
-
-@pytest.fixture
-def make(bench_setup):
-    """Call a runners.make_* builder, turning NotApplicable into a skip."""
-
-    def _make(builder, *args):
-        try:
-            return builder(*args)
-        except runners.NotApplicable as e:
-            pytest.skip(str(e))
-
-    return _make
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    rows = _STATE["rows"]
-    if not rows:
-        return
-    tr = terminalreporter
-    tr.section("fastcnn: rates per group (median)")
-    peaks = {dt: machine.matmul_peak(dt) for dt in ("float32", "float64")}
-    tr.write_line("matmul peak (1024^3 BLAS, measured now): "
-                  + ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in peaks.items()))
-    tr.write_line(f"numba threading layer: {machine.numba_threading_layer()}")
-    groups = {}
-    for group, impl, rates in rows:
-        groups.setdefault(group, []).append((impl, rates))
-    for group in sorted(groups):
-        tr.write_line(f"-- {group}")
-        for impl, rates in groups[group]:
-            cols = "  ".join(f"{k} {v:10.2f}" for k, v in rates.items())
-            tr.write_line(f"   {impl:10s} {cols}")

@@ -1,51 +1,74 @@
-"""``python -m benchmarks.step IMPL[,IMPL...] [--threads N] [--dtype D] [--batch B] [--infer]``:
-time the MNIST training step (or inference) of the named implementations in THIS process.
+"""``python -m benchmarks.step IMPL[,IMPL...] [--infer] [--batch B] [--dtype D] [--no-tune]``:
+the MNIST training step (or inference) of each implementation, timed in a process of its own.
 
-The report runs every implementation in one process, so thread pools
-(PyTorch's OpenMP, numba's, the Cython kernels' OpenMP, OpenBLAS) share it;
-run one implementation per process here to see each one alone. Deliberately
-only a stopwatch: no files written.
+Each implementation runs the suite's network rows alone in a fresh ``python
+-m pytest`` (``run_suite``, which the report uses too), tuned by
+``fastcnn.tune_runtime()`` first or, with ``--no-tune``, untuned with numpy
+imported first, as a plain script would be; this prints each row's median
+and spread. It imports neither numpy nor fastcnn itself.
 """
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 
-from benchmarks import machine, runners
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# more rounds than the report takes: one row, measured to compare settings
+PRECISE = ["--benchmark-warmup=on", "--benchmark-warmup-iterations=5",
+           "--benchmark-min-rounds=15", "--benchmark-max-time=2"]
+
+
+def run_suite(impl, args, tune=True, threads=None):
+    """``python -m pytest benchmarks --impl impl *args`` in a fresh process, from the repository
+    root; returns (its --benchmark-json as a dict, or None, its output, its exit status)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update({} if tune else {"FASTCNN_TUNE": "0"},
+               **({"FASTCNN_BENCH_THREADS": str(threads)} if threads else {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.json")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "benchmarks", "-q", "-rfEs", "-p", "no:cacheprovider",
+             f"--impl={impl}", "--benchmark-only", f"--benchmark-json={path}", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):       # nothing ran, or pytest stopped before writing it
+            data = None
+    return data, proc.stdout + proc.stderr, proc.returncode
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.split("\n\n")[0])
-    p.add_argument("impls", help="comma-separated: torch, tutorial, or fastcnn backends")
-    p.add_argument("--threads", type=int, default=machine.default_threads())
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step",
+                                description=__doc__.split("\n")[1])
+    p.add_argument("impls", help="comma-separated: fastcnn backends, torch, tutorial")
+    p.add_argument("--infer", action="store_true", help="eval-mode inference instead")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--infer", action="store_true", help="time eval-mode inference instead")
-    p.add_argument("--kernel-threads", type=int, default=None,
-                   help="threads of the compiled backends' own loops (OpenMP, numba), "
-                        "leaving BLAS at --threads: shows what the two pools cost each other")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--no-tune", action="store_true",
+                   help="no fastcnn.tune_runtime(), numpy imported first (as FASTCNN_TUNE=0)")
+    p.add_argument("--threads", type=int, help="threads for every library (default: all CPUs)")
     args = p.parse_args(argv)
-    impls = args.impls.split(",")
-    fastcnn_impls = [i for i in impls if i not in runners.REFERENCES]
-    if not fastcnn_impls:
-        # PyTorch alone runs as its users run it: no fastcnn backend loaded,
-        # and OpenMP's wait policy left to PyTorch (fastcnn sets PASSIVE at
-        # import; nothing has loaded libgomp yet, so dropping it still counts)
-        from fastcnn import _threads
-        _threads.drop_default_wait_policy()
-    machine.prepare(args.threads, warm=bool(fastcnn_impls))
-    if args.kernel_threads is not None:
-        from fastcnn import backend
-        for name in ("cython", "numba"):
-            if name in backend.available_backends():
-                backend.get_module(name).set_num_threads(args.kernel_threads)
-    make = runners.make_inference if args.infer else runners.make_train_step
-    fns = {i: make(i, args.dtype, args.batch) for i in impls}
-    for fn in fns.values():
-        fn()                                   # warm: JIT, caches, buffers
-    times = machine.median_times(fns, target_s=0.3, repeat=7)
-    for impl, s in times.items():
-        what = "inference" if args.infer else "step"
-        print(f"{impl:9s} {what} {args.dtype} b{args.batch} threads={args.threads}: "
-              f"{s * 1e3:7.1f} ms  {args.batch / s:7.0f} images/s")
+    test = "test_inference" if args.infer else "test_train_step"
+    status = 0
+    for impl in args.impls.split(","):
+        data, out, _ = run_suite(impl, ["benchmarks/test_network.py", f"--batch={args.batch}",
+                                     "-k", f"{test} and {args.dtype}", *PRECISE],
+                              tune=not args.no_tune, threads=args.threads)
+        if not data or not data["benchmarks"]:
+            status = 1
+            print(f"{impl}: nothing timed\n{out.strip()[-2000:]}", file=sys.stderr)
+            continue
+        (row,), tuned = data["benchmarks"], data["machine_info"]["fastcnn"]["tune_runtime"]
+        s = {k: f"{1e3 * v:.2f}" for k, v in row["stats"].items() if k in
+             ("median", "q1", "q3", "min", "max")}
+        print(f"{impl} {row['group']}: median {s['median']} ms, IQR {s['q1']}-{s['q3']}, "
+              f"min-max {s['min']}-{s['max']} ({row['stats']['rounds']} rounds), "
+              f"{row['extra_info']['images/s']:,.0f} images/s; tune_runtime: {tuned}")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,34 +1,35 @@
-"""Per-op benchmarks: one group per (op, shape, dtype), one row per implementation.
+"""Per-op benchmarks: one group per (op, direction, case, dtype), one row per implementation.
 
-Rows come from ``runners.implementations()`` (every available fastcnn backend,
-then PyTorch and the tutorial code), so a new backend appears here without
-edits. Run ``pytest benchmarks/test_ops.py --benchmark-only``; group by
-something else with e.g. ``--benchmark-group-by=param:impl``.
+Ops are the registry's kernels and cases the layers that call them
+(``benchmarks.common``): a kernel that no case exercises fails here instead
+of going unbenchmarked. Group otherwise with e.g. ``--benchmark-group-by=param:impl``.
 """
 import numpy as np
 import pytest
 
-from benchmarks import common, machine, runners
+from benchmarks import common, runners
 
-IMPLS = runners.implementations()
-OP_SHAPES = [(op, shape) for op in runners.OPS for shape in runners.shapes_for(op)]
-
-
-@pytest.mark.parametrize("dtype", common.DTYPES)
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("op,shape", OP_SHAPES)
-def test_op(run, make, op, shape, impl, dtype):
-    fn = make(runners.make_op, impl, op, shape, dtype)
-    run(fn, f"{op} {shape} {dtype}", runners.op_work(op, shape, dtype),
-        impl=impl, shape=common.shape(shape).label())
+ROWS = [(op, c) for op in common.OPS for c in common.cases(op) or [None]]
 
 
 @pytest.mark.parametrize("dtype", common.DTYPES)
-def test_matmul_peak(run, dtype):
+@pytest.mark.parametrize("impl", runners.implementations())
+@pytest.mark.parametrize("direction", ("forward", "backward"))
+@pytest.mark.parametrize("op,case", ROWS, ids=[f"{op}-{c and c.name}" for op, c in ROWS])
+def test_op(run, op, case, direction, impl, dtype):
+    if case is None:
+        pytest.fail(f"kernel {op} has no benchmark case: give it a layer in benchmarks/common.py")
+    fn, work = runners.make_op(impl, case, dtype, direction == "backward")
+    run(fn, f"{op}_{direction} {case.name} {dtype}", work, impl=impl, case=case.name, op=op,
+        direction=direction, dtype=dtype, layer=f"{case.layer!r} on {case.x_shape}")
+
+
+@pytest.mark.parametrize("dtype", common.DTYPES)
+@pytest.mark.parametrize("impl", ["numpy"])
+def test_matmul_peak(run, impl, dtype):
     """The reference line: what this machine's BLAS reaches on a 1024^3 matmul."""
     n = 1024
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    a, b = (common.array(("matmul", i), (n, n), dtype) for i in range(2))
     out = np.empty((n, n), dtype)
     run(lambda: np.matmul(a, b, out=out), f"reference matmul {n} {dtype}",
-        {"gflop": 2 * n ** 3 / 1e9, "images": 0}, impl="numpy", blas=machine.blas_name())
+        {"gflop": 2e-9 * n ** 3}, impl=impl, dtype=dtype)

@@ -1,93 +1,51 @@
-"""PyTorch CPU reference rows: the same ops and the same MNIST network, timed the same way.
+"""PyTorch CPU reference rows: the same ops on the same layers, and the same network.
 
-Layers go through ``torch.nn.functional`` with autograd on, since fastcnn's
-forward also keeps what its backward needs; backward is
-``torch.autograd.grad`` on a retained graph. The network is the fastcnn MNIST
-CNN layer for layer, trained with SGD + momentum, and one step is
-forward + loss + backward + step, as ``fastcnn.training.train_step`` does.
-Importing this module requires torch; callers check ``machine.optional_torch``
-first. It deliberately sets no threads (``machine.limit_threads`` does).
+An op runs through ``torch.nn.functional`` with autograd on, since fastcnn's
+forward also keeps what its backward needs; backward is ``torch.autograd.grad``
+on a retained graph. The network is translated layer by layer from a fastcnn
+model with its weights; a training step is forward, softmax cross-entropy,
+backward and an SGD momentum step. Requires torch; deliberately sets no threads.
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-_TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
+from fastcnn import nn
 
-
-def tensor(a, requires_grad=False):
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    return t.requires_grad_(requires_grad)
-
-
-def conv2d(x, w, b, stride, padding):
-    """(forward, backward) zero-argument callables for one conv layer."""
-    xt, wt, bt = tensor(x, True), tensor(w, True), tensor(b, True)
+def op(name, x, *args):
+    """(forward, backward) for fastcnn op ``name`` (fastcnn's ops take torch.nn.functional's
+    names and arguments) on x; backward(dy) returns the callable computing every gradient."""
+    inputs = [torch.from_numpy(a).requires_grad_() for a in (x, *args)
+              if isinstance(a, np.ndarray)]
+    rest = [a for a in args if not isinstance(a, np.ndarray)]
 
     def forward():
-        return F.conv2d(xt, wt, bt, stride=stride, padding=padding)
-
-    y = forward()
+        return getattr(F, name)(*inputs, *rest)
 
     def backward(dy):
-        dyt = tensor(dy)
-        return lambda: torch.autograd.grad(y, (xt, wt, bt), dyt, retain_graph=True)
+        y, dyt = forward(), torch.from_numpy(dy)
+        return lambda: torch.autograd.grad(y, inputs, dyt, retain_graph=True)
 
     return forward, backward
 
 
-def pool2d(kind, x, kernel, stride, padding):
-    """(forward, backward) callables for max or avg pooling (kind 'max' | 'avg')."""
-    fn = F.max_pool2d if kind == "max" else F.avg_pool2d
-    xt = tensor(x, True)
-
-    def forward():
-        return fn(xt, kernel, stride, padding)
-
-    y = forward()
-
-    def backward(dy):
-        dyt = tensor(dy)
-        return lambda: torch.autograd.grad(y, (xt,), dyt, retain_graph=True)
-
-    return forward, backward
-
-
-class MnistCNN(torch.nn.Module):
-    """conv 1->32 3x3 p1, relu, maxpool 2, conv 32->64 3x3 p1, relu, maxpool 2,
-    flatten, dense 3136->128, relu, dropout, dense 128->10."""
-
-    def __init__(self, dropout=0.25):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(32, 64, 3, padding=1)
-        self.fc1 = torch.nn.Linear(3136, 128)
-        self.fc2 = torch.nn.Linear(128, 10)
-        self.dropout = torch.nn.Dropout(dropout)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = self.dropout(F.relu(self.fc1(x.flatten(1))))
-        return self.fc2(x)
-
-
-# fastcnn's Sequential names parameters by layer index; same layouts as torch.
-FASTCNN_NAMES = {"0": "conv1", "3": "conv2", "7": "fc1", "10": "fc2"}
-
-
-def load_fastcnn_state(model, state):
-    """Copy weights from a ``fastcnn.models.mnist_cnn`` state_dict into ``model``."""
-    with torch.no_grad():
-        for key, value in state.items():
-            index, kind = key.split(".")
-            getattr(model, FASTCNN_NAMES[index]).get_parameter(kind).copy_(
-                torch.from_numpy(value))
-
-
-def mnist_cnn(dtype="float32", seed=0, dropout=0.25):
-    torch.manual_seed(seed)
-    return MnistCNN(dropout).to(_TORCH_DTYPE[dtype])
+def from_fastcnn(model):
+    """A torch.nn.Sequential computing what the fastcnn ``model`` computes, same weights;
+    its state_dict keys are fastcnn's ('0.weight', ...)."""
+    layers = []
+    for m in model.layers:      # fastcnn's layers take PyTorch's names and arguments
+        cls = getattr(torch.nn, type(m).__name__)
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            F_, C, *K = m.weight.shape
+            conv = (tuple(K), m.stride, m.padding) if K else ()
+            layers.append(cls(C, F_, *conv, bias=m.bias is not None))
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            layers.append(cls(m.kernel_size, m.stride, m.padding))
+        else:
+            layers.append(cls(m.p) if isinstance(m, nn.Dropout) else cls())
+    net = torch.nn.Sequential(*layers).to(getattr(torch, model.dtype.name))
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    return net
 
 
 def sgd(model, lr=0.05, momentum=0.9):

@@ -1,22 +1,20 @@
 """The tutorial-style im2col CNN that fastcnn's ``im2col`` backend is measured against.
 
-This is the code people copy from blog posts and textbooks, kept the way it is
-usually written (after "Deep Learning from Scratch", oreilly-japan/
-deep-learning-from-scratch ``common/util.py`` and ``common/layers.py``, which
-CS231n-style posts resemble): im2col fills a 6-d zero array with one copy per
-kernel offset, then transposes it into a fresh (N*OH*OW, C*KH*KW) matrix;
-col2im scatter-adds one kernel offset at a time into an oversized zero image;
-max pooling is im2col + argmax; layers are classes that cache their input.
-
-Deliberate, and the only change from the original: the zero arrays take the
-input's dtype. The original calls ``np.zeros(shape)``, which is float64, so a
-float32 network silently runs in float64; keeping the dtype gives the
-tutorial code a fair float32 row. Its parameters default to float64, as in the
-original. It is deliberately not optimised and not part of ``fastcnn``; max
-pooling pads with zeros (wrong for negative inputs), so it is only timed on
-unpadded pools.
+The code people copy from blog posts and textbooks, kept as it is usually
+written (after "Deep Learning from Scratch", oreilly-japan/deep-learning-from-scratch
+``common/util.py`` and ``common/layers.py``, which CS231n-style posts resemble):
+im2col fills a 6-d zero array one kernel offset at a time, then transposes it
+into a fresh (N*OH*OW, C*KH*KW) matrix; col2im scatter-adds into an oversized
+zero image; max pooling is im2col + argmax; layers are classes caching their input.
+The only changes: the zero arrays take the input's dtype (the original's
+float64 ``np.zeros`` would run a float32 network in float64), and ``TutorialNet``
+takes a fastcnn model's layers and weights instead of drawing its own. Not
+optimised, not part of ``fastcnn``; no average pooling, and max pooling pads
+with zeros (wrong for negative inputs), so padded max pools are not timed.
 """
 import numpy as np
+
+from fastcnn import nn   # only to read a model's layers (TutorialNet)
 
 
 def im2col(input_data, filter_h, filter_w, stride=1, pad=0):
@@ -127,30 +125,6 @@ class Pooling:
         return dx
 
 
-class AvgPooling(Pooling):
-    """Average pooling in the same style (padding counts as zeros, like count_include_pad)."""
-
-    def forward(self, x):
-        N, C, H, W = x.shape
-        out_h = 1 + (H + 2 * self.pad - self.pool_h) // self.stride
-        out_w = 1 + (W + 2 * self.pad - self.pool_w) // self.stride
-
-        col = im2col(x, self.pool_h, self.pool_w, self.stride, self.pad)
-        col = col.reshape(-1, self.pool_h * self.pool_w)
-        out = np.mean(col, axis=1)
-        out = out.reshape(N, out_h, out_w, C).transpose(0, 3, 1, 2)
-
-        self.x = x
-        return out
-
-    def backward(self, dout):
-        dout = dout.transpose(0, 2, 3, 1)
-        pool_size = self.pool_h * self.pool_w
-        dcol = np.repeat(dout.reshape(-1, 1) / pool_size, pool_size, axis=1)
-        dx = col2im(dcol, self.x.shape, self.pool_h, self.pool_w, self.stride, self.pad)
-        return dx
-
-
 class Relu:
     def forward(self, x):
         self.mask = (x <= 0)
@@ -230,63 +204,73 @@ class Momentum:
             params[key] -= self.lr * self.v[key]
 
 
-class TutorialConvNet:
-    """conv(1->32, 3x3, pad 1)-relu-maxpool 2-conv(32->64)-relu-maxpool 2-affine 3136->128-relu-dropout-affine 128->10."""
+class TutorialNet:
+    """The tutorial's layers in the order of a ``fastcnn.nn.Sequential``, with its weights;
+    parameters keyed as fastcnn names them ('0.weight', ...), dense weights transposed
+    (the tutorial computes x @ W)."""
 
-    def __init__(self, dtype="float64", seed=0, dropout=0.25):
-        rng = np.random.default_rng(seed)
-
-        def he(shape, fan_in):
-            return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
-
-        self.params = {
-            "W1": he((32, 1, 3, 3), 9), "b1": np.zeros(32, dtype),
-            "W2": he((64, 32, 3, 3), 288), "b2": np.zeros(64, dtype),
-            "W3": he((3136, 128), 3136), "b3": np.zeros(128, dtype),
-            "W4": he((128, 10), 128), "b4": np.zeros(10, dtype),
-        }
-        self.dropout = dropout
-        self.rng = rng
-        self._build()
-
-    def _build(self):
-        p = self.params
-        self.layers = [
-            ("Conv1", Convolution(p["W1"], p["b1"], 1, 1)), ("Relu1", Relu()),
-            ("Pool1", Pooling(2, 2, 2)),
-            ("Conv2", Convolution(p["W2"], p["b2"], 1, 1)), ("Relu2", Relu()),
-            ("Pool2", Pooling(2, 2, 2)),
-            ("Affine1", Affine(p["W3"], p["b3"])), ("Relu3", Relu()),
-            ("Dropout", Dropout(self.dropout, self.rng)),
-            ("Affine2", Affine(p["W4"], p["b4"])),
-        ]
+    def __init__(self, model, seed=0):
+        self.params, self.layers = {}, []
+        for i, m in enumerate(model.layers):
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                conv = isinstance(m, nn.Conv2d)
+                W = self.params[f"{i}.weight"] = (m.weight.data if conv else m.weight.data.T).copy()
+                b = self.params[f"{i}.bias"] = m.bias.data.copy()
+                layer = Convolution(W, b, m.stride, m.padding) if conv else Affine(W, b)
+            elif isinstance(m, nn.MaxPool2d):
+                layer = Pooling(m.kernel_size, m.kernel_size, m.stride or m.kernel_size, m.padding)
+            elif isinstance(m, nn.ReLU):
+                layer = Relu()
+            elif isinstance(m, nn.Dropout):
+                layer = Dropout(m.p, np.random.default_rng(seed))
+            else:
+                continue        # Flatten: Affine flattens its input itself
+            self.layers.append((i, layer))
         self.last_layer = SoftmaxWithLoss()
 
-    def load_fastcnn_state(self, state):
-        """Copy weights from a ``fastcnn.models.mnist_cnn`` state_dict (dense weights transposed)."""
-        for i, layer in ((1, 0), (2, 3), (3, 7), (4, 10)):
-            w = state[f"{layer}.weight"]
-            self.params[f"W{i}"][...] = w.T if w.ndim == 2 else w
-            self.params[f"b{i}"][...] = state[f"{layer}.bias"]
-
     def predict(self, x, train_flg=False):
-        for name, layer in self.layers:
-            x = layer.forward(x, train_flg) if name == "Dropout" else layer.forward(x)
+        for _, layer in self.layers:
+            x = layer.forward(x, train_flg) if isinstance(layer, Dropout) else layer.forward(x)
         return x
 
-    def loss(self, x, t):
-        return self.last_layer.forward(self.predict(x, train_flg=True), t)
-
     def gradient(self, x, t):
-        loss = self.loss(x, t)
+        loss = self.last_layer.forward(self.predict(x, train_flg=True), t)
         dout = self.last_layer.backward(1)
         for _, layer in reversed(self.layers):
             dout = layer.backward(dout)
         grads = {}
-        for i, name in ((1, "Conv1"), (2, "Conv2"), (3, "Affine1"), (4, "Affine2")):
-            layer = dict(self.layers)[name]
-            grads[f"W{i}"], grads[f"b{i}"] = layer.dW, layer.db
+        for i, layer in self.layers:
+            if isinstance(layer, (Convolution, Affine)):
+                grads[f"{i}.weight"], grads[f"{i}.bias"] = layer.dW, layer.db
         return loss, grads
+
+
+def op(name, x, *args):
+    """(forward, backward) callables for fastcnn op ``name`` on x, its arguments after x as
+    fastcnn takes them; backward(dy) returns the callable computing dx (a conv layer keeps
+    dW and db)."""
+    if name == "conv2d":
+        layer = Convolution(*args)
+    elif name == "relu":
+        layer = Relu()
+    elif name == "max_pool2d" and not args[2]:
+        layer = Pooling(args[0], args[0], args[1] or args[0])
+    else:
+        raise NotImplementedError("the tutorial code has no " + (
+            "padded max pooling (it pads with zeros, not -inf)" if name == "max_pool2d" else name))
+
+    def backward(dy):
+        layer.forward(x)
+        return lambda: layer.backward(dy)
+
+    return lambda: layer.forward(x), backward
+
+
+from_fastcnn = TutorialNet
+
+
+def sgd(net, lr=0.05, momentum=0.9):
+    return Momentum(lr, momentum)
 
 
 def train_step(net, optimizer, x, t):
@@ -294,3 +278,7 @@ def train_step(net, optimizer, x, t):
     loss, grads = net.gradient(x, t)
     optimizer.update(net.params, grads)
     return float(loss)
+
+
+def predict(net, x):
+    return net.predict(x, train_flg=False)

@@ -2,8 +2,9 @@
 
 A timing comparison is only honest if every row does the same work, so the
 tutorial-style code and the PyTorch rows of ``benchmarks/`` are checked here
-against the ``loops`` backend (the spec): each op forward and backward on
-small shapes, and one whole MNIST training step from the same weights.
+against the ``loops`` backend (the spec): each op forward and backward,
+called exactly as the benchmark calls it, and one whole MNIST training step
+from the same weights.
 """
 import os
 import sys
@@ -18,7 +19,7 @@ from fastcnn import ops
 # prepended, so that ``fastcnn`` stays the installed package (with its
 # compiled kernels) rather than the source tree's.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import runners, tutorial  # noqa: E402
+from benchmarks import common, runners, tutorial  # noqa: E402
 
 try:
     from benchmarks import torch_ref  # noqa: E402
@@ -27,6 +28,18 @@ except ImportError:      # torch absent: only the tutorial rows are checked
 needs_torch = pytest.mark.skipif(torch_ref is None, reason="torch is not installed")
 
 TOL = {"float32": 2e-4, "float64": 1e-10}
+# Small layers in the benchmark's form: (op, layer, x shape), strides and padding included.
+rng = np.random.default_rng(0)
+CASES = [common.Case(f"small{i}", op, layer, shape) for i, (op, layer, shape) in enumerate([
+    ("conv2d", fastcnn.nn.Conv2d(3, 4, 3, padding=1, dtype="float64", rng=rng), (2, 3, 7, 7)),
+    ("conv2d", fastcnn.nn.Conv2d(2, 3, 3, stride=2, dtype="float64", rng=rng), (2, 2, 9, 8)),
+    ("max_pool2d", fastcnn.nn.MaxPool2d(2), (2, 3, 8, 8)),
+    ("max_pool2d", fastcnn.nn.MaxPool2d(3, 2), (1, 2, 7, 9)),
+    ("avg_pool2d", fastcnn.nn.AvgPool2d(2, 1), (2, 1, 6, 6)),
+    ("avg_pool2d", fastcnn.nn.AvgPool2d(3, 2, 1), (1, 2, 7, 9)),
+    ("relu", fastcnn.nn.ReLU(), (2, 3, 5, 5)),
+    ("relu", fastcnn.nn.ReLU(), (4, 7)),
+])]
 
 
 def close(a, b, dtype):
@@ -34,75 +47,53 @@ def close(a, b, dtype):
     np.testing.assert_allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype] * np.abs(b).max())
 
 
-CONV_CASES = [((2, 3, 7, 7), (4, 3, 3, 3), 1, 1), ((2, 2, 9, 8), (3, 2, 3, 3), 2, 0),
-              ((1, 1, 6, 6), (2, 1, 3, 3), 1, 1)]
-POOL_CASES = [((2, 3, 8, 8), 2, 2), ((1, 2, 7, 9), 3, 2), ((2, 1, 6, 6), 2, 1)]
+def spec(case, dtype):
+    """(x, args, dy, y, grads) of ``case`` by the loops backend; grads is a tuple."""
+    x = common.array((case.name, "x"), case.x_shape, dtype)
+    args = common.op_args(case.layer, dtype)
+    y, ctx = getattr(ops, case.op + "_forward")(x, *args, backend="loops")
+    dy = common.array((case.name, "dy"), y.shape, dtype)
+    grads = getattr(ops, case.op + "_backward")(dy, ctx)
+    return x, args, dy, y, grads if isinstance(grads, tuple) else (grads,)
 
 
-def conv_case(case, dtype):
-    xs, ws, s, p = case
-    rng = np.random.default_rng(0)
-    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
-    b = rng.standard_normal(ws[0]).astype(dtype)
-    y, ctx = ops.conv2d_forward(x, w, b, s, p, backend="loops")
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    return x, w, b, s, p, dy, y, ops.conv2d_backward(dy, ctx)
-
-
-def pool_case(kind, case, dtype):
-    xs, k, s = case
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(xs).astype(dtype)
-    fwd = ops.max_pool2d_forward if kind == "max" else ops.avg_pool2d_forward
-    bwd = ops.max_pool2d_backward if kind == "max" else ops.avg_pool2d_backward
-    y, ctx = fwd(x, k, s, 0, backend="loops")
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    return x, k, s, dy, y, bwd(dy, ctx)
+def test_cases_cover_every_kernel():
+    assert {c.op for c in CASES} == set(common.OPS)
+    assert {c.op for c in common.MNIST_CASES} == set(common.OPS)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("case", CONV_CASES)
-def test_tutorial_conv_matches_loops(case, dtype):
-    x, w, b, s, p, dy, y, (dx, dw, db) = conv_case(case, dtype)
-    layer = tutorial.Convolution(w, b, s, p)
-    out = layer.forward(x)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.op}-{c.name}")
+def test_tutorial_op_rows_match_loops(case, dtype):
+    x, args, dy, y, grads = spec(case, dtype)
+    if case.op == "avg_pool2d":
+        with pytest.raises(NotImplementedError, match="no avg_pool2d"):
+            tutorial.op(case.op, x, *args)
+        return
+    forward, grad = tutorial.op(case.op, x, *args)
+    out = forward()
     assert out.dtype == np.dtype(dtype)
     close(out, y, dtype)
-    close(layer.backward(dy), dx, dtype)
-    close(layer.dW, dw, dtype)
-    close(layer.db, db, dtype)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("case", POOL_CASES)
-def test_tutorial_pool_matches_loops(case, kind, dtype):
-    x, k, s, dy, y, dx = pool_case(kind, case, dtype)
-    layer = (tutorial.Pooling if kind == "max" else tutorial.AvgPooling)(k, k, s)
-    close(layer.forward(x), y, dtype)
-    close(layer.backward(dy), dx, dtype)
+    close(grad(dy)(), grads[0], dtype)
+    if case.op == "conv2d":     # dW and db stay on the layer, as in the tutorial
+        layer = tutorial.Convolution(*args)
+        layer.forward(x)
+        layer.backward(dy)
+        close(layer.dW, grads[1], dtype)
+        close(layer.db, grads[2], dtype)
 
 
 @needs_torch
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("case", CONV_CASES)
-def test_torch_conv_rows_match_loops(case, dtype):
-    x, w, b, s, p, dy, y, grads = conv_case(case, dtype)
-    forward, backward = torch_ref.conv2d(x, w, b, s, p)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.op}-{c.name}")
+def test_torch_op_rows_match_loops(case, dtype):
+    x, args, dy, y, grads = spec(case, dtype)
+    forward, grad = torch_ref.op(case.op, x, *args)
     close(forward().detach().numpy(), y, dtype)
-    for got, want in zip(backward(dy)(), grads):
-        close(got.numpy(), want, dtype)
-
-
-@needs_torch
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("case", POOL_CASES)
-def test_torch_pool_rows_match_loops(case, kind, dtype):
-    x, k, s, dy, y, dx = pool_case(kind, case, dtype)
-    forward, backward = torch_ref.pool2d(kind, x, k, s, 0)
-    close(forward().detach().numpy(), y, dtype)
-    close(backward(dy)()[0].numpy(), dx, dtype)
+    got = grad(dy)()
+    assert len(got) == len(grads)
+    for g, want in zip(got, grads):
+        close(g.numpy(), want, dtype)
 
 
 def test_every_backend_and_reference_is_a_row():
@@ -112,19 +103,24 @@ def test_every_backend_and_reference_is_a_row():
     assert ("torch" in impls) == (torch_ref is not None)
 
 
+def test_network_flops_come_from_the_layers():
+    # conv1 + conv2 + dense 3136->128 + dense 128->10, 2 flops per multiply-add
+    per_image = 2 * (32 * 28 * 28 * 9 + 64 * 14 * 14 * 32 * 9 + 3136 * 128 + 128 * 10)
+    assert common.network_work(64, False)["gflop"] == pytest.approx(64 * per_image / 1e9)
+    assert common.network_work(16, True)["gflop"] == pytest.approx(3 * 16 * per_image / 1e9)
+
+
 def _fastcnn_step(dtype, x, y):
-    """One loops training step of fastcnn's model with dropout off; (loss, logits, new state)."""
-    from fastcnn import nn
+    """One loops training step with dropout off: (model before, loss, logits, state after)."""
     from fastcnn.models import mnist_cnn
     from fastcnn.training import train_step
     model = mnist_cnn(dtype=dtype, seed=3)
     model[9].p = 0.0    # dropout masks differ between libraries; the rest must not
-    start = model.state_dict()
-    model.eval()
+    start = mnist_cnn(dtype=dtype, seed=3)
+    start[9].p = 0.0
     with fastcnn.use_backend("loops"):
-        logits = model.forward(x)
-        opt = nn.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        loss = train_step(model, opt, x, y)
+        logits = model.eval().forward(x)
+        loss = train_step(model, fastcnn.nn.SGD(model.parameters(), lr=0.05, momentum=0.9), x, y)
     return start, loss, logits, model.state_dict()
 
 
@@ -133,16 +129,14 @@ def test_tutorial_network_step_matches_fastcnn(dtype):
     rng = np.random.default_rng(5)
     x, y = rng.random((3, 1, 28, 28)).astype(dtype), rng.integers(0, 10, 3)
     start, loss, logits, after = _fastcnn_step(dtype, x, y)
-    net = tutorial.TutorialConvNet(dtype, dropout=0.0)
-    net.load_fastcnn_state(start)
+    net = tutorial.from_fastcnn(start)
     close(net.predict(x), logits, dtype)
     got = tutorial.train_step(net, tutorial.Momentum(0.05, 0.9), x, y)
     # the tutorial loss takes log(p + 1e-7), as the original does (its gradient does not)
     assert got == pytest.approx(loss, rel=1e-5)
-    for i, layer in ((1, 0), (2, 3), (3, 7), (4, 10)):
-        w = after[f"{layer}.weight"]
-        close(net.params[f"W{i}"], w.T if w.ndim == 2 else w, dtype)
-        close(net.params[f"b{i}"], after[f"{layer}.bias"], dtype)
+    assert set(net.params) == set(after)
+    for key, want in after.items():
+        close(net.params[key].T if want.ndim == 2 else net.params[key], want, dtype)
 
 
 @needs_torch
@@ -151,12 +145,11 @@ def test_torch_network_step_matches_fastcnn(dtype):
     rng = np.random.default_rng(6)
     x, y = rng.random((3, 1, 28, 28)).astype(dtype), rng.integers(0, 10, 3)
     start, loss, logits, after = _fastcnn_step(dtype, x, y)
-    model = torch_ref.mnist_cnn(dtype, dropout=0.0)
-    torch_ref.load_fastcnn_state(model, start)
+    model = torch_ref.from_fastcnn(start)
     close(torch_ref.predict(model, x).numpy(), logits, dtype)
     got = torch_ref.train_step(model, torch_ref.sgd(model, 0.05, 0.9), x, y)
     assert got == pytest.approx(loss, rel=1e-5 if dtype == "float32" else 1e-6)
+    state = model.state_dict()
+    assert set(state) == set(after)
     for key, want in after.items():
-        index, kind = key.split(".")
-        param = getattr(model, torch_ref.FASTCNN_NAMES[index]).get_parameter(kind)
-        close(param.detach().numpy(), want, dtype)
+        close(state[key].numpy(), want, dtype)
