@@ -4,13 +4,18 @@ Conv2d, the pooling layers and ReLU call only the public ``fastcnn.ops``,
 never a backend: whichever backend is in force (``fastcnn.use_backend``) does
 their work, and backward runs on the backend its forward ran on (the ctx
 knows). Linear, Flatten and Dropout are a few NumPy lines each, identical for
-every backend. Every layer keeps its input dtype: float32 in, float32 out.
+every backend; Linear's products go through fastcnn's own ``matmul`` (BLAS
+on one thread per piece, pieces on fastcnn's thread pool), because a
+multi-threaded OpenBLAS product leaves its workers spinning on the cores the
+next conv or pooling kernel needs. Every layer keeps its input dtype:
+float32 in, float32 out.
 
 Shapes: x (N, C, H, W) for conv/pool, (N, D) for Linear.
 """
 import numpy as np
 
 from fastcnn import ops
+from fastcnn.backends._concurrent import matmul
 from fastcnn.nn import init as _init
 from fastcnn.nn.module import Module, Parameter
 
@@ -137,17 +142,17 @@ class Linear(_Layer):
             # the conv ops refuse mixed dtypes too; silent upcasting would hide a bug
             raise TypeError(f"Linear: x is {x.dtype} but the weights are {self.weight.dtype}")
         self._saved = x
-        y = x @ self.weight.data.T
+        y = matmul(x, self.weight.data.T)
         if self.bias is not None:
             y += self.bias.data
         return y
 
     def backward(self, dy):
         x = self._take()
-        self.weight.grad = dy.T @ x
+        self.weight.grad = matmul(dy.T, x)
         if self.bias is not None:
             self.bias.grad = dy.sum(axis=0)
-        return dy @ self.weight.data
+        return matmul(dy, self.weight.data)
 
     def __repr__(self):
         out_f, in_f = self.weight.shape
