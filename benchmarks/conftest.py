@@ -39,9 +39,10 @@ def pytest_configure(config):
     if required - set(fastcnn.available_backends()):
         raise pytest.UsageError(f"backends missing from the benchmarks: "
                                 f"{fastcnn.unavailable_backends()}; `pip install -e .`")
-    threads = int(os.environ.get("FASTCNN_BENCH_THREADS") or len(os.sched_getaffinity(0)))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = int(os.environ.get("FASTCNN_BENCH_THREADS") or cpus)
     _LIMITS.append(threadpool_limits(limits=threads))      # the BLAS and OpenMP loaded now
-    fastcnn.set_num_threads(threads)                       # fastcnn's kernels, numba's pool
+    fastcnn.set_num_threads(threads)                       # fastcnn's own pool
     if "torch" in (_selected(config) or runners.implementations()):   # only where it is timed
         import torch
         torch.set_num_threads(threads)

@@ -30,8 +30,7 @@ TIMING = {"full": ["--benchmark-warmup=on", "--benchmark-warmup-iterations=3",
                    "--benchmark-min-rounds=5", "--benchmark-max-time=0.25",
                    "--benchmark-min-time=0.0005"],
           "quick": ["--benchmark-warmup=on", "--benchmark-warmup-iterations=1",
-                    "--benchmark-min-rounds=3", "--benchmark-max-time=0.05",
-                    "-k", "not float64", "-m", "not startup"]}
+                    "--benchmark-min-rounds=3", "--benchmark-max-time=0.05", "-m", "not startup"]}
 MNIST = {c.name for c in common.MNIST_CASES}
 
 
@@ -205,22 +204,24 @@ def _save(fig, axes, path):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.report",
                                 description=__doc__.split("\n")[1],
-                                epilog="Other arguments go to every pytest process, e.g. "
-                                       "-k 'conv1 or b64' for a tiny run.")
+                                epilog="Other arguments go to every pytest process.")
     p.add_argument("--quick", action="store_true",
                    help="float32 only, short timing, one round, no fresh-process rows")
     p.add_argument("--rounds", type=int, help="rounds of processes (default 2; 1 with --quick)")
     p.add_argument("--no-tune", action="store_true",
                    help="no fastcnn.tune_runtime() in any process (as FASTCNN_TUNE=0)")
     p.add_argument("--out", default=HERE, help="folder for RESULTS.md and the PNGs")
+    p.add_argument("-k", help="pytest's -k for every process, e.g. 'conv1 or b64' (a tiny run)")
     args, pytest_args = p.parse_known_args(argv)
+    select = ([f"({args.k})"] if args.k else []) + (["not float64"] if args.quick else [])
+    pytest_args = TIMING["quick" if args.quick else "full"] + pytest_args + (
+        ["-k", " and ".join(select)] if select else [])
     rounds = args.rounds or (1 if args.quick else 2)
     command = shlex.join(["python", "-m", "benchmarks.report",
                           *(sys.argv[1:] if argv is None else argv)])
     start, impls = time.perf_counter(), runners.implementations() + ("numpy",)
     tune = not (args.no_tune or os.environ.get("FASTCNN_TUNE", "").strip() == "0")
-    best, machines, skipped, failed = measure(
-        impls, rounds, TIMING["quick" if args.quick else "full"] + pytest_args, tune)
+    best, machines, skipped, failed = measure(impls, rounds, pytest_args, tune)
     groups = grouped(best)
     os.makedirs(args.out, exist_ok=True)
     try:

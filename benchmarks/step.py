@@ -24,8 +24,10 @@ def run_suite(impl, args, tune=True, threads=None):
     """``python -m pytest benchmarks --impl impl *args`` in a fresh process, from the repository
     root; returns (its --benchmark-json as a dict, or None, its output, its exit status)."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update({} if tune else {"FASTCNN_TUNE": "0"},
-               **({"FASTCNN_BENCH_THREADS": str(threads)} if threads else {}))
+    if not tune:
+        env["FASTCNN_TUNE"] = "0"
+    if threads:
+        env["FASTCNN_BENCH_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.json")
         proc = subprocess.run(
@@ -54,9 +56,8 @@ def main(argv=None):
     test = "test_inference" if args.infer else "test_train_step"
     status = 0
     for impl in args.impls.split(","):
-        data, out, _ = run_suite(impl, ["benchmarks/test_network.py", f"--batch={args.batch}",
-                                     "-k", f"{test} and {args.dtype}", *PRECISE],
-                              tune=not args.no_tune, threads=args.threads)
+        data, out, _ = run_suite(impl, [f"--batch={args.batch}", "-k", f"{test} and {args.dtype}",
+                                        *PRECISE], tune=not args.no_tune, threads=args.threads)
         if not data or not data["benchmarks"]:
             status = 1
             print(f"{impl}: nothing timed\n{out.strip()[-2000:]}", file=sys.stderr)
