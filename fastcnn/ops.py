@@ -40,6 +40,12 @@ class Context:
                 f"y_shape={self.y_shape} dtype={self.dtype}>")
 
 
+def _contiguous(a):
+    """a, or a C-contiguous copy; unlike np.ascontiguousarray it keeps a 0-d
+    array 0-d."""
+    return a if a.flags.c_contiguous else np.array(a, order="C")
+
+
 def _forward(op, backend, args, y_shape):
     name = resolve(backend)
     if name == AUTO:
@@ -56,7 +62,7 @@ def _grad(dy, ctx, op, ndim=4):
     if dy.shape != ctx.y_shape:
         raise ValueError(f"dy must have the shape of the forward output {ctx.y_shape}, "
                          f"got {dy.shape}")
-    return np.ascontiguousarray(dy)
+    return _contiguous(dy)
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None):
@@ -73,14 +79,14 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None):
         if b.shape[0] != F:
             raise ValueError(f"b must have shape ({F},) to match w's {F} output channels, "
                              f"got {b.shape}")
-        b = np.ascontiguousarray(b)
+        b = _contiguous(b)
     stride = _shapes.pair(stride, "stride", minimum=1)
     pads = _shapes.conv_padding(padding, KH, KW, stride)
     _shapes.check_window_fits(H, W, pads, KH, KW, "kernel w")
     OH = _shapes.out_size(H, pads[0] + pads[1], KH, stride[0])
     OW = _shapes.out_size(W, pads[2] + pads[3], KW, stride[1])
     y_shape = (N, F, OH, OW)
-    args = (np.ascontiguousarray(x), np.ascontiguousarray(w), b, stride, pads, y_shape)
+    args = (_contiguous(x), _contiguous(w), b, stride, pads, y_shape)
     return _forward("conv2d", backend, args, y_shape)
 
 
@@ -102,7 +108,7 @@ def _pool_args(x, kernel_size, stride, padding):
     _shapes.check_window_fits(H, W, (pad[0], pad[0], pad[1], pad[1]), *kernel, "kernel_size")
     OH = _shapes.out_size(H, 2 * pad[0], kernel[0], stride[0])
     OW = _shapes.out_size(W, 2 * pad[1], kernel[1], stride[1])
-    return (np.ascontiguousarray(x), kernel, stride, pad), (N, C, OH, OW)
+    return (_contiguous(x), kernel, stride, pad), (N, C, OH, OW)
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None):
@@ -136,7 +142,7 @@ def relu_forward(x, *, backend=None):
     """y = max(x, 0) elementwise, any shape; a NaN stays NaN (as np.maximum
     and PyTorch's relu)."""
     x = _shapes.array(x, "x", None)
-    return _forward("relu", backend, (np.ascontiguousarray(x),), x.shape)
+    return _forward("relu", backend, (_contiguous(x),), x.shape)
 
 
 def relu_backward(dy, ctx):

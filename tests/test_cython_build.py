@@ -91,9 +91,9 @@ def test_thread_count_does_not_change_results(monkeypatch):
         fastcnn.set_num_threads(1)
         serial = _run_every_op(x, w)
         fastcnn.set_num_threads(2)
-        _concurrent.max_concurrent = 0
+        _concurrent.most_threads = 0
         parallel = _run_every_op(x, w)
-        assert _concurrent.max_concurrent == 2
+        assert _concurrent.most_threads == 2
     finally:
         fastcnn.set_num_threads(old)
     for i, (a, p) in enumerate(zip(serial, parallel)):

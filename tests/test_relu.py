@@ -45,6 +45,19 @@ def test_forward_and_backward_are_the_formula(backend, dtype, shape):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value, want_y, want_dx", [(-2.0, 0.0, 0.0), (3.5, 3.5, -1.5),
+                                                     (np.nan, np.nan, 0.0)])
+def test_a_0d_array_stays_0d(backend, dtype, value, want_y, want_dx):
+    x = np.array(value, dtype=dtype)
+    y, ctx = ops.relu_forward(x, backend=backend)
+    dx = ops.relu_backward(np.array(-1.5, dtype=dtype), ctx)
+    for got, want in ((y, want_y), (dx, want_dx)):
+        assert type(got) is np.ndarray and got.shape == () and got.dtype == dtype
+        np.testing.assert_array_equal(got, np.array(want, dtype=dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_input(backend):
     x = _x((6, 8), np.float32)[:, ::2].T                 # strided, transposed view
     y, ctx = ops.relu_forward(x, backend=backend)

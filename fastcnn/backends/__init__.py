@@ -27,9 +27,10 @@ input and never re-check it:
   to its first real element, as PyTorch does); a NaN in a window makes the
   output NaN and the gradient goes to the first NaN (PyTorch: the last).
   Average pooling divides by ``KH * KW`` (count_include_pad).
-* relu takes ``x`` of any shape: ``y = x`` where ``x > 0`` or ``x`` is NaN,
-  else +0 (``np.maximum(x, 0)``, which turns -0.0 into 0.0);
-  ``dx = dy * [y > 0]`` (an inf or NaN in ``dy`` where ``y <= 0`` gives NaN;
+* relu takes ``x`` of any shape, 0-d included (y and dx have x's shape):
+  ``y = x`` where ``x > 0`` or ``x`` is NaN, else +0 (``np.maximum(x, 0)``,
+  which turns -0.0 into 0.0); ``dx = dy * [y > 0]`` with ``[y > 0]`` as the
+  forward computed it (an inf or NaN in ``dy`` where ``y <= 0`` gives NaN;
   PyTorch's select gives 0 there).
 
 The eight functions (same names, same signatures in every backend)::

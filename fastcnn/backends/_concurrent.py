@@ -19,9 +19,10 @@ concurrent caller leaves, so concurrent ops from several user threads are
 safe). A piece that itself calls ``run`` or ``matmul`` runs its items inline:
 the cores are taken already.
 
-``matmul(a, b, out=None)`` is a 2-D matrix product run the same way: BLAS at
-one thread, row blocks of ``a`` (or column blocks of ``b``) across the pool
-when the product is big enough.
+``matmul(a, b, out=None)`` is a matrix product (or a stack of them) run the
+same way: BLAS at one thread, row blocks of ``a`` (or column blocks of
+``b``, or matrices of a stack) across the pool when the product is big
+enough.
 
 ``threads_for(available, work, items)`` is the one rule for how many pieces
 an op gets; ``slices(total, work)`` applies it with fastcnn's thread count
@@ -47,17 +48,17 @@ _controllers = None
 _executor = None
 _executor_workers = 0
 _local = threading.local()  # .inside: this thread runs a piece (nested calls go inline)
-# The most pieces that have run at once since the last reset (tests observe it).
-max_concurrent = 0
-_running = 0
+# The most threads one call of run() has used since the last reset (tests
+# observe the thread knob through it).
+most_threads = 0
 
 
 def _after_fork_in_child():
     """A forked child has none of the parent's worker threads: forget the
     executor (its dead workers would never run a piece) and the lock."""
-    global _lock, _active, _saved_blas, _executor, _executor_workers, _running
+    global _lock, _active, _saved_blas, _executor, _executor_workers
     _lock = threading.Lock()
-    _active, _saved_blas, _running = 0, None, 0
+    _active, _saved_blas = 0, None
     _executor, _executor_workers = None, 0
 
 
@@ -155,17 +156,11 @@ def slices(total, work, per_thread=None):
 
 
 def _piece(fn, item):
-    global _running, max_concurrent
     outer = getattr(_local, "inside", False)
     _local.inside = True
-    with _lock:
-        _running += 1
-        max_concurrent = max(max_concurrent, _running)
     try:
         return fn(item)
     finally:
-        with _lock:
-            _running -= 1
         _local.inside = outer
 
 
@@ -173,10 +168,12 @@ def run(fn, items, threads=None):
     """[fn(item) for item in items], up to ``threads`` (default: all the
     items, within ``num_threads()``) at a time, BLAS at one thread meanwhile
     (see module doc)."""
+    global most_threads
     items = list(items)
     if getattr(_local, "inside", False):
         return [fn(item) for item in items]
     threads = max(1, min(num_threads() if threads is None else threads, len(items)))
+    most_threads = max(most_threads, threads)
     results = [None] * len(items)
     futures = {}
     _enter()
@@ -199,22 +196,33 @@ def run(fn, items, threads=None):
 
 
 def matmul(a, b, out=None):
-    """a @ b for 2-D arrays (M, K) @ (K, N), into ``out`` (M, N) if given
-    (it may be a strided view with unit last stride, as BLAS allows). BLAS
-    runs one thread; a product of at least 2 * MACS_PER_THREAD splits into
-    blocks of rows of ``a`` (or of columns of ``b``, if it has more) run
-    across the pool. Returns out."""
-    (M, K), N = a.shape, b.shape[1]
+    """np.matmul(a, b, out) for (M, K) @ (K, N), or a stack of them (a or b
+    (B, ., .), the other 2-D or a stack too). ``out`` may be a strided view
+    with unit last stride, as BLAS allows; None makes one. BLAS runs one
+    thread; a product of at least 2 * MACS_PER_THREAD multiply-adds splits
+    across the pool: a stack over its matrices, a single product into row
+    blocks of ``a`` (or column blocks of ``b``, if it has more). K is never
+    split. Returns out."""
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     if out is None:
-        out = np.empty((M, N), dtype=np.result_type(a, b))
-    parts = slices(max(M, N), M * N * K, MACS_PER_THREAD)
+        shape = (a.shape[0],) if a.ndim == 3 else (b.shape[0],) if b.ndim == 3 else ()
+        out = np.empty(shape + (M, N), dtype=np.result_type(a, b))
+    if out.ndim == 3:
+        B = out.shape[0]
+        parts = slices(B, B * M * N * K, MACS_PER_THREAD)
+        block = lambda sl: np.matmul(a[sl] if a.ndim == 3 else a,   # noqa: E731
+                                     b[sl] if b.ndim == 3 else b, out=out[sl])
+    elif M >= N:
+        parts = slices(M, M * N * K, MACS_PER_THREAD)
+        block = lambda sl: np.matmul(a[sl], b, out=out[sl])        # noqa: E731
+    else:
+        parts = slices(N, M * N * K, MACS_PER_THREAD)
+        block = lambda sl: np.matmul(a, b[:, sl], out=out[:, sl])  # noqa: E731
     if len(parts) == 1:
         with single_threaded_blas():
             np.matmul(a, b, out=out)
-    elif M >= N:
-        run(lambda sl: np.matmul(a[sl], b, out=out[sl]), parts)
     else:
-        run(lambda sl: np.matmul(a, b[:, sl], out=out[:, sl]), parts)
+        run(block, parts)
     return out
 
 

@@ -7,7 +7,10 @@ col2im: a scatter-add into the padded gradient that loops over the KH*KW
 kernel offsets, never over pixels. Pooling reads the same window view one
 kernel offset at a time: max keeps the running maximum and the offset it
 came from, avg sums and divides by KH*KW. Every step is a whole-array NumPy
-operation in the input's dtype; ``saved`` keeps cols for the backward pass.
+operation in the input's dtype; ``saved`` keeps cols and a copy of w for the
+backward pass. The products run through ``_concurrent.matmul`` (BLAS at one
+thread, blocks across fastcnn's pool), so none leaves OpenBLAS's own
+threads spinning.
 
 The column matrix has two layouts (``_batched`` picks one per call, both
 with rows ordered (C, KH, KW) so ``w.reshape(F, -1)`` needs no copy):
@@ -25,11 +28,12 @@ the GEMMs on 14% more columns 18-42% slower; conv2 forward+backward 40 ms vs
 gathers to and from NCHW: conv2 within 3%, conv1 1.7x slower).
 
 Deliberately not here: argument checks (``fastcnn.ops`` did them), threads
-other than BLAS's own, loops over pixels, dtype conversions.
+other than the products', loops over pixels, dtype conversions.
 """
 
 import numpy as np
 
+from fastcnn.backends._concurrent import matmul
 from fastcnn.backends._windows import padded, windows
 
 
@@ -61,20 +65,20 @@ def conv2d_forward(x, w, b, stride, padding, y_shape):
         cols = np.empty((N, C, KH, KW, OH, OW), x.dtype)
         np.copyto(cols, win.transpose(2, 3, 0, 1, 4, 5))
         cols = cols.reshape(N, C * KH * KW, OH * OW)
-        y = np.matmul(w2, cols).reshape(N, F, OH, OW)
+        y = matmul(w2, cols).reshape(N, F, OH, OW)
         if b is not None:
             y += b[:, None, None]
     else:
         cols = np.empty((C, KH, KW, N, OH, OW), x.dtype)
         np.copyto(cols, win.transpose(3, 0, 1, 2, 4, 5))
         cols = cols.reshape(C * KH * KW, N * OH * OW)
-        yt = (w2 @ cols).reshape(F, N, OH, OW).transpose(1, 0, 2, 3)
+        yt = matmul(w2, cols).reshape(F, N, OH, OW).transpose(1, 0, 2, 3)
         y = np.empty((N, F, OH, OW), x.dtype)
         if b is None:
             np.copyto(y, yt)
         else:
             np.add(yt, b[:, None, None], out=y)             # the bias rides on the copy
-    return y, (cols, w, x.shape, stride, padding)
+    return y, (cols, w.copy(), x.shape, stride, padding)     # w: backward's own copy
 
 
 def conv2d_backward(dy, saved):
@@ -88,8 +92,8 @@ def conv2d_backward(dy, saved):
     if cols.ndim == 3:                                        # batched layout
         dy3 = dy.reshape(N, F, OH * OW)
         db = dy3.sum(axis=(0, 2))
-        dw = np.matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0).reshape(F, C, KH, KW)
-        dcols = np.matmul(w2.T, dy3).reshape(N, C, KH, KW, OH, OW)
+        dw = matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0).reshape(F, C, KH, KW)
+        dcols = matmul(w2.T, dy3).reshape(N, C, KH, KW, OH, OW)
         dxp = np.zeros((N, C, Hp, Wp), dy.dtype)
         _col2im(dxp, dcols.transpose(2, 3, 0, 1, 4, 5), stride)
         dx = dxp[:, :, PT:PT + H, PL:PL + W].copy() if Hp > H or Wp > W else dxp
@@ -98,8 +102,8 @@ def conv2d_backward(dy, saved):
     np.copyto(dy2, dy.transpose(1, 0, 2, 3))
     dy2 = dy2.reshape(F, N * OH * OW)
     db = dy2.sum(axis=1)
-    dw = (dy2 @ cols.T).reshape(F, C, KH, KW)
-    dcols = (w2.T @ dy2).reshape(C, KH, KW, N, OH, OW)
+    dw = matmul(dy2, cols.T).reshape(F, C, KH, KW)
+    dcols = matmul(w2.T, dy2).reshape(C, KH, KW, N, OH, OW)
     # col2im into a (C, N, Hp, Wp) buffer, dcols' own axis order, so that the
     # adds run along whole output rows; one transposing copy makes it NCHW.
     dxp = np.zeros((C, N, Hp, Wp), dy.dtype)

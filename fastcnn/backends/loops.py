@@ -34,6 +34,7 @@ def _windows(OH, OW, stride, kernel):
 
 def conv2d_forward(x, w, b, stride, padding, y_shape):
     # y[n, f, i, j] = b[f] + sum_{c,kh,kw} xp[n, c, i*SH+kh, j*SW+kw] * w[f, c, kh, kw]
+    # saved: xp (a padded copy of x) and a copy of w, backward's own
     _, _, KH, KW = w.shape
     _, _, OH, OW = y_shape
     xp = _pad(x, padding, 0)                                   # (N, C, H+PT+PB, W+PL+PR)
@@ -43,7 +44,7 @@ def conv2d_forward(x, w, b, stride, padding, y_shape):
         y[:, :, i, j] = np.tensordot(patch, w, axes=([1, 2, 3], [1, 2, 3]))  # (N, F)
     if b is not None:
         y += b[None, :, None, None]
-    return y, (xp, w, stride, padding)
+    return y, (xp, w.copy(), stride, padding)
 
 
 def conv2d_backward(dy, saved):
@@ -139,14 +140,16 @@ def avg_pool2d_backward(dy, saved):
 # ---------------------------------------------------------------- relu
 
 def relu_forward(x):
-    # y = max(x, 0) elementwise; a NaN stays NaN. y is all backward needs.
-    y = np.maximum(x, 0)
-    return y, y
+    # y = max(x, 0) elementwise; a NaN stays NaN. Backward needs [y > 0]
+    # (y > 0 exactly where x > 0), saved as a mask of its own: the caller
+    # holds y and may change it before the backward. out=: a 0-d x gives a
+    # 0-d array, not a NumPy scalar.
+    y = np.maximum(x, 0, out=np.empty_like(x))
+    return y, np.greater(y, 0)
 
 
-def relu_backward(dy, y):
-    # dx = dy * [y > 0] (y > 0 exactly where x > 0); dtype= casts the 0/1
-    # mask inside the loop. An inf in dy where y <= 0 gives NaN (inf * 0),
-    # where PyTorch's select gives 0.
+def relu_backward(dy, mask):
+    # dx = dy * mask; dtype= casts the 0/1 mask inside the loop. An inf in
+    # dy where y <= 0 gives NaN (inf * 0), where PyTorch's select gives 0.
     with np.errstate(invalid="ignore"):           # inf * 0 is the documented NaN
-        return np.multiply(dy, y > 0, dtype=dy.dtype)
+        return np.multiply(dy, mask, dtype=dy.dtype, out=np.empty_like(dy))

@@ -138,15 +138,17 @@ def avg_pool2d_backward(dy, saved):
 def relu_forward(x):
     _kernels()
     y = outputs.take(x.shape, x.dtype)
-    _concurrent.over_rows(_act.relu_forward, [x.reshape(-1), y.reshape(-1)], (),
-                          x.size, _concurrent.ELEMENTS_PER_THREAD)
-    return y, y
+    mask = outputs.take(x.shape, np.uint8)      # backward's own [x > 0]: the caller holds y
+    _concurrent.over_rows(_act.relu_forward, [x.reshape(-1), y.reshape(-1), mask.reshape(-1)],
+                          (), x.size, _concurrent.ELEMENTS_PER_THREAD)
+    return y, mask
 
 
-def relu_backward(dy, y):
+def relu_backward(dy, mask):
     _kernels()
     dx = outputs.take(dy.shape, dy.dtype)
-    _concurrent.over_rows(_act.relu_backward, [dy.reshape(-1), y.reshape(-1), dx.reshape(-1)],
+    _concurrent.over_rows(_act.relu_backward,
+                          [dy.reshape(-1), mask.reshape(-1), dx.reshape(-1)],
                           (), dy.size, _concurrent.ELEMENTS_PER_THREAD)
     return dx
 
