@@ -48,8 +48,8 @@ _controllers = None
 _executor = None
 _executor_workers = 0
 _local = threading.local()  # .inside: this thread runs a piece (nested calls go inline)
-# The most threads one call of run() has used since the last reset (tests
-# observe the thread knob through it).
+# The most threads one op (a run() call or a slices() split) has used since
+# the last reset: tests observe the thread knob through it.
 most_threads = 0
 
 
@@ -152,7 +152,10 @@ def num_threads():
 
 def slices(total, work, per_thread=None):
     """range(total) as one slice per thread that ``work`` earns (threads_for)."""
-    return batch_slices(total, threads_for(num_threads(), work, total, per_thread))
+    global most_threads
+    parts = batch_slices(total, threads_for(num_threads(), work, total, per_thread))
+    most_threads = max(most_threads, len(parts))
+    return parts
 
 
 def _piece(fn, item):
