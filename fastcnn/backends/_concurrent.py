@@ -5,9 +5,9 @@ few Python threads at once, each piece single-threaded.
 Why: every kernel of the compiled backends is single-threaded (numba compiles
 without ``parallel``, the Cython loops without OpenMP), so this is the only
 place fastcnn runs anything in parallel. Python threads wait on futexes and
-never spin, so an idle pool steals no core from the next op - where OpenBLAS
-workers spin ~0.1 s after every multi-threaded product and an OpenMP team
-spins after every loop. No OpenMP team means nothing to break in a forked
+never spin, so an idle pool steals no core from the next op - where idle
+OpenBLAS workers spin (2**28 cycles by default) after every multi-threaded
+product, and an OpenMP team after every loop. No OpenMP team means nothing to break in a forked
 child either (a GNU OpenMP team does not survive fork); the pool itself
 forgets its workers in a forked child and starts new ones.
 

@@ -16,9 +16,7 @@ back to another backend: if the extension modules are missing, importing
 this module raises ImportError saying so, and the registry reports the
 backend absent with that reason.
 """
-import numpy as np
-
-from fastcnn.backends import _concurrent, _gemm_conv, _pooling
+from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu
 from fastcnn.backends._workspace import outputs
 
 try:
@@ -112,16 +110,8 @@ def avg_pool2d_backward(dy, saved):
 # ---------------------------------------------------------------- relu
 
 def relu_forward(x):
-    y = outputs.take(x.shape, x.dtype)
-    mask = outputs.take(x.shape, np.uint8)      # backward's own [x > 0]: the caller holds y
-    _concurrent.over_rows(cy_act.relu_forward, [x.reshape(-1), y.reshape(-1), mask.reshape(-1)],
-                          (), x.size, _concurrent.ELEMENTS_PER_THREAD)
-    return y, mask
+    return _relu.forward(cy_act.relu_forward, x)
 
 
 def relu_backward(dy, mask):
-    dx = outputs.take(dy.shape, dy.dtype)
-    _concurrent.over_rows(cy_act.relu_backward,
-                          [dy.reshape(-1), mask.reshape(-1), dx.reshape(-1)],
-                          (), dy.size, _concurrent.ELEMENTS_PER_THREAD)
-    return dx
+    return _relu.backward(cy_act.relu_backward, dy, mask)

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _winograd
+from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu, _winograd
 from fastcnn.backends._workspace import outputs
 
 numba = None              # the numba module, imported with the kernels
@@ -137,20 +137,12 @@ def avg_pool2d_backward(dy, saved):
 
 def relu_forward(x):
     _kernels()
-    y = outputs.take(x.shape, x.dtype)
-    mask = outputs.take(x.shape, np.uint8)      # backward's own [x > 0]: the caller holds y
-    _concurrent.over_rows(_act.relu_forward, [x.reshape(-1), y.reshape(-1), mask.reshape(-1)],
-                          (), x.size, _concurrent.ELEMENTS_PER_THREAD)
-    return y, mask
+    return _relu.forward(_act.relu_forward, x)
 
 
 def relu_backward(dy, mask):
     _kernels()
-    dx = outputs.take(dy.shape, dy.dtype)
-    _concurrent.over_rows(_act.relu_backward,
-                          [dy.reshape(-1), mask.reshape(-1), dx.reshape(-1)],
-                          (), dy.size, _concurrent.ELEMENTS_PER_THREAD)
-    return dx
+    return _relu.backward(_act.relu_backward, dy, mask)
 
 
 # --------------------------------------------------------- warmup, info ---
