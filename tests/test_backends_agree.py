@@ -92,3 +92,27 @@ def test_backward_twice_gives_same_result(backend):
     second = ops.conv2d_backward(dy, ctx)
     for a, c in zip(first, second):
         np.testing.assert_array_equal(a, c)
+
+
+def test_results_are_fresh_while_held_and_reused_once_dropped(backend):
+    # The compiled backends serve results from a pool: no live result may
+    # share memory with another, held or only viewed, however many are held.
+    x = np.random.default_rng(5).standard_normal((2, 3, 8, 8))
+    held = []
+    for i in range(12):                          # more than the pool keeps per shape
+        y, ctx = ops.relu_forward(x + i, backend=backend)
+        p, pctx = ops.max_pool2d_forward(y, 2, backend=backend)
+        dx = ops.max_pool2d_backward(np.ones_like(p), pctx)
+        held += [y[1:], p, dx]                   # a view keeps its result alive too
+        del y
+    for i, a in enumerate(held):
+        for b in held[i + 1:]:
+            assert not np.shares_memory(a, b)
+    for i in range(12):
+        np.testing.assert_array_equal(held[3 * i], np.maximum(x + i, 0)[1:])
+    if backend not in ("cython", "numba"):
+        return
+    addresses = {a.__array_interface__["data"][0] for a in held[1::3]}
+    del held, a, b, p, dx, ctx, pctx
+    again = ops.max_pool2d_forward(x, 2, backend=backend)[0]
+    assert again.__array_interface__["data"][0] in addresses     # dropped: served again
