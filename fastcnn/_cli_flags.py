@@ -91,7 +91,7 @@ def build_parser():
     common.add_argument("--limit-test", type=_positive_int, metavar="N",
                         help="evaluate on the first N test images only")
     common.add_argument("--threads", type=_positive_int, metavar="N",
-                        help="threads for BLAS, OpenMP and numba (default: all CPUs; more "
+                        help="threads of fastcnn's thread pool (default: all CPUs; more "
                              "than the CPUs here is capped, with a warning)")
 
     t = sub.add_parser("train", parents=[common], help="train a model on MNIST",

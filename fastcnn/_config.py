@@ -43,7 +43,7 @@ def config():
 
 
 def show_config(file=None):
-    """Print backends, build (Cython, OpenMP), numba and its threading layer, BLAS, threads."""
+    """Print backends, the Cython build, numba, BLAS, threads and the process tuning."""
     file = file or sys.stdout
     info = config()
     print(f"fastcnn {info['fastcnn']} (Python {info['python']}, numpy {info['numpy']}, "
