@@ -136,9 +136,11 @@ def test_matmul_runs_blas_single_threaded_and_splits_big_products(monkeypatch):
     monkeypatch.setattr(_concurrent.np, "matmul", spy)
     a, b = np.ones((4, 3)), np.ones((3, 2))
     with threadpool_limits(2, user_api="blas"):
-        _concurrent.matmul(a, b)                                  # small: one block
+        _concurrent.matmul(a, b)                  # tiny: OpenBLAS's own serial size, untouched
+        m, k = np.ones((64, 128)), np.ones((128, 64))
+        _concurrent.matmul(m, k)                  # 2**19 multiply-adds: one block, BLAS at 1
         assert set(_blas_threads()) == {2}
-    assert len(calls) == 1 and set(calls[0][2]) == {1}
+    assert len(calls) == 2 and set(calls[0][2]) == {2} and set(calls[1][2]) == {1}
     if (os.cpu_count() or 1) < 2:
         return
     calls.clear()

@@ -130,6 +130,11 @@ WORK_PER_THREAD = 1 << 16
 ELEMENTS_PER_THREAD = 1 << 21
 # The same for a matrix product, in multiply-adds.
 MACS_PER_THREAD = 1 << 20
+# OpenBLAS runs a product of at most this many multiply-adds on the calling
+# thread by itself (interface/gemm.c: SMP_THRESHOLD_MIN * the default
+# GEMM_MULTITHREAD_THRESHOLD), so matmul leaves BLAS's thread count alone
+# there: switching it costs more than such a product.
+BLAS_SERIAL_MACS = 65536 * 4
 
 
 def threads_for(available, work, items, per_thread=None):
@@ -207,6 +212,8 @@ def matmul(a, b, out=None):
     blocks of ``a`` (or column blocks of ``b``, if it has more). K is never
     split. Returns out."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    if max(a.ndim, b.ndim) == 2 and M * N * K <= BLAS_SERIAL_MACS:
+        return np.matmul(a, b, out=out)
     if out is None:
         shape = (a.shape[0],) if a.ndim == 3 else (b.shape[0],) if b.ndim == 3 else ()
         out = np.empty(shape + (M, N), dtype=np.result_type(a, b))
