@@ -75,6 +75,8 @@ def build_parser():
                             "  fastcnn crosscheck --dtype float64\n"
                             "  fastcnn info\n"
                             "run 'fastcnn COMMAND --help' for a command's flags")
+    from fastcnn._version import __version__
+    parser.add_argument("--version", action="version", version=f"fastcnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     data = _Parser(add_help=False, parents=[tune])
