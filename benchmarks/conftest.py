@@ -75,7 +75,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     except Exception as e:      # a report without it beats none
         out.write(f"fastcnn.show_config() failed: {type(e).__name__}: {e}")
     info = machine_info["fastcnn"] = {"impl": config.getoption("impl") or "all",
-                                      "tune_runtime": TUNED, "show_config": out.getvalue().strip()}
+                                      "tune_runtime": TUNED, "show_config": out.getvalue().strip(),
+                                      # they pick OpenBLAS's kernels (some machines set them)
+                                      "openblas_env": {k: os.environ.get(k, "(unset)") for k in
+                                                       ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}}
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         info["torch"] = f"{torch.__version__}, {torch.get_num_threads()} threads"

@@ -120,6 +120,8 @@ def machine(machines, groups):
             "- **BLAS matmul 1024^3 (the reference matmul rows)**: " + ", ".join(peaks),
             "- **PyTorch**: " + next((m["fastcnn"]["torch"] for m in machines.values()
                                      if "torch" in m["fastcnn"]), "not run"),
+            "- **OpenBLAS environment**: " + ", ".join(
+                f"{k}={v}" for k, v in m["fastcnn"].get("openblas_env", {}).items()),
             "- **tune_runtime() in every process**: " + " / ".join(
                 sorted({str(m["fastcnn"]["tune_runtime"]) for m in machines.values()})),
             "", "```", m["fastcnn"]["show_config"], "```"]
