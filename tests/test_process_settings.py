@@ -18,7 +18,7 @@ def _python(code, *args, **env):
     full = {k: v for k, v in os.environ.items() if k not in TUNED_VARS}
     full.update(env)
     proc = subprocess.run([sys.executable, "-c", code, *args], env=full, capture_output=True,
-                          text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
