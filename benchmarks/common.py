@@ -3,7 +3,8 @@
 Ops are the registry's kernels (``fastcnn.backend.KERNELS``). Each is timed
 on the layers of ``fastcnn.models.mnist_cnn`` that call it (input shapes
 traced by one ``loops`` pass of one image; average pooling, which the model
-does not use, on its max-pool windows) and on the larger layers below,
+does not use, on its max-pool windows; adaptive pooling to its max-pool
+output sizes) and on the larger layers below,
 which are append-only: a published name always means the same problem.
 Flop counts come from the layers' own weights, so nothing here repeats the
 model. Inputs come from generators seeded by name: every run and every row
@@ -54,7 +55,7 @@ KINDS = {nn.Conv2d: ("conv", "conv2d"), nn.MaxPool2d: ("pool", "max_pool2d"),
 def _mnist_cases():
     """A case per layer that calls an op, named by kind and position (conv1, pool2, relu3)."""
     out, seen = [], {}
-    for layer, x_shape, _ in MNIST:
+    for layer, x_shape, y_shape in MNIST:
         kind, op = KINDS.get(type(layer), (None, None))
         if op:
             seen[kind] = seen.get(kind, 0) + 1
@@ -62,6 +63,10 @@ def _mnist_cases():
         if op == "max_pool2d":
             avg = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding)
             out.append(Case(f"{kind}{seen[kind]}", "avg_pool2d", avg, x_shape))
+            # adaptive pooling to the max pool's output size: the same windows
+            for cls, adaptive in ((nn.AdaptiveAvgPool2d, "adaptive_avg_pool2d"),
+                                  (nn.AdaptiveMaxPool2d, "adaptive_max_pool2d")):
+                out.append(Case(f"{kind}{seen[kind]}", adaptive, cls(y_shape[2:]), x_shape))
     return out
 
 
@@ -75,6 +80,10 @@ LARGER_CASES = [    # append-only
     Case("cifar_pool", "max_pool2d", nn.MaxPool2d(2), (32, 64, 32, 32)),
     Case("resnet_pool", "max_pool2d", nn.MaxPool2d(2), (8, 128, 56, 56)),
     Case("resnet_stem_pool", "max_pool2d", nn.MaxPool2d(3, 2, 1), (8, 64, 112, 112)),
+    Case("resnet_global_pool", "adaptive_avg_pool2d", nn.AdaptiveAvgPool2d(1), (64, 512, 7, 7)),
+    Case("adaptive_avg_3x3", "adaptive_avg_pool2d", nn.AdaptiveAvgPool2d(3), (64, 64, 14, 14)),
+    Case("resnet_global_max", "adaptive_max_pool2d", nn.AdaptiveMaxPool2d(1), (64, 512, 7, 7)),
+    Case("adaptive_max_3x3", "adaptive_max_pool2d", nn.AdaptiveMaxPool2d(3), (64, 64, 14, 14)),
 ]
 
 
@@ -87,6 +96,8 @@ def op_args(layer, dtype):
     if isinstance(layer, nn.Conv2d):
         return (layer.weight.data.astype(dtype), layer.bias.data.astype(dtype),
                 layer.stride, layer.padding)
+    if isinstance(layer, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return (layer.output_size,)
     return () if isinstance(layer, nn.ReLU) else (layer.kernel_size, layer.stride, layer.padding)
 
 

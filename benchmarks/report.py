@@ -167,7 +167,9 @@ def plot(out, groups, impls):
         for r in rows:
             e = r["extra_info"]
             if "case" in e and (e["case"] in MNIST) == mnist:
-                label = e["case"] + {"max_pool2d": " max", "avg_pool2d": " avg"}.get(e["op"], "")
+                label = e["case"] + {"max_pool2d": " max", "avg_pool2d": " avg",
+                                     "adaptive_max_pool2d": " adaptive max",
+                                     "adaptive_avg_pool2d": " adaptive avg"}.get(e["op"], "")
                 t = layers.setdefault(label, {})
                 t[e["impl"]] = t.get(e["impl"], 0) + 1e3 * r["stats"]["median"]
         for k, impl in enumerate(impls):

@@ -83,3 +83,26 @@ def check_window_fits(H, W, pads, KH, KW, what):
         raise ValueError(
             f"{what} ({KH}x{KW}) is larger than the padded input "
             f"({H + PT + PB}x{W + PL + PR}: input {H}x{W}, padding {pads})")
+
+
+def adaptive_size(output_size, H, W):
+    """Adaptive pooling's output_size -> (OH, OW): an int, or an (h, w) pair
+    whose entries are ints or None (None keeps that input size). Each must be
+    positive; unlike PyTorch, 0 (an empty output) is refused. Larger than the
+    input is fine: the windows then overlap."""
+    def one(v, keep):
+        return keep if v is None else (int(v) if _is_int(v) else None)
+    if _is_int(output_size):
+        hw = (int(output_size), int(output_size))
+    elif isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        hw = (one(output_size[0], H), one(output_size[1], W))
+    else:
+        hw = (None,)
+    if None in hw:
+        raise TypeError(f"output_size must be an int or a pair (h, w) of ints or None, "
+                        f"got {output_size!r}")
+    if min(hw) < 1:
+        raise ValueError(f"output_size must be positive, got {output_size!r}")
+    if max(hw) > MAX_PARAM:
+        raise ValueError(f"output_size must be at most {MAX_PARAM}, got {output_size!r}")
+    return hw

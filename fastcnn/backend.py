@@ -30,6 +30,8 @@ _MODULES = {
 AUTO = "auto"
 KERNELS = ("conv2d_forward", "conv2d_backward", "max_pool2d_forward",
            "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+           "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
+           "adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward",
            "relu_forward", "relu_backward")
 
 _loaded = {}      # name -> module

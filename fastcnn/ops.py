@@ -6,6 +6,10 @@
     dx = max_pool2d_backward(dy, ctx)
     y, ctx = avg_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None)
     dx = avg_pool2d_backward(dy, ctx)
+    y, ctx = adaptive_avg_pool2d_forward(x, output_size, *, backend=None)
+    dx = adaptive_avg_pool2d_backward(dy, ctx)
+    y, ctx = adaptive_max_pool2d_forward(x, output_size, *, backend=None)
+    dx = adaptive_max_pool2d_backward(dy, ctx)
     y, ctx = relu_forward(x, *, backend=None)       # any shape
     dx = relu_backward(dy, ctx)
 
@@ -13,6 +17,11 @@ Semantics are PyTorch's F.conv2d / F.max_pool2d / F.avg_pool2d (NCHW,
 weights (F, C, KH, KW), count_include_pad=True, ceil_mode=False):
 
     OH = (H + PT + PB - KH) // SH + 1        OW = (W + PL + PR - KW) // SW + 1
+
+Adaptive pooling is PyTorch's F.adaptive_avg_pool2d / F.adaptive_max_pool2d:
+output_size (OH, OW) is given, and output row i pools input rows
+floor(i*H/OH) .. ceil((i+1)*H/OH) - 1 (columns likewise); output_size 1 is
+global pooling.
 
 Every argument is checked here, before any kernel runs, so kernels trust
 their input; arrays are made C-contiguous here too (a no-op when they are).
@@ -136,6 +145,40 @@ def avg_pool2d_backward(dy, ctx):
     """dy (N, C, OH, OW) -> dx (N, C, H, W)."""
     dy = _grad(dy, ctx, "avg_pool2d")
     return get_module(ctx.backend).avg_pool2d_backward(dy, ctx.saved)
+
+
+def _adaptive_args(x, output_size):
+    x = _shapes.array(x, "x", 4)
+    N, C, H, W = x.shape
+    OH, OW = _shapes.adaptive_size(output_size, H, W)
+    return (_contiguous(x), (OH, OW)), (N, C, OH, OW)
+
+
+def adaptive_avg_pool2d_forward(x, output_size, *, backend=None):
+    """Mean over adaptive windows: x (N, C, H, W) -> y (N, C, OH, OW).
+    output_size: int, (h, w), or a pair with None (keep that input size);
+    output row i averages input rows floor(i*H/OH) .. ceil((i+1)*H/OH) - 1."""
+    args, y_shape = _adaptive_args(x, output_size)
+    return _forward("adaptive_avg_pool2d", backend, args, y_shape)
+
+
+def adaptive_avg_pool2d_backward(dy, ctx):
+    """dy (N, C, OH, OW) -> dx (N, C, H, W)."""
+    dy = _grad(dy, ctx, "adaptive_avg_pool2d")
+    return get_module(ctx.backend).adaptive_avg_pool2d_backward(dy, ctx.saved)
+
+
+def adaptive_max_pool2d_forward(x, output_size, *, backend=None):
+    """Max over adaptive windows (as adaptive_avg_pool2d_forward); ties and
+    NaN as max_pool2d_forward: the first maximum wins, a NaN propagates."""
+    args, y_shape = _adaptive_args(x, output_size)
+    return _forward("adaptive_max_pool2d", backend, args, y_shape)
+
+
+def adaptive_max_pool2d_backward(dy, ctx):
+    """dy (N, C, OH, OW) -> dx (N, C, H, W): each window's gradient goes to its argmax."""
+    dy = _grad(dy, ctx, "adaptive_max_pool2d")
+    return get_module(ctx.backend).adaptive_max_pool2d_backward(dy, ctx.saved)
 
 
 def relu_forward(x, *, backend=None):

@@ -166,3 +166,130 @@ def avg_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                                       &dy[n, c, oh, lo], 1, inv, r[KW + kw] - lo)
     finally:
         free(r)
+
+
+# ---------------------------------------------------------------- adaptive pooling
+# Output row oh pools input rows [oh*H // OH, ceil((oh+1)*H / OH)), columns
+# likewise (PyTorch's bounds); windows overlap when the sizes do not divide.
+# Sums accumulate in double, as the NumPy reference's pairwise sums are
+# about that accurate. The global_* loops are the output 1x1 case: one
+# contiguous pass over each plane.
+
+cdef inline Py_ssize_t _start(Py_ssize_t o, Py_ssize_t I, Py_ssize_t O) noexcept nogil:
+    return (o * I) // O
+
+
+cdef inline Py_ssize_t _end(Py_ssize_t o, Py_ssize_t I, Py_ssize_t O) noexcept nogil:
+    return ((o + 1) * I + O - 1) // O
+
+
+def adaptive_avg_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y):
+    """y[n, c, oh, ow] = mean of x over window (oh, ow)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t item, n, c, oh, ow, ih, iw, h0, h1, w0, w1
+    cdef double s
+    with nogil:
+        for item in range(N * C):
+            n = item // C
+            c = item % C
+            for oh in range(OH):
+                h0, h1 = _start(oh, H, OH), _end(oh, H, OH)
+                for ow in range(OW):
+                    w0, w1 = _start(ow, W, OW), _end(ow, W, OW)
+                    s = 0
+                    for ih in range(h0, h1):
+                        for iw in range(w0, w1):
+                            s = s + x[n, c, ih, iw]
+                    y[n, c, oh, ow] = <floating>(s / ((h1 - h0) * (w1 - w0)))
+
+
+def adaptive_avg_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx):
+    """dx[n, c, window (oh, ow)] += dy[n, c, oh, ow] / (window size)."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t item, n, c, oh, ow, ih, iw, h0, h1, w0, w1
+    cdef floating g
+    with nogil:
+        for item in range(N * C):
+            n = item // C
+            c = item % C
+            _zero(&dx[n, c, 0, 0], H * W)
+            for oh in range(OH):
+                h0, h1 = _start(oh, H, OH), _end(oh, H, OH)
+                for ow in range(OW):
+                    w0, w1 = _start(ow, W, OW), _end(ow, W, OW)
+                    g = dy[n, c, oh, ow] / ((h1 - h0) * (w1 - w0))
+                    for ih in range(h0, h1):
+                        for iw in range(w0, w1):
+                            dx[n, c, ih, iw] += g
+
+
+def adaptive_max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                         int[:, :, :, ::1] argmax):
+    """y = max over window (oh, ow), argmax its flat offset ih*W + iw in the
+    plane; ties and NaN as max_forward (first maximum, first NaN)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t item, n, c, oh, ow, ih, iw, h0, h1, w0, w1, where
+    cdef floating v, best
+    cdef bint take
+    with nogil:
+        for item in range(N * C):
+            n = item // C
+            c = item % C
+            for oh in range(OH):
+                h0, h1 = _start(oh, H, OH), _end(oh, H, OH)
+                for ow in range(OW):
+                    w0, w1 = _start(ow, W, OW), _end(ow, W, OW)
+                    best = x[n, c, h0, w0]
+                    where = h0 * W + w0
+                    for ih in range(h0, h1):
+                        for iw in range(w0, w1):
+                            v = x[n, c, ih, iw]
+                            take = (v > best) | ((v != v) & (best == best))
+                            best = v if take else best
+                            where = ih * W + iw if take else where
+                    y[n, c, oh, ow] = best
+                    argmax[n, c, oh, ow] = <int>where
+
+
+def global_avg_forward(const floating[:, ::1] x, floating[::1] y):
+    """y[p] = mean of plane x[p] (x viewed as (N*C, H*W))."""
+    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p, i
+    cdef double s
+    with nogil:
+        for p in range(P):
+            s = 0
+            for i in range(L):
+                s = s + x[p, i]
+            y[p] = <floating>(s / L)
+
+
+def global_avg_backward(const floating[::1] dy, floating[:, ::1] dx):
+    """dx[p, :] = dy[p] / (H*W)."""
+    cdef Py_ssize_t P = dx.shape[0], L = dx.shape[1], p, i
+    cdef floating g
+    with nogil:
+        for p in range(P):
+            g = dy[p] / L
+            for i in range(L):
+                dx[p, i] = g
+
+
+def global_max_forward(const floating[:, ::1] x, floating[::1] y, int[::1] argmax):
+    """y[p] = max of plane x[p], argmax its offset; ties and NaN as max_forward."""
+    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p, i, where
+    cdef floating v, best
+    cdef bint take
+    with nogil:
+        for p in range(P):
+            best = x[p, 0]
+            where = 0
+            for i in range(L):
+                v = x[p, i]
+                take = (v > best) | ((v != v) & (best == best))
+                best = v if take else best
+                where = i if take else where
+            y[p] = best
+            argmax[p] = <int>where

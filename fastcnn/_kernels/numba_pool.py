@@ -28,6 +28,23 @@ def _window(o, S, P, K, I):
     return max(start, 0), min(start + K, I)
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _window_max(xi, ih0, ih1, iw0, iw1):
+    """(maximum, its offset ih*W + iw) of plane xi over rows [ih0, ih1) and
+    columns [iw0, iw1): the first maximum in row-major order, or the first NaN."""
+    W = xi.shape[1]
+    best = xi[ih0, iw0]
+    where = ih0 * W + iw0
+    for ih in range(ih0, ih1):
+        for iw in range(iw0, iw1):
+            v = xi[ih, iw]
+            # bitwise, not `or`: a select instead of a branch
+            take = (v > best) | ((v != v) & (best == best))
+            best = v if take else best
+            where = ih * W + iw if take else where
+    return best, where
+
+
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3),
                        i64, i64, i64, i64, i64, i64))
 def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW):
@@ -46,17 +63,7 @@ def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW):
             ih0, ih1 = _window(oh, SH, PH, KH, H)
             for ow in range(OW):
                 iw0, iw1 = _window(ow, SW, PW, KW, W)
-                best = xi[ih0, iw0]
-                where = ih0 * W + iw0
-                for ih in range(ih0, ih1):
-                    for iw in range(iw0, iw1):
-                        v = xi[ih, iw]
-                        # bitwise, not `or`: a select instead of a branch
-                        take = (v > best) | ((v != v) & (best == best))
-                        best = v if take else best
-                        where = ih * W + iw if take else where
-                y[i, oh, ow] = best
-                argmax[i, oh, ow] = where
+                y[i, oh, ow], argmax[i, oh, ow] = _window_max(xi, ih0, ih1, iw0, iw1)
 
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3)))
@@ -140,3 +147,105 @@ def avg_pool2d_backward(dy, dx, KH, KW, SH, SW, PH, PW):
                 for ih in range(ih0, ih1):
                     for iw in range(iw0, iw1):
                         dxi[ih, iw] += g
+
+
+# ------------------------------------------------------------- adaptive ---
+# Output row oh pools input rows [oh*I // O, ceil((oh+1)*I / O)), columns
+# likewise (PyTorch's bounds); windows overlap when the sizes do not divide.
+# Sums accumulate in float64, about as accurate as NumPy's pairwise sums.
+# The global_* kernels are the output 1x1 case: one contiguous pass over
+# each plane, viewed flat as (NC, H*W).
+
+@njit(inline="always", **JIT_OPTIONS)
+def _adaptive(o, I, O):
+    """Input rows (or columns) [lo, hi) of adaptive window o."""
+    return (o * I) // O, ((o + 1) * I + O - 1) // O
+
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3)))
+def adaptive_avg_pool2d_forward(x, y):
+    """y = mean over each adaptive window."""
+    NC, H, W = x.shape
+    _, OH, OW = y.shape
+    for i in range(NC):
+        xi = x[i]
+        for oh in range(OH):
+            ih0, ih1 = _adaptive(oh, H, OH)
+            for ow in range(OW):
+                iw0, iw1 = _adaptive(ow, W, OW)
+                s = 0.0
+                for ih in range(ih0, ih1):
+                    for iw in range(iw0, iw1):
+                        s += xi[ih, iw]
+                y[i, oh, ow] = s / ((ih1 - ih0) * (iw1 - iw0))
+
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3)))
+def adaptive_avg_pool2d_backward(dy, dx):
+    """dx[window] += dy / (window size) for every adaptive window."""
+    NC, H, W = dx.shape
+    _, OH, OW = dy.shape
+    for i in range(NC):
+        dxi = dx[i]
+        dxi[:, :] = 0
+        for oh in range(OH):
+            ih0, ih1 = _adaptive(oh, H, OH)
+            for ow in range(OW):
+                iw0, iw1 = _adaptive(ow, W, OW)
+                g = dy[i, oh, ow] / ((ih1 - ih0) * (iw1 - iw0))
+                for ih in range(ih0, ih1):
+                    for iw in range(iw0, iw1):
+                        dxi[ih, iw] += g
+
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3)))
+def adaptive_max_pool2d_forward(x, y, argmax):
+    """y = maximum of each adaptive window, argmax its offset ih*W + iw in
+    the plane; ties and NaN as max_pool2d_forward."""
+    NC, H, W = x.shape
+    _, OH, OW = y.shape
+    for i in range(NC):
+        xi = x[i]
+        for oh in range(OH):
+            ih0, ih1 = _adaptive(oh, H, OH)
+            for ow in range(OW):
+                iw0, iw1 = _adaptive(ow, W, OW)
+                y[i, oh, ow], argmax[i, oh, ow] = _window_max(xi, ih0, ih1, iw0, iw1)
+
+
+@kernel(lambda t: void(ro(t, 2), rw(t, 1)))
+def global_avg_pool2d_forward(x, y):
+    """y[p] = mean of plane x[p]."""
+    NC, L = x.shape
+    for p in range(NC):
+        s = 0.0
+        for k in range(L):
+            s += x[p, k]
+        y[p] = s / L
+
+
+@kernel(lambda t: void(ro(t, 1), rw(t, 2)))
+def global_avg_pool2d_backward(dy, dx):
+    """dx[p, :] = dy[p] / (H*W)."""
+    NC, L = dx.shape
+    for p in range(NC):
+        g = dy[p] / L
+        for k in range(L):
+            dx[p, k] = g
+
+
+@kernel(lambda t: void(ro(t, 2), rw(t, 1), rw(i32, 1)))
+def global_max_pool2d_forward(x, y, argmax):
+    """y[p] = maximum of plane x[p], argmax its offset; ties and NaN as
+    max_pool2d_forward."""
+    NC, L = x.shape
+    for p in range(NC):
+        best = x[p, 0]
+        where = 0
+        for k in range(L):
+            v = x[p, k]
+            take = (v > best) | ((v != v) & (best == best))
+            best = v if take else best
+            where = k if take else where
+        y[p] = best
+        argmax[p] = where

@@ -1,4 +1,4 @@
-"""Backend modules: one module per backend, the same eight kernels in each.
+"""Backend modules: one module per backend, the same twelve kernels in each.
 
 This package deliberately holds no dispatch logic (that is ``fastcnn.backend``)
 and no validation (that is ``fastcnn.ops``). It documents the contract every
@@ -27,13 +27,19 @@ input and never re-check it:
   to its first real element, as PyTorch does); a NaN in a window makes the
   output NaN and the gradient goes to the first NaN (PyTorch: the last).
   Average pooling divides by ``KH * KW`` (count_include_pad).
+* adaptive pooling gets ``output_size`` ``(OH, OW)``, positive ints (any
+  size, larger than the input included); output row ``i`` pools input rows
+  ``floor(i*H/OH) .. ceil((i+1)*H/OH) - 1``, columns likewise (PyTorch's
+  bounds: windows of unequal size, overlapping when the sizes do not
+  divide). Average divides by its own window's size; max follows max
+  pooling's rules for ties and NaN. ``(1, 1)`` is global pooling.
 * relu takes ``x`` of any shape, 0-d included (y and dx have x's shape):
   ``y = x`` where ``x > 0`` or ``x`` is NaN, else +0 (``np.maximum(x, 0)``,
   which turns -0.0 into 0.0); ``dx = dy * [y > 0]`` with ``[y > 0]`` as the
   forward computed it (an inf or NaN in ``dy`` where ``y <= 0`` gives NaN;
   PyTorch's select gives 0 there).
 
-The eight functions (same names, same signatures in every backend)::
+The twelve functions (same names, same signatures in every backend)::
 
     conv2d_forward(x, w, b, stride, padding, y_shape) -> (y, saved)
     conv2d_backward(dy, saved)                 -> (dx, dw, db)   # db (F,) always
@@ -41,6 +47,10 @@ The eight functions (same names, same signatures in every backend)::
     max_pool2d_backward(dy, saved)             -> dx
     avg_pool2d_forward(x, kernel, stride, padding) -> (y, saved)
     avg_pool2d_backward(dy, saved)             -> dx
+    adaptive_avg_pool2d_forward(x, output_size) -> (y, saved)
+    adaptive_avg_pool2d_backward(dy, saved)    -> dx
+    adaptive_max_pool2d_forward(x, output_size) -> (y, saved)
+    adaptive_max_pool2d_backward(dy, saved)    -> dx
     relu_forward(x)                            -> (y, saved)
     relu_backward(dy, saved)                   -> dx
 

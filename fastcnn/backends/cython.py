@@ -107,6 +107,30 @@ def avg_pool2d_backward(dy, saved):
     return dx
 
 
+# ---------------------------------------------------------------- adaptive pooling
+# The shared driver (backends/_pooling) over this backend's kernels.
+
+_ADAPTIVE = _pooling.AdaptiveKernels(
+    _planes, cy_pool.adaptive_avg_forward, cy_pool.adaptive_avg_backward,
+    cy_pool.adaptive_max_forward, cy_pool.global_avg_forward, cy_pool.global_avg_backward,
+    cy_pool.global_max_forward)
+
+
+def adaptive_avg_pool2d_forward(x, output_size):
+    return _pooling.adaptive_avg_forward(_ADAPTIVE, x, output_size)
+
+
+def adaptive_avg_pool2d_backward(dy, x_shape):
+    return _pooling.adaptive_avg_backward(_ADAPTIVE, dy, x_shape)
+
+
+def adaptive_max_pool2d_forward(x, output_size):
+    return _pooling.adaptive_max_forward(_ADAPTIVE, x, output_size)
+
+
+adaptive_max_pool2d_backward = max_pool2d_backward    # the same argmax format
+
+
 # ---------------------------------------------------------------- relu
 
 def relu_forward(x):

@@ -259,6 +259,79 @@ def avg_pool2d_backward(dy, saved):
     return _unpad(dxp, x_shape, padding)
 
 
+# ---------------------------------------------------------------- adaptive pooling
+# Windows of unequal sizes do not fit a strided view. Averages come from an
+# integral image (the summed-area table of Crow, 1984) instead: every window
+# sum is four lookups, for all windows at once; its backward is the same
+# table run in reverse (a difference array, then cumulative sums). Maxima
+# loop over the OH x OW windows, each a reduction over all (N, C) at once.
+
+def _adaptive_bounds(size, out):
+    """Starts and ends of the out windows along an axis of length size:
+    floor(i*size/out), ceil((i+1)*size/out)."""
+    i = np.arange(out)
+    return (i * size) // out, -(-((i + 1) * size) // out)
+
+
+def adaptive_avg_pool2d_forward(x, output_size):
+    # x (N, C, H, W) -> y (N, C, OH, OW); S[.., r, c] = sum of x[.., :r, :c] in
+    # float64, so a float32 table loses nothing to the subtractions
+    N, C, H, W = x.shape
+    (r0, r1), (c0, c1) = (_adaptive_bounds(H, output_size[0]),
+                          _adaptive_bounds(W, output_size[1]))
+    S = np.zeros((N, C, H + 1, W + 1))
+    np.cumsum(np.cumsum(x, axis=2, dtype=np.float64), axis=3, out=S[:, :, 1:, 1:])
+    R0, R1, C0, C1 = r0[:, None], r1[:, None], c0[None, :], c1[None, :]
+    total = S[:, :, R1, C1] - S[:, :, R0, C1] - S[:, :, R1, C0] + S[:, :, R0, C0]
+    return (total / ((R1 - R0) * (C1 - C0))).astype(x.dtype), x.shape
+
+
+def adaptive_avg_pool2d_backward(dy, x_shape):
+    # dx[n, c, r, col] = sum of dy[n, c, i, j] / area(i, j) over the windows
+    # holding (r, col): add +g at each window's (r0, c0) and (r1, c1) corners,
+    # -g at the other two, then cumulative sums along both axes
+    N, C, H, W = x_shape
+    _, _, OH, OW = dy.shape
+    (r0, r1), (c0, c1) = _adaptive_bounds(H, OH), _adaptive_bounds(W, OW)
+    g = dy / ((r1 - r0)[:, None] * (c1 - c0)[None, :])      # (N, C, OH, OW)
+    D = np.zeros((N, C, H + 1, W + 1), dtype=np.float64)
+    flat, g = D.reshape(N * C, -1), g.reshape(N * C, -1)
+    for rows, cols, sign in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
+        idx = (rows[:, None] * (W + 1) + cols[None, :]).ravel()   # (OH*OW,)
+        np.add.at(flat, (slice(None), idx), sign * g)   # add.at: windows share corners
+    dx = np.cumsum(np.cumsum(D, axis=2), axis=3)[:, :, :H, :W]
+    return dx.astype(dy.dtype)
+
+
+def adaptive_max_pool2d_forward(x, output_size):
+    # y[n, c, i, j] = max over window (i, j); saved: the flat offset r*W + c of
+    # each maximum in its plane. np.argmax: first maximum, or first NaN.
+    N, C, H, W = x.shape
+    OH, OW = output_size
+    (r0, r1), (c0, c1) = _adaptive_bounds(H, OH), _adaptive_bounds(W, OW)
+    where = np.empty((N, C, OH, OW), dtype=np.intp)
+    for i in range(OH):
+        for j in range(OW):
+            win = x[:, :, r0[i]:r1[i], c0[j]:c1[j]]
+            k = np.argmax(win.reshape(N, C, -1), axis=2)       # (N, C)
+            rows, cols = np.divmod(k, c1[j] - c0[j])
+            where[:, :, i, j] = (r0[i] + rows) * W + c0[j] + cols
+    y = np.take_along_axis(x.reshape(N, C, -1), where.reshape(N, C, -1),
+                           axis=2).reshape(N, C, OH, OW)
+    return y, (x.shape, where)
+
+
+def adaptive_max_pool2d_backward(dy, saved):
+    # dx[n, c].flat[where[n, c, i, j]] += dy[n, c, i, j]; np.add.at, because
+    # overlapping windows can pick the same element
+    x_shape, where = saved
+    N, C, H, W = x_shape
+    dx = np.zeros((N * C, H * W), dtype=dy.dtype)
+    planes = np.arange(N * C)[:, None]
+    np.add.at(dx, (planes, where.reshape(N * C, -1)), dy.reshape(N * C, -1))
+    return dx.reshape(x_shape)
+
+
 # ---------------------------------------------------------------- relu
 # One NumPy expression each: nothing for im2col to do differently from the
 # reference, so it uses the reference's.

@@ -137,6 +137,65 @@ def avg_pool2d_backward(dy, saved):
     return _unpad(dxp, pads).copy()
 
 
+# ---------------------------------------------------------------- adaptive pooling
+
+def _adaptive_windows(H, W, OH, OW):
+    """Yield (i, j, rows, cols): output (i, j) pools input rows
+    [floor(i*H/OH), ceil((i+1)*H/OH)) and columns likewise (PyTorch's bounds;
+    neighbouring windows overlap when the sizes do not divide)."""
+    for i in range(OH):
+        r0, r1 = (i * H) // OH, -(-((i + 1) * H) // OH)
+        for j in range(OW):
+            c0, c1 = (j * W) // OW, -(-((j + 1) * W) // OW)
+            yield i, j, slice(r0, r1), slice(c0, c1)
+
+
+def adaptive_avg_pool2d_forward(x, output_size):
+    # y[n, c, i, j] = mean of x[n, c, rows(i), cols(j)]
+    N, C, H, W = x.shape
+    OH, OW = output_size
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    for i, j, rows, cols in _adaptive_windows(H, W, OH, OW):
+        y[:, :, i, j] = x[:, :, rows, cols].mean(axis=(2, 3))
+    return y, x.shape
+
+
+def adaptive_avg_pool2d_backward(dy, x_shape):
+    # every element of window (i, j) receives dy[n, c, i, j] / (its window's size)
+    _, _, H, W = x_shape
+    _, _, OH, OW = dy.shape
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    for i, j, rows, cols in _adaptive_windows(H, W, OH, OW):
+        area = (rows.stop - rows.start) * (cols.stop - cols.start)
+        dx[:, :, rows, cols] += dy[:, :, i, j, None, None] / area
+    return dx
+
+
+def adaptive_max_pool2d_forward(x, output_size):
+    # y[n, c, i, j] = max of x[n, c, rows(i), cols(j)]; np.argmax takes the
+    # first maximum in row-major order, and the first NaN if there is one.
+    # saved: (rows, cols) of each maximum, as max_pool2d_forward saves them
+    N, C, H, W = x.shape
+    OH, OW = output_size
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    at_row = np.empty((N, C, OH, OW), dtype=np.intp)
+    at_col = np.empty((N, C, OH, OW), dtype=np.intp)
+    for i, j, rows, cols in _adaptive_windows(H, W, OH, OW):
+        win = x[:, :, rows, cols].reshape(N, C, -1)           # (N, C, window taps)
+        k = np.argmax(win, axis=2)                              # (N, C)
+        y[:, :, i, j] = np.take_along_axis(win, k[..., None], axis=2)[..., 0]
+        width = cols.stop - cols.start
+        at_row[:, :, i, j] = rows.start + k // width
+        at_col[:, :, i, j] = cols.start + k % width
+    return y, (x.shape, at_row, at_col)
+
+
+def adaptive_max_pool2d_backward(dy, saved):
+    # dx[n, c, rows[n, c, i, j], cols[n, c, i, j]] += dy[n, c, i, j]: the same
+    # scatter as max pooling's
+    return max_pool2d_backward(dy, saved)
+
+
 # ---------------------------------------------------------------- relu
 
 def relu_forward(x):

@@ -133,6 +133,39 @@ def avg_pool2d_backward(dy, saved):
     return dx
 
 
+# ------------------------------------------------------ adaptive pooling ---
+# The shared driver (backends/_pooling) over this backend's kernels, a table
+# made once the kernels are loaded.
+
+_adaptive = None
+
+
+def _adaptive_kernels():
+    global _adaptive
+    if _adaptive is None:
+        _kernels()
+        _adaptive = _pooling.AdaptiveKernels(
+            _planes, _pool.adaptive_avg_pool2d_forward, _pool.adaptive_avg_pool2d_backward,
+            _pool.adaptive_max_pool2d_forward, _pool.global_avg_pool2d_forward,
+            _pool.global_avg_pool2d_backward, _pool.global_max_pool2d_forward)
+    return _adaptive
+
+
+def adaptive_avg_pool2d_forward(x, output_size):
+    return _pooling.adaptive_avg_forward(_adaptive_kernels(), x, output_size)
+
+
+def adaptive_avg_pool2d_backward(dy, x_shape):
+    return _pooling.adaptive_avg_backward(_adaptive_kernels(), dy, x_shape)
+
+
+def adaptive_max_pool2d_forward(x, output_size):
+    return _pooling.adaptive_max_forward(_adaptive_kernels(), x, output_size)
+
+
+adaptive_max_pool2d_backward = max_pool2d_backward    # the same argmax format
+
+
 # ------------------------------------------------------------------ relu ---
 
 def relu_forward(x):
@@ -165,6 +198,11 @@ def warmup():
                          (avg_pool2d_forward, avg_pool2d_backward)):
             y, s = fwd(x, (2, 2), (2, 2), (0, 0))
             bwd(y, s)
+        for fwd, bwd in ((adaptive_avg_pool2d_forward, adaptive_avg_pool2d_backward),
+                         (adaptive_max_pool2d_forward, adaptive_max_pool2d_backward)):
+            for out in ((3, 3), (1, 1)):
+                y, s = fwd(x, out)
+                bwd(y, s)
         y, s = relu_forward(x)
         relu_backward(y, s)
     return time.perf_counter() - t0

@@ -11,12 +11,13 @@
 Layers never choose a backend; ``fastcnn.use_backend`` around the calls does.
 This package deliberately has no autograd: each layer has a hand-written backward.
 """
-from fastcnn.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
-                               ReLU)
+from fastcnn.nn.layers import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d,
+                               Dropout, Flatten, Linear, MaxPool2d, ReLU)
 from fastcnn.nn.loss import softmax_cross_entropy
 from fastcnn.nn.module import Module, Parameter, Sequential
 from fastcnn.nn.optim import SGD, Adam, Optimizer, make_optimizer
 
-__all__ = ["Module", "Parameter", "Sequential", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU",
+__all__ = ["Module", "Parameter", "Sequential", "Conv2d", "MaxPool2d", "AvgPool2d",
+           "AdaptiveMaxPool2d", "AdaptiveAvgPool2d", "ReLU",
            "Flatten", "Linear", "Dropout", "softmax_cross_entropy", "Optimizer", "SGD",
            "Adam", "make_optimizer"]

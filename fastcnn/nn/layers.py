@@ -1,4 +1,5 @@
-"""The layers: Conv2d, MaxPool2d, AvgPool2d, ReLU, Flatten, Linear, Dropout.
+"""The layers: Conv2d, MaxPool2d, AvgPool2d, AdaptiveMaxPool2d, AdaptiveAvgPool2d,
+ReLU, Flatten, Linear, Dropout.
 
 Conv2d, the pooling layers and ReLU call only the public ``fastcnn.ops``,
 never a backend: whichever backend is in force (``fastcnn.use_backend``) does
@@ -93,6 +94,36 @@ class MaxPool2d(_Pool2d):
 class AvgPool2d(_Pool2d):
     """Average pooling (PyTorch's nn.AvgPool2d, count_include_pad=True)."""
     _forward, _backward = staticmethod(ops.avg_pool2d_forward), staticmethod(ops.avg_pool2d_backward)
+
+
+class _AdaptivePool2d(_Layer):
+    _forward = _backward = None   # set by the subclasses to the ops pair
+
+    def __init__(self, output_size):
+        self.output_size = output_size
+
+    def forward(self, x):
+        y, self._saved = type(self)._forward(x, self.output_size)
+        return y
+
+    def backward(self, dy):
+        return type(self)._backward(dy, self._take())
+
+    def __repr__(self):
+        return f"{type(self).__name__}(output_size={self.output_size})"
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """Max pooling to a given output size (PyTorch's nn.AdaptiveMaxPool2d)."""
+    _forward = staticmethod(ops.adaptive_max_pool2d_forward)
+    _backward = staticmethod(ops.adaptive_max_pool2d_backward)
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """Average pooling to a given output size (PyTorch's nn.AdaptiveAvgPool2d);
+    output_size 1 is global average pooling."""
+    _forward = staticmethod(ops.adaptive_avg_pool2d_forward)
+    _backward = staticmethod(ops.adaptive_avg_pool2d_backward)
 
 
 class ReLU(_Layer):
