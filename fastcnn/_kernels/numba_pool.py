@@ -237,15 +237,18 @@ def global_avg_pool2d_backward(dy, dx):
 @kernel(lambda t: void(ro(t, 2), rw(t, 1), rw(i32, 1)))
 def global_max_pool2d_forward(x, y, argmax):
     """y[p] = maximum of plane x[p], argmax its offset; ties and NaN as
-    max_pool2d_forward."""
+    max_pool2d_forward. A branch here, unlike the windowed kernels' selects:
+    over a whole plane a new maximum is rare (about ln(H*W) times), so the
+    branch is well predicted, and the select loop ran about 3x slower."""
     NC, L = x.shape
     for p in range(NC):
-        best = x[p, 0]
+        xp = x[p]
+        best = xp[0]
         where = 0
-        for k in range(L):
-            v = x[p, k]
-            take = (v > best) | ((v != v) & (best == best))
-            best = v if take else best
-            where = k if take else where
+        for k in range(1, L):
+            v = xp[k]
+            if v > best or (v != v and best == best):
+                best = v
+                where = k
         y[p] = best
         argmax[p] = where

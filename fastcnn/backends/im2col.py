@@ -260,11 +260,11 @@ def avg_pool2d_backward(dy, saved):
 
 
 # ---------------------------------------------------------------- adaptive pooling
-# Windows of unequal sizes do not fit a strided view. Averages come from an
-# integral image (the summed-area table of Crow, 1984) instead: every window
-# sum is four lookups, for all windows at once; its backward is the same
-# table run in reverse (a difference array, then cumulative sums). Maxima
-# loop over the OH x OW windows, each a reduction over all (N, C) at once.
+# Windows of unequal sizes do not fit a strided view. Averages are products
+# with window-membership matrices instead: M (OH, H) holds M[i, r] = 1 when
+# row r lies in window i, so the window sums are M_h @ x @ M_w.T and the
+# backward is M_h.T @ g @ M_w. Maxima loop over the OH x OW windows, each a
+# reduction over all (N, C) at once.
 
 def _adaptive_bounds(size, out):
     """Starts and ends of the out windows along an axis of length size:
@@ -273,34 +273,34 @@ def _adaptive_bounds(size, out):
     return (i * size) // out, -(-((i + 1) * size) // out)
 
 
+def _membership(size, out, dtype):
+    """(out, size): 1 where input index r lies in window i."""
+    r0, r1 = _adaptive_bounds(size, out)
+    r = np.arange(size)
+    return ((r0[:, None] <= r) & (r < r1[:, None])).astype(dtype)
+
+
 def adaptive_avg_pool2d_forward(x, output_size):
-    # x (N, C, H, W) -> y (N, C, OH, OW); S[.., r, c] = sum of x[.., :r, :c] in
-    # float64, so a float32 table loses nothing to the subtractions
+    # x (N, C, H, W) -> y (N, C, OH, OW) = M_h @ x @ M_w.T / (window sizes)
     N, C, H, W = x.shape
-    (r0, r1), (c0, c1) = (_adaptive_bounds(H, output_size[0]),
-                          _adaptive_bounds(W, output_size[1]))
-    S = np.zeros((N, C, H + 1, W + 1))
-    np.cumsum(np.cumsum(x, axis=2, dtype=np.float64), axis=3, out=S[:, :, 1:, 1:])
-    R0, R1, C0, C1 = r0[:, None], r1[:, None], c0[None, :], c1[None, :]
-    total = S[:, :, R1, C1] - S[:, :, R0, C1] - S[:, :, R1, C0] + S[:, :, R0, C0]
-    return (total / ((R1 - R0) * (C1 - C0))).astype(x.dtype), x.shape
+    (OH, OW) = output_size
+    Mh, Mw = _membership(H, OH, x.dtype), _membership(W, OW, x.dtype)
+    area = Mh.sum(axis=1)[:, None] * Mw.sum(axis=1)[None, :]          # (OH, OW)
+    rows = matmul(x.reshape(N * C * H, W), Mw.T).reshape(N * C, H, OW)
+    y = matmul(Mh, rows).reshape(N, C, OH, OW)
+    y /= area
+    return y, x.shape
 
 
 def adaptive_avg_pool2d_backward(dy, x_shape):
-    # dx[n, c, r, col] = sum of dy[n, c, i, j] / area(i, j) over the windows
-    # holding (r, col): add +g at each window's (r0, c0) and (r1, c1) corners,
-    # -g at the other two, then cumulative sums along both axes
+    # dx (N, C, H, W) = M_h.T @ (dy / window sizes) @ M_w
     N, C, H, W = x_shape
     _, _, OH, OW = dy.shape
-    (r0, r1), (c0, c1) = _adaptive_bounds(H, OH), _adaptive_bounds(W, OW)
-    g = dy / ((r1 - r0)[:, None] * (c1 - c0)[None, :])      # (N, C, OH, OW)
-    D = np.zeros((N, C, H + 1, W + 1), dtype=np.float64)
-    flat, g = D.reshape(N * C, -1), g.reshape(N * C, -1)
-    for rows, cols, sign in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
-        idx = (rows[:, None] * (W + 1) + cols[None, :]).ravel()   # (OH*OW,)
-        np.add.at(flat, (slice(None), idx), sign * g)   # add.at: windows share corners
-    dx = np.cumsum(np.cumsum(D, axis=2), axis=3)[:, :, :H, :W]
-    return dx.astype(dy.dtype)
+    Mh, Mw = _membership(H, OH, dy.dtype), _membership(W, OW, dy.dtype)
+    area = Mh.sum(axis=1)[:, None] * Mw.sum(axis=1)[None, :]
+    g = (dy / area).reshape(N * C * OH, OW)
+    cols = matmul(g, Mw).reshape(N * C, OH, W)
+    return matmul(Mh.T, cols).reshape(x_shape)
 
 
 def adaptive_max_pool2d_forward(x, output_size):
