@@ -239,7 +239,8 @@ def global_max_pool2d_forward(x, y, argmax):
     """y[p] = maximum of plane x[p], argmax its offset; ties and NaN as
     max_pool2d_forward. A branch here, unlike the windowed kernels' selects:
     over a whole plane a new maximum is rare (about ln(H*W) times), so the
-    branch is well predicted, and the select loop ran about 3x slower."""
+    branch is well predicted and the loop no longer carries the selects'
+    dependency on every element."""
     NC, L = x.shape
     for p in range(NC):
         xp = x[p]
