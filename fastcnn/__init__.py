@@ -1,8 +1,9 @@
 """fastcnn: CNN layers four ways behind one interface.
 
-conv2d, max_pool2d, avg_pool2d and relu, forward and backward, by the
-backends ``loops`` (the readable NumPy reference), ``im2col`` (strided
-windows + matmul), ``cython`` and ``numba`` (compiled kernels). The public
+conv2d, max/avg pooling (fixed and adaptive) and relu, forward and
+backward, by the backends ``loops`` (the readable NumPy reference),
+``im2col`` (strided windows + matmul), ``cython`` and ``numba`` (compiled
+kernels). The public
 ops live in ``fastcnn.ops``; this module is the surface for choosing a
 backend, threads, process tuning and reporting the configuration.
 
