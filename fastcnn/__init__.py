@@ -3,9 +3,9 @@
 conv2d, max/avg pooling (fixed and adaptive) and relu, forward and
 backward, by the backends ``loops`` (the readable NumPy reference),
 ``im2col`` (strided windows + matmul), ``cython`` and ``numba`` (compiled
-kernels). The public
-ops live in ``fastcnn.ops``; this module is the surface for choosing a
-backend, threads, process tuning and reporting the configuration.
+kernels). The public ops live in ``fastcnn.ops``; this module is the
+surface for choosing a backend, threads, process tuning and reporting the
+configuration.
 
 Importing it changes nothing in the process (no environment variable, no
 allocator setting, no thread pool) and does not even import numpy: the ops,
