@@ -57,6 +57,37 @@ def out_size(size, pad_total, k, s):
     return (size + pad_total - k) // s + 1
 
 
+def pool_out_size(size, pad, k, s, ceil_mode):
+    """A pooling's output size along one dimension, PyTorch's rule: floor or
+    ceil of (size + 2*pad - k) / s, plus one; in ceil mode the last window
+    must start inside the input or the left padding, else it is dropped."""
+    span = size + 2 * pad - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + pad:
+        out -= 1
+    return out
+
+
+def flag(value, name):
+    """A bool (Python's or NumPy's) -> bool; anything else is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def divisor(value):
+    """avg pooling's divisor_override: None or a non-zero int (PyTorch's rule)."""
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise TypeError(f"divisor_override must be None or an int, got {value!r}")
+    if value == 0:
+        raise ValueError("divisor_override must not be zero")
+    if abs(value) > MAX_PARAM:
+        raise ValueError(f"divisor_override must be at most {MAX_PARAM} in size, got {value!r}")
+    return int(value)
+
+
 def conv_padding(padding, KH, KW, stride):
     """Normalise conv padding to (PT, PB, PL, PR).
 

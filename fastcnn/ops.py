@@ -2,9 +2,11 @@
 
     y, ctx = conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None)
     dx, dw, db = conv2d_backward(dy, ctx)
-    y, ctx = max_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None)
+    y, ctx = max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                                *, backend=None)
     dx = max_pool2d_backward(dy, ctx)
-    y, ctx = avg_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None)
+    y, ctx = avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                                count_include_pad=True, divisor_override=None, *, backend=None)
     dx = avg_pool2d_backward(dy, ctx)
     y, ctx = adaptive_avg_pool2d_forward(x, output_size, *, backend=None)
     dx = adaptive_avg_pool2d_backward(dy, ctx)
@@ -14,9 +16,12 @@
     dx = relu_backward(dy, ctx)
 
 Semantics are PyTorch's F.conv2d / F.max_pool2d / F.avg_pool2d (NCHW,
-weights (F, C, KH, KW), count_include_pad=True, ceil_mode=False):
+weights (F, C, KH, KW)):
 
     OH = (H + PT + PB - KH) // SH + 1        OW = (W + PL + PR - KW) // SW + 1
+
+Pooling's ceil_mode rounds up instead, keeping a last window only if it
+starts inside the input or the left padding (PyTorch's rule).
 
 Adaptive pooling is PyTorch's F.adaptive_avg_pool2d / F.adaptive_max_pool2d:
 output_size (OH, OW) is given, and output row i pools input rows
@@ -105,26 +110,30 @@ def conv2d_backward(dy, ctx):
     return get_module(ctx.backend).conv2d_backward(dy, ctx.saved)
 
 
-def _pool_args(x, kernel_size, stride, padding):
+def _pool_args(x, kernel_size, stride, padding, ceil_mode):
     x = _shapes.array(x, "x", 4)
     N, C, H, W = x.shape
     kernel = _shapes.pair(kernel_size, "kernel_size", minimum=1)
     stride = kernel if stride is None else _shapes.pair(stride, "stride", minimum=1)
     pad = _shapes.pair(padding, "padding", minimum=0)
+    ceil_mode = _shapes.flag(ceil_mode, "ceil_mode")
     if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
         raise ValueError(f"padding must be at most half the kernel size: got padding={pad} "
                          f"for kernel_size={kernel}")
-    _shapes.check_window_fits(H, W, (pad[0], pad[0], pad[1], pad[1]), *kernel, "kernel_size")
-    OH = _shapes.out_size(H, 2 * pad[0], kernel[0], stride[0])
-    OW = _shapes.out_size(W, 2 * pad[1], kernel[1], stride[1])
-    return (_contiguous(x), kernel, stride, pad), (N, C, OH, OW)
+    if not ceil_mode:   # ceil mode keeps a window that starts inside (PyTorch does too)
+        _shapes.check_window_fits(H, W, (pad[0], pad[0], pad[1], pad[1]), *kernel,
+                                  "kernel_size")
+    OH = _shapes.pool_out_size(H, pad[0], kernel[0], stride[0], ceil_mode)
+    OW = _shapes.pool_out_size(W, pad[1], kernel[1], stride[1], ceil_mode)
+    return (_contiguous(x), kernel, stride, pad, (OH, OW)), (N, C, OH, OW)
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None):
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, *,
+                       backend=None):
     """Max over each window; padding counts as -inf. x (N, C, H, W) -> y (N, C, OH, OW).
-    stride=None means stride = kernel_size. Ties: the first maximum in row-major
-    window order wins; a NaN in a window propagates."""
-    args, y_shape = _pool_args(x, kernel_size, stride, padding)
+    stride=None means stride = kernel_size; ceil_mode as PyTorch's. Ties: the
+    first maximum in row-major window order wins; a NaN in a window propagates."""
+    args, y_shape = _pool_args(x, kernel_size, stride, padding, ceil_mode)
     return _forward("max_pool2d", backend, args, y_shape)
 
 
@@ -134,10 +143,16 @@ def max_pool2d_backward(dy, ctx):
     return get_module(ctx.backend).max_pool2d_backward(dy, ctx.saved)
 
 
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, *, backend=None):
-    """Mean over each window, zero padding counted (divisor KH*KW).
-    x (N, C, H, W) -> y (N, C, OH, OW); stride=None means stride = kernel_size."""
-    args, y_shape = _pool_args(x, kernel_size, stride, padding)
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                       count_include_pad=True, divisor_override=None, *, backend=None):
+    """Mean over each window: x (N, C, H, W) -> y (N, C, OH, OW); stride=None
+    means stride = kernel_size. The divisor is PyTorch's: divisor_override if
+    given; else the window clipped to the padded input [-P, H+P) when
+    count_include_pad (KH*KW unless a ceil_mode window runs past it), or to
+    the input [0, H) when not."""
+    args, y_shape = _pool_args(x, kernel_size, stride, padding, ceil_mode)
+    args += (_shapes.flag(count_include_pad, "count_include_pad"),
+             _shapes.divisor(divisor_override))
     return _forward("avg_pool2d", backend, args, y_shape)
 
 

@@ -16,7 +16,7 @@ back to another backend: if the extension modules are missing, importing
 this module raises ImportError saying so, and the registry reports the
 backend absent with that reason.
 """
-from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu
+from fastcnn.backends import _concurrent, _gemm_conv, _pool_modes, _pooling, _relu
 from fastcnn.backends._workspace import outputs
 
 try:
@@ -76,14 +76,14 @@ def _planes(a):
     return a.reshape(N * C, 1, H, W)
 
 
-def max_pool2d_forward(x, kernel, stride, padding):
+def _max_pool2d_forward(x, kernel, stride, padding):
     y, argmax = _pooling.max_pool_outputs(x, kernel, stride, padding)
     _concurrent.over_rows(cy_pool.max_forward, [_planes(x), _planes(y), _planes(argmax)],
                           (*kernel, *stride, *padding), y.size * kernel[0] * kernel[1])
     return y, (x.shape, argmax)
 
 
-def max_pool2d_backward(dy, saved):
+def _max_pool2d_backward(dy, saved):
     x_shape, argmax = saved
     dx = outputs.take(x_shape, dy.dtype)
     _concurrent.over_rows(cy_pool.max_backward, [_planes(dy), _planes(argmax), _planes(dx)],
@@ -91,7 +91,7 @@ def max_pool2d_backward(dy, saved):
     return dx
 
 
-def avg_pool2d_forward(x, kernel, stride, padding):
+def _avg_pool2d_forward(x, kernel, stride, padding):
     N, C, _, _ = x.shape
     y = outputs.take((N, C, *_pooling.out_hw(x.shape, kernel, stride, padding)), x.dtype)
     _concurrent.over_rows(cy_pool.avg_forward, [_planes(x), _planes(y)],
@@ -99,12 +99,33 @@ def avg_pool2d_forward(x, kernel, stride, padding):
     return y, (x.shape, kernel, stride, padding)
 
 
-def avg_pool2d_backward(dy, saved):
+def _avg_pool2d_backward(dy, saved):
     x_shape, kernel, stride, padding = saved
     dx = outputs.take(x_shape, dy.dtype)
     _concurrent.over_rows(cy_pool.avg_backward, [_planes(dy), _planes(dx)],
                           (*kernel, *stride, *padding), dx.size * kernel[0] * kernel[1])
     return dx
+
+
+# PyTorch's ceil_mode and divisors, over the floor-mode kernels above
+# (backends/_pool_modes).
+
+def max_pool2d_forward(x, kernel, stride, padding, out_hw):
+    return _pool_modes.max_forward(_max_pool2d_forward, x, kernel, stride, padding, out_hw)
+
+
+def max_pool2d_backward(dy, saved):
+    return _pool_modes.max_backward(_max_pool2d_backward, dy, saved)
+
+
+def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad,
+                       divisor_override):
+    return _pool_modes.avg_forward(_avg_pool2d_forward, x, kernel, stride, padding, out_hw,
+                                   count_include_pad, divisor_override)
+
+
+def avg_pool2d_backward(dy, saved):
+    return _pool_modes.avg_backward(_avg_pool2d_backward, dy, saved)
 
 
 # ---------------------------------------------------------------- adaptive pooling
@@ -128,7 +149,7 @@ def adaptive_max_pool2d_forward(x, output_size):
     return _pooling.adaptive_max_forward(_ADAPTIVE, x, output_size)
 
 
-adaptive_max_pool2d_backward = max_pool2d_backward    # the same argmax format
+adaptive_max_pool2d_backward = _max_pool2d_backward   # the same argmax format
 
 
 # ---------------------------------------------------------------- relu

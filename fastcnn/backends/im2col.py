@@ -33,6 +33,7 @@ other than the products', loops over pixels, dtype conversions.
 
 import numpy as np
 
+from fastcnn.backends import _pool_modes
 from fastcnn.backends._concurrent import matmul
 from fastcnn.backends._windows import padded, windows
 
@@ -156,7 +157,7 @@ def _disjoint(kernel, stride):
     return stride[0] >= kernel[0] and stride[1] >= kernel[1]
 
 
-def max_pool2d_forward(x, kernel, stride, padding):
+def _max_pool2d_forward(x, kernel, stride, padding):
     # x (N, C, H, W) -> y, arg (N, C, OH, OW); xp is x padded to (N, C, H+2PH, W+2PW)
     # y[n, c, p, q] = max_{i,j} xp[n, c, p*SH + i, q*SW + j]   (padding is -inf)
     # arg[n, c, p, q] = the first (i*KW + j) in row-major order that holds it;
@@ -205,7 +206,7 @@ def _first_real_if_minus_inf(y, arg, kernel, stride, padding):
     np.copyto(arg, np.broadcast_to(first_real, arg.shape), where=at_minus_inf)
 
 
-def max_pool2d_backward(dy, saved):
+def _max_pool2d_backward(dy, saved):
     # dy, arg (N, C, OH, OW) -> dx (N, C, H, W)
     # dxp[n, c, p*SH + i, q*SW + j] += dy[n, c, p, q] where arg[n, c, p, q] == i*KW + j
     arg, x_shape, kernel, stride, padding = saved
@@ -230,7 +231,7 @@ def max_pool2d_backward(dy, saved):
     return _unpad(dxp, x_shape, padding)
 
 
-def avg_pool2d_forward(x, kernel, stride, padding):
+def _avg_pool2d_forward(x, kernel, stride, padding):
     # x (N, C, H, W) -> y (N, C, OH, OW); xp is x padded to (N, C, H+2PH, W+2PW)
     # y[n, c, p, q] = sum_{i,j} xp[n, c, p*SH + i, q*SW + j] / (KH*KW)   (padding is 0)
     KH, KW = kernel
@@ -242,7 +243,7 @@ def avg_pool2d_forward(x, kernel, stride, padding):
     return y, (x.shape, kernel, stride, padding)
 
 
-def avg_pool2d_backward(dy, saved):
+def _avg_pool2d_backward(dy, saved):
     # dy (N, C, OH, OW) -> dx (N, C, H, W)
     # dxp[n, c, p*SH + i, q*SW + j] += dy[n, c, p, q] / (KH*KW) for every (i, j)
     x_shape, kernel, stride, padding = saved
@@ -257,6 +258,27 @@ def avg_pool2d_backward(dy, saved):
         else:
             t += g
     return _unpad(dxp, x_shape, padding)
+
+
+# PyTorch's ceil_mode and divisors, over the floor-mode kernels above
+# (backends/_pool_modes).
+
+def max_pool2d_forward(x, kernel, stride, padding, out_hw):
+    return _pool_modes.max_forward(_max_pool2d_forward, x, kernel, stride, padding, out_hw)
+
+
+def max_pool2d_backward(dy, saved):
+    return _pool_modes.max_backward(_max_pool2d_backward, dy, saved)
+
+
+def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad,
+                       divisor_override):
+    return _pool_modes.avg_forward(_avg_pool2d_forward, x, kernel, stride, padding, out_hw,
+                                   count_include_pad, divisor_override)
+
+
+def avg_pool2d_backward(dy, saved):
+    return _pool_modes.avg_backward(_avg_pool2d_backward, dy, saved)
 
 
 # ---------------------------------------------------------------- adaptive pooling

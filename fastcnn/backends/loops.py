@@ -71,8 +71,9 @@ def _real(i, S, P, K, size):
     return max(start, 0), min(start + K, size)
 
 
-def max_pool2d_forward(x, kernel, stride, padding):
-    # y[n, c, i, j] = max of x over the window's real (unpadded) elements.
+def max_pool2d_forward(x, kernel, stride, padding, out_hw):
+    # y[n, c, i, j] = max of x over the window's real (unpadded) elements;
+    # out_hw (OH, OW) is given (ceil_mode's last windows run past the padding).
     # The padding is -inf, so it can never be the (first) maximum: looking at
     # the real elements only is the same thing, and sends the gradient of an
     # all -inf window to its first real element, as PyTorch does.
@@ -80,8 +81,7 @@ def max_pool2d_forward(x, kernel, stride, padding):
     # NaN if there is one (NaN compares as the maximum).
     N, C, H, W = x.shape
     (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
-    OH = (H + 2 * PH - KH) // SH + 1
-    OW = (W + 2 * PW - KW) // SW + 1
+    OH, OW = out_hw
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     rows = np.empty((N, C, OH, OW), dtype=np.intp)             # where each max came from
     cols = np.empty((N, C, OH, OW), dtype=np.intp)
@@ -112,29 +112,41 @@ def max_pool2d_backward(dy, saved):
 
 # ---------------------------------------------------------------- average pooling
 
-def avg_pool2d_forward(x, kernel, stride, padding):
-    # y[n, c, i, j] = sum over the zero-padded window / (KH * KW)
+def _avg_window(i, S, P, K, size, count_include_pad):
+    """Window i's real rows [lo, hi) and its divisor's share: the window
+    clipped to the padded input [-P, size + P), or to the input [0, size)."""
+    start = i * S - P
+    end = min(start + K, size + P)
+    lo, hi = max(start, 0), min(end, size)
+    return lo, hi, (end - start) if count_include_pad else (hi - lo)
+
+
+def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad,
+                       divisor_override):
+    # y[n, c, i, j] = sum of x over the window's real elements / divisor(i, j),
+    # divisor = divisor_override, or PyTorch's window size (_avg_window);
+    # out_hw (OH, OW) is given (ceil_mode's last windows run past the padding)
     N, C, H, W = x.shape
-    KH, KW = kernel
-    PH, PW = padding
-    pads = (PH, PH, PW, PW)
-    xp = _pad(x, pads, 0)
-    OH = (xp.shape[2] - KH) // stride[0] + 1
-    OW = (xp.shape[3] - KW) // stride[1] + 1
+    OH, OW = out_hw
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    for i, j, rows, cols in _windows(OH, OW, stride, kernel):
-        y[:, :, i, j] = xp[:, :, rows, cols].sum(axis=(2, 3)) / (KH * KW)
-    return y, (xp.shape, kernel, stride, pads)
+    spans = []
+    for i in range(OH):
+        r0, r1, dh = _avg_window(i, stride[0], padding[0], kernel[0], H, count_include_pad)
+        for j in range(OW):
+            c0, c1, dw = _avg_window(j, stride[1], padding[1], kernel[1], W, count_include_pad)
+            d = divisor_override if divisor_override is not None else dh * dw
+            y[:, :, i, j] = x[:, :, r0:r1, c0:c1].sum(axis=(2, 3)) / d
+            spans.append((i, j, r0, r1, c0, c1, d))
+    return y, (x.shape, spans)
 
 
 def avg_pool2d_backward(dy, saved):
-    # every element of a window receives dy / (KH * KW)
-    xp_shape, (KH, KW), stride, pads = saved
-    _, _, OH, OW = dy.shape
-    dxp = np.zeros(xp_shape, dtype=dy.dtype)
-    for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW)):
-        dxp[:, :, rows, cols] += dy[:, :, i, j, None, None] / (KH * KW)
-    return _unpad(dxp, pads).copy()
+    # every real element of window (i, j) receives dy[n, c, i, j] / divisor(i, j)
+    x_shape, spans = saved
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    for i, j, r0, r1, c0, c1, d in spans:
+        dx[:, :, r0:r1, c0:c1] += dy[:, :, i, j, None, None] / d
+    return dx
 
 
 # ---------------------------------------------------------------- adaptive pooling

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu, _winograd
+from fastcnn.backends import _concurrent, _gemm_conv, _pool_modes, _pooling, _relu, _winograd
 from fastcnn.backends._workspace import outputs
 
 numba = None              # the numba module, imported with the kernels
@@ -91,7 +91,7 @@ def _planes(a, flat=False):
     return a.reshape(N * C, H * W) if flat else a.reshape(N * C, H, W)
 
 
-def max_pool2d_forward(x, kernel, stride, padding):
+def _max_pool2d_forward(x, kernel, stride, padding):
     _kernels()
     y, argmax = _pooling.max_pool_outputs(x, kernel, stride, padding)
     planes = [_planes(x), _planes(y), _planes(argmax)]
@@ -104,7 +104,7 @@ def max_pool2d_forward(x, kernel, stride, padding):
     return y, (x.shape, argmax)
 
 
-def max_pool2d_backward(dy, saved):
+def _max_pool2d_backward(dy, saved):
     _kernels()
     x_shape, argmax = saved
     dx = outputs.take(x_shape, dy.dtype)
@@ -114,7 +114,7 @@ def max_pool2d_backward(dy, saved):
     return dx
 
 
-def avg_pool2d_forward(x, kernel, stride, padding):
+def _avg_pool2d_forward(x, kernel, stride, padding):
     _kernels()
     N, C, H, W = x.shape
     y = outputs.take((N, C, *_pooling.out_hw(x.shape, kernel, stride, padding)), x.dtype)
@@ -123,7 +123,7 @@ def avg_pool2d_forward(x, kernel, stride, padding):
     return y, (x.shape, kernel, stride, padding)
 
 
-def avg_pool2d_backward(dy, saved):
+def _avg_pool2d_backward(dy, saved):
     _kernels()
     x_shape, kernel, stride, padding = saved
     dx = outputs.take(x_shape, dy.dtype)
@@ -131,6 +131,27 @@ def avg_pool2d_backward(dy, saved):
                           (*kernel, *stride, *padding),
                           dx.size + dy.size * kernel[0] * kernel[1])
     return dx
+
+
+# PyTorch's ceil_mode and divisors, over the floor-mode kernels above
+# (backends/_pool_modes).
+
+def max_pool2d_forward(x, kernel, stride, padding, out_hw):
+    return _pool_modes.max_forward(_max_pool2d_forward, x, kernel, stride, padding, out_hw)
+
+
+def max_pool2d_backward(dy, saved):
+    return _pool_modes.max_backward(_max_pool2d_backward, dy, saved)
+
+
+def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad,
+                       divisor_override):
+    return _pool_modes.avg_forward(_avg_pool2d_forward, x, kernel, stride, padding, out_hw,
+                                   count_include_pad, divisor_override)
+
+
+def avg_pool2d_backward(dy, saved):
+    return _pool_modes.avg_backward(_avg_pool2d_backward, dy, saved)
 
 
 # ------------------------------------------------------ adaptive pooling ---
@@ -163,7 +184,7 @@ def adaptive_max_pool2d_forward(x, output_size):
     return _pooling.adaptive_max_forward(_adaptive_kernels(), x, output_size)
 
 
-adaptive_max_pool2d_backward = max_pool2d_backward    # the same argmax format
+adaptive_max_pool2d_backward = _max_pool2d_backward   # the same argmax format
 
 
 # ------------------------------------------------------------------ relu ---
@@ -194,8 +215,8 @@ def warmup():
                 y, s = conv2d_forward(x, np.ones((2, 4, 3, 3), dtype=dtype), None,
                                       (1, 1), (1, 1, 1, 1), (2, 2, 8, 8))
             conv2d_backward(y, s)
-        for fwd, bwd in ((max_pool2d_forward, max_pool2d_backward),
-                         (avg_pool2d_forward, avg_pool2d_backward)):
+        for fwd, bwd in ((_max_pool2d_forward, _max_pool2d_backward),
+                         (_avg_pool2d_forward, _avg_pool2d_backward)):
             y, s = fwd(x, (2, 2), (2, 2), (0, 0))
             bwd(y, s)
         for fwd, bwd in ((adaptive_avg_pool2d_forward, adaptive_avg_pool2d_backward),

@@ -70,30 +70,46 @@ class Conv2d(_Layer):
 
 class _Pool2d(_Layer):
     _forward = _backward = None   # set by the subclasses to the ops pair
-
-    def __init__(self, kernel_size, stride=None, padding=0):
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+    _extra = ()                   # the subclass's own arguments, after ceil_mode
 
     def forward(self, x):
-        y, self._saved = type(self)._forward(x, self.kernel_size, self.stride, self.padding)
+        y, self._saved = type(self)._forward(x, *self.op_args())
         return y
+
+    def op_args(self):
+        """What this layer passes to its op after x, in the op's order."""
+        return (self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                *(getattr(self, name) for name in self._extra))
 
     def backward(self, dy):
         return type(self)._backward(dy, self._take())
 
     def __repr__(self):
+        extra = "".join(f", {name}={getattr(self, name)}" for name in self._extra)
         return (f"{type(self).__name__}(kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding})")
+                f"stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}{extra})")
 
 
 class MaxPool2d(_Pool2d):
-    """Max pooling (PyTorch's nn.MaxPool2d, ceil_mode=False)."""
+    """Max pooling (PyTorch's nn.MaxPool2d, without dilation)."""
     _forward, _backward = staticmethod(ops.max_pool2d_forward), staticmethod(ops.max_pool2d_backward)
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode = ceil_mode
 
 
 class AvgPool2d(_Pool2d):
-    """Average pooling (PyTorch's nn.AvgPool2d, count_include_pad=True)."""
+    """Average pooling (PyTorch's nn.AvgPool2d)."""
     _forward, _backward = staticmethod(ops.avg_pool2d_forward), staticmethod(ops.avg_pool2d_backward)
+    _extra = ("count_include_pad", "divisor_override")
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None):
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.divisor_override = divisor_override
 
 
 class _AdaptivePool2d(_Layer):

@@ -1,0 +1,86 @@
+"""PyTorch's ceil_mode and average-pooling divisors over kernels that know
+only floor mode and the divisor KH*KW.
+
+im2col, cython and numba share this adapter. A ceil_mode output needs
+windows that run past the padded input: the input is extended at the
+bottom/right by the rows and columns those windows need (-inf for max, 0
+for avg), so the backend's own kernel, unchanged, computes them; backward
+crops the extension off. Average pooling's other divisors rescale the
+KH*KW-mean by KH*KW / divisor, one factor per output position (the divisor
+depends only on the window's place). The default arguments pass straight
+through: no copy, no rescale, so the fast paths stay as they were.
+
+Deliberately not here: argument checks (``fastcnn.ops``), the loops
+(each backend's kernels), and the spec (``backends/loops.py``).
+"""
+import numpy as np
+
+
+def extension(x_shape, kernel, stride, padding, out_hw):
+    """(EH, EW): rows and columns past the padded input that out_hw's last
+    windows reach; (0, 0) in floor mode."""
+    return tuple(max(0, (o - 1) * s + k - (n + 2 * p))
+                 for n, k, s, p, o in zip(x_shape[2:], kernel, stride, padding, out_hw))
+
+
+def _extend(x, ext, fill):
+    N, C, H, W = x.shape
+    xe = np.full((N, C, H + ext[0], W + ext[1]), fill, dtype=x.dtype)
+    xe[:, :, :H, :W] = x
+    return xe
+
+
+def _crop(dx, x_shape):
+    return np.ascontiguousarray(dx[:, :, :x_shape[2], :x_shape[3]])
+
+
+def divisors(x_shape, kernel, stride, padding, out_hw, count_include_pad, divisor_override):
+    """PyTorch's divisor for each output position, (OH, OW) float64."""
+    if divisor_override is not None:
+        return np.full(out_hw, float(divisor_override))
+    sizes = []
+    for n, k, s, p, o in zip(x_shape[2:], kernel, stride, padding, out_hw):
+        start = np.arange(o) * s - p
+        end = np.minimum(start + k, n + p)          # clipped to the padded input
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, n)
+        sizes.append(end - start)
+    return np.outer(*sizes).astype(np.float64)
+
+
+def max_forward(fwd, x, kernel, stride, padding, out_hw):
+    ext = extension(x.shape, kernel, stride, padding, out_hw)
+    y, inner = fwd(x if ext == (0, 0) else _extend(x, ext, -np.inf), kernel, stride, padding)
+    return y, (None if ext == (0, 0) else x.shape, inner)
+
+
+def max_backward(bwd, dy, saved):
+    x_shape, inner = saved
+    dx = bwd(dy, inner)
+    return dx if x_shape is None else _crop(dx, x_shape)
+
+
+def avg_forward(fwd, x, kernel, stride, padding, out_hw, count_include_pad,
+                divisor_override):
+    ext = extension(x.shape, kernel, stride, padding, out_hw)
+    if divisor_override is None and ext == (0, 0) and (count_include_pad or padding == (0, 0)):
+        return _plain(fwd(x, kernel, stride, padding))
+    div = divisors(x.shape, kernel, stride, padding, out_hw, count_include_pad,
+                   divisor_override)
+    area = kernel[0] * kernel[1]
+    scale = None if np.all(div == area) else (area / div).astype(x.dtype)
+    y, inner = fwd(x if ext == (0, 0) else _extend(x, ext, 0), kernel, stride, padding)
+    if scale is not None:
+        y *= scale
+    return y, (None if ext == (0, 0) else x.shape, scale, inner)
+
+
+def _plain(result):
+    y, inner = result
+    return y, (None, None, inner)
+
+
+def avg_backward(bwd, dy, saved):
+    x_shape, scale, inner = saved
+    dx = bwd(dy if scale is None else dy * scale, inner)
+    return dx if x_shape is None else _crop(dx, x_shape)

@@ -1,0 +1,227 @@
+"""PyTorch's pooling arguments beyond kernel/stride/padding: ceil_mode for
+max and avg, count_include_pad and divisor_override for avg.
+
+Hand-computed cases first, then ``loops`` against PyTorch (when installed)
+and centred differences, then every backend against ``loops``, then the bad
+inputs. Dilation is not here: fastcnn's pooling has none yet."""
+import itertools
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import nn, ops
+from fastcnn.testing import numerical_gradient
+
+from cases import BACKENDS, FAST_BACKENDS, TOL
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:      # the torch comparisons skip; everything else runs
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+
+
+def _ramp(H, W, dtype=np.float64):
+    return np.arange(H * W, dtype=dtype).reshape(1, 1, H, W)
+
+
+# ------------------------------------------------------------------ by hand
+
+def test_ceil_mode_adds_a_window_on_odd_sizes():
+    # 5 wide, kernel 2, stride 2: floor keeps columns 0-1, 2-3; ceil adds 4 alone
+    x = _ramp(1, 5)
+    y, _ = ops.max_pool2d_forward(x, (1, 2), ceil_mode=True, backend="loops")
+    np.testing.assert_array_equal(y[0, 0], [[1, 3, 4]])
+    y, _ = ops.avg_pool2d_forward(x, (1, 2), ceil_mode=True, backend="loops")
+    # count_include_pad: the last window is clipped to the padded input [0, 5): size 1
+    np.testing.assert_array_equal(y[0, 0], [[0.5, 2.5, 4.0]])
+    y, _ = ops.avg_pool2d_forward(x, (1, 2), ceil_mode=True, divisor_override=2,
+                                  backend="loops")
+    np.testing.assert_array_equal(y[0, 0], [[0.5, 2.5, 2.0]])
+
+
+def test_ceil_mode_adds_nothing_when_the_last_window_would_start_in_the_right_padding():
+    # H=4, K=2, S=3, P=1: ceil((4+2-2)/3)+1 = 3, but window 2 would start at
+    # 2*3-1 = 5 >= H+P = 5, in the right padding: dropped, as in floor mode.
+    x = _ramp(4, 4)
+    y, _ = ops.max_pool2d_forward(x, 2, stride=3, padding=1, ceil_mode=True, backend="loops")
+    assert y.shape == (1, 1, 2, 2)
+    # rows/cols windows [-1, 1) and [2, 4)
+    np.testing.assert_array_equal(y[0, 0], [[0, 3], [12, 15]])
+
+
+def test_ceil_mode_divisors_by_hand():
+    # 6x6, kernel 3, stride 2, padding 1, ceil: OH = ceil(5/2)+1 = 4; the last
+    # window [5, 8) is clipped to the padded input [-1, 7) -> 2 rows
+    # (count_include_pad) or to the input [0, 6) -> 1 row (not).
+    x = _ramp(6, 6)
+    y, _ = ops.avg_pool2d_forward(x, 3, 2, 1, ceil_mode=True, backend="loops")
+    assert y.shape == (1, 1, 4, 4)
+    # corner (3, 3): only x[5, 5] = 35 is real; divisor 2*2 (include pad)
+    assert y[0, 0, 3, 3] == 35 / 4
+    # corner (0, 0): x[0:2, 0:2] = 0+1+6+7; divisor 3*3
+    assert y[0, 0, 0, 0] == 14 / 9
+    y, _ = ops.avg_pool2d_forward(x, 3, 2, 1, ceil_mode=True, count_include_pad=False,
+                                  backend="loops")
+    assert y[0, 0, 3, 3] == 35.0
+    assert y[0, 0, 0, 0] == 14 / 4
+
+
+def test_ceil_mode_keeps_a_kernel_larger_than_the_input():
+    # PyTorch: kernel 2 over a 1x1 input with ceil_mode gives one window
+    y, _ = ops.max_pool2d_forward(np.full((1, 1, 1, 1), 7.0), 2, ceil_mode=True,
+                                  backend="loops")
+    np.testing.assert_array_equal(y, [[[[7.0]]]])
+
+
+# ------------------------------------------------------------------ loops vs torch
+
+GRID = [(H, K, S, P) for H, K, S, P in itertools.product((4, 5, 7), (2, 3), (1, 2, 3), (0, 1))
+        if P <= K // 2]
+
+
+def _torch_avg(x, dy, K, S, P, ceil, cip, div):
+    t = torch.tensor(x, requires_grad=True)
+    y = F.avg_pool2d(t, K, S, P, ceil_mode=ceil, count_include_pad=cip, divisor_override=div)
+    y.backward(torch.tensor(dy))
+    return y.detach().numpy(), t.grad.numpy()
+
+
+@needs_torch
+@pytest.mark.parametrize("H,K,S,P", GRID)
+@pytest.mark.parametrize("ceil", [False, True])
+@pytest.mark.parametrize("cip,div", [(True, None), (False, None), (True, 5)])
+def test_avg_loops_matches_torch(H, K, S, P, ceil, cip, div):
+    rng = np.random.default_rng(H * 100 + K * 10 + S)
+    x = rng.standard_normal((2, 2, H, H + 1))
+    y, ctx = ops.avg_pool2d_forward(x, K, S, P, ceil, cip, div, backend="loops")
+    dy = rng.standard_normal(y.shape)
+    ty, tdx = _torch_avg(x, dy, K, S, P, ceil, cip, div)
+    assert y.shape == ty.shape
+    np.testing.assert_allclose(y, ty, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ops.avg_pool2d_backward(dy, ctx), tdx, rtol=1e-12, atol=1e-12)
+
+
+@needs_torch
+@pytest.mark.parametrize("H,K,S,P", GRID)
+@pytest.mark.parametrize("ceil", [False, True])
+def test_max_loops_matches_torch(H, K, S, P, ceil):
+    rng = np.random.default_rng(H * 100 + K * 10 + S)
+    x = rng.standard_normal((2, 2, H, H + 1))
+    y, ctx = ops.max_pool2d_forward(x, K, S, P, ceil, backend="loops")
+    dy = rng.standard_normal(y.shape)
+    t = torch.tensor(x, requires_grad=True)
+    ty = F.max_pool2d(t, K, S, P, ceil_mode=ceil)
+    ty.backward(torch.tensor(dy))
+    assert y.shape == tuple(ty.shape)
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_allclose(ops.max_pool2d_backward(dy, ctx), t.grad.numpy(), rtol=1e-12,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("cip,div", [(True, None), (False, None), (True, 3)])
+def test_avg_loops_gradient_is_the_numerical_one(cip, div):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 2, 6, 5))
+    def f(a):
+        return ops.avg_pool2d_forward(a, 3, 2, 1, True, cip, div, backend="loops")[0]
+    y, ctx = ops.avg_pool2d_forward(x, 3, 2, 1, True, cip, div, backend="loops")
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(ops.avg_pool2d_backward(dy, ctx),
+                               numerical_gradient(f, x, dy), rtol=1e-6, atol=1e-8)
+
+
+def test_max_loops_gradient_is_the_numerical_one():
+    rng = np.random.default_rng(2)
+    x = rng.permutation(60).reshape(1, 2, 6, 5).astype(np.float64)   # no ties
+    def f(a):
+        return ops.max_pool2d_forward(a, 2, 2, 1, True, backend="loops")[0]
+    y, ctx = ops.max_pool2d_forward(x, 2, 2, 1, True, backend="loops")
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(ops.max_pool2d_backward(dy, ctx),
+                               numerical_gradient(f, x, dy), rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------------ every backend vs loops
+
+AGREE = [(5, 2, 2, 0), (7, 3, 2, 1), (6, 3, 2, 1), (4, 2, 3, 1), (9, 3, 3, 1), (1, 2, 2, 0)]
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H,K,S,P,ceil,cip,div", [
+    (*shape, *mode) for shape, mode in itertools.product(AGREE, [
+        (True, True, None), (True, False, None), (False, False, None), (True, True, 7),
+        (False, True, -2)])
+    if mode[0] or shape[1] <= shape[0]])   # floor mode refuses a kernel larger than H
+def test_avg_backends_agree_with_loops(backend, dtype, H, K, S, P, ceil, cip, div):
+    rng = np.random.default_rng(H + K + S)
+    x = rng.standard_normal((2, 3, H, H + 2)).astype(dtype)
+    dy = None
+    got, want = [], []
+    for name, out in ((backend, got), ("loops", want)):
+        y, ctx = ops.avg_pool2d_forward(x, K, S, P, ceil, cip, div, backend=name)
+        dy = rng.standard_normal(y.shape).astype(dtype) if dy is None else dy
+        out += [y, ops.avg_pool2d_backward(dy, ctx)]
+    tol = TOL[dtype]
+    for g, w in zip(got, want):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H,K,S,P", AGREE)
+def test_max_ceil_mode_backends_agree_with_loops(backend, dtype, H, K, S, P):
+    rng = np.random.default_rng(H + K + S)
+    x = rng.standard_normal((2, 3, H, H + 2)).astype(dtype)
+    x[0, 0] = -np.inf                       # all -inf plane: the first real element wins
+    y, ctx = ops.max_pool2d_forward(x, K, S, P, True, backend=backend)
+    ry, rctx = ops.max_pool2d_forward(x, K, S, P, True, backend="loops")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_array_equal(y, ry)
+    # overlapping windows sum their gradients in another order
+    np.testing.assert_allclose(ops.max_pool2d_backward(dy, ctx),
+                               ops.max_pool2d_backward(dy, rctx), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+# ------------------------------------------------------------------ layers
+
+def test_layers_take_pytorchs_arguments():
+    x = _ramp(6, 6)
+    layer = nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)
+    with fastcnn.use_backend("loops"):
+        np.testing.assert_array_equal(layer.forward(x), ops.avg_pool2d_forward(
+            x, 3, 2, 1, True, False)[0])
+        assert layer.forward(x)[0, 0, 3, 3] == 35.0
+        assert nn.MaxPool2d(2, ceil_mode=True).forward(_ramp(5, 5)).shape == (1, 1, 3, 3)
+    assert "divisor_override=None" in repr(nn.AvgPool2d(2))
+
+
+# ------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(ceil_mode=1), TypeError, "ceil_mode must be a bool"),
+    (dict(ceil_mode="yes"), TypeError, "ceil_mode must be a bool"),
+    (dict(count_include_pad=None), TypeError, "count_include_pad must be a bool"),
+    (dict(divisor_override=0), ValueError, "divisor_override must not be zero"),
+    (dict(divisor_override=2.0), TypeError, "divisor_override must be None or an int"),
+    (dict(divisor_override=True), TypeError, "divisor_override must be None or an int"),
+])
+def test_bad_avg_arguments_are_refused_before_any_kernel(monkeypatch, kwargs, error, match):
+    from fastcnn import backend as registry
+    for name in BACKENDS:   # a kernel that runs fails the test
+        monkeypatch.setattr(registry.get_module(name), "avg_pool2d_forward",
+                            lambda *a: pytest.fail("a kernel ran"))
+    with pytest.raises(error, match=match):
+        ops.avg_pool2d_forward(np.ones((1, 1, 4, 4)), 2, **kwargs)
+
+
+def test_bad_ceil_mode_for_max_is_refused():
+    with pytest.raises(TypeError, match="ceil_mode must be a bool"):
+        ops.max_pool2d_forward(np.ones((1, 1, 4, 4)), 2, ceil_mode=0)
+    with pytest.raises(ValueError, match="padding must be at most half"):
+        ops.max_pool2d_forward(np.ones((1, 1, 4, 4)), 2, padding=2, ceil_mode=True)
