@@ -57,12 +57,13 @@ def out_size(size, pad_total, k, s):
     return (size + pad_total - k) // s + 1
 
 
-def pool_out_size(size, pad, k, s, ceil_mode):
+def pool_out_size(size, pad, k, s, ceil_mode, d=1):
     """A pooling's output size along one dimension, PyTorch's rule: floor or
-    ceil of (size + 2*pad - k) / s, plus one; in ceil mode the last window
-    must start inside the input or the left padding, else it is dropped."""
-    span = size + 2 * pad - k
+    ceil of (size + 2*pad - d*(k-1) - 1) / s, plus one; in ceil mode the last
+    window must start inside the input or the left padding, else it is dropped."""
+    span = size + 2 * pad - d * (k - 1) - 1
     out = (-(-span // s) if ceil_mode else span // s) + 1
+    # PyTorch also refuses outputs of size < 1; the caller does
     if ceil_mode and (out - 1) * s >= size + pad:
         out -= 1
     return out

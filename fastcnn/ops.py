@@ -2,8 +2,8 @@
 
     y, ctx = conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None)
     dx, dw, db = conv2d_backward(dy, ctx)
-    y, ctx = max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-                                *, backend=None)
+    y, ctx = max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1,
+                                ceil_mode=False, *, backend=None)
     dx = max_pool2d_backward(dy, ctx)
     y, ctx = avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
                                 count_include_pad=True, divisor_override=None, *, backend=None)
@@ -110,30 +110,36 @@ def conv2d_backward(dy, ctx):
     return get_module(ctx.backend).conv2d_backward(dy, ctx.saved)
 
 
-def _pool_args(x, kernel_size, stride, padding, ceil_mode):
+def _pool_args(x, kernel_size, stride, padding, ceil_mode, dilation=1):
     x = _shapes.array(x, "x", 4)
     N, C, H, W = x.shape
     kernel = _shapes.pair(kernel_size, "kernel_size", minimum=1)
     stride = kernel if stride is None else _shapes.pair(stride, "stride", minimum=1)
     pad = _shapes.pair(padding, "padding", minimum=0)
+    dil = _shapes.pair(dilation, "dilation", minimum=1)
     ceil_mode = _shapes.flag(ceil_mode, "ceil_mode")
     if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
         raise ValueError(f"padding must be at most half the kernel size: got padding={pad} "
                          f"for kernel_size={kernel}")
-    if not ceil_mode:   # ceil mode keeps a window that starts inside (PyTorch does too)
+    if not ceil_mode and dil == (1, 1):   # ceil mode keeps a window that starts inside
         _shapes.check_window_fits(H, W, (pad[0], pad[0], pad[1], pad[1]), *kernel,
                                   "kernel_size")
-    OH = _shapes.pool_out_size(H, pad[0], kernel[0], stride[0], ceil_mode)
-    OW = _shapes.pool_out_size(W, pad[1], kernel[1], stride[1], ceil_mode)
-    return (_contiguous(x), kernel, stride, pad, (OH, OW)), (N, C, OH, OW)
+    OH = _shapes.pool_out_size(H, pad[0], kernel[0], stride[0], ceil_mode, dil[0])
+    OW = _shapes.pool_out_size(W, pad[1], kernel[1], stride[1], ceil_mode, dil[1])
+    if min(OH, OW) < 1:
+        raise ValueError(f"kernel_size {kernel} with dilation {dil} spans more than the "
+                         f"padded input ({H + 2 * pad[0]}x{W + 2 * pad[1]}: input {H}x{W}, "
+                         f"padding {pad})")
+    return (_contiguous(x), kernel, stride, pad, dil, (OH, OW)), (N, C, OH, OW)
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, *,
-                       backend=None):
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                       *, backend=None):
     """Max over each window; padding counts as -inf. x (N, C, H, W) -> y (N, C, OH, OW).
-    stride=None means stride = kernel_size; ceil_mode as PyTorch's. Ties: the
-    first maximum in row-major window order wins; a NaN in a window propagates."""
-    args, y_shape = _pool_args(x, kernel_size, stride, padding, ceil_mode)
+    stride=None means stride = kernel_size; window taps are dilation apart;
+    ceil_mode as PyTorch's. Ties: the first maximum in row-major window order
+    wins; a NaN in a window propagates."""
+    args, y_shape = _pool_args(x, kernel_size, stride, padding, ceil_mode, dilation)
     return _forward("max_pool2d", backend, args, y_shape)
 
 
@@ -151,8 +157,9 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     count_include_pad (KH*KW unless a ceil_mode window runs past it), or to
     the input [0, H) when not."""
     args, y_shape = _pool_args(x, kernel_size, stride, padding, ceil_mode)
-    args += (_shapes.flag(count_include_pad, "count_include_pad"),
-             _shapes.divisor(divisor_override))
+    x, kernel, stride, pad, _, out_hw = args         # avg pooling has no dilation
+    args = (x, kernel, stride, pad, out_hw, _shapes.flag(count_include_pad, "count_include_pad"),
+            _shapes.divisor(divisor_override))
     return _forward("avg_pool2d", backend, args, y_shape)
 
 

@@ -50,7 +50,8 @@ def test_auto_choices_lists_each_key_once_with_its_backend(monkeypatch):
     assert [(c["op"], c["shapes"], c["dtype"], c["threads"], c["backend"]) for c in choices] == [
         ("conv2d", [[2, 3, 6, 6], [4, 3, 3, 3], None], "float32", threads, LAST),
         ("max_pool2d", [[2, 4, 6, 6]], "float32", threads, LAST)]
-    assert choices[1]["params"] == [[2, 2], [2, 2], [0, 0], [3, 3]]   # kernel, stride, padding, out_hw
+    assert choices[1]["params"] == [[2, 2], [2, 2], [0, 0], [1, 1], [3, 3]]
+    # kernel, stride, padding, dilation, out_hw
     assert ctx.backend == LAST
     assert json.loads(json.dumps(choices)) == choices
     assert _auto.describe(choices) == [f"auto chose for conv2d: 2x3x6x6 {LAST}",

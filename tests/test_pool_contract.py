@@ -1,9 +1,9 @@
 """PyTorch's pooling arguments beyond kernel/stride/padding: ceil_mode for
-max and avg, count_include_pad and divisor_override for avg.
+max and avg, dilation for max, count_include_pad and divisor_override for avg.
 
 Hand-computed cases first, then ``loops`` against PyTorch (when installed)
 and centred differences, then every backend against ``loops``, then the bad
-inputs. Dilation is not here: fastcnn's pooling has none yet."""
+inputs."""
 import itertools
 
 import numpy as np
@@ -77,6 +77,19 @@ def test_ceil_mode_keeps_a_kernel_larger_than_the_input():
     np.testing.assert_array_equal(y, [[[[7.0]]]])
 
 
+def test_dilation_by_hand():
+    # 1x7 ramp, kernel 2, dilation 3, stride 2: windows {0, 3}, {2, 5}; OW = (7-3-1)//2+1 = 2
+    x = _ramp(1, 7)
+    y, ctx = ops.max_pool2d_forward(x, (1, 2), stride=(1, 2), dilation=(1, 3), backend="loops")
+    np.testing.assert_array_equal(y[0, 0], [[3, 5]])
+    np.testing.assert_array_equal(ops.max_pool2d_backward(np.ones_like(y), ctx)[0, 0],
+                                  [[0, 0, 0, 1, 0, 1, 0]])
+    # ceil_mode adds window {4, 7}: 7 is past the input, so it holds x[4] alone
+    y, _ = ops.max_pool2d_forward(x, (1, 2), stride=(1, 2), dilation=(1, 3), ceil_mode=True,
+                                  backend="loops")
+    np.testing.assert_array_equal(y[0, 0], [[3, 5, 4]])
+
+
 # ------------------------------------------------------------------ loops vs torch
 
 GRID = [(H, K, S, P) for H, K, S, P in itertools.product((4, 5, 7), (2, 3), (1, 2, 3), (0, 1))
@@ -111,10 +124,33 @@ def test_avg_loops_matches_torch(H, K, S, P, ceil, cip, div):
 def test_max_loops_matches_torch(H, K, S, P, ceil):
     rng = np.random.default_rng(H * 100 + K * 10 + S)
     x = rng.standard_normal((2, 2, H, H + 1))
-    y, ctx = ops.max_pool2d_forward(x, K, S, P, ceil, backend="loops")
+    y, ctx = ops.max_pool2d_forward(x, K, S, P, ceil_mode=ceil, backend="loops")
     dy = rng.standard_normal(y.shape)
     t = torch.tensor(x, requires_grad=True)
     ty = F.max_pool2d(t, K, S, P, ceil_mode=ceil)
+    ty.backward(torch.tensor(dy))
+    assert y.shape == tuple(ty.shape)
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_allclose(ops.max_pool2d_backward(dy, ctx), t.grad.numpy(), rtol=1e-12,
+                               atol=1e-12)
+
+
+@needs_torch
+@pytest.mark.parametrize("H,K,S,P", GRID)
+@pytest.mark.parametrize("D", [2, 3])
+@pytest.mark.parametrize("ceil", [False, True])
+def test_dilated_max_loops_matches_torch(H, K, S, P, D, ceil):
+    rng = np.random.default_rng(H * 100 + K * 10 + S + D)
+    x = rng.standard_normal((2, 2, H, H + 1))
+    t = torch.tensor(x, requires_grad=True)
+    try:
+        ty = F.max_pool2d(t, K, S, P, D, ceil)
+    except RuntimeError:                    # PyTorch refuses it: so must fastcnn
+        with pytest.raises(ValueError, match="spans more than the padded input"):
+            ops.max_pool2d_forward(x, K, S, P, D, ceil, backend="loops")
+        return
+    y, ctx = ops.max_pool2d_forward(x, K, S, P, D, ceil, backend="loops")
+    dy = rng.standard_normal(y.shape)
     ty.backward(torch.tensor(dy))
     assert y.shape == tuple(ty.shape)
     np.testing.assert_array_equal(y, ty.detach().numpy())
@@ -138,8 +174,8 @@ def test_max_loops_gradient_is_the_numerical_one():
     rng = np.random.default_rng(2)
     x = rng.permutation(60).reshape(1, 2, 6, 5).astype(np.float64)   # no ties
     def f(a):
-        return ops.max_pool2d_forward(a, 2, 2, 1, True, backend="loops")[0]
-    y, ctx = ops.max_pool2d_forward(x, 2, 2, 1, True, backend="loops")
+        return ops.max_pool2d_forward(a, 2, 2, 1, ceil_mode=True, backend="loops")[0]
+    y, ctx = ops.max_pool2d_forward(x, 2, 2, 1, ceil_mode=True, backend="loops")
     dy = rng.standard_normal(y.shape)
     np.testing.assert_allclose(ops.max_pool2d_backward(dy, ctx),
                                numerical_gradient(f, x, dy), rtol=1e-6, atol=1e-8)
@@ -179,13 +215,33 @@ def test_max_ceil_mode_backends_agree_with_loops(backend, dtype, H, K, S, P):
     rng = np.random.default_rng(H + K + S)
     x = rng.standard_normal((2, 3, H, H + 2)).astype(dtype)
     x[0, 0] = -np.inf                       # all -inf plane: the first real element wins
-    y, ctx = ops.max_pool2d_forward(x, K, S, P, True, backend=backend)
-    ry, rctx = ops.max_pool2d_forward(x, K, S, P, True, backend="loops")
+    y, ctx = ops.max_pool2d_forward(x, K, S, P, ceil_mode=True, backend=backend)
+    ry, rctx = ops.max_pool2d_forward(x, K, S, P, ceil_mode=True, backend="loops")
     dy = rng.standard_normal(y.shape).astype(dtype)
     np.testing.assert_array_equal(y, ry)
     # overlapping windows sum their gradients in another order
     np.testing.assert_allclose(ops.max_pool2d_backward(dy, ctx),
                                ops.max_pool2d_backward(dy, rctx), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K,S,P,D,ceil", [(2, 1, 1, 2, False), (3, 2, 1, 2, True),
+                                          (2, 3, 1, 3, True), ((2, 3), (1, 2), (1, 0), (3, 2),
+                                                               True)])
+def test_dilated_max_backends_agree_with_loops(backend, dtype, K, S, P, D, ceil):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    x[0, 0] = -np.inf                       # all -inf plane: the first real element wins
+    x[1, 1, ::2] = 1.0                      # ties: the first maximum wins
+    y, ctx = ops.max_pool2d_forward(x, K, S, P, D, ceil, backend=backend)
+    ry, rctx = ops.max_pool2d_forward(x, K, S, P, D, ceil, backend="loops")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_array_equal(y, ry)
+    dx = ops.max_pool2d_backward(dy, ctx)
+    assert dx.dtype == dtype
+    np.testing.assert_allclose(dx, ops.max_pool2d_backward(dy, rctx), rtol=TOL[dtype],
+                               atol=TOL[dtype])
 
 
 # ------------------------------------------------------------------ layers
@@ -198,6 +254,7 @@ def test_layers_take_pytorchs_arguments():
             x, 3, 2, 1, True, False)[0])
         assert layer.forward(x)[0, 0, 3, 3] == 35.0
         assert nn.MaxPool2d(2, ceil_mode=True).forward(_ramp(5, 5)).shape == (1, 1, 3, 3)
+        assert nn.MaxPool2d(2, 1, 0, 2).forward(_ramp(5, 5)).shape == (1, 1, 3, 3)
     assert "divisor_override=None" in repr(nn.AvgPool2d(2))
 
 
@@ -218,6 +275,13 @@ def test_bad_avg_arguments_are_refused_before_any_kernel(monkeypatch, kwargs, er
                             lambda *a: pytest.fail("a kernel ran"))
     with pytest.raises(error, match=match):
         ops.avg_pool2d_forward(np.ones((1, 1, 4, 4)), 2, **kwargs)
+
+
+@pytest.mark.parametrize("dilation,error", [(0, ValueError), ((1, 0), ValueError),
+                                            (1.5, TypeError), ((1, 2, 3), TypeError)])
+def test_bad_dilation_is_refused(dilation, error):
+    with pytest.raises(error, match="dilation"):
+        ops.max_pool2d_forward(np.ones((1, 1, 4, 4)), 2, dilation=dilation)
 
 
 def test_bad_ceil_mode_for_max_is_refused():

@@ -43,7 +43,7 @@ The twelve functions (same names, same signatures in every backend)::
 
     conv2d_forward(x, w, b, stride, padding, y_shape) -> (y, saved)
     conv2d_backward(dy, saved)                 -> (dx, dw, db)   # db (F,) always
-    max_pool2d_forward(x, kernel, stride, padding, out_hw) -> (y, saved)
+    max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw) -> (y, saved)
     max_pool2d_backward(dy, saved)             -> dx
     avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad,
                        divisor_override) -> (y, saved)
@@ -57,7 +57,7 @@ The twelve functions (same names, same signatures in every backend)::
 
 Pooling's ``out_hw`` (OH, OW) is given, not derived: in ceil_mode the last
 windows run past the padded input (their missing rows are -inf for max,
-absent from the sum for avg). avg's divisor is ``divisor_override``, else
+absent from the sum for avg); max's taps lie ``dilation`` apart. avg's divisor is ``divisor_override``, else
 the window clipped to the padded input (count_include_pad) or to the
 input; ``backends/_pool_modes`` adapts floor-mode kernels to all this.
 

@@ -7,8 +7,10 @@ bottom/right by the rows and columns those windows need (-inf for max, 0
 for avg), so the backend's own kernel, unchanged, computes them; backward
 crops the extension off. Average pooling's other divisors rescale the
 KH*KW-mean by KH*KW / divisor, one factor per output position (the divisor
-depends only on the window's place). The default arguments pass straight
-through: no copy, no rescale, so the fast paths stay as they were.
+depends only on the window's place). Dilated max pooling gathers each
+window's taps side by side and pools those with stride = kernel. The
+default arguments pass straight through: no copy, no rescale, so the fast
+paths stay as they were.
 
 Deliberately not here: argument checks (``fastcnn.ops``), the loops
 (each backend's kernels), and the spec (``backends/loops.py``).
@@ -48,16 +50,45 @@ def divisors(x_shape, kernel, stride, padding, out_hw, count_include_pad, diviso
     return np.outer(*sizes).astype(np.float64)
 
 
-def max_forward(fwd, x, kernel, stride, padding, out_hw):
+def _dilated_taps(n, k, s, p, d, o):
+    """(o, k): the input row (or column) of each tap of each window. A tap in
+    the padding becomes its window's first real tap: a copy of an element
+    already in the window changes neither its maximum nor which element is
+    the first maximum."""
+    taps = (np.arange(o) * s - p)[:, None] + d * np.arange(k)
+    real = (taps >= 0) & (taps < n)
+    first = taps[np.arange(o), real.argmax(axis=1)]
+    return np.where(real, taps, first[:, None])
+
+
+def max_forward(fwd, x, kernel, stride, padding, dilation, out_hw):
+    N, C, H, W = x.shape
+    if dilation != (1, 1):
+        # Gather each window's taps side by side, (N, C, OH*KH, OW*KW), and
+        # pool that with stride = kernel: the backend's own kernel finds the
+        # maxima; backward scatters its gradient back through the gather.
+        rows, cols = (_dilated_taps(n, k, s, p, d, o).reshape(-1) for n, k, s, p, d, o
+                      in zip((H, W), kernel, stride, padding, dilation, out_hw))
+        where = (rows[:, None] * W + cols[None, :]).reshape(-1)
+        taps = np.ascontiguousarray(x.reshape(N, C, H * W)[:, :, where])
+        y, inner = fwd(taps.reshape(N, C, rows.size, cols.size), kernel, kernel, (0, 0))
+        return y, ((x.shape, where), inner)
     ext = extension(x.shape, kernel, stride, padding, out_hw)
     y, inner = fwd(x if ext == (0, 0) else _extend(x, ext, -np.inf), kernel, stride, padding)
     return y, (None if ext == (0, 0) else x.shape, inner)
 
 
 def max_backward(bwd, dy, saved):
-    x_shape, inner = saved
+    undo, inner = saved
     dx = bwd(dy, inner)
-    return dx if x_shape is None else _crop(dx, x_shape)
+    if undo is None:
+        return dx
+    if isinstance(undo[1], np.ndarray):            # the dilated gather
+        (N, C, H, W), where = undo
+        out = np.zeros((N * C, H * W), dtype=dy.dtype)
+        np.add.at(out, (slice(None), where), dx.reshape(N * C, -1))
+        return out.reshape(N, C, H, W)
+    return _crop(dx, undo)
 
 
 def avg_forward(fwd, x, kernel, stride, padding, out_hw, count_include_pad,

@@ -65,35 +65,36 @@ def conv2d_backward(dy, saved):
 
 # ---------------------------------------------------------------- max pooling
 
-def _real(i, S, P, K, size):
-    """The part [lo, hi) of window i's rows (or columns) that lies inside the input."""
-    start = i * S - P
-    return max(start, 0), min(start + K, size)
+def _real_taps(i, S, P, K, D, size):
+    """Window i's rows (or columns) that lie inside the input: its taps
+    i*S - P + D*t, t < K, that fall in [0, size)."""
+    taps = i * S - P + D * np.arange(K)
+    return taps[(taps >= 0) & (taps < size)]
 
 
-def max_pool2d_forward(x, kernel, stride, padding, out_hw):
-    # y[n, c, i, j] = max of x over the window's real (unpadded) elements;
-    # out_hw (OH, OW) is given (ceil_mode's last windows run past the padding).
+def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
+    # y[n, c, i, j] = max of x over the window's real (unpadded) taps, which
+    # lie dilation apart; out_hw (OH, OW) is given (ceil_mode's last windows
+    # run past the padding).
     # The padding is -inf, so it can never be the (first) maximum: looking at
     # the real elements only is the same thing, and sends the gradient of an
     # all -inf window to its first real element, as PyTorch does.
     # np.argmax returns the first maximum in row-major order, and the first
     # NaN if there is one (NaN compares as the maximum).
     N, C, H, W = x.shape
-    (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
     OH, OW = out_hw
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     rows = np.empty((N, C, OH, OW), dtype=np.intp)             # where each max came from
     cols = np.empty((N, C, OH, OW), dtype=np.intp)
     for i in range(OH):
-        r0, r1 = _real(i, SH, PH, KH, H)
+        rr = _real_taps(i, stride[0], padding[0], kernel[0], dilation[0], H)
         for j in range(OW):
-            c0, c1 = _real(j, SW, PW, KW, W)
-            win = x[:, :, r0:r1, c0:c1].reshape(N, C, -1)      # (N, C, real taps)
+            cc = _real_taps(j, stride[1], padding[1], kernel[1], dilation[1], W)
+            win = x[:, :, rr[:, None], cc[None, :]].reshape(N, C, -1)   # (N, C, real taps)
             k = np.argmax(win, axis=2)                          # (N, C)
             y[:, :, i, j] = np.take_along_axis(win, k[..., None], axis=2)[..., 0]
-            rows[:, :, i, j] = r0 + k // (c1 - c0)
-            cols[:, :, i, j] = c0 + k % (c1 - c0)
+            rows[:, :, i, j] = rr[k // len(cc)]
+            cols[:, :, i, j] = cc[k % len(cc)]
     return y, (x.shape, rows, cols)
 
 

@@ -136,8 +136,9 @@ def _avg_pool2d_backward(dy, saved):
 # PyTorch's ceil_mode and divisors, over the floor-mode kernels above
 # (backends/_pool_modes).
 
-def max_pool2d_forward(x, kernel, stride, padding, out_hw):
-    return _pool_modes.max_forward(_max_pool2d_forward, x, kernel, stride, padding, out_hw)
+def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
+    return _pool_modes.max_forward(_max_pool2d_forward, x, kernel, stride, padding, dilation,
+                                   out_hw)
 
 
 def max_pool2d_backward(dy, saved):

@@ -70,7 +70,7 @@ class Conv2d(_Layer):
 
 class _Pool2d(_Layer):
     _forward = _backward = None   # set by the subclasses to the ops pair
-    _extra = ()                   # the subclass's own arguments, after ceil_mode
+    _extra = ()                   # the op's arguments after padding, in its order
 
     def forward(self, x):
         y, self._saved = type(self)._forward(x, *self.op_args())
@@ -78,7 +78,7 @@ class _Pool2d(_Layer):
 
     def op_args(self):
         """What this layer passes to its op after x, in the op's order."""
-        return (self.kernel_size, self.stride, self.padding, self.ceil_mode,
+        return (self.kernel_size, self.stride, self.padding,
                 *(getattr(self, name) for name in self._extra))
 
     def backward(self, dy):
@@ -87,23 +87,24 @@ class _Pool2d(_Layer):
     def __repr__(self):
         extra = "".join(f", {name}={getattr(self, name)}" for name in self._extra)
         return (f"{type(self).__name__}(kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, "
-                f"ceil_mode={self.ceil_mode}{extra})")
+                f"stride={self.stride}, padding={self.padding}{extra})")
 
 
 class MaxPool2d(_Pool2d):
-    """Max pooling (PyTorch's nn.MaxPool2d, without dilation)."""
+    """Max pooling (PyTorch's nn.MaxPool2d without return_indices; ceil_mode
+    is keyword-only, as PyTorch's fifth positional is return_indices)."""
     _forward, _backward = staticmethod(ops.max_pool2d_forward), staticmethod(ops.max_pool2d_backward)
+    _extra = ("dilation", "ceil_mode")
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.ceil_mode = ceil_mode
+        self.dilation, self.ceil_mode = dilation, ceil_mode
 
 
 class AvgPool2d(_Pool2d):
     """Average pooling (PyTorch's nn.AvgPool2d)."""
     _forward, _backward = staticmethod(ops.avg_pool2d_forward), staticmethod(ops.avg_pool2d_backward)
-    _extra = ("count_include_pad", "divisor_override")
+    _extra = ("ceil_mode", "count_include_pad", "divisor_override")
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True, divisor_override=None):
