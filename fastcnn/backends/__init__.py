@@ -21,12 +21,16 @@ input and never re-check it:
   ``y_shape = (N, F, OH, OW)``, so no conv kernel recomputes them.
 * pool ``kernel`` is ``(KH, KW)``, ``stride`` ``(SH, SW)``, ``padding``
   ``(PH, PW)`` symmetric with ``PH <= KH // 2`` and ``PW <= KW // 2``;
-  ``OH = (H + 2 PH - KH) // SH + 1`` (floor; ``ceil_mode=False``), >= 1.
-  Max pooling pads with -inf; the first maximum in row-major window order
+  max's ``dilation`` ``(DH, DW)``, positive. ``out_hw`` ``(OH, OW)``, >= 1,
+  comes from ``fastcnn.ops``: ``(H + 2 PH - DH (KH - 1) - 1) / SH + 1``,
+  floored, or in ceil_mode ceiled less a last window that would start in
+  the right padding (PyTorch's rule). Max pooling pads with -inf; the first maximum in row-major window order
   wins a tie; padding is never chosen (an all -inf window sends its gradient
   to its first real element, as PyTorch does); a NaN in a window makes the
   output NaN and the gradient goes to the first NaN (PyTorch: the last).
-  Average pooling divides by ``KH * KW`` (count_include_pad).
+  Average pooling divides by ``divisor_override`` if given, else by the
+  window clipped to the padded input (``count_include_pad``; ``KH * KW``
+  unless a ceil_mode window runs past it) or to the input (not).
 * adaptive pooling gets ``output_size`` ``(OH, OW)``, positive ints (any
   size, larger than the input included); output row ``i`` pools input rows
   ``floor(i*H/OH) .. ceil((i+1)*H/OH) - 1``, columns likewise (PyTorch's
@@ -55,11 +59,8 @@ The twelve functions (same names, same signatures in every backend)::
     relu_forward(x)                            -> (y, saved)
     relu_backward(dy, saved)                   -> dx
 
-Pooling's ``out_hw`` (OH, OW) is given, not derived: in ceil_mode the last
-windows run past the padded input (their missing rows are -inf for max,
-absent from the sum for avg); max's taps lie ``dilation`` apart. avg's divisor is ``divisor_override``, else
-the window clipped to the padded input (count_include_pad) or to the
-input; ``backends/_pool_modes`` adapts floor-mode kernels to all this.
+``backends/_pool_modes`` adapts floor-mode, KH*KW-divisor pooling kernels
+to ceil_mode, dilation and the other divisors.
 
 ``saved`` is private to the backend (column matrix, argmax, copies, ...);
 ``fastcnn.ops`` wraps it in a context that remembers the backend.
