@@ -115,3 +115,24 @@ def avg_backward(bwd, dy, saved):
     x_shape, scale, inner = saved
     dx = bwd(dy if scale is None else dy * scale, inner)
     return dx if x_shape is None else _crop(dx, x_shape)
+
+
+def public_kernels(max_fwd, max_bwd, avg_fwd, avg_bwd):
+    """The four pooling kernels of the contract, from a backend's floor-mode
+    ones: ``(max_pool2d_forward, max_pool2d_backward, avg_pool2d_forward,
+    avg_pool2d_backward)``, each backend unpacking them under those names."""
+    def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
+        return max_forward(max_fwd, x, kernel, stride, padding, dilation, out_hw)
+
+    def max_pool2d_backward(dy, saved):
+        return max_backward(max_bwd, dy, saved)
+
+    def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad,
+                           divisor_override):
+        return avg_forward(avg_fwd, x, kernel, stride, padding, out_hw, count_include_pad,
+                           divisor_override)
+
+    def avg_pool2d_backward(dy, saved):
+        return avg_backward(avg_bwd, dy, saved)
+
+    return max_pool2d_forward, max_pool2d_backward, avg_pool2d_forward, avg_pool2d_backward

@@ -136,23 +136,9 @@ def _avg_pool2d_backward(dy, saved):
 # PyTorch's ceil_mode and divisors, over the floor-mode kernels above
 # (backends/_pool_modes).
 
-def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
-    return _pool_modes.max_forward(_max_pool2d_forward, x, kernel, stride, padding, dilation,
-                                   out_hw)
-
-
-def max_pool2d_backward(dy, saved):
-    return _pool_modes.max_backward(_max_pool2d_backward, dy, saved)
-
-
-def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad,
-                       divisor_override):
-    return _pool_modes.avg_forward(_avg_pool2d_forward, x, kernel, stride, padding, out_hw,
-                                   count_include_pad, divisor_override)
-
-
-def avg_pool2d_backward(dy, saved):
-    return _pool_modes.avg_backward(_avg_pool2d_backward, dy, saved)
+(max_pool2d_forward, max_pool2d_backward,
+ avg_pool2d_forward, avg_pool2d_backward) = _pool_modes.public_kernels(
+    _max_pool2d_forward, _max_pool2d_backward, _avg_pool2d_forward, _avg_pool2d_backward)
 
 
 # ------------------------------------------------------ adaptive pooling ---
