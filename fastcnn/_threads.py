@@ -14,6 +14,7 @@ reaches BLAS when the first backend loads (``apply_to``), and a malformed
 value is reported then, not as a failed ``import fastcnn``. How idle pools
 wait is ``fastcnn._runtime``'s business, and only on request.
 """
+import functools
 import numbers
 import os
 import warnings
@@ -30,7 +31,10 @@ def _check(n, name):
     return int(n)
 
 
+@functools.lru_cache(maxsize=None)
 def _cpus():
+    # asked on every op: os.cpu_count() reads /sys each time (~6 us), and a
+    # process's CPU count does not change
     return os.cpu_count() or 1
 
 
