@@ -19,5 +19,4 @@ def tune():
         import numpy  # noqa: F401
         return "off (FASTCNN_TUNE=0)"
     import fastcnn
-    tune_runtime = getattr(fastcnn, "tune_runtime", None)    # absent in older fastcnn
-    return tune_runtime() if tune_runtime else "not available in this fastcnn"
+    return fastcnn.tune_runtime()
