@@ -89,8 +89,22 @@ def divisor(value):
     return int(value)
 
 
+def groups(value, C, F):
+    """conv's groups: a positive int dividing both C (x's channels) and F
+    (w's output channels)."""
+    if not _is_int(value):
+        raise TypeError(f"groups must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"groups must be positive, got {value!r}")
+    if C % value or F % value:
+        raise ValueError(f"groups must divide both the input channels ({C}, x.shape[1]) and "
+                         f"the output channels ({F}, w.shape[0]), got groups={value}")
+    return int(value)
+
+
 def conv_padding(padding, KH, KW, stride):
-    """Normalise conv padding to (PT, PB, PL, PR).
+    """Normalise conv padding to (PT, PB, PL, PR). KH, KW: the kernel's span
+    (dilated: D*(K-1)+1).
 
     'same' (stride 1 only) pads KH-1 rows in total; an odd remainder goes to
     the bottom/right, as PyTorch does.

@@ -1,6 +1,7 @@
 """The public ops: validate once, pick the backend, run its kernel.
 
-    y, ctx = conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None)
+    y, ctx = conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
+                            *, backend=None)
     dx, dw, db = conv2d_backward(dy, ctx)
     y, ctx = max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1,
                                 ceil_mode=False, *, backend=None)
@@ -16,9 +17,9 @@
     dx = relu_backward(dy, ctx)
 
 Semantics are PyTorch's F.conv2d / F.max_pool2d / F.avg_pool2d (NCHW,
-weights (F, C, KH, KW)):
+weights (F, C // groups, KH, KW)):
 
-    OH = (H + PT + PB - KH) // SH + 1        OW = (W + PL + PR - KW) // SW + 1
+    OH = (H + PT + PB - DH*(KH-1) - 1) // SH + 1     (OW likewise)
 
 Pooling's ceil_mode rounds up instead, keeping a last window only if it
 starts inside the input or the left padding (PyTorch's rule).
@@ -79,15 +80,21 @@ def _grad(dy, ctx, op, ndim=4):
     return _contiguous(dy)
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None):
-    """2-D cross-correlation. x (N, C, H, W), w (F, C, KH, KW), b (F,) or None
-    -> y (N, F, OH, OW). padding: int, (h, w), 'same' (stride 1) or 'valid'."""
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """2-D cross-correlation (PyTorch's F.conv2d). x (N, C, H, W),
+    w (F, C // groups, KH, KW), b (F,) or None -> y (N, F, OH, OW).
+    padding: int, (h, w), 'same' (stride 1) or 'valid'; dilation: int or
+    (h, w), the distance between kernel taps; groups: C and F split into
+    that many independent convolutions (groups = C is depthwise)."""
     x = _shapes.array(x, "x", 4)
     w = _shapes.array(w, "w", 4, x.dtype)
     N, C, H, W = x.shape
     F, Cw, KH, KW = w.shape
-    if Cw != C:
-        raise ValueError(f"w has {Cw} input channels (w.shape[1]) but x has {C} (x.shape[1])")
+    groups = _shapes.groups(groups, C, F)
+    if Cw * groups != C:
+        raise ValueError(f"w must have shape (F, C // groups, KH, KW) = ({F}, {C // groups}, "
+                         f"{KH}, {KW}) for x's {C} channels and groups={groups}, "
+                         f"got {w.shape}")
     if b is not None:
         b = _shapes.array(b, "b", 1, x.dtype)
         if b.shape[0] != F:
@@ -95,12 +102,15 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, *, backend=None):
                              f"got {b.shape}")
         b = _contiguous(b)
     stride = _shapes.pair(stride, "stride", minimum=1)
-    pads = _shapes.conv_padding(padding, KH, KW, stride)
-    _shapes.check_window_fits(H, W, pads, KH, KW, "kernel w")
-    OH = _shapes.out_size(H, pads[0] + pads[1], KH, stride[0])
-    OW = _shapes.out_size(W, pads[2] + pads[3], KW, stride[1])
+    dilation = _shapes.pair(dilation, "dilation", minimum=1)
+    EH, EW = (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)   # the dilated kernel's span
+    pads = _shapes.conv_padding(padding, EH, EW, stride)
+    _shapes.check_window_fits(H, W, pads, EH, EW,
+                              "kernel w" if dilation == (1, 1) else "dilated kernel w")
+    OH = _shapes.out_size(H, pads[0] + pads[1], EH, stride[0])
+    OW = _shapes.out_size(W, pads[2] + pads[3], EW, stride[1])
     y_shape = (N, F, OH, OW)
-    args = (_contiguous(x), _contiguous(w), b, stride, pads, y_shape)
+    args = (_contiguous(x), _contiguous(w), b, stride, pads, dilation, groups, y_shape)
     return _forward("conv2d", backend, args, y_shape)
 
 

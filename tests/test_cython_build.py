@@ -35,7 +35,7 @@ CASES = [
 def _conv_all(mod, x, w, b, stride, padding, dy=None):
     (N, _, H, W), (F, _, KH, KW), (PT, PB, PL, PR) = x.shape, w.shape, padding
     y_shape = (N, F, (H + PT + PB - KH) // stride[0] + 1, (W + PL + PR - KW) // stride[1] + 1)
-    y, saved = mod.conv2d_forward(x, w, b, stride, padding, y_shape)
+    y, saved = mod.conv2d_forward(x, w, b, stride, padding, (1, 1), 1, y_shape)
     if dy is None:
         dy = np.random.default_rng(7).standard_normal(y.shape).astype(x.dtype)
     return (y, *mod.conv2d_backward(dy, saved)), dy

@@ -19,7 +19,7 @@ def be(request):
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(x=np.zeros((3, 8, 8)), w=w4), ValueError, r"x must have 4 dimensions.*\(3, 8, 8\)"),
     (dict(x=x4, w=np.zeros((4, 3, 3))), ValueError, r"w must have 4 dimensions"),
-    (dict(x=x4, w=np.zeros((4, 2, 3, 3))), ValueError, r"w has 2 input channels.*x has 3"),
+    (dict(x=x4, w=np.zeros((4, 2, 3, 3))), ValueError, r"w must have shape \(F, C // groups, KH, KW\) = \(4, 3, 3, 3\).*got \(4, 2, 3, 3\)"),
     (dict(x=x4, w=w4, b=np.zeros(3)), ValueError, r"b must have shape \(4,\)"),
     (dict(x=x4, w=w4, b=np.zeros((4, 1))), ValueError, r"b must have 1 dimensions"),
     (dict(x=x4, w=np.zeros((4, 3, 9, 3))), ValueError, r"kernel w \(9x3\) is larger than the padded input \(8x8"),

@@ -45,7 +45,7 @@ input and never re-check it:
 
 The twelve functions (same names, same signatures in every backend)::
 
-    conv2d_forward(x, w, b, stride, padding, y_shape) -> (y, saved)
+    conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape) -> (y, saved)
     conv2d_backward(dy, saved)                 -> (dx, dw, db)   # db (F,) always
     max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw) -> (y, saved)
     max_pool2d_backward(dy, saved)             -> dx

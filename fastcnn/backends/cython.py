@@ -59,7 +59,9 @@ class _ConvKernels:
         cy_conv.pack_grad_output(dy, dyF, db)
 
 
-def conv2d_forward(x, w, b, stride, padding, y_shape):
+def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
+    if dilation != (1, 1) or groups != 1:   # being built (issue 11)
+        raise NotImplementedError("dilation and groups are not implemented yet on this backend")
     return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, y_shape)
 
 

@@ -53,7 +53,9 @@ def _batched(C, KH, KW, F):
     return F > C * KH * KW
 
 
-def conv2d_forward(x, w, b, stride, padding, y_shape):
+def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
+    if dilation != (1, 1) or groups != 1:   # being built (issue 11)
+        raise NotImplementedError("dilation and groups are not implemented yet on this backend")
     # cols[(c, i, j), (n, p, q)] = xp[n, c, p*SH + i, q*SW + j]
     # y[n, f, p, q] = b[f] + sum_{c,i,j} w[f, c, i, j] * cols[(c, i, j), (n, p, q)]
     N, C, H, W = x.shape

@@ -32,7 +32,9 @@ def _windows(OH, OW, stride, kernel):
 
 # ---------------------------------------------------------------- conv2d
 
-def conv2d_forward(x, w, b, stride, padding, y_shape):
+def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
+    if dilation != (1, 1) or groups != 1:   # being built (issue 11)
+        raise NotImplementedError("dilation and groups are not implemented yet on this backend")
     # y[n, f, i, j] = b[f] + sum_{c,kh,kw} xp[n, c, i*SH+kh, j*SW+kw] * w[f, c, kh, kw]
     # saved: xp (a padded copy of x) and a copy of w, backward's own
     _, _, KH, KW = w.shape

@@ -72,7 +72,9 @@ class _ConvKernels:
         _conv.pack_grad_output(dy, dyF, db, RP)
 
 
-def conv2d_forward(x, w, b, stride, padding, y_shape):
+def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
+    if dilation != (1, 1) or groups != 1:   # being built (issue 11)
+        raise NotImplementedError("dilation and groups are not implemented yet on this backend")
     _kernels()
     return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, y_shape)
 
@@ -200,7 +202,7 @@ def warmup():
         for path in _gemm_conv.PATHS:
             with _gemm_conv.forced_path(path):
                 y, s = conv2d_forward(x, np.ones((2, 4, 3, 3), dtype=dtype), None,
-                                      (1, 1), (1, 1, 1, 1), (2, 2, 8, 8))
+                                      (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 2, 8, 8))
             conv2d_backward(y, s)
         for fwd, bwd in ((_max_pool2d_forward, _max_pool2d_backward),
                          (_avg_pool2d_forward, _avg_pool2d_backward)):
