@@ -5,9 +5,10 @@ other backend is tested against this file, and this file is tested against
 finite differences, PyTorch and hand-computed cases. It is deliberately
 slow and plain: no im2col matrix, nothing compiled, no clever strides.
 
-Shapes: x (N, C, H, W), w (F, C, KH, KW), y (N, F, OH, OW); an output
-pixel (i, j) reads the padded input window rows i*SH .. i*SH+KH-1, columns
-j*SW .. j*SW+KW-1.
+Shapes: x (N, C, H, W), w (F, C // G, KH, KW), y (N, F, OH, OW); a conv
+output pixel (i, j) reads the padded input's rows i*SH + kh*DH, kh < KH,
+and columns j*SW + kw*DW, kw < KW (dilation (DH, DW) spaces the taps), in
+the channels of its group (G groups, groups = C is depthwise).
 """
 import numpy as np
 
@@ -22,47 +23,58 @@ def _unpad(xp, pads):
     return xp[:, :, PT:xp.shape[2] - PB, PL:xp.shape[3] - PR]
 
 
-def _windows(OH, OW, stride, kernel):
-    """Yield (i, j, rows, cols): each output pixel and the slices it reads."""
-    (SH, SW), (KH, KW) = stride, kernel
+def _windows(OH, OW, stride, kernel, dilation):
+    """Yield (i, j, rows, cols): each output pixel and the (strided) slices
+    of its taps, rows i*SH + kh*DH for kh < KH, columns likewise."""
+    (SH, SW), (KH, KW), (DH, DW) = stride, kernel, dilation
     for i in range(OH):
         for j in range(OW):
-            yield i, j, slice(i * SH, i * SH + KH), slice(j * SW, j * SW + KW)
+            yield (i, j, slice(i * SH, i * SH + DH * (KH - 1) + 1, DH),
+                   slice(j * SW, j * SW + DW * (KW - 1) + 1, DW))
 
 
 # ---------------------------------------------------------------- conv2d
+# G groups split the channels: group g holds input channels g*Cg .. g*Cg+Cg-1
+# (Cg = C // G) and output channels g*Fg .. g*Fg+Fg-1 (Fg = F // G), and
+# each output channel sees only its group's input channels. The group axis
+# is explicit below: x's channels as (G, Cg), w's filters as (G, Fg); in
+# the einsum subscripts h and w are the kernel taps kh and kw.
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
-    if dilation != (1, 1) or groups != 1:   # being built (issue 11)
-        raise NotImplementedError("dilation and groups are not implemented yet on this backend")
-    # y[n, f, i, j] = b[f] + sum_{c,kh,kw} xp[n, c, i*SH+kh, j*SW+kw] * w[f, c, kh, kw]
+    # y[n, g*Fg+f, i, j] = b[g*Fg+f]
+    #     + sum_{c<Cg, kh<KH, kw<KW} xp[n, g*Cg+c, i*SH + kh*DH, j*SW + kw*DW] * w[g*Fg+f, c, kh, kw]
     # saved: xp (a padded copy of x) and a copy of w, backward's own
-    _, _, KH, KW = w.shape
-    _, _, OH, OW = y_shape
+    F, Cg, KH, KW = w.shape
+    N, _, OH, OW = y_shape
+    G = groups                                                 # Cg = C // G, Fg = F // G
     xp = _pad(x, padding, 0)                                   # (N, C, H+PT+PB, W+PL+PR)
+    wg = w.reshape(G, F // G, Cg, KH, KW)                      # (G, Fg, Cg, KH, KW)
     y = np.zeros(y_shape, dtype=x.dtype)
-    for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW)):
-        patch = xp[:, :, rows, cols]                           # (N, C, KH, KW)
-        y[:, :, i, j] = np.tensordot(patch, w, axes=([1, 2, 3], [1, 2, 3]))  # (N, F)
+    for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW), dilation):
+        patch = xp[:, :, rows, cols].reshape(N, G, Cg, KH, KW)
+        y[:, :, i, j] = np.einsum("ngchw,gfchw->ngf", patch, wg).reshape(N, F)
     if b is not None:
         y += b[None, :, None, None]
-    return y, (xp, w.copy(), stride, padding)
+    return y, (xp, w.copy(), stride, padding, dilation, groups)
 
 
 def conv2d_backward(dy, saved):
-    # dw[f, c, kh, kw] = sum_{n,i,j} dy[n, f, i, j] * xp[n, c, i*SH+kh, j*SW+kw]
-    # dxp[n, c, i*SH+kh, j*SW+kw] += sum_f dy[n, f, i, j] * w[f, c, kh, kw]
-    xp, w, stride, padding = saved
-    _, _, KH, KW = w.shape
-    _, _, OH, OW = dy.shape
+    # dw[g*Fg+f, c, kh, kw] = sum_{n,i,j} dy[n, g*Fg+f, i, j] * xp[n, g*Cg+c, i*SH+kh*DH, j*SW+kw*DW]
+    # dxp[n, g*Cg+c, i*SH+kh*DH, j*SW+kw*DW] += sum_{f<Fg} dy[n, g*Fg+f, i, j] * w[g*Fg+f, c, kh, kw]
+    # db[f] = sum_{n,i,j} dy[n, f, i, j]
+    xp, w, stride, padding, dilation, G = saved
+    F, Cg, KH, KW = w.shape
+    N, _, OH, OW = dy.shape
+    wg = w.reshape(G, F // G, Cg, KH, KW)                      # (G, Fg, Cg, KH, KW)
     dxp = np.zeros_like(xp)
-    dw = np.zeros_like(w)
-    for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW)):
-        g = dy[:, :, i, j]                                     # (N, F)
-        dw += np.tensordot(g, xp[:, :, rows, cols], axes=([0], [0]))   # (F, C, KH, KW)
-        dxp[:, :, rows, cols] += np.tensordot(g, w, axes=([1], [0]))  # (N, C, KH, KW)
+    dwg = np.zeros_like(wg)
+    for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW), dilation):
+        d = dy[:, :, i, j].reshape(N, G, F // G)               # (N, G, Fg)
+        patch = xp[:, :, rows, cols].reshape(N, G, Cg, KH, KW)
+        dwg += np.einsum("ngf,ngchw->gfchw", d, patch)
+        dxp[:, :, rows, cols] += np.einsum("ngf,gfchw->ngchw", d, wg).reshape(N, G * Cg, KH, KW)
     db = dy.sum(axis=(0, 2, 3))                                # (F,)
-    return _unpad(dxp, padding).copy(), dw, db
+    return _unpad(dxp, padding).copy(), dwg.reshape(F, Cg, KH, KW), db
 
 
 # ---------------------------------------------------------------- max pooling
