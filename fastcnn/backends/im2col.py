@@ -53,73 +53,106 @@ def _batched(C, KH, KW, F):
     return F > C * KH * KW
 
 
+def _conv_windows(xp, kernel, stride, dilation, out_shape, writeable=False):
+    """The (KH, KW, A, B, OH, OW) view v[i, j, a, b, p, q] = xp[a, b, p*SH + i*DH, q*SW + j*DW]:
+    the windows of the dilated kernel's span, every DH-th row and DW-th
+    column of them (a view of a view, still no copy)."""
+    (KH, KW), (DH, DW) = kernel, dilation
+    span = (DH * (KH - 1) + 1, DW * (KW - 1) + 1)
+    return windows(xp, span, stride, out_shape, writeable=writeable)[::DH, ::DW]
+
+
+def _grouped(a, b):
+    """matmul of (G, ., .) stacks, one product per group. One group stays a
+    single 2-D product, which ``matmul`` splits into blocks across the pool
+    (a stack of one it could not split)."""
+    if a.shape[0] == 1:
+        return matmul(a[0], b[0])[None]
+    return matmul(a, b)
+
+
+def _per_image(wg, N):
+    """The batched layout's left operand for a (N*G, ., .) stack of column
+    blocks: w's groups (G, ., .) repeated for every image (a copy, as small as
+    w times N); one group is w itself, a 2-D operand the stack broadcasts."""
+    G = wg.shape[0]
+    if G == 1:
+        return wg[0]
+    return np.broadcast_to(wg, (N,) + wg.shape).reshape((N * G,) + wg.shape[1:])
+
+
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
-    if dilation != (1, 1) or groups != 1:   # being built (issue 11)
-        raise NotImplementedError("dilation and groups are not implemented yet on this backend")
-    # cols[(c, i, j), (n, p, q)] = xp[n, c, p*SH + i, q*SW + j]
-    # y[n, f, p, q] = b[f] + sum_{c,i,j} w[f, c, i, j] * cols[(c, i, j), (n, p, q)]
+    # G = groups; group g's Cg = C // G input and Fg = F // G output channels
+    # cols[(c, i, j), (n, p, q)] = xp[n, c, p*SH + i*DH, q*SW + j*DW]
+    # y[n, g*Fg+f, p, q] = b[g*Fg+f] + sum_{c<Cg,i,j} w[g*Fg+f, c, i, j] * cols[(g*Cg+c, i, j), (n, p, q)]
+    # The rows of cols are (C, KH, KW) = (G, Cg, KH, KW): each group's rows
+    # are one block, so the product is one GEMM per group, all in one stack.
     N, C, H, W = x.shape
-    F, _, KH, KW = w.shape
+    F, Cg, KH, KW = w.shape
     _, _, OH, OW = y_shape
+    G, Fg, K = groups, F // groups, Cg * KH * KW              # K: one group's rows of cols
     xp = padded(x, padding, 0) if any(padding) else x       # (N, C, Hp, Wp)
-    win = windows(xp, (KH, KW), stride, (OH, OW))            # (KH, KW, N, C, OH, OW)
-    w2 = w.reshape(F, C * KH * KW)
-    if _batched(C, KH, KW, F):
+    win = _conv_windows(xp, (KH, KW), stride, dilation, (OH, OW))   # (KH, KW, N, C, OH, OW)
+    wg = w.reshape(G, Fg, K)
+    batched = _batched(Cg, KH, KW, Fg)
+    if batched:
         cols = np.empty((N, C, KH, KW, OH, OW), x.dtype)
         np.copyto(cols, win.transpose(2, 3, 0, 1, 4, 5))
-        cols = cols.reshape(N, C * KH * KW, OH * OW)
-        y = matmul(w2, cols).reshape(N, F, OH, OW)
+        cols = cols.reshape(N * G, K, OH * OW)
+        y = matmul(_per_image(wg, N), cols).reshape(N, F, OH, OW)
         if b is not None:
             y += b[:, None, None]
     else:
         cols = np.empty((C, KH, KW, N, OH, OW), x.dtype)
         np.copyto(cols, win.transpose(3, 0, 1, 2, 4, 5))
-        cols = cols.reshape(C * KH * KW, N * OH * OW)
-        yt = matmul(w2, cols).reshape(F, N, OH, OW).transpose(1, 0, 2, 3)
+        cols = cols.reshape(G, K, N * OH * OW)
+        yt = _grouped(wg, cols).reshape(F, N, OH, OW).transpose(1, 0, 2, 3)
         y = np.empty((N, F, OH, OW), x.dtype)
         if b is None:
             np.copyto(y, yt)
         else:
             np.add(yt, b[:, None, None], out=y)             # the bias rides on the copy
-    return y, (cols, w.copy(), x.shape, stride, padding)     # w: backward's own copy
+    # w: backward's own copy
+    return y, (cols, batched, w.copy(), x.shape, stride, padding, dilation, groups)
 
 
 def conv2d_backward(dy, saved):
-    # dw[f, (c, i, j)] = sum_{n,p,q} dy[n, f, p, q] * cols[(c, i, j), (n, p, q)]
-    # dcols = w2.T @ dy2; dxp[n, c, p*SH + i, q*SW + j] += dcols[(c, i, j), (n, p, q)]
-    cols, w, (N, C, H, W), stride, (PT, PB, PL, PR) = saved
-    F, _, KH, KW = w.shape
+    # dw[g*Fg+f, (c, i, j)] = sum_{n,p,q} dy[n, g*Fg+f, p, q] * cols[(g*Cg+c, i, j), (n, p, q)]
+    # dcols[group g's rows] = wg[g].T @ dy[group g's filters]
+    # dxp[n, c, p*SH + i*DH, q*SW + j*DW] += dcols[(c, i, j), (n, p, q)]
+    cols, batched, w, (N, C, H, W), stride, (PT, PB, PL, PR), dilation, G = saved
+    F, Cg, KH, KW = w.shape
     _, _, OH, OW = dy.shape
     Hp, Wp = H + PT + PB, W + PL + PR
-    w2 = w.reshape(F, C * KH * KW)
-    if cols.ndim == 3:                                        # batched layout
-        dy3 = dy.reshape(N, F, OH * OW)
-        db = dy3.sum(axis=(0, 2))
-        dw = matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0).reshape(F, C, KH, KW)
-        dcols = matmul(w2.T, dy3).reshape(N, C, KH, KW, OH, OW)
+    wg = w.reshape(G, F // G, Cg * KH * KW)
+    if batched:
+        dy3 = dy.reshape(N * G, F // G, OH * OW)
+        db = dy.sum(axis=(0, 2, 3))
+        dw = matmul(dy3, cols.transpose(0, 2, 1)).reshape(N, F, -1).sum(axis=0)
+        dcols = matmul(_per_image(wg.transpose(0, 2, 1), N), dy3).reshape(N, C, KH, KW, OH, OW)
         dxp = np.zeros((N, C, Hp, Wp), dy.dtype)
-        _col2im(dxp, dcols.transpose(2, 3, 0, 1, 4, 5), stride)
+        _col2im(dxp, dcols.transpose(2, 3, 0, 1, 4, 5), stride, dilation)
         dx = dxp[:, :, PT:PT + H, PL:PL + W].copy() if Hp > H or Wp > W else dxp
-        return dx, dw, db
+        return dx, dw.reshape(F, Cg, KH, KW), db
     dy2 = np.empty((F, N, OH, OW), dy.dtype)
     np.copyto(dy2, dy.transpose(1, 0, 2, 3))
-    dy2 = dy2.reshape(F, N * OH * OW)
-    db = dy2.sum(axis=1)
-    dw = matmul(dy2, cols.T).reshape(F, C, KH, KW)
-    dcols = matmul(w2.T, dy2).reshape(C, KH, KW, N, OH, OW)
+    dy2 = dy2.reshape(G, F // G, N * OH * OW)
+    db = dy2.sum(axis=2).reshape(F)
+    dw = _grouped(dy2, cols.transpose(0, 2, 1)).reshape(F, Cg, KH, KW)
+    dcols = _grouped(wg.transpose(0, 2, 1), dy2).reshape(C, KH, KW, N, OH, OW)
     # col2im into a (C, N, Hp, Wp) buffer, dcols' own axis order, so that the
     # adds run along whole output rows; one transposing copy makes it NCHW.
     dxp = np.zeros((C, N, Hp, Wp), dy.dtype)
-    _col2im(dxp, dcols.transpose(1, 2, 0, 3, 4, 5), stride)
+    _col2im(dxp, dcols.transpose(1, 2, 0, 3, 4, 5), stride, dilation)
     dx = np.empty((N, C, H, W), dy.dtype)
     np.copyto(dx, dxp[:, :, PT:PT + H, PL:PL + W].transpose(1, 0, 2, 3))
     return dx, dw, db
 
 
-def _col2im(dxp, dcols, stride):
-    """dxp[a, b, p*SH + i, q*SW + j] += dcols[i, j, a, b, p, q]: one add per kernel offset."""
+def _col2im(dxp, dcols, stride, dilation):
+    """dxp[a, b, p*SH + i*DH, q*SW + j*DW] += dcols[i, j, a, b, p, q]: one add per kernel offset."""
     KH, KW, _, _, OH, OW = dcols.shape
-    target = windows(dxp, (KH, KW), stride, (OH, OW), writeable=True)
+    target = _conv_windows(dxp, (KH, KW), stride, dilation, (OH, OW), writeable=True)
     for i in range(KH):
         for j in range(KW):
             target[i, j] += dcols[i, j]
