@@ -105,8 +105,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, b
     dilation = _shapes.pair(dilation, "dilation", minimum=1)
     EH, EW = (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)   # the dilated kernel's span
     pads = _shapes.conv_padding(padding, EH, EW, stride)
-    _shapes.check_window_fits(H, W, pads, EH, EW,
-                              "kernel w" if dilation == (1, 1) else "dilated kernel w")
+    _shapes.check_window_fits(H, W, pads, EH, EW, "kernel w" if dilation == (1, 1) else
+                              f"kernel w ({KH}x{KW}) with dilation={dilation} spans")
     OH = _shapes.out_size(H, pads[0] + pads[1], EH, stride[0])
     OW = _shapes.out_size(W, pads[2] + pads[3], EW, stride[1])
     y_shape = (N, F, OH, OW)
@@ -115,7 +115,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, b
 
 
 def conv2d_backward(dy, ctx):
-    """dy (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,)."""
+    """dy (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C // groups, KH, KW), db (F,)."""
     dy = _grad(dy, ctx, "conv2d")
     return get_module(ctx.backend).conv2d_backward(dy, ctx.saved)
 

@@ -11,14 +11,22 @@ input and never re-check it:
 
 * ``x``, ``w``, ``b``, ``dy`` are C-contiguous NumPy arrays of one dtype,
   float32 or float64. ``b`` is ``None`` or has shape ``(F,)``.
-* Shapes: x ``(N, C, H, W)``, w ``(F, C, KH, KW)``, y/dy ``(N, F, OH, OW)``.
+* Shapes: x ``(N, C, H, W)``, w ``(F, C // groups, KH, KW)``, y/dy
+  ``(N, F, OH, OW)``.
 * ``stride`` is ``(SH, SW)``, positive ints.
 * conv ``padding`` is ``(PT, PB, PL, PR)`` (top, bottom, left, right),
   non-negative ints; it is asymmetric only for ``padding='same'`` with an even
-  kernel (the extra row/column goes bottom/right, as in PyTorch).
-  ``OH = (H + PT + PB - KH) // SH + 1``, ``OW = (W + PL + PR - KW) // SW + 1``,
-  both >= 1; ``fastcnn.ops`` computes them once and passes conv2d_forward
+  kernel span (the extra row/column goes bottom/right, as in PyTorch).
+  conv ``dilation`` is ``(DH, DW)``, positive ints: tap ``(kh, kw)`` of
+  output pixel ``(i, j)`` reads padded row ``i*SH + kh*DH``, column
+  ``j*SW + kw*DW``; the kernel spans ``DH*(KH-1)+1`` rows. conv ``groups``
+  is a positive int dividing C and F: output channel ``g*(F//groups) + f``
+  sees only input channels ``g*(C//groups) .. (g+1)*(C//groups) - 1``
+  (``groups = C`` is depthwise, any channel multiplier ``F // C``).
+  ``OH = (H + PT + PB - DH*(KH-1) - 1) // SH + 1``, OW likewise, both >= 1;
+  ``fastcnn.ops`` computes them once and passes conv2d_forward
   ``y_shape = (N, F, OH, OW)``, so no conv kernel recomputes them.
+  ``backends/loops.py`` states the formula.
 * pool ``kernel`` is ``(KH, KW)``, ``stride`` ``(SH, SW)``, ``padding``
   ``(PH, PW)`` symmetric with ``PH <= KH // 2`` and ``PW <= KW // 2``;
   max's ``dilation`` ``(DH, DW)``, positive. ``out_hw`` ``(OH, OW)``, >= 1,
