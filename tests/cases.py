@@ -41,6 +41,48 @@ POOL_CASES = [
 ]
 
 
+# Dilation and groups (append-only): the two ends groups = 1 and groups = C
+# (depthwise, channel multiplier F // C of 1 and more), groups in between,
+# and the shapes the compiled backends' fast paths take.
+# (N, C, H, W, F, KH, KW, stride, padding, dilation, groups, bias)
+CONV_DG_CASES = [
+    (2, 3, 9, 8, 4, 3, 3, 1, 1, (2, 1), 1, True),
+    (2, 2, 11, 12, 3, 3, 2, 1, (1, 2), (2, 3), 1, True),
+    (2, 3, 11, 10, 2, 3, 3, 2, 1, 2, 1, False),      # stride 2 with dilation
+    (2, 3, 9, 9, 4, 3, 3, (2, 1), 2, (1, 3), 1, True),
+    (2, 2, 8, 9, 3, 2, 4, 1, "same", (3, 1), 1, True),   # 'same', odd totals 3 and 3: pads (1, 2, 1, 2)
+    (2, 4, 7, 8, 4, 3, 3, 1, "same", 2, 4, True),    # 'same' over a dilated span, depthwise
+    (2, 2, 7, 6, 4, 2, 2, 1, "same", (1, 3), 2, False),  # 'same', totals 1 and 3, depthwise x2
+    (2, 3, 8, 8, 3, 3, 3, 1, "valid", 2, 3, True),
+    (2, 4, 7, 7, 4, 3, 3, 1, 1, 1, 4, True),         # depthwise, multiplier 1
+    (2, 3, 7, 6, 6, 3, 3, 1, 1, 1, 3, False),        # depthwise, multiplier 2
+    (2, 2, 8, 8, 10, 3, 3, 2, 1, 1, 2, True),        # depthwise, multiplier 5, stride 2
+    (2, 2, 6, 6, 24, 3, 3, 1, 1, 1, 2, True),        # depthwise, multiplier 12 > KH*KW
+    (2, 4, 6, 7, 6, 3, 3, 1, 1, 1, 2, True),         # groups 2
+    (2, 8, 6, 6, 8, 3, 3, 1, 1, 1, 4, True),         # groups 4
+    (2, 8, 7, 6, 4, 3, 2, (1, 2), (1, 0), (2, 2), 2, True),   # groups 2 (F < C), dilated
+    (2, 8, 5, 5, 12, 1, 1, 1, 0, 1, 4, True),        # 1x1, groups 4
+    (2, 6, 5, 6, 18, 1, 1, 1, 0, 1, 3, False),       # 1x1, groups 3, Fg 6 > Cg 2
+    (2, 4, 9, 9, 6, 1, 1, 2, 0, 1, 2, True),         # 1x1, stride 2, groups 2
+    (1, 2, 5, 5, 2, 3, 3, 1, 0, 2, 1, True),         # dilated span = the input: 1x1 output
+    # the compiled fast paths' shapes, batch >= 8
+    (8, 8, 10, 10, 8, 3, 3, 1, 1, 1, 8, True),       # depthwise 3x3 s1 p1
+    (8, 8, 11, 10, 16, 3, 3, 1, 1, 1, 8, False),     # depthwise 3x3 s1 p1, multiplier 2
+    (8, 8, 11, 10, 8, 3, 3, 2, 1, 1, 8, True),       # depthwise 3x3 s2 p1, odd height
+    (8, 8, 6, 6, 16, 1, 1, 1, 0, 1, 1, True),        # 1x1 s1 p0
+    (8, 8, 6, 6, 16, 1, 1, 1, 0, 1, 2, True),        # 1x1 s1 p0, groups 2
+    (8, 4, 9, 9, 8, 3, 3, 2, 1, 1, 1, True),         # 3x3 s2 p1
+    (8, 4, 9, 9, 4, 3, 3, 1, 2, 2, 1, True),         # 3x3 d2 p2
+    (8, 8, 6, 6, 8, 3, 3, 1, 1, 1, 4, True),         # grouped 3x3, groups 4
+    # batch >= 130: over the compiled backends' chunks
+    (130, 4, 5, 5, 8, 3, 3, 1, 1, 1, 4, True),       # depthwise 3x3, multiplier 2
+    (130, 4, 6, 6, 4, 3, 3, 2, 1, 1, 4, False),      # depthwise 3x3 s2
+    (130, 4, 5, 5, 6, 1, 1, 1, 0, 1, 2, True),       # 1x1, groups 2
+    (130, 3, 7, 7, 3, 3, 3, 1, 2, 2, 1, True),       # 3x3 d2 p2
+    (130, 4, 6, 6, 4, 3, 3, 2, 1, 1, 1, True),       # 3x3 s2 p1
+]
+
+
 def conv_inputs(case, dtype, seed=0):
     N, C, H, W, F, KH, KW, stride, padding, bias = case
     rng = np.random.default_rng(seed)
@@ -58,3 +100,14 @@ def pool_inputs(case, dtype, seed=0):
 
 def case_id(case):
     return "-".join(str(v).replace(" ", "") for v in case)
+
+
+def conv_dg_inputs(case, dtype, seed=0):
+    """A CONV_DG_CASES case -> x, w (F, C // groups, KH, KW), b, and the
+    keyword arguments stride, padding, dilation, groups."""
+    N, C, H, W, F, KH, KW, stride, padding, dilation, groups, bias = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C // groups, KH, KW)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype) if bias else None
+    return x, w, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)

@@ -1,40 +1,54 @@
 """Every registered backend against the `loops` reference: forward and all
-gradients, float32 and float64, over the shape cases in cases.py."""
+gradients, float32 and float64, over the shape cases in cases.py (conv's
+dilation and groups included)."""
 import numpy as np
 import pytest
 
 from fastcnn import ops
 from fastcnn.testing import assert_close
 
-from cases import CONV_CASES, POOL_CASES, TOL, case_id, conv_inputs, pool_inputs
+from cases import (CONV_CASES, CONV_DG_CASES, POOL_CASES, TOL, case_id, conv_dg_inputs,
+                   conv_inputs, pool_inputs)
 
 DTYPES = [np.float32, np.float64]
 
 
-def _reference_conv(x, w, b, stride, padding, dy):
+def _reference_conv(x, w, b, dy, **kw):
     """loops in float64: the float32 results are compared with exact-ish numbers."""
     f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
-    y, ctx = ops.conv2d_forward(f64(x), f64(w), f64(b), stride, padding, backend="loops")
+    y, ctx = ops.conv2d_forward(f64(x), f64(w), f64(b), **kw, backend="loops")
     return (y, *ops.conv2d_backward(f64(dy), ctx))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
-def test_conv2d_matches_loops(backend, case, dtype):
-    x, w, b, stride, padding = conv_inputs(case, dtype)
+def _check_conv(backend, dtype, x, w, b, **kw):
+    """One conv on backend against loops: y, dx, dw, db, dtypes, inputs untouched."""
     originals = [a.copy() for a in (x, w, b) if a is not None]
-    y, ctx = ops.conv2d_forward(x, w, b, stride, padding, backend=backend)
+    y, ctx = ops.conv2d_forward(x, w, b, **kw, backend=backend)
     assert ctx.backend == backend and y.dtype == dtype
     dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
     dy_copy = dy.copy()
     dx, dw, db = ops.conv2d_backward(dy, ctx)
-    ref = _reference_conv(x, w, b, stride, padding, dy)
+    ref = _reference_conv(x, w, b, dy, **kw)
     for name, got, want in zip(("y", "dx", "dw", "db"), (y, dx, dw, db), ref):
         assert got.dtype == dtype, f"{name} dtype {got.dtype}"
         assert_close(got, want, TOL[dtype], name)
     for a, orig in zip([a for a in (x, w, b) if a is not None], originals):
         np.testing.assert_array_equal(a, orig)      # inputs are never modified
     np.testing.assert_array_equal(dy, dy_copy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
+def test_conv2d_matches_loops(backend, case, dtype):
+    x, w, b, stride, padding = conv_inputs(case, dtype)
+    _check_conv(backend, dtype, x, w, b, stride=stride, padding=padding)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CONV_DG_CASES, ids=case_id)
+def test_conv2d_dilation_groups_match_loops(backend, case, dtype):
+    x, w, b, kw = conv_dg_inputs(case, dtype)
+    _check_conv(backend, dtype, x, w, b, **kw)
 
 
 @pytest.mark.parametrize("op", ["max", "avg"])
