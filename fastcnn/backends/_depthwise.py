@@ -1,0 +1,97 @@
+"""The depthwise convolution driver both compiled backends (cython, numba)
+run: groups == C, w (F, 1, KH, KW) with F = M*C, any kernel size, stride,
+padding and dilation. The shared GEMM driver (``backends/_gemm_conv``)
+hands a depthwise call here with the backend's kernel module
+(``fastcnn._kernels.cy_depthwise`` or ``numba_depthwise``: the same
+functions, the same arguments).
+
+Why direct loops: a depthwise filter has only KH*KW taps, so a matrix
+product has a column matrix KH*KW times the input to fill for a product
+with an inner dimension of 9: the copy costs more than the arithmetic.
+
+Work split: blocks of (images, channels) on fastcnn's pool
+(``backends/_concurrent``). Channels first: a block that holds every image
+of its channels sums dw and db over the batch by itself, with no partial
+sums to add; images are split too only when there are fewer channels than
+threads, and then each image range writes its own partial dw and db,
+added here.
+
+ctx keeps the forward's zero-padded copy of x (the kernels' phase layout,
+see cy_depthwise; a workspace array, handed out again once ctx dies) and
+its own copy of w, so the backward computes with what the forward saw
+even if the caller changed x or w in place since. dw and db are summed
+in float64 and rounded once.
+
+Deliberately not here: argument checks and output sizes (``fastcnn.ops``),
+the choice of this path (``_gemm_conv``), loops over elements
+(``fastcnn/_kernels``).
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from fastcnn.backends import _concurrent
+from fastcnn.backends._workspace import outputs, workspace
+
+
+class _Saved(NamedTuple):
+    x_shape: tuple
+    w: np.ndarray          # (F, KH, KW), a copy
+    xp: np.ndarray         # (N, C, HP, RW), x padded in the phase layout
+    blocks: list           # [(n0, n1, c0, c1)]
+    params: tuple          # (SH, SW, DH, DW, PT, PL)
+
+
+def _blocks(N, C, work):
+    """(n0, n1, c0, c1) blocks: one per thread that ``work`` earns, over
+    channels, and over images as well when there are fewer channels."""
+    threads = _concurrent.threads_for(_concurrent.num_threads(), work, N * C)
+    cs = _concurrent.batch_slices(C, threads)
+    ns = _concurrent.batch_slices(N, -(-threads // len(cs)))
+    return [(n.start, n.stop, c.start, c.stop) for n in ns for c in cs]
+
+
+def _run(fn, blocks):
+    if len(blocks) == 1:
+        fn(blocks[0])
+    else:
+        _concurrent.run(fn, blocks)
+
+
+def forward(kern, x, w, b, stride, padding, dilation, y_shape):
+    """conv2d_forward of the kernel contract for groups == C on kernel
+    module ``kern``: (y, saved)."""
+    (N, C, H, W), (F, _, KH, KW) = x.shape, w.shape
+    (SH, SW), (PT, PB, PL, PR), (DH, DW) = stride, padding, dilation
+    WQ = -(-(W + PL + PR) // SW)
+    w3 = w.reshape(F, KH, KW).copy()
+    bias = b if b is not None else np.zeros(F, dtype=x.dtype)
+    xp = workspace.take((N, C, H + PT + PB, SW * WQ), x.dtype)
+    y = outputs.take(y_shape, x.dtype)
+    params = (SH, SW, DH, DW, PT, PL)
+    blocks = _blocks(N, C, y.size * KH * KW)
+    _run(lambda blk: kern.forward(x, w3, bias, xp, y, *blk, *params), blocks)
+    return y, _Saved(x.shape, w3, xp, blocks, params)
+
+
+def backward(kern, dy, saved):
+    """conv2d_backward of the kernel contract for the saved forward:
+    (dx, dw, db)."""
+    N, C, H, W = saved.x_shape
+    F, KH, KW = saved.w.shape
+    HP, RW, OW = saved.xp.shape[2], saved.xp.shape[3], dy.shape[3]
+    dx = outputs.take(saved.x_shape, dy.dtype)
+    image_ranges = sorted({blk[:2] for blk in saved.blocks})
+    dw_parts = np.empty((len(image_ranges), F, KH * KW))
+    db_parts = np.empty((len(image_ranges), F))
+
+    def piece(blk):
+        r = image_ranges.index(blk[:2])
+        kern.backward(dy, saved.w, saved.xp, dx, dw_parts[r], db_parts[r],
+                      workspace.take((HP, RW), dy.dtype),
+                      workspace.take((KH * KW + 1, OW), dy.dtype), *blk, *saved.params)
+
+    _run(piece, saved.blocks)
+    dw = outputs.take((F, 1, KH, KW), dy.dtype)
+    dw.reshape(F, KH * KW)[...] = dw_parts.sum(axis=0)
+    return dx, dw, db_parts.sum(axis=0).astype(dy.dtype)
