@@ -4,11 +4,53 @@ import numpy as np
 import pytest
 
 from fastcnn import ops
+from fastcnn.backend import get_module
 
 from cases import BACKENDS
 
 x4 = np.zeros((2, 3, 8, 8))
 w4 = np.zeros((4, 3, 3, 3))
+
+
+x4c = np.zeros((2, 4, 8, 8))
+
+# dilation and groups: each bad value names its argument (None: accepted)
+CONV_DG_BAD = [
+    (dict(x=x4, w=w4, groups=0), ValueError, r"groups must be positive, got 0"),
+    (dict(x=x4, w=w4, groups=-3), ValueError, r"groups must be positive, got -3"),
+    (dict(x=x4, w=w4, groups=1.0), TypeError, r"groups must be an int, got 1.0"),
+    (dict(x=x4, w=w4, groups=True), TypeError, r"groups must be an int, got True"),
+    (dict(x=x4, w=w4, groups=None), TypeError, r"groups must be an int, got None"),
+    (dict(x=x4c, w=np.zeros((4, 2, 3, 3)), groups=3), ValueError,
+     r"groups must divide both the input channels \(4, x.shape\[1\]\) and the output "
+     r"channels \(4, w.shape\[0\]\), got groups=3"),
+    (dict(x=x4, w=np.zeros((4, 1, 3, 3)), groups=3), ValueError,
+     r"groups must divide .* output channels \(4, w.shape\[0\]\)"),
+    (dict(x=x4c, w=np.zeros((4, 4, 3, 3)), groups=2), ValueError,
+     r"w must have shape \(F, C // groups, KH, KW\) = \(4, 2, 3, 3\) for x's 4 channels and "
+     r"groups=2, got \(4, 4, 3, 3\)"),
+    (dict(x=x4, w=np.zeros((6, 3, 3, 3)), groups=3), ValueError,
+     r"w must have shape \(F, C // groups, KH, KW\) = \(6, 1, 3, 3\)"),
+    (dict(x=x4c, w=np.zeros((4, 2, 3, 3))), ValueError,          # groups=2's w, groups left at 1
+     r"w must have shape .* = \(4, 4, 3, 3\) .* groups=1, got \(4, 2, 3, 3\)"),
+    (dict(x=x4, w=np.zeros((6, 1, 3, 3)), groups=np.int64(3)), None, None),   # depthwise x2
+    (dict(x=x4, w=w4, dilation=0), ValueError, r"dilation must be positive, got 0"),
+    (dict(x=x4, w=w4, dilation=(1, 0)), ValueError, r"dilation must be positive, got \(1, 0\)"),
+    (dict(x=x4, w=w4, dilation=(-2, 1)), ValueError, r"dilation must be positive"),
+    (dict(x=x4, w=w4, dilation=1.5), TypeError, r"dilation must be an int or a pair"),
+    (dict(x=x4, w=w4, dilation=(1, 2, 3)), TypeError, r"dilation must be an int or a pair"),
+    (dict(x=x4, w=w4, dilation=2**31), ValueError, r"dilation must be at most"),
+    (dict(x=x4, w=w4, dilation=4), ValueError,
+     r"kernel w \(3x3\) with dilation=\(4, 4\) spans \(9x9\) is larger than the padded "
+     r"input \(8x8"),
+    (dict(x=x4, w=w4, dilation=4, padding=1), None, None),         # span 9 <= 8 + 2: fine
+    (dict(x=x4, w=w4, dilation=(1, 4)), ValueError, r"spans \(3x9\) is larger"),
+    (dict(x=x4, w=w4, padding="same", stride=2, dilation=2), ValueError,
+     r"padding='same' requires stride 1, got stride=\(2, 2\)"),
+    (dict(x=x4, w=w4, padding="same", stride=(1, 2)), ValueError,
+     r"padding='same' requires stride 1, got stride=\(1, 2\)"),
+    (dict(x=x4, w=w4, padding="same", dilation=(3, 2)), None, None),  # 'same' over any span
+]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -37,7 +79,7 @@ def be(request):
     (dict(x=x4.tolist(), w=w4), TypeError, r"x must be a numpy.ndarray, got list"),
     (dict(x=np.zeros((0, 3, 8, 8)), w=w4), ValueError, r"x must not be empty"),
     (dict(x=x4.astype(np.float16), w=w4.astype(np.float16)), TypeError, r"float32 or float64, got float16"),
-])
+] + CONV_DG_BAD)
 def test_conv_bad_input(be, kwargs, exc, match):
     if exc is None:
         ops.conv2d_forward(**kwargs, **be)
@@ -88,3 +130,15 @@ def test_unknown_backend_lists_available():
         ops.conv2d_forward(x4, w4, backend="cuda")
     with pytest.raises(TypeError, match=r"backend must be a str"):
         ops.conv2d_forward(x4, w4, backend=3)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [c for c in CONV_DG_BAD if c[1] is not None])
+def test_conv_bad_input_stops_before_any_kernel(monkeypatch, kwargs, exc, match):
+    # every backend's kernel replaced by one that fails the test if it runs
+    def kernel_ran(*args):
+        raise AssertionError("a conv kernel ran on bad input")
+    for name in BACKENDS:
+        monkeypatch.setattr(get_module(name), "conv2d_forward", kernel_ran)
+    for name in BACKENDS:
+        with pytest.raises(exc, match=match):
+            ops.conv2d_forward(**kwargs, backend=name)
