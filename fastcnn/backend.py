@@ -26,6 +26,7 @@ _MODULES = {
     "im2col": "fastcnn.backends.im2col",
     "cython": "fastcnn.backends.cython",
     "numba": "fastcnn.backends.numba",
+    "cupy": "fastcnn.backends.cupy",
 }
 AUTO = "auto"
 KERNELS = ("conv2d_forward", "conv2d_backward", "max_pool2d_forward",
