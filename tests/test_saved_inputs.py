@@ -15,7 +15,8 @@ DRIVEN = [b for b in BACKENDS if hasattr(get_module(b), "_ConvKernels")]
 # (backend, forced path or None): every path of the shared driver, once each
 CONV_RUNS = [(b, None) for b in BACKENDS] + [
     (b, p) for b in DRIVEN for p in _gemm_conv.PATHS
-    if p != "winograd" or get_module(b)._ConvKernels.winograd is not None]
+    if p in ("per_image", "batch")
+    or p == "winograd" and get_module(b)._ConvKernels.winograd is not None]
 
 
 def _rng(seed=0):

@@ -13,17 +13,19 @@ to the tail: there the padded layout. Direct
 convolution loops were tried and dropped: even for a 1->32 channel 3x3
 first layer they were 3x slower than im2col + per-image BLAS.
 
-Shapes: x (N, C, H, W), w (F, C, KH, KW), y/dy (N, F, OH, OW), stride
-(SH, SW), top/left padding PT, PL (bottom/right padding only shows up in OH,
-OW). Padding is never materialised: every loop clips its range of output
-columns to the ones whose input column lies inside the image.
-Column matrix: cols[k, n, p] with k = (c, kh, kw), K = C*KH*KW and
-p = (oh, ow), P = OH*OW, so ``w.reshape(F, K) @ cols`` is the convolution.
+Shapes: x (N, C, H, W), w (F, C/G, KH, KW) for G groups, y/dy
+(N, F, OH, OW), stride (SH, SW), dilation (DH, DW), top/left padding PT, PL
+(bottom/right padding only shows up in OH, OW). Padding is never
+materialised: every loop clips its range of output columns to the ones
+whose input column lies inside the image.
+Column matrix: cols[g, k, n, p] with k = (c', kh, kw) within group g,
+Kg = C/G*KH*KW and p = (oh, ow), P = OH*OW, so the product of group g's
+rows of w with cols[g] is group g's output channels.
 """
 from cython cimport floating
-from libc.stdlib cimport free
+from libc.stdlib cimport free, malloc
 
-from fastcnn._kernels._rows cimport _axpy, _tap_ranges, _zero
+from fastcnn._kernels._rows cimport _axpy, _hi, _lo, _zero
 
 
 # ---------------------------------------------------------------- helpers --
@@ -47,20 +49,38 @@ cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
 
 # ---------------------------------------------------------------- packing --
 
-def im2col(const floating[:, :, :, ::1] x, floating[:, :, :] cols,
+cdef Py_ssize_t* _dilated_tap_ranges(Py_ssize_t KW, Py_ssize_t SW, Py_ssize_t DW,
+                                     Py_ssize_t PL, Py_ssize_t W,
+                                     Py_ssize_t OW) except NULL:
+    """_tap_ranges for taps DW apart: for each tap kw, the output columns
+    [lo, hi) whose input column ow*SW + kw*DW - PL lies inside the image, as
+    lo[0:KW] ++ hi[0:KW]. The caller frees the result."""
+    cdef Py_ssize_t* r = <Py_ssize_t*>malloc(2 * KW * sizeof(Py_ssize_t))
+    cdef Py_ssize_t kw
+    if r == NULL:
+        raise MemoryError()
+    for kw in range(KW):
+        r[kw] = _lo(kw * DW - PL, SW)
+        r[KW + kw] = max(r[kw], _hi(kw * DW - PL, SW, W, OW))
+    return r
+
+
+def im2col(const floating[:, :, :, ::1] x, floating[:, :, :, :] cols,
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-           Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t OH, Py_ssize_t OW):
-    """cols[(c, kh, kw), n, (oh, ow)] = x[n, c, oh*SH + kh - PT, ow*SW + kw - PL]
-    (0 outside the image). cols is (K, N, P) with only P contiguous, so one
-    loop fills both layouts the driver uses."""
-    if cols.shape[2] > 1 and cols.strides[2] != sizeof(floating):
+           Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t PT, Py_ssize_t PL,
+           Py_ssize_t OH, Py_ssize_t OW):
+    """cols[g, (c', kh, kw), n, (oh, ow)] = x[n, c, oh*SH + kh*DH - PT,
+    ow*SW + kw*DW - PL] with c = g*Cg + c' (0 outside the image). cols is
+    (G, Kg, N, P), Kg = Cg*KH*KW, with only P contiguous, so one loop fills
+    both layouts the driver uses, with or without a bias row per group."""
+    if cols.shape[3] > 1 and cols.strides[3] != sizeof(floating):
         raise ValueError("im2col: cols must be contiguous along its last axis")
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = C * KH * KW, T = KH * KW
-    cdef Py_ssize_t k, n, c, kh, kw, oh, ow, ih, lo, hi
+    cdef Py_ssize_t K = C * KH * KW, T = KH * KW, Kg = cols.shape[1]
+    cdef Py_ssize_t k, n, c, kh, kw, oh, ow, ih, lo, hi, off
     cdef floating* dst
     cdef const floating* src
-    cdef Py_ssize_t* r = _tap_ranges(KW, SW, PL, W, OW)
+    cdef Py_ssize_t* r = _dilated_tap_ranges(KW, SW, DW, PL, W, OW)
     try:
         with nogil:
             for k in range(K):
@@ -69,10 +89,11 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, :] cols,
                 kw = k % KW
                 lo = r[kw]
                 hi = r[KW + kw]
+                off = kw * DW - PL
                 for n in range(N):
                     for oh in range(OH):
-                        dst = &cols[k, n, oh * OW]
-                        ih = oh * SH + kh - PT
+                        dst = &cols[k // Kg, k % Kg, n, oh * OW]
+                        ih = oh * SH + kh * DH - PT
                         if ih < 0 or ih >= H:
                             _zero(dst, OW)
                             continue
@@ -80,26 +101,28 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, :] cols,
                         _zero(dst, lo)
                         if SW == 1:
                             for ow in range(lo, hi):
-                                dst[ow] = src[ow + kw - PL]
+                                dst[ow] = src[ow + off]
                         else:
                             for ow in range(lo, hi):
-                                dst[ow] = src[ow * SW + kw - PL]
+                                dst[ow] = src[ow * SW + off]
                         _zero(dst + hi, OW - hi)
     finally:
         free(r)
 
 
-def col2im(const floating[:, :, :] dcols, floating[:, :, :, ::1] dx,
+def col2im(const floating[:, :, :, :] dcols, floating[:, :, :, ::1] dx,
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-           Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t OH, Py_ssize_t OW):
-    """The adjoint of im2col: dx[n, c, ih, iw] = sum of the dcols[k, n, p]
-    entries that im2col copied from there, plane by (n, c) plane of dx."""
-    if dcols.shape[2] > 1 and dcols.strides[2] != sizeof(floating):
+           Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t PT, Py_ssize_t PL,
+           Py_ssize_t OH, Py_ssize_t OW):
+    """The adjoint of im2col (dcols (G, Kg, N, P)): dx[n, c, ih, iw] = sum
+    of the dcols entries that im2col copied from there, plane by (n, c)
+    plane of dx."""
+    if dcols.shape[3] > 1 and dcols.strides[3] != sizeof(floating):
         raise ValueError("col2im: dcols must be contiguous along its last axis")
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef Py_ssize_t T = KH * KW
-    cdef Py_ssize_t item, n, c, kh, kw, oh, ih, lo
-    cdef Py_ssize_t* r = _tap_ranges(KW, SW, PL, W, OW)
+    cdef Py_ssize_t T = KH * KW, Kg = dcols.shape[1]
+    cdef Py_ssize_t item, n, c, k, kh, kw, oh, ih, lo
+    cdef Py_ssize_t* r = _dilated_tap_ranges(KW, SW, DW, PL, W, OW)
     try:
         with nogil:
             for item in range(N * C):
@@ -108,14 +131,15 @@ def col2im(const floating[:, :, :] dcols, floating[:, :, :, ::1] dx,
                 _zero(&dx[n, c, 0, 0], H * W)
                 for kh in range(KH):
                     for oh in range(OH):
-                        ih = oh * SH + kh - PT
+                        ih = oh * SH + kh * DH - PT
                         if ih < 0 or ih >= H:
                             continue
                         for kw in range(KW):
                             lo = r[kw]
+                            k = c * T + kh * KW + kw
                             if lo < r[KW + kw]:
-                                _axpy(&dx[n, c, ih, lo * SW + kw - PL], SW,
-                                      &dcols[c * T + kh * KW + kw, n, oh * OW + lo], 1,
+                                _axpy(&dx[n, c, ih, lo * SW + kw * DW - PL], SW,
+                                      &dcols[k // Kg, k % Kg, n, oh * OW + lo], 1,
                                       1, r[KW + kw] - lo)
     finally:
         free(r)

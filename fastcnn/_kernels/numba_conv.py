@@ -12,7 +12,7 @@ in bounds.
 
 The stride-1 trick (as in "flattened" convolution): with row pitch WP, the
 input of output (oh, ow) for tap (kh, kw) sits at flat offset
-(oh*WP + ow) + (kh*WP + kw), so a whole plane of one tap is ONE contiguous
+(oh*WP + ow) + (kh*DH*WP + kw*DW) (DH, DW: the dilation), so a whole plane of one tap is ONE contiguous
 run of L = OH*WP elements: long copies that vectorise, instead of OH short
 rows (14 or 28 elements, too short for AVX-512 loops). The price: WP-OW
 garbage columns per output row, which the matmul computes and the layout
@@ -21,15 +21,17 @@ that 0*inf is NaN, so with non-finite inputs dw/dx can read NaN where the
 exact result is +-inf). Strided convolutions and the per-image layout use
 per-element loops with pitch OW.
 
-Column matrix ``cols`` is seen as (K, N, L): row (c, kh, kw), sample n,
-position oh*RP + ow with row pitch RP (WP for the stride-1 trick, else OW).
-It is either the whole-batch layout (K, N*L), where y^T = w2d @ cols is one
-large matmul, or a strided view of the per-image layout (N, K+1, P). This
+Column matrix ``cols`` is seen as (G, Kg, N, L): group g, row (c', kh, kw)
+of the group's channels c = g*Cg + c', sample n, position oh*RP + ow with
+row pitch RP (WP for the stride-1 trick, else OW). It is either the
+whole-batch layout (K, N*L), where y^T = w2d @ cols is one large matmul
+per group, or a strided view of the per-image layout (N, G, Kg+1, P). This
 module deliberately chooses nothing (layout, threads, dtype): that is the
 driver's job (``fastcnn.backends._gemm_conv``).
 
-Shapes: xp (N, C, (HP+1)*WP), w (F, C, KH, KW), y/dy (N, F, OH, OW),
-dx (N, C, H, W); stride (SH, SW); padding top PT and left PL.
+Shapes: xp (N, C, (HP+1)*WP), w (F, C/G, KH, KW), y/dy (N, F, OH, OW),
+dx (N, C, H, W); stride (SH, SW); dilation (DH, DW); padding top PT and
+left PL.
 """
 import numpy as np
 from numba import njit
@@ -51,36 +53,42 @@ def _crop(scratch, dxn, WP, PT, PL):
 
 # ---------------------------------------------------------------- im2col ---
 
-@kernel(lambda t: void(ro(t, 3), rw(t, 3, "A"), i64, i64, i64, i64, i64, i64, i64, i64))
-def im2col(xp, cols, KH, KW, SH, SW, OH, OW, WP, RP):
-    """cols[(c, kh, kw), n, oh*RP + ow] = xp[n, c, (oh*SH+kh)*WP + ow*SW+kw].
+@kernel(lambda t: void(ro(t, 3), rw(t, 4, "A"), i64, i64, i64, i64, i64, i64, i64, i64,
+                       i64, i64))
+def im2col(xp, cols, KH, KW, SH, SW, DH, DW, OH, OW, WP, RP):
+    """cols[g, (c', kh, kw), n, oh*RP + ow] = xp[n, c, (oh*SH+kh*DH)*WP +
+    ow*SW+kw*DW] with c = g*Cg + c'.
 
-    ``cols`` is (K, N, L) with any strides: the whole-batch layout (K, N*L)
-    or a view of the per-image layout (N, K+1, P)."""
+    ``cols`` is (G, Kg, N, L) with any strides: the whole-batch layout
+    (K, N*L) or a view of the per-image layout (N, G, Kg+1, P)."""
     N, C, _ = xp.shape
+    Kg = cols.shape[1]
     L = OH * RP
     flat = SH == 1 and SW == 1 and RP == WP
     for n in range(N):
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
-                    dst = cols[(c * KH + kh) * KW + kw, n]
+                    k = (c * KH + kh) * KW + kw
+                    dst = cols[k // Kg, k % Kg, n]
                     if flat:
-                        dst[:] = xp[n, c, kh * WP + kw:kh * WP + kw + L]
+                        off = kh * DH * WP + kw * DW
+                        dst[:] = xp[n, c, off:off + L]
                     else:
                         for oh in range(OH):
-                            base = (oh * SH + kh) * WP + kw
+                            base = (oh * SH + kh * DH) * WP + kw * DW
                             for ow in range(OW):
                                 dst[oh * RP + ow] = xp[n, c, base + ow * SW]
 
 
-@kernel(lambda t: void(ro(t, 3, "A"), rw(t, 4), i64, i64, i64, i64, i64, i64,
+@kernel(lambda t: void(ro(t, 4, "A"), rw(t, 4), i64, i64, i64, i64, i64, i64, i64, i64,
                        i64, i64, i64, i64, i64))
-def col2im(dcols, dx, KH, KW, SH, SW, PT, PL, OH, OW, HPX, WP, RP):
+def col2im(dcols, dx, KH, KW, SH, SW, DH, DW, PT, PL, OH, OW, HPX, WP, RP):
     """The adjoint of im2col: dx[n, c, ih, iw] = sum of the dcols entries
-    im2col copied from it (dcols (K, N, L), any strides), each sample
+    im2col copied from it (dcols (G, Kg, N, L), any strides), each sample
     summed into a padded scratch plane."""
     N, C, H, W = dx.shape
+    Kg = dcols.shape[1]
     flat = SH == 1 and SW == 1 and RP == WP
     scratch = np.empty((C, HPX * WP), dtype=dx.dtype)      # one per call, reused
     for n in range(N):
@@ -88,14 +96,16 @@ def col2im(dcols, dx, KH, KW, SH, SW, PT, PL, OH, OW, HPX, WP, RP):
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
-                    src = dcols[(c * KH + kh) * KW + kw, n]
+                    k = (c * KH + kh) * KW + kw
+                    src = dcols[k // Kg, k % Kg, n]
                     if flat:
-                        dst = scratch[c, kh * WP + kw:kh * WP + kw + src.shape[0]]
+                        off = kh * DH * WP + kw * DW
+                        dst = scratch[c, off:off + src.shape[0]]
                         for j in range(src.shape[0]):
                             dst[j] += src[j]
                     else:
                         for oh in range(OH):
-                            base = (oh * SH + kh) * WP + kw
+                            base = (oh * SH + kh * DH) * WP + kw * DW
                             for ow in range(OW):
                                 scratch[c, base + ow * SW] += src[oh * RP + ow]
         _crop(scratch, dx[n], WP, PT, PL)

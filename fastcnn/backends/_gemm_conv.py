@@ -4,19 +4,29 @@ row, the batch split and the dw/db reduction are here once; a backend only
 passes its kernel table.
 
 Paths (``choose_path``; ``forced_path`` overrides it, for tests):
-  * "per_image", K = C*KH*KW <= PER_IMAGE_MAX_TAPS: columns (n, K+1, P) and
-    a batch of small products y[i] = [w | b] @ cols[i] that come out NCHW;
-    the bias rides on a row of ones, so db falls out of the dw product as
-    its column K. Direct fused loops were measured and lost even on the
-    1->32 channel first MNIST layer, so there are none.
-  * "winograd", for a backend whose table has it (numba): 3x3 stride 1 with
-    more taps and a batch of at least its MIN_BATCH (``backends/_winograd``).
-  * "batch" otherwise: columns (K, n*L) and one large product per pass, y
-    and dy transposed by layout kernels that fuse in the bias add and db.
-    A backend that reads a padded input runs stride-1 columns over the
-    padded width (row pitch RP = WP, with WP-OW "garbage columns" per row,
-    see numba_conv); else RP = OW.
-Both im2col paths split the batch into chunks of n images, one per thread,
+  * "depthwise", groups = C > 1, for a table whose ``depthwise`` gives a
+    kernel module: the direct depthwise driver (``backends/_depthwise``);
+    GEMM is the wrong tool for one-channel groups.
+  * "pointwise", 1x1 and no padding: x is its own column matrix,
+    y[i] = w @ x[i].reshape(C, H*W) per group (a strided one subsamples x
+    first), no im2col and no layout kernels.
+  * "per_image", Kg = C/G*KH*KW <= PER_IMAGE_MAX_TAPS: columns
+    (n, G, Kg+1, P) and a batch of small products y[i] = [w | b] @ cols[i]
+    per group that come out NCHW; the bias rides on each group's row of
+    ones, so db falls out of the dw product as its column Kg. Direct fused
+    loops were measured and lost even on the 1->32 channel first MNIST
+    layer, so there are none.
+  * "winograd", for a backend whose table has it (numba): 3x3 stride 1,
+    no dilation, one group, with more taps and a batch of at least its
+    MIN_BATCH (``backends/_winograd``).
+  * "batch" otherwise: columns (K, n*L) and one large product per group
+    and pass, y and dy transposed by layout kernels that fuse in the bias
+    add and db. A backend that reads a padded input runs stride-1 columns
+    over the padded width (row pitch RP = WP, with WP-OW "garbage columns"
+    per row, see numba_conv); else RP = OW.
+Groups: the column rows are ordered (c, kh, kw), so group g's rows are one
+contiguous block of Kg rows and each product is a stack of G matrices.
+The im2col and pointwise paths split the batch into chunks of n images, one per thread,
 that run concurrently on fastcnn's pool (``backends/_concurrent``), each
 with single-threaded BLAS and kernels. A batch too small to share is one
 chunk on the calling thread, still with BLAS at one thread; its large
@@ -34,14 +44,17 @@ The kernel table ``k`` (one object per backend):
                        zero row, planes flattened (N, C, (HP+1)*WP); False:
                        they read x itself and clip at its borders
     winograd           the Winograd driver module, or None
-    im2col(src, cols, g, RP)            cols (K, n, OH*RP), last axis contiguous
+    depthwise()        the direct depthwise kernel module, or None (the
+                       attribute itself None: no such kernels)
+    im2col(src, cols, g, RP)            cols (G, Kg, n, OH*RP), last axis contiguous
     col2im(dcols, dx, g, RP)            the adjoint, into dx (n, C, H, W)
     unpack_output(yF, b, y, RP)         yF (F, n*OH*RP) -> y (n, F, OH, OW) + b
     pack_grad_output(dy, dyF, db, RP)   the reverse, zero garbage columns, db
 Every kernel runs single-threaded, on the thread that calls it.
 
 Deliberately not here: argument checks and output sizes (``fastcnn.ops``
-computes y_shape), loops over elements (``fastcnn/_kernels``), Winograd.
+computes y_shape), loops over elements (``fastcnn/_kernels``), Winograd
+and the direct depthwise convolution.
 """
 import contextlib
 import contextvars
@@ -57,12 +70,13 @@ from fastcnn.backends._workspace import outputs, workspace
 # K=36, noisy at K=72, equal at K=288).
 PER_IMAGE_MAX_TAPS = 32
 
-PATHS = ("per_image", "batch", "winograd")
+PATHS = ("per_image", "batch", "winograd", "pointwise", "depthwise")
 _forced = contextvars.ContextVar("fastcnn_forced_conv_path", default=None)
 
 
 class Geometry(NamedTuple):
-    """Every size of one convolution, named as in the kernel contract."""
+    """Every size of one convolution, named as in the kernel contract;
+    DH, DW the dilation, G the groups."""
     N: int
     C: int
     H: int
@@ -78,10 +92,22 @@ class Geometry(NamedTuple):
     PR: int
     OH: int
     OW: int
+    DH: int = 1
+    DW: int = 1
+    G: int = 1
 
     @property
     def K(self):
         return self.C * self.KH * self.KW
+
+    @property
+    def Kg(self):
+        """Column rows per group: (C/G)*KH*KW."""
+        return self.K // self.G
+
+    @property
+    def Fg(self):
+        return self.F // self.G
 
     @property
     def P(self):
@@ -110,38 +136,63 @@ def forced_path(path):
         _forced.reset(token)
 
 
+def path_applies(k, path, g):
+    """Whether ``path`` can compute geometry g on kernel table k. The two
+    im2col paths compute every convolution, a depthwise one too."""
+    if path == "winograd":
+        return k.winograd is not None and k.winograd.applies(g)
+    if path == "pointwise":
+        return g.KH == g.KW == 1 and g.PT == g.PB == g.PL == g.PR == 0
+    if path == "depthwise":
+        return getattr(k, "depthwise", None) is not None and g.G == g.C > 1
+    return path in PATHS
+
+
 def choose_path(k, g):
     """The path for geometry g on the backend with kernel table k."""
     forced = _forced.get()
-    if forced == "winograd" and (k.winograd is None or not k.winograd.applies(g)):
-        raise ValueError(f"forced path 'winograd' does not apply: {g}")
     if forced is not None:
+        if not path_applies(k, forced, g):
+            raise ValueError(f"forced path {forced!r} does not apply: {g}")
         return forced
-    if g.K <= PER_IMAGE_MAX_TAPS:
+    for path in ("depthwise", "pointwise"):
+        if path_applies(k, path, g):
+            return path
+    if g.Kg <= PER_IMAGE_MAX_TAPS:
         return "per_image"
-    if k.winograd is not None and k.winograd.applies(g) and g.N >= k.winograd.MIN_BATCH:
+    if path_applies(k, "winograd", g) and g.N >= k.winograd.MIN_BATCH:
         return "winograd"
     return "batch"
 
 
-def forward(k, x, w, b, stride, padding, y_shape):
+def forward(k, x, w, b, stride, padding, dilation, groups, y_shape):
     """conv2d_forward of the kernel contract on kernel table k."""
     (N, C, H, W), (F, _, KH, KW), (_, _, OH, OW) = x.shape, w.shape, y_shape
-    g = Geometry(N, C, H, W, F, KH, KW, *stride, *padding, OH, OW)
+    g = Geometry(N, C, H, W, F, KH, KW, *stride, *padding, OH, OW, *dilation, groups)
+    path = choose_path(k, g)
+    if path == "depthwise":
+        # imported here: the direct depthwise driver is optional for a table
+        from fastcnn.backends import _depthwise
+        y, saved = _depthwise.forward(k.depthwise(), x, w, b, stride, padding, dilation,
+                                      y_shape)
+        return y, (path, g, saved)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
     y = outputs.take(y_shape, x.dtype)
-    path = choose_path(k, g)
     if path == "winograd":
         return y, (path, g, k.winograd.forward(k, x, w, bias, y, g))
+    if path == "pointwise":
+        return y, (path, g, _pointwise_forward(g, x, w, b, y))
     src = _padded(x, g) if k.padded_input else x
     if path == "per_image":
         RP, fn = OW, _per_image_forward
     else:
         RP, fn = (g.WP if k.padded_input and stride == (1, 1) else OW), _batch_forward
-    # [w | b]: the per-image products' matrix, and backward's copy of w
-    wb = np.empty((F, g.K + 1), dtype=x.dtype)
-    wb[:, :g.K] = w.reshape(F, g.K)
-    wb[:, g.K] = bias
+    # [w | b] per group (G, F/G, Kg+1): the per-image products' matrices,
+    # and backward's copy of w
+    wb = np.empty((F, g.Kg + 1), dtype=x.dtype)
+    wb[:, :g.Kg] = w.reshape(F, g.Kg)
+    wb[:, g.Kg] = bias
+    wb = wb.reshape(g.G, g.Fg, g.Kg + 1)
     slices = _concurrent.slices(N, N * g.K * OH * RP)
     cols = _map(lambda sl: fn(k, g, src[sl], wb, bias, y[sl], RP), slices)
     return y, (path, g, (wb, list(zip(slices, cols)), RP))
@@ -150,16 +201,20 @@ def forward(k, x, w, b, stride, padding, y_shape):
 def backward(k, dy, saved):
     """conv2d_backward of the kernel contract: (dx, dw, db)."""
     path, g, data = saved
+    if path == "depthwise":
+        from fastcnn.backends import _depthwise
+        return _depthwise.backward(k.depthwise(), dy, data)
     if path == "winograd":
         return k.winograd.backward(k, dy, g, data)
     wb, chunks, RP = data
     dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype)
-    fn = _per_image_backward if path == "per_image" else _batch_backward
+    fn = {"per_image": _per_image_backward, "batch": _batch_backward,
+          "pointwise": _pointwise_backward}[path]
     parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx[item[0]]), chunks)
     # summed over the chunks: dw and db (only they) depend on the thread
     # count, in their last bits (another rounding order)
-    dw = outputs.take((g.F, g.C, g.KH, g.KW), dy.dtype)
-    dw2, db = dw.reshape(g.F, g.K), parts[0][1]
+    dw = outputs.take((g.F, g.C // g.G, g.KH, g.KW), dy.dtype)
+    dw2, db = dw.reshape(g.F, g.Kg), parts[0][1]
     np.copyto(dw2, parts[0][0])
     for dw_c, db_c in parts[1:]:
         dw2 += dw_c
@@ -188,45 +243,103 @@ def _map(fn, items):
 
 
 # One chunk of the batch each: src, y, dy, dx are C-contiguous slices of
-# n images, wb is [w | b] (F, K+1); a forward returns its column matrix, a
-# backward its (dw, db).
+# n images, wb is [w | b] per group (G, F/G, Kg+1); a forward returns its
+# column matrix, a backward its (dw (F, Kg), db).
+# Groups: the column rows are ordered (c, kh, kw), so group g's rows are
+# one contiguous block of Kg rows, and every product runs per group as a
+# stack of G matrices (or a batch of (n, G) ones).
+
+def _gmatmul(a, b, out):
+    """_concurrent.matmul over a stack of G products; one product (G = 1)
+    stays a plain 2-D one, which _concurrent.matmul can split into blocks."""
+    if out.shape[0] == 1:
+        _concurrent.matmul(a[0], b[0], out=out[0])
+        return out
+    return _concurrent.matmul(a, b, out=out)
+
 
 def _per_image_forward(k, g, src, wb, bias, y, RP):
-    n, F, K = y.shape[0], g.F, g.K
-    cols = workspace.take((n, K + 1, g.P), y.dtype)
-    cols[:, K, :] = 1
-    k.im2col(src, cols.transpose(1, 0, 2)[:K], g, RP)
-    np.matmul(wb, cols, out=y.reshape(n, F, g.P))
+    n, G, Kg = y.shape[0], g.G, g.Kg
+    # a row of ones under each group's block: the bias rides on it
+    cols = workspace.take((n, G, Kg + 1, g.P), y.dtype)
+    cols[:, :, Kg, :] = 1
+    k.im2col(src, cols[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
+    np.matmul(wb, cols, out=y.reshape(n, G, g.Fg, g.P))
     return cols
 
 
 def _per_image_backward(k, g, dy, wb, cols, RP, dx):
-    n, F, K, P = dy.shape[0], g.F, g.K, g.P
-    dy3 = dy.reshape(n, F, P)
-    dwb = np.matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0)         # (F, K+1)
-    dcols = np.matmul(wb[:, :K].T, dy3, out=workspace.take((n, K, P), dy.dtype))
-    k.col2im(dcols.transpose(1, 0, 2), dx, g, RP)
-    return dwb[:, :K], dwb[:, K]
+    n, G, Kg, P = dy.shape[0], g.G, g.Kg, g.P
+    dy4 = dy.reshape(n, G, g.Fg, P)
+    dwb = np.matmul(dy4, cols.transpose(0, 1, 3, 2)).sum(axis=0)     # (G, Fg, Kg+1)
+    dcols = np.matmul(wb[:, :, :Kg].transpose(0, 2, 1), dy4,
+                      out=workspace.take((n, G, Kg, P), dy.dtype))
+    k.col2im(dcols.transpose(1, 2, 0, 3), dx, g, RP)
+    return dwb[:, :, :Kg].reshape(g.F, Kg), dwb[:, :, Kg].reshape(g.F)
 
 
 def _batch_forward(k, g, src, wb, bias, y, RP):
-    n, K, F, L = y.shape[0], g.K, g.F, g.OH * RP
-    cols = workspace.take((K, n * L), y.dtype)
-    k.im2col(src, cols.reshape(K, n, L), g, RP)
-    yF = _concurrent.matmul(wb[:, :K], cols, out=workspace.take((F, n * L), y.dtype))
-    k.unpack_output(yF, bias, y, RP)
+    n, G, Kg, L = y.shape[0], g.G, g.Kg, g.OH * RP
+    cols = workspace.take((G, Kg, n * L), y.dtype)
+    k.im2col(src, cols.reshape(G, Kg, n, L), g, RP)
+    yF = _gmatmul(wb[:, :, :Kg], cols, workspace.take((G, g.Fg, n * L), y.dtype))
+    k.unpack_output(yF.reshape(g.F, n * L), bias, y, RP)
     return cols
 
 
 def _batch_backward(k, g, dy, wb, cols, RP, dx):
-    n, K, F, L = dy.shape[0], g.K, g.F, g.OH * RP
+    n, G, Kg, F, L = dy.shape[0], g.G, g.Kg, g.F, g.OH * RP
     db = np.empty(F, dtype=dy.dtype)
     dyF = workspace.take((F, n * L), dy.dtype)
     k.pack_grad_output(dy, dyF, db, RP)
+    dyF = dyF.reshape(G, g.Fg, n * L)
     # dw^T = cols @ dyF^T rather than dw = dyF @ cols^T: the same product,
     # but its long inner dimension N*L stays whole in every block when it
     # splits over the rows of cols (dw's columns).
-    dwT = _concurrent.matmul(cols, dyF.T, out=np.empty((K, F), dtype=dy.dtype))
-    dcols = _concurrent.matmul(wb[:, :K].T, dyF, out=workspace.take((K, n * L), dy.dtype))
-    k.col2im(dcols.reshape(K, n, L), dx, g, RP)
-    return dwT.T, db
+    dwT = _gmatmul(cols, dyF.transpose(0, 2, 1), np.empty((G, Kg, g.Fg), dtype=dy.dtype))
+    dcols = _gmatmul(wb[:, :, :Kg].transpose(0, 2, 1), dyF,
+                     workspace.take((G, Kg, n * L), dy.dtype))
+    k.col2im(dcols.reshape(G, Kg, n, L), dx, g, RP)
+    return dwT.transpose(0, 2, 1).reshape(F, Kg), db
+
+
+# The pointwise (1x1, unpadded) path: no column matrix, x itself is one:
+# y[i] = w @ x[i].reshape(C, H*W) per group, a strided one subsampling x
+# first. The chunks save their (subsampled) copy of x, made in the same
+# pass that feeds the product.
+
+def _pointwise_forward(g, x, w, b, y):
+    G, Fg, Cg, P = g.G, g.Fg, g.C // g.G, g.P
+    w3 = w.reshape(G, Fg, Cg).copy()
+    strided = (g.SH, g.SW) != (1, 1)
+
+    def chunk(sl):
+        n = y[sl].shape[0]
+        xs = workspace.take((n, G, Cg, P), x.dtype)
+        if strided:
+            xs.reshape(n, g.C, g.OH, g.OW)[...] = x[sl, :, ::g.SH, ::g.SW]
+        else:
+            np.copyto(xs.reshape(x[sl].shape), x[sl])
+        y4 = y[sl].reshape(n, G, Fg, P)
+        np.matmul(w3, xs, out=y4)
+        if b is not None:
+            y4 += b.reshape(G, Fg, 1)
+        return xs
+
+    slices = _concurrent.slices(g.N, g.N * (g.C + g.F) * P)
+    return w3, list(zip(slices, _map(chunk, slices))), None
+
+
+def _pointwise_backward(k, g, dy, w3, xs, RP, dx):
+    n, G, Fg, P = dy.shape[0], g.G, g.Fg, g.P
+    dy4 = dy.reshape(n, G, Fg, P)
+    dw = np.matmul(dy4, xs.transpose(0, 1, 3, 2)).sum(axis=0)        # (G, Fg, Cg)
+    db = dy4.sum(axis=3).sum(axis=0).reshape(g.F)
+    wT = w3.transpose(0, 2, 1)
+    if (g.SH, g.SW) == (1, 1):
+        np.matmul(wT, dy4, out=dx.reshape(xs.shape))
+    else:
+        dxs = np.matmul(wT, dy4, out=workspace.take(xs.shape, dy.dtype))
+        dx.fill(0)
+        dx[:, :, ::g.SH, ::g.SW] = dxs.reshape(n, g.C, g.OH, g.OW)
+    return dw.reshape(g.F, -1), db

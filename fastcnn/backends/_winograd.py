@@ -4,11 +4,12 @@
 transforms and their adjoints are documented with the kernels).
 
 ``_gemm_conv`` takes this path, for a kernel table whose ``winograd`` is
-this module, on 3x3 stride-1 convolutions with more taps than its per-image
-path and at least MIN_BATCH images. Measured against the whole-batch im2col
-path (fwd+bwd, float32, one thread, CPU time): MNIST conv2 (64x32->64,
-14x14) 13.1 vs 29.1 ms (torch 14.5); the batch-innermost tile layout needs
-enough lanes: batch 8 1.4x faster, batch 4 0.9x, batch 1 0.4x.
+this module, on 3x3 stride-1 convolutions (undilated, one group) with more
+taps than its per-image path and at least MIN_BATCH images. Measured
+against the whole-batch im2col path (fwd+bwd, float32, one thread, CPU
+time): MNIST conv2 (64x32->64, 14x14) 13.1 vs 29.1 ms (torch 14.5); the
+batch-innermost tile layout needs enough lanes: batch 8 1.4x faster,
+batch 4 0.9x, batch 1 0.4x.
 
 Chunks of the batch run concurrently on fastcnn's pool, one per core,
 each with single-threaded BLAS and kernels (``backends/_concurrent``),
@@ -49,7 +50,7 @@ def _kernels():
 
 def applies(g):
     """Whether geometry g is a convolution this path computes."""
-    return g.KH == g.KW == 3 and g.SH == g.SW == 1
+    return g.KH == g.KW == 3 and g.SH == g.SW == 1 and g.DH == g.DW == 1 and g.G == 1
 
 
 def forward(k, x, w, b, y, g):

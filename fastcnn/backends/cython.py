@@ -41,14 +41,15 @@ class _ConvKernels:
     pitch RP is always OW here."""
     padded_input = False
     winograd = None
+    depthwise = None
 
     @staticmethod
     def im2col(x, cols, g, RP):
-        cy_conv.im2col(x, cols, g.KH, g.KW, g.SH, g.SW, g.PT, g.PL, g.OH, g.OW)
+        cy_conv.im2col(x, cols, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW, g.PT, g.PL, g.OH, g.OW)
 
     @staticmethod
     def col2im(dcols, dx, g, RP):
-        cy_conv.col2im(dcols, dx, g.KH, g.KW, g.SH, g.SW, g.PT, g.PL, g.OH, g.OW)
+        cy_conv.col2im(dcols, dx, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW, g.PT, g.PL, g.OH, g.OW)
 
     @staticmethod
     def unpack_output(yF, b, y, RP):
@@ -60,9 +61,7 @@ class _ConvKernels:
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
-    if dilation != (1, 1) or groups != 1:   # being built (issue 11)
-        raise NotImplementedError("dilation and groups are not implemented yet on this backend")
-    return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, y_shape)
+    return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation, groups, y_shape)
 
 
 def conv2d_backward(dy, saved):

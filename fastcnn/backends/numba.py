@@ -53,14 +53,15 @@ class _ConvKernels:
     """The kernel table the shared conv driver calls (see _gemm_conv)."""
     padded_input = True
     winograd = _winograd
+    depthwise = None
 
     @staticmethod
     def im2col(xp, cols, g, RP):
-        _conv.im2col(xp, cols, g.KH, g.KW, g.SH, g.SW, g.OH, g.OW, g.WP, RP)
+        _conv.im2col(xp, cols, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW, g.OH, g.OW, g.WP, RP)
 
     @staticmethod
     def col2im(dcols, dx, g, RP):
-        _conv.col2im(dcols, dx, g.KH, g.KW, g.SH, g.SW, g.PT, g.PL, g.OH, g.OW,
+        _conv.col2im(dcols, dx, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW, g.PT, g.PL, g.OH, g.OW,
                      g.HP + 1, g.WP, RP)
 
     @staticmethod
@@ -73,10 +74,8 @@ class _ConvKernels:
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
-    if dilation != (1, 1) or groups != 1:   # being built (issue 11)
-        raise NotImplementedError("dilation and groups are not implemented yet on this backend")
     _kernels()
-    return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, y_shape)
+    return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation, groups, y_shape)
 
 
 def conv2d_backward(dy, saved):
@@ -199,11 +198,15 @@ def warmup():
     _kernels()
     for dtype in (np.float32, np.float64):
         x = np.ones((2, 4, 8, 8), dtype=dtype)
-        for path in _gemm_conv.PATHS:
+        for path in ("per_image", "batch", "winograd"):
             with _gemm_conv.forced_path(path):
                 y, s = conv2d_forward(x, np.ones((2, 4, 3, 3), dtype=dtype), None,
                                       (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 2, 8, 8))
             conv2d_backward(y, s)
+        # the depthwise path where the table has it, else grouped columns
+        y, s = conv2d_forward(x, np.ones((4, 1, 3, 3), dtype=dtype), None,
+                              (1, 1), (1, 1, 1, 1), (1, 1), 4, (2, 4, 8, 8))
+        conv2d_backward(y, s)
         for fwd, bwd in ((_max_pool2d_forward, _max_pool2d_backward),
                          (_avg_pool2d_forward, _avg_pool2d_backward)):
             y, s = fwd(x, (2, 2), (2, 2), (0, 0))
