@@ -7,11 +7,14 @@ all run these same functions.
     stats = train_epoch(model, opt, x, y, batch_size=64, seed=0, epoch=0)
     metrics = fit(model, opt, (x, y), (x_test, y_test), epochs=3, save="ck.npz",
                   log=print)                          # epochs, checkpoints, resume, metrics
+    metrics = fit(..., comm=MPI.COMM_WORLD)           # data-parallel over MPI ranks
 
 Reproducibility: the batch order and the dropout masks of epoch ``e`` depend
 only on ``(seed, e)``, and a checkpoint carries the backend choices of 'auto'
 (``fastcnn._auto``), so a run resumed from a checkpoint after epoch ``e``
 continues exactly as an uninterrupted run would, on the same machine.
+Under MPI (``comm``; ``fastcnn.distributed`` says how) the masks depend on
+``(seed, e, rank)`` too, and the same holds for the same number of ranks.
 
 Nothing here chooses a backend; ``fastcnn.use_backend`` around the calls does.
 """
@@ -110,12 +113,15 @@ def cosine_lr(base_lr, step, total_steps):
 
 
 def train_epoch(model, opt, x, y, *, batch_size, seed, epoch, progress=False,
-                desc=None, global_step=0, lr_at=None, on_step=None):
+                desc=None, global_step=0, lr_at=None, on_step=None, parallel=None):
     """Train one epoch over (x, y). ``progress``: show a tqdm bar with the running
     loss, accuracy and images/s. ``lr_at(global step) -> lr``: a learning-rate
     schedule, applied before each step. ``on_step(step, loss)``: called after each
-    step. Returns EpochStats."""
-    model.seed([seed, epoch])   # dropout masks depend on (seed, epoch) only
+    step. ``parallel``: a ``fastcnn.distributed.DataParallel``; each rank then
+    computes its shard of every batch, and the figures are the global ones.
+    Returns EpochStats."""
+    # dropout masks depend on (seed, epoch) only (and the rank, under MPI)
+    model.seed([seed, epoch] if parallel is None else parallel.dropout_seed(seed, epoch))
     batches = batch_order(len(x), batch_size, seed, epoch)
     bar = None
     if progress:
@@ -126,18 +132,21 @@ def train_epoch(model, opt, x, y, *, batch_size, seed, epoch, progress=False,
     start = time.perf_counter()
     try:
         for step, idx in enumerate(batches):
-            xb, yb = x[idx], y[idx]
             if lr_at is not None:
                 opt.lr = lr_at(global_step + step)
             try:
-                loss, logits = train_step(model, opt, xb, yb, return_logits=True)
+                if parallel is None:
+                    loss, logits = train_step(model, opt, x[idx], y[idx], return_logits=True)
+                    hits = int(np.sum(logits.argmax(axis=1) == y[idx]))
+                else:
+                    loss, hits = parallel.train_step(model, opt, x, y, idx)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(e.loss, epoch, step, global_step + step) from None
             step_losses.append(loss)
             if on_step is not None:
                 on_step(step, loss)
             loss_sum += loss * len(idx)
-            correct += int(np.sum(logits.argmax(axis=1) == yb))
+            correct += hits
             seen += len(idx)
             if bar is not None:
                 elapsed = time.perf_counter() - start
@@ -181,7 +190,7 @@ def checkpoint_conflicts(meta, **given):
     return [(k, v, saved[k]) for k, v in given.items() if v is not None and v != saved[k]]
 
 
-def _resume(resume, model, optimizer, seed, lr_schedule, backend, warn):
+def _resume(resume, model, optimizer, seed, lr_schedule, backend, ranks, warn):
     """Load ``resume`` into model and optimizer; (start epoch, history, seed, schedule)."""
     ck = resume if isinstance(resume, checkpoint.Checkpoint) else checkpoint.load(resume)
     meta = ck.meta
@@ -198,9 +207,12 @@ def _resume(resume, model, optimizer, seed, lr_schedule, backend, warn):
             _auto.pin_auto_choices(meta.get("auto_choices") or [])
         except (ValueError, TypeError) as e:
             raise checkpoint.CheckpointError(f"the checkpoint's auto_choices: {e}") from None
-    for what, now in (("backend", backend), ("threads", get_num_threads())):
-        if meta.get(what, now) != now:
-            warn(f"the checkpoint was trained with {what} {meta[what]}, this run uses {now}: "
+    saved = {"backend": meta.get("backend", backend),
+             "threads": meta.get("threads", get_num_threads()),
+             "ranks": meta.get("ranks", 1)}   # checkpoints from before MPI: one process
+    for what, now in (("backend", backend), ("threads", get_num_threads()), ("ranks", ranks)):
+        if saved[what] != now:
+            warn(f"the checkpoint was trained with {what} {saved[what]}, this run uses {now}: "
                  f"it will not compute exactly what an uninterrupted run would")
     return meta["epoch"], list(meta.get("history") or []), meta["seed"], schedule_of(meta)
 
@@ -221,7 +233,7 @@ def _reporter(log, progress):
 
 def fit(model, optimizer, train_data, test_data, *, epochs, batch_size=64, seed=None,
         lr_schedule=None, save=None, resume=None, model_name=None, progress=False,
-        log=None, on_epoch=None):
+        log=None, on_epoch=None, comm=None):
     """Train for ``epochs`` epochs in all, evaluating on ``test_data`` after each;
     what ``fastcnn train`` does. Returns the run's metrics (a JSON-able dict).
 
@@ -242,10 +254,31 @@ def fit(model, optimizer, train_data, test_data, *, epochs, batch_size=64, seed=
         (e.g. ``print``); None: quiet. on_epoch(record): called after each epoch,
         once its checkpoint is written, with its history record.
 
+    comm: an MPI communicator (mpi4py) whose ranks all call ``fit`` with the same
+        arguments: data-parallel training as ``fastcnn.distributed`` describes
+        (``batch_size`` is the global batch; only rank 0 logs, shows progress
+        and saves; every rank returns the metrics). An exception on one rank
+        aborts the MPI job; MismatchError and NonFiniteLossError are raised on
+        every rank alike.
+
     A NaN or infinite loss raises NonFiniteLossError before the weights change;
     the checkpoint of the last finished epoch stays as it was (so does it on
     KeyboardInterrupt).
     """
+    kwargs = dict(epochs=epochs, batch_size=batch_size, seed=seed, lr_schedule=lr_schedule,
+                  save=save, resume=resume, model_name=model_name, progress=progress,
+                  log=log, on_epoch=on_epoch)
+    if comm is None:
+        return _fit(model, optimizer, train_data, test_data, **kwargs)
+    from fastcnn import distributed
+    with distributed.abort_on_error(
+            comm, collective=(NonFiniteLossError, distributed.MismatchError)):
+        parallel = distributed.DataParallel(comm, model)
+        return _fit(model, optimizer, train_data, test_data, parallel=parallel, **kwargs)
+
+
+def _fit(model, optimizer, train_data, test_data, *, epochs, batch_size, seed, lr_schedule,
+         save, resume, model_name, progress, log, on_epoch, parallel=None):
     x, y = train_data
     x_test, y_test = test_data
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -255,6 +288,9 @@ def fit(model, optimizer, train_data, test_data, *, epochs, batch_size=64, seed=
         raise ValueError(f"seed must be an integer >= 0 or None, got {seed!r}")
     if lr_schedule not in (None,) + SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {SCHEDULES} or None, got {lr_schedule!r}")
+    ranks, lead = (1, True) if parallel is None else (parallel.size, parallel.rank == 0)
+    if not lead:   # rank 0 reports and saves for all
+        log, progress, save = None, False, None
     say = _reporter(log, progress)
     backend = get_backend()
     if resume is None:
@@ -264,10 +300,16 @@ def fit(model, optimizer, train_data, test_data, *, epochs, batch_size=64, seed=
         warn = (lambda text: say(f"warning: {text}")) if log else (
             lambda text: warnings.warn(text, stacklevel=4))
         start, history, seed, schedule = _resume(resume, model, optimizer, seed, lr_schedule,
-                                                 backend, warn)
+                                                 backend, ranks, warn)
         if start >= epochs:
             say(f"the checkpoint already holds {start} epochs, as many as asked for "
                 f"({epochs}); nothing to train")
+    if parallel is not None:
+        from fastcnn import distributed
+        parallel.check_same(distributed.run_facts(
+            model, optimizer, train_data, test_data, epochs=epochs, batch_size=batch_size,
+            seed=seed, lr_schedule=schedule, start_epoch=start, model_name=model_name))
+        parallel.broadcast_state(model, optimizer)
     steps = math.ceil(len(x) / batch_size)
     lr_at = (functools.partial(cosine_lr, schedule["base_lr"], total_steps=epochs * steps)
              if schedule["name"] == "cosine" else lambda step: schedule["base_lr"])
@@ -285,9 +327,15 @@ def fit(model, optimizer, train_data, test_data, *, epochs, batch_size=64, seed=
         stats = train_epoch(model, optimizer, x, y, batch_size=batch_size, seed=seed,
                             epoch=epoch, progress=progress, desc=desc,
                             global_step=epoch * steps, lr_at=lr_at,
-                            on_step=lambda step, _: step == 0 and show_auto_choices())
+                            on_step=lambda step, _: step == 0 and show_auto_choices(),
+                            parallel=parallel)
+        if parallel is not None and parallel.resync_if_diverged(model, optimizer):
+            say(f"warning: the ranks' weights differed after epoch {epoch + 1} (this MPI's "
+                f"Allreduce does not give every rank the same sums); rank 0's were copied "
+                f"to all")
         t0 = time.perf_counter()
-        ev = evaluate(model, x_test, y_test)
+        ev = (evaluate(model, x_test, y_test) if parallel is None
+              else parallel.evaluate(model, x_test, y_test))
         eval_seconds = time.perf_counter() - t0
         rate = stats.images / stats.seconds
         say(f"{desc}: train loss {stats.loss:.4f} acc {stats.accuracy:.2%} | test loss "
@@ -303,13 +351,13 @@ def fit(model, optimizer, train_data, test_data, *, epochs, batch_size=64, seed=
         if save is not None:
             checkpoint.save(save, model, optimizer, model_name=model_name, seed=seed,
                             epoch=epoch + 1, history=history, lr_schedule=schedule,
-                            batch_size=batch_size, **_provenance(backend))
+                            batch_size=batch_size, **_provenance(backend, ranks))
         if on_epoch is not None:
             on_epoch(record)
     seconds = sum(h["seconds"] for h in history)
     last = history[-1] if history else {}
     return {
-        **_provenance(backend), "dtype": np.dtype(model.dtype).name, "model": model_name,
+        **_provenance(backend, ranks), "dtype": np.dtype(model.dtype).name, "model": model_name,
         "optimizer": {**optimizer.config(), "lr": schedule["base_lr"]},
         "lr_schedule": schedule["name"], "epochs": len(history), "batch_size": batch_size,
         "seed": seed, "train_images": len(x), "test_images": len(x_test),
@@ -324,9 +372,10 @@ def _is_int(v):
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _provenance(backend):
-    """What decides the arithmetic besides the data: backend, its choices, threads."""
+def _provenance(backend, ranks):
+    """What decides the arithmetic besides the data: backend, its choices, threads
+    (per process), MPI processes."""
     return {"backend": backend,
             "auto_choices": _auto.auto_choices() if backend == AUTO else None,
-            "threads": get_num_threads(), "fastcnn_version": fastcnn.__version__,
+            "threads": get_num_threads(), "ranks": ranks, "fastcnn_version": fastcnn.__version__,
             "numpy_version": np.__version__}
