@@ -58,15 +58,18 @@ class NumpyEngine:
         hit = real & (arg[:, o] == np.arange(inverse.shape[0])[:, None])
         return np.where(hit, dy[:, o], 0).sum(axis=-1)
 
+    # relu: out= keeps a 0-d array 0-d (a ufunc returns a NumPy scalar otherwise)
+
     @staticmethod
     def relu_forward(x):
-        y = np.where((x > 0) | (x != x), x, x.dtype.type(0))
-        return y, y > 0
+        y = np.empty_like(x)
+        np.copyto(y, np.where((x > 0) | (x != x), x, x.dtype.type(0)))
+        return y, np.greater(y, 0, out=np.empty(x.shape, dtype=bool))
 
     @staticmethod
     def relu_backward(dy, mask):
         with np.errstate(invalid="ignore"):           # inf * 0 is the documented NaN
-            return np.multiply(dy, mask, dtype=dy.dtype)
+            return np.multiply(dy, mask, dtype=dy.dtype, out=np.empty_like(dy))
 
 
 _cupy_kernels.bind(NumpyEngine(), globals())
