@@ -88,19 +88,71 @@ def _model_from_flags(args):
 
 
 def cmd_train(args):
+    """One process, or, started by an MPI launcher (``mpiexec -n K fastcnn
+    train``, K > 1), one rank of a data-parallel run: every rank parses the
+    same flags and loads the same data, rank 0 alone prints and writes files,
+    and an error on any rank ends the whole job (``fastcnn.distributed``)."""
+    try:
+        from fastcnn import distributed
+        size = distributed.launched_size()
+        comm = distributed.world(size) if size and size > 1 else None
+    except (ValueError, ImportError, RuntimeError) as e:   # alike on every rank
+        raise UsageError(f"started by an MPI launcher: {e}") from None
+    if comm is None:
+        return _train(args, None)
+    with distributed.abort_on_error(comm, collective=(distributed.MismatchError,),
+                                    describe=_one_line):
+        return _train(args, comm)
+
+
+def _one_line(exc):
+    """(line, exit status) for the errors ``main`` reports in one line; (None,
+    None) for the others (a traceback)."""
+    for kinds, status in (((UsageError,), 2), ((DataError, checkpoint.CheckpointError), 1)):
+        if isinstance(exc, kinds):
+            return f"fastcnn train: error: {exc}", status
+    if isinstance(exc, KeyboardInterrupt):
+        return "fastcnn train: interrupted", 130
+    return None, None
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _train(args, comm):
+    from fastcnn.distributed import MismatchError
+    lead = comm is None or comm.Get_rank() == 0
+    out = print if lead else _quiet   # rank 0 speaks (and writes) for all
+    ranks = ""
+    if comm is not None:
+        from fastcnn import distributed
+        fill = distributed.threads_per_rank(comm)   # the CPUs here / the ranks here
+        if args.threads is None and not os.environ.get("FASTCNN_NUM_THREADS", "").strip():
+            fastcnn.set_num_threads(fill)
+        elif fastcnn.get_num_threads() > fill:
+            out(f"fastcnn train: warning: {fastcnn.get_num_threads()} threads per process "
+                f"oversubscribe this node: {distributed.ranks_on_node(comm)} processes share "
+                f"its {os.cpu_count()} CPUs ({fill} threads each would fill them)",
+                file=sys.stderr)
+        ranks = (f", {comm.Get_size()} MPI processes x {fastcnn.get_num_threads()} "
+                 f"thread{'s' if fastcnn.get_num_threads() > 1 else ''}")
     where = backend_name(args.backend)
     model, opt, name, ck = _model_from_flags(args)
     dtype = np.dtype(model.dtype).name
-    data = _load_data(args, dtype, limit_train=args.limit_train, limit_test=args.limit_test)
+    data = load_mnist(args.data_dir, dtype=dtype, limit_train=args.limit_train,
+                      limit_test=args.limit_test)
+    if data.note:
+        out(data.note, file=sys.stderr)
     schedule = training.schedule_of(ck.meta) if ck else {"name": args.schedule or "cosine",
                                                           "base_lr": opt.lr}
     seed = ck.meta["seed"] if ck else args.seed or 0
-    print(f"model {name} ({sum(p.data.size for p in model.parameters()):,} parameters, "
-          f"{dtype}), backend {where}, {_describe({**opt.config(), 'lr': schedule['base_lr']})}"
-          f", {schedule['name']} schedule, batch {args.batch_size}, seed {seed}")
-    print(f"data: {len(data.train_images)} train / {len(data.test_images)} test images "
-          f"from {data.source}")
-    _prepare_kernels(where)
+    out(f"model {name} ({sum(p.data.size for p in model.parameters()):,} parameters, "
+        f"{dtype}), backend {where}, {_describe({**opt.config(), 'lr': schedule['base_lr']})}"
+        f", {schedule['name']} schedule, batch {args.batch_size}, seed {seed}{ranks}")
+    out(f"data: {len(data.train_images)} train / {len(data.test_images)} test images "
+        f"from {data.source}")
+    _prepare_kernels(where, out)
     done = [ck.meta["epoch"] if ck else 0]
     with fastcnn.use_backend(where):
         try:
@@ -109,12 +161,15 @@ def cmd_train(args):
                 (data.test_images, data.test_labels), epochs=args.epochs,
                 batch_size=args.batch_size, seed=seed, lr_schedule=schedule["name"],
                 save=args.save, resume=ck, model_name=name, progress=not args.no_progress,
-                log=print, on_epoch=lambda record: done.append(record["epoch"]))
-        except training.NonFiniteLossError as e:
-            return _stopped(args, f"error: {e}", done[-1], 1)
-        except KeyboardInterrupt:
+                log=print, on_epoch=lambda record: done.append(record["epoch"]), comm=comm)
+        except training.NonFiniteLossError as e:   # under MPI: raised on every rank
+            return _stopped(args, f"error: {e}", done[-1], 1, out)
+        except KeyboardInterrupt:                  # under MPI: fit aborts the job instead
             return _stopped(args, f"interrupted during epoch {done[-1] + 1}", done[-1], 130)
-    if not metrics["history"]:
+        except MismatchError as e:   # raised on every rank alike
+            out(f"fastcnn train: error: {e}", file=sys.stderr)
+            return 1
+    if not metrics["history"] or not lead:
         return 0
     print(f"test accuracy {metrics['test_accuracy']:.2%} after {metrics['epochs']} epochs, "
           f"{metrics['train_seconds']:.1f} s training ({metrics['images_per_second']:.0f} "
@@ -129,23 +184,23 @@ def cmd_train(args):
     return 0
 
 
-def _prepare_kernels(where):
+def _prepare_kernels(where, out=print):
     """JIT compilation (numba: once per install and user, then loaded from its
     cache) before the clock of the first epoch starts, and said as it happens."""
     names = [where] if where != backend.AUTO else list(fastcnn.available_backends())
     if not any(callable(getattr(backend.get_module(n), "warmup", None)) for n in names):
         return
-    print("preparing JIT kernels (the first run compiles them, later runs load them "
-          "from the cache) ...", end=" ", flush=True)
+    out("preparing JIT kernels (the first run compiles them, later runs load them "
+        "from the cache) ...", end=" ", flush=True)
     seconds = fastcnn.warmup(names)
-    print(", ".join(f"{n} {s:.1f} s" for n, s in seconds.items()) + " (not counted in images/s)")
+    out(", ".join(f"{n} {s:.1f} s" for n, s in seconds.items()) + " (not counted in images/s)")
 
 
-def _stopped(args, why, epochs_done, status):
-    print(f"fastcnn train: {why}", file=sys.stderr)
+def _stopped(args, why, epochs_done, status, out=print):
+    out(f"fastcnn train: {why}", file=sys.stderr)
     if args.save and os.path.isfile(args.save):
-        print(f"the checkpoint {args.save} is intact (epochs up to {epochs_done}); continue "
-              f"with --resume {args.save}", file=sys.stderr)
+        out(f"the checkpoint {args.save} is intact (epochs up to {epochs_done}); continue "
+            f"with --resume {args.save}", file=sys.stderr)
     return status
 
 
