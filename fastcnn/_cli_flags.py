@@ -93,12 +93,17 @@ def build_parser():
     common.add_argument("--limit-test", type=_positive_int, metavar="N",
                         help="evaluate on the first N test images only")
     common.add_argument("--threads", type=_positive_int, metavar="N",
-                        help="threads of fastcnn's thread pool (default: all CPUs; more "
-                             "than the CPUs here is capped, with a warning)")
+                        help="threads of fastcnn's thread pool (default: all CPUs; under "
+                             "mpiexec, per process: the CPUs / the processes on the node; "
+                             "more than the CPUs here is capped, with a warning)")
 
     t = sub.add_parser("train", parents=[common], help="train a model on MNIST",
                        description="Train an MNIST CNN, evaluating on the test set after "
-                                   "every epoch (fastcnn.training.fit).")
+                                   "every epoch (fastcnn.training.fit). Started by "
+                                   "'mpiexec -n K' (K > 1), the K processes train "
+                                   "data-parallel, each on its share of every --batch-size "
+                                   "batch; rank 0 prints and writes the files "
+                                   "(fastcnn.distributed; pip install 'fastcnn[mpi]').")
     t.add_argument("--model", choices=tuple(models.MODELS), default=None,
                    help="architecture: cnn (32/64 channels, dense 128) or light (8/16, dense "
                         "32) (default: cnn, or the checkpoint's with --resume)")
