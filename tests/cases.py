@@ -50,7 +50,7 @@ CONV_DG_CASES = [
     (2, 2, 11, 12, 3, 3, 2, 1, (1, 2), (2, 3), 1, True),
     (2, 3, 11, 10, 2, 3, 3, 2, 1, 2, 1, False),      # stride 2 with dilation
     (2, 3, 9, 9, 4, 3, 3, (2, 1), 2, (1, 3), 1, True),
-    (2, 2, 8, 9, 3, 2, 4, 1, "same", (3, 1), 1, True),   # 'same', odd totals 3 and 3: pads (1, 2, 1, 2)
+    (2, 2, 8, 9, 3, 2, 4, 1, "same", (3, 1), 1, True),   # 'same', totals 3, 3: pads (1, 2, 1, 2)
     (2, 4, 7, 8, 4, 3, 3, 1, "same", 2, 4, True),    # 'same' over a dilated span, depthwise
     (2, 2, 7, 6, 4, 2, 2, 1, "same", (1, 3), 2, False),  # 'same', totals 1 and 3, depthwise x2
     (2, 3, 8, 8, 3, 3, 3, 1, "valid", 2, 3, True),

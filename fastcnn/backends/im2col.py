@@ -90,7 +90,8 @@ def _per_image(wg, N):
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
     # G = groups; group g's Cg = C // G input and Fg = F // G output channels
     # cols[(c, i, j), (n, p, q)] = xp[n, c, p*SH + i*DH, q*SW + j*DW]
-    # y[n, g*Fg+f, p, q] = b[g*Fg+f] + sum_{c<Cg,i,j} w[g*Fg+f, c, i, j] * cols[(g*Cg+c, i, j), (n, p, q)]
+    # y[n, g*Fg+f, p, q] = b[g*Fg+f]
+    #                      + sum_{c<Cg,i,j} w[g*Fg+f, c, i, j] * cols[(g*Cg+c, i, j), (n, p, q)]
     # The rows of cols are (C, KH, KW) = (G, Cg, KH, KW): each group's rows
     # are one block, so the product is one GEMM per group, all in one stack.
     N, C, H, W = x.shape

@@ -41,8 +41,8 @@ def _windows(OH, OW, stride, kernel, dilation):
 # the einsum subscripts h and w are the kernel taps kh and kw.
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
-    # y[n, g*Fg+f, i, j] = b[g*Fg+f]
-    #     + sum_{c<Cg, kh<KH, kw<KW} xp[n, g*Cg+c, i*SH + kh*DH, j*SW + kw*DW] * w[g*Fg+f, c, kh, kw]
+    # y[n, g*Fg+f, i, j] = b[g*Fg+f] + sum_{c<Cg, kh<KH, kw<KW}
+    #                        xp[n, g*Cg+c, i*SH + kh*DH, j*SW + kw*DW] * w[g*Fg+f, c, kh, kw]
     # saved: xp (a padded copy of x) and a copy of w, backward's own
     F, Cg, KH, KW = w.shape
     N, _, OH, OW = y_shape
@@ -51,7 +51,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
     wg = w.reshape(G, F // G, Cg, KH, KW)                      # (G, Fg, Cg, KH, KW)
     y = np.zeros(y_shape, dtype=x.dtype)
     for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW), dilation):
-        patch = xp[:, :, rows, cols].reshape(N, G, Cg, KH, KW)
+        patch = xp[:, :, rows, cols].reshape(N, G, Cg, KH, KW)    # window (i, j), by group
         y[:, :, i, j] = np.einsum("ngchw,gfchw->ngf", patch, wg).reshape(N, F)
     if b is not None:
         y += b[None, :, None, None]
@@ -59,8 +59,10 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
 
 
 def conv2d_backward(dy, saved):
-    # dw[g*Fg+f, c, kh, kw] = sum_{n,i,j} dy[n, g*Fg+f, i, j] * xp[n, g*Cg+c, i*SH+kh*DH, j*SW+kw*DW]
-    # dxp[n, g*Cg+c, i*SH+kh*DH, j*SW+kw*DW] += sum_{f<Fg} dy[n, g*Fg+f, i, j] * w[g*Fg+f, c, kh, kw]
+    # dw[g*Fg+f, c, kh, kw] = sum_{n,i,j}
+    #                          dy[n, g*Fg+f, i, j] * xp[n, g*Cg+c, i*SH + kh*DH, j*SW + kw*DW]
+    # dxp[n, g*Cg+c, i*SH + kh*DH, j*SW + kw*DW] += sum_{f<Fg}
+    #                          dy[n, g*Fg+f, i, j] * w[g*Fg+f, c, kh, kw]
     # db[f] = sum_{n,i,j} dy[n, f, i, j]
     xp, w, stride, padding, dilation, G = saved
     F, Cg, KH, KW = w.shape
