@@ -1,29 +1,52 @@
-"""Compiled max/avg pooling loops, forward and backward.
+"""Compiled max/avg pooling loops, forward and backward, windowed,
+adaptive and global.
 
 What this is: typed loops over memoryviews, fused float32/float64, GIL
 released, single-threaded over the N*C image planes (the adapter runs
 ranges of planes concurrently; a plane is never split, so the backward
 scatter needs no atomics).
 
-What this is not: no validation and no allocation -- the adapter
+What this is not: no validation and no allocation of arrays -- the adapter
 ``fastcnn.backends.cython`` allocates; ``fastcnn.ops`` validates.
 
 Shapes: x/dx (N, C, H, W), y/dy (N, C, OH, OW), kernel (KH, KW), stride
-(SH, SW), symmetric padding (PH, PW) with PH <= KH // 2, PW <= KW // 2, so
-every window holds at least one real input element. Padding is never
-materialised: taps that fall outside the image are skipped, which is the
-same as padding with -inf (max) or with 0 and dividing by KH*KW anyway (avg).
-argmax (N, C, OH, OW) holds, per output, the flat index ih*W + iw of the
-chosen input element within its (n, c) plane (C int, so H*W < 2**31).
+(SH, SW), symmetric padding (PH, PW) with PH <= KH // 2, PW <= KW // 2,
+max's dilation (DH, DW). (OH, OW) is y's shape, as ``fastcnn.ops`` computed
+it: in ceil_mode the last windows run past the padded input, and every tap
+outside the input is skipped, so nothing is padded or extended. That is
+the same as padding with -inf (max) or with 0 (avg, which divides by
+PyTorch's divisor for the window's place: ``_divisors``). argmax (N, C,
+OH, OW) holds, per output, the flat index ih*W + iw of the chosen input
+element within its (n, c) plane (C int, so H*W < 2**31).
 
-All loops are tap-major: for each window tap (kh, kw), in row-major order,
-one pass along a whole output row. The inner loops are then long, branch-free
-and vectorisable, unlike a loop over each 2x2 window.
+Windowed loops are tap-major: for each window tap (kh, kw), in row-major
+order, one pass along a whole output row. The inner loops are then long,
+branch-free and vectorisable, unlike a loop over each 3x3 window.
 """
 from cython cimport floating
-from libc.stdlib cimport free
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
-from fastcnn._kernels._rows cimport _axpy, _tap_ranges, _zero
+from fastcnn._kernels._rows cimport _axpy, _hi, _lo, _zero
+
+
+cdef Py_ssize_t* _ranges(Py_ssize_t K, Py_ssize_t S, Py_ssize_t P, Py_ssize_t D,
+                         Py_ssize_t I, Py_ssize_t O) except NULL:
+    """For each tap k, the outputs [lo, hi) whose input o*S - P + k*D lies
+    inside [0, I), as lo[0:K] ++ hi[0:K] (hi == lo when empty); then, at
+    [2K, 2K + O), each window's first real input (the first tap inside,
+    where argmax starts). The caller frees it."""
+    cdef Py_ssize_t* r = <Py_ssize_t*>malloc((2 * K + O) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t k, o, start
+    if r == NULL:
+        raise MemoryError()
+    for k in range(K):
+        r[k] = _lo(k * D - P, S)
+        r[K + k] = max(r[k], _hi(k * D - P, S, I, O))
+    for o in range(O):
+        start = o * S - P
+        r[2 * K + o] = start if start >= 0 else start + D * ((D - 1 - start) // D)
+    return r
 
 
 cdef inline void _max_tap(floating* best, int* arg, const floating* src,
@@ -48,17 +71,19 @@ cdef inline void _max_tap(floating* best, int* arg, const floating* src,
 def max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                 int[:, :, :, ::1] argmax,
                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                Py_ssize_t PH, Py_ssize_t PW):
-    """y[n, c, oh, ow] = max over the window; argmax records where it was.
+                Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW):
+    """y[n, c, oh, ow] = max over the window's taps (DH, DW apart); argmax
+    records where it was.
 
     The row of y itself holds the running maxima. It starts at -inf with
     argmax at the window's first real element, which is right even when
     every element is -inf."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t item, n, c, oh, ow, kh, kw, ih, h0, w0, lo
+    cdef Py_ssize_t item, n, c, oh, ow, kh, kw, ih, h0, first_h, lo, iw
     cdef floating neg_inf = -float("inf")
-    cdef Py_ssize_t* r = _tap_ranges(KW, SW, PW, W, OW)
+    cdef Py_ssize_t* r = _ranges(KW, SW, PW, DW, W, OW)
+    cdef Py_ssize_t* first_w = r + 2 * KW
     try:
         with nogil:
             for item in range(N * C):
@@ -66,22 +91,21 @@ def max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                 c = item % C
                 for oh in range(OH):
                     h0 = oh * SH - PH
+                    first_h = h0 if h0 >= 0 else h0 + DH * ((DH - 1 - h0) // DH)
                     for ow in range(OW):
-                        w0 = ow * SW - PW
                         y[n, c, oh, ow] = neg_inf
-                        argmax[n, c, oh, ow] = <int>((h0 if h0 > 0 else 0) * W
-                                                     + (w0 if w0 > 0 else 0))
+                        argmax[n, c, oh, ow] = <int>(first_h * W + first_w[ow])
                     for kh in range(KH):
-                        ih = h0 + kh
+                        ih = h0 + kh * DH
                         if ih < 0 or ih >= H:
                             continue
                         for kw in range(KW):
                             lo = r[kw]
                             if lo < r[KW + kw]:
+                                iw = lo * SW - PW + kw * DW
                                 _max_tap(&y[n, c, oh, lo], &argmax[n, c, oh, lo],
-                                         &x[n, c, ih, lo * SW - PW + kw], SW,
-                                         r[KW + kw] - lo,
-                                         <int>(ih * W + lo * SW - PW + kw), <int>SW)
+                                         &x[n, c, ih, iw], SW, r[KW + kw] - lo,
+                                         <int>(ih * W + iw), <int>SW)
     finally:
         free(r)
 
@@ -108,22 +132,61 @@ def max_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax
                 plane[arg[i]] += g[i]
 
 
+cdef inline Py_ssize_t _divisor(Py_ssize_t o, Py_ssize_t S, Py_ssize_t P, Py_ssize_t K,
+                                Py_ssize_t I, bint count_include_pad) noexcept nogil:
+    """PyTorch's share of window o in the divisor along one dimension: the
+    window clipped to the padded input [-P, I + P) (count_include_pad), or
+    to the input [0, I)."""
+    cdef Py_ssize_t start = o * S - P
+    cdef Py_ssize_t end = min(start + K, I + P)
+    if not count_include_pad:
+        start, end = max(start, 0), min(end, I)
+    return end - start
+
+
+cdef floating* _inverse_divisors(floating kind, Py_ssize_t OH, Py_ssize_t OW,
+                                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
+                                 Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t H, Py_ssize_t W,
+                                 bint count_include_pad, Py_ssize_t divisor_override) except NULL:
+    """(OH, OW) table of 1 / divisor at each output: divisor_override (0:
+    none) or PyTorch's window size (``_divisor``); then, after it, room for
+    one row of OW. One table per call: the divisor depends only on the
+    window's place. The caller frees it."""
+    cdef floating* inv = <floating*>malloc((OH + 1) * OW * sizeof(floating))
+    cdef Py_ssize_t oh, ow, dh
+    if inv == NULL:
+        raise MemoryError()
+    for oh in range(OH):
+        dh = _divisor(oh, SH, PH, KH, H, count_include_pad)
+        for ow in range(OW):
+            inv[oh * OW + ow] = 1.0 / <double>(
+                divisor_override if divisor_override != 0
+                else dh * _divisor(ow, SW, PW, KW, W, count_include_pad))
+    return inv
+
+
 def avg_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                Py_ssize_t PH, Py_ssize_t PW):
-    """y[n, c, oh, ow] = (sum of the window's real elements) / (KH*KW)."""
+                Py_ssize_t PH, Py_ssize_t PW, bint count_include_pad,
+                Py_ssize_t divisor_override):
+    """y[n, c, oh, ow] = (sum of the window's real elements) / divisor."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t item, n, c, oh, ow, kh, kw, ih, lo
-    cdef floating inv = 1.0 / (KH * KW)
-    cdef Py_ssize_t* r = _tap_ranges(KW, SW, PW, W, OW)
+    cdef floating* yrow
+    cdef const floating* inv
+    cdef Py_ssize_t* r = _ranges(KW, SW, PW, 1, W, OW)
+    cdef floating* table = NULL
     try:
+        table = _inverse_divisors(<floating>0, OH, OW, KH, KW, SH, SW, PH, PW, H, W,
+                                  count_include_pad, divisor_override)
         with nogil:
             for item in range(N * C):
                 n = item // C
                 c = item % C
                 for oh in range(OH):
-                    _zero(&y[n, c, oh, 0], OW)
+                    yrow = &y[n, c, oh, 0]
+                    _zero(yrow, OW)
                     for kh in range(KH):
                         ih = oh * SH - PH + kh
                         if ih < 0 or ih >= H:
@@ -131,30 +194,43 @@ def avg_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                         for kw in range(KW):
                             lo = r[kw]
                             if lo < r[KW + kw]:
-                                _axpy(&y[n, c, oh, lo], 1, &x[n, c, ih, lo * SW - PW + kw],
+                                _axpy(yrow + lo, 1, &x[n, c, ih, lo * SW - PW + kw],
                                       SW, 1, r[KW + kw] - lo)
+                    inv = table + oh * OW
                     for ow in range(OW):
-                        y[n, c, oh, ow] = y[n, c, oh, ow] * inv
+                        yrow[ow] = yrow[ow] * inv[ow]
     finally:
         free(r)
+        free(table)
 
 
 def avg_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                  Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                 Py_ssize_t PH, Py_ssize_t PW):
-    """dx[n, c, window] += dy[n, c, oh, ow] / (KH*KW) over every window."""
+                 Py_ssize_t PH, Py_ssize_t PW, bint count_include_pad,
+                 Py_ssize_t divisor_override):
+    """dx[n, c, window] += dy[n, c, oh, ow] / divisor over every window."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t item, n, c, oh, kh, kw, ih, lo
-    cdef floating inv = 1.0 / (KH * KW)
-    cdef Py_ssize_t* r = _tap_ranges(KW, SW, PW, W, OW)
+    cdef Py_ssize_t item, n, c, oh, ow, kh, kw, ih, lo
+    cdef const floating* inv
+    cdef const floating* grow
+    cdef floating* g
+    cdef Py_ssize_t* r = _ranges(KW, SW, PW, 1, W, OW)
+    cdef floating* table = NULL
     try:
+        table = _inverse_divisors(<floating>0, OH, OW, KH, KW, SH, SW, PH, PW, H, W,
+                                  count_include_pad, divisor_override)
+        g = table + OH * OW                 # one row of dy / divisor
         with nogil:
             for item in range(N * C):
                 n = item // C
                 c = item % C
                 _zero(&dx[n, c, 0, 0], H * W)
                 for oh in range(OH):
+                    inv = table + oh * OW
+                    grow = &dy[n, c, oh, 0]
+                    for ow in range(OW):
+                        g[ow] = grow[ow] * inv[ow]
                     for kh in range(KH):
                         ih = oh * SH - PH + kh
                         if ih < 0 or ih >= H:
@@ -163,14 +239,18 @@ def avg_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                             lo = r[kw]
                             if lo < r[KW + kw]:
                                 _axpy(&dx[n, c, ih, lo * SW - PW + kw], SW,
-                                      &dy[n, c, oh, lo], 1, inv, r[KW + kw] - lo)
+                                      g + lo, 1, 1, r[KW + kw] - lo)
     finally:
         free(r)
+        free(table)
 
 
 # ---------------------------------------------------------------- adaptive pooling
 # Output row oh pools input rows [oh*H // OH, ceil((oh+1)*H / OH)), columns
 # likewise (PyTorch's bounds); windows overlap when the sizes do not divide.
+# The windowed loops are separable: for each output row, one vectorisable
+# pass down its input rows reduces them to one row (sums, or per column the
+# maximum and its row), then each window reduces its stretch of that row.
 # Sums accumulate in double, as the NumPy reference's pairwise sums are
 # about that accurate. The global_* loops are the output 1x1 case: one
 # contiguous pass over each plane.
@@ -188,109 +268,234 @@ def adaptive_avg_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] 
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t item, n, c, oh, ow, ih, iw, h0, h1, w0, w1
+    cdef const floating* xrow
     cdef double s
-    with nogil:
-        for item in range(N * C):
-            n = item // C
-            c = item % C
-            for oh in range(OH):
-                h0, h1 = _start(oh, H, OH), _end(oh, H, OH)
-                for ow in range(OW):
-                    w0, w1 = _start(ow, W, OW), _end(ow, W, OW)
-                    s = 0
-                    for ih in range(h0, h1):
+    cdef double* acc = <double*>malloc(W * sizeof(double))     # column sums
+    if acc == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for item in range(N * C):
+                n = item // C
+                c = item % C
+                for oh in range(OH):
+                    h0, h1 = _start(oh, H, OH), _end(oh, H, OH)
+                    xrow = &x[n, c, h0, 0]
+                    for iw in range(W):
+                        acc[iw] = xrow[iw]
+                    for ih in range(h0 + 1, h1):
+                        xrow = &x[n, c, ih, 0]
+                        for iw in range(W):
+                            acc[iw] = acc[iw] + xrow[iw]
+                    for ow in range(OW):
+                        w0, w1 = _start(ow, W, OW), _end(ow, W, OW)
+                        s = 0
                         for iw in range(w0, w1):
-                            s = s + x[n, c, ih, iw]
-                    y[n, c, oh, ow] = <floating>(s / ((h1 - h0) * (w1 - w0)))
+                            s = s + acc[iw]
+                        y[n, c, oh, ow] = <floating>(s / ((h1 - h0) * (w1 - w0)))
+    finally:
+        free(acc)
 
 
 def adaptive_avg_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx):
-    """dx[n, c, window (oh, ow)] += dy[n, c, oh, ow] / (window size)."""
+    """dx[n, c, window (oh, ow)] += dy[n, c, oh, ow] / (window size): per
+    output row, the row of what its windows add to each column, added to
+    each of its input rows."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t item, n, c, oh, ow, ih, iw, h0, h1, w0, w1
     cdef floating g
-    with nogil:
-        for item in range(N * C):
-            n = item // C
-            c = item % C
-            _zero(&dx[n, c, 0, 0], H * W)
-            for oh in range(OH):
-                h0, h1 = _start(oh, H, OH), _end(oh, H, OH)
-                for ow in range(OW):
-                    w0, w1 = _start(ow, W, OW), _end(ow, W, OW)
-                    g = dy[n, c, oh, ow] / ((h1 - h0) * (w1 - w0))
-                    for ih in range(h0, h1):
+    cdef floating* dxrow
+    cdef floating* add = <floating*>malloc(W * sizeof(floating))
+    if add == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for item in range(N * C):
+                n = item // C
+                c = item % C
+                _zero(&dx[n, c, 0, 0], H * W)
+                for oh in range(OH):
+                    h0, h1 = _start(oh, H, OH), _end(oh, H, OH)
+                    _zero(add, W)
+                    for ow in range(OW):
+                        w0, w1 = _start(ow, W, OW), _end(ow, W, OW)
+                        g = dy[n, c, oh, ow] / ((h1 - h0) * (w1 - w0))
                         for iw in range(w0, w1):
-                            dx[n, c, ih, iw] += g
+                            add[iw] += g
+                    for ih in range(h0, h1):
+                        dxrow = &dx[n, c, ih, 0]
+                        for iw in range(W):
+                            dxrow[iw] += add[iw]
+    finally:
+        free(add)
 
 
 def adaptive_max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                          int[:, :, :, ::1] argmax):
     """y = max over window (oh, ow), argmax its flat offset ih*W + iw in the
-    plane; ties and NaN as max_forward (first maximum, first NaN)."""
+    plane; ties and NaN as max_forward (first maximum, first NaN, in
+    row-major order). Per output row, each column's winner over the window's
+    rows (its maximum, or first NaN, and the first row holding it); then
+    each window takes the winner of its columns, a tie going to the smaller
+    row, then the smaller column."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t item, n, c, oh, ow, ih, iw, h0, h1, w0, w1, where
+    cdef Py_ssize_t item, n, c, oh, ow, ih, iw, h0, h1, w0, w1, brow, bcol
+    cdef const floating* xrow
     cdef floating v, best
-    cdef bint take
-    with nogil:
-        for item in range(N * C):
-            n = item // C
-            c = item % C
-            for oh in range(OH):
-                h0, h1 = _start(oh, H, OH), _end(oh, H, OH)
-                for ow in range(OW):
-                    w0, w1 = _start(ow, W, OW), _end(ow, W, OW)
-                    best = x[n, c, h0, w0]
-                    where = h0 * W + w0
-                    for ih in range(h0, h1):
-                        for iw in range(w0, w1):
-                            v = x[n, c, ih, iw]
+    cdef int r
+    cdef bint take, same
+    cdef floating* colmax = <floating*>malloc(W * sizeof(floating))
+    cdef int* colrow = <int*>malloc(W * sizeof(int))
+    try:
+        if colmax == NULL or colrow == NULL:
+            raise MemoryError()
+        with nogil:
+            for item in range(N * C):
+                n = item // C
+                c = item % C
+                for oh in range(OH):
+                    h0, h1 = _start(oh, H, OH), _end(oh, H, OH)
+                    xrow = &x[n, c, h0, 0]
+                    for iw in range(W):
+                        colmax[iw] = xrow[iw]
+                        colrow[iw] = <int>h0
+                    for ih in range(h0 + 1, h1):
+                        xrow = &x[n, c, ih, 0]
+                        for iw in range(W):
+                            v = xrow[iw]
+                            best = colmax[iw]
                             take = (v > best) | ((v != v) & (best == best))
-                            best = v if take else best
-                            where = ih * W + iw if take else where
-                    y[n, c, oh, ow] = best
-                    argmax[n, c, oh, ow] = <int>where
+                            colmax[iw] = v if take else best
+                            colrow[iw] = <int>ih if take else colrow[iw]
+                    for ow in range(OW):
+                        w0, w1 = _start(ow, W, OW), _end(ow, W, OW)
+                        best, brow, bcol = colmax[w0], colrow[w0], w0
+                        for iw in range(w0 + 1, w1):
+                            v, r = colmax[iw], colrow[iw]
+                            same = (v == best) | ((v != v) & (best != best))
+                            if (v > best) or (v != v and best == best) or (same and r < brow):
+                                best, brow, bcol = v, r, iw
+                        y[n, c, oh, ow] = best
+                        argmax[n, c, oh, ow] = <int>(brow * W + bcol)
+    finally:
+        free(colmax)
+        free(colrow)
+
+
+cdef inline double _sum(const floating* a, Py_ssize_t L) noexcept nogil:
+    """a[0] + ... + a[L-1] in double. Four independent running sums of the
+    input type (one running sum waits on every previous add), folded into
+    the double every 1024 elements, so none sums more than 256 elements in
+    single precision. Scalar lanes, not an array: GCC keeps them in
+    registers."""
+    cdef floating s0, s1, s2, s3
+    cdef double total = 0
+    cdef Py_ssize_t i = 0, stop
+    while L - i >= 4:
+        stop = i + 4 * min((L - i) // 4, 256)
+        s0 = s1 = s2 = s3 = 0
+        while i < stop:
+            s0 = s0 + a[i]
+            s1 = s1 + a[i + 1]
+            s2 = s2 + a[i + 2]
+            s3 = s3 + a[i + 3]
+            i += 4
+        total += (s0 + s2) + (s1 + s3)
+    while i < L:
+        total += a[i]
+        i += 1
+    return total
 
 
 def global_avg_forward(const floating[:, ::1] x, floating[::1] y):
     """y[p] = mean of plane x[p] (x viewed as (N*C, H*W))."""
-    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p, i
-    cdef double s
+    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p
     with nogil:
         for p in range(P):
-            s = 0
-            for i in range(L):
-                s = s + x[p, i]
-            y[p] = <floating>(s / L)
+            y[p] = <floating>(_sum(&x[p, 0], L) / L)
 
 
 def global_avg_backward(const floating[::1] dy, floating[:, ::1] dx):
     """dx[p, :] = dy[p] / (H*W)."""
     cdef Py_ssize_t P = dx.shape[0], L = dx.shape[1], p, i
     cdef floating g
+    cdef floating* row
     with nogil:
         for p in range(P):
             g = dy[p] / L
+            row = &dx[p, 0]
             for i in range(L):
-                dx[p, i] = g
+                row[i] = g
+
+
+cdef inline Py_ssize_t _first_max(const floating* a, Py_ssize_t L) noexcept nogil:
+    """The offset of the first maximum of a[0:L], or of its first NaN. A
+    branch per element, unlike _max_tap's selects: over a whole plane a new
+    maximum is rare (about ln(L) times), so the branch is well predicted."""
+    cdef Py_ssize_t i, where = 0
+    cdef floating v, best = a[0]
+    for i in range(1, L):
+        v = a[i]
+        if v > best or (v != v and best == best):
+            best = v
+            where = i
+    return where
+
+
+cdef inline Py_ssize_t _plane_argmax(const floating* a, Py_ssize_t L) noexcept nogil:
+    """_first_max in two passes without a branch per element: eight
+    independent running maxima (NaN-blind selects) and sums, then the first
+    element equal to the maximum, eight at a time. A NaN anywhere makes the
+    sum NaN (so do +inf and -inf together): then _first_max decides."""
+    cdef floating m0, m1, m2, m3, m4, m5, m6, m7, s0, s1, s2, s3, s4, s5, s6, s7
+    cdef floating v, best, total
+    cdef Py_ssize_t i, blocks = L // 8
+    if blocks < 2:
+        return _first_max(a, L)
+    m0 = s0 = a[0]; m1 = s1 = a[1]; m2 = s2 = a[2]; m3 = s3 = a[3]
+    m4 = s4 = a[4]; m5 = s5 = a[5]; m6 = s6 = a[6]; m7 = s7 = a[7]
+    for i in range(8, blocks * 8, 8):
+        v = a[i]; m0 = v if v > m0 else m0; s0 = s0 + v
+        v = a[i + 1]; m1 = v if v > m1 else m1; s1 = s1 + v
+        v = a[i + 2]; m2 = v if v > m2 else m2; s2 = s2 + v
+        v = a[i + 3]; m3 = v if v > m3 else m3; s3 = s3 + v
+        v = a[i + 4]; m4 = v if v > m4 else m4; s4 = s4 + v
+        v = a[i + 5]; m5 = v if v > m5 else m5; s5 = s5 + v
+        v = a[i + 6]; m6 = v if v > m6 else m6; s6 = s6 + v
+        v = a[i + 7]; m7 = v if v > m7 else m7; s7 = s7 + v
+    m0 = m4 if m4 > m0 else m0
+    m1 = m5 if m5 > m1 else m1
+    m2 = m6 if m6 > m2 else m2
+    m3 = m7 if m7 > m3 else m3
+    m0 = m2 if m2 > m0 else m0
+    m1 = m3 if m3 > m1 else m1
+    best = m1 if m1 > m0 else m0
+    total = ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
+    for i in range(blocks * 8, L):
+        v = a[i]
+        best = v if v > best else best
+        total = total + v
+    if total != total:
+        return _first_max(a, L)
+    i = 0
+    while i + 8 <= L:
+        if ((a[i] == best) | (a[i + 1] == best) | (a[i + 2] == best) | (a[i + 3] == best)
+                | (a[i + 4] == best) | (a[i + 5] == best) | (a[i + 6] == best)
+                | (a[i + 7] == best)):
+            break
+        i += 8
+    while a[i] != best:
+        i += 1
+    return i
 
 
 def global_max_forward(const floating[:, ::1] x, floating[::1] y, int[::1] argmax):
-    """y[p] = max of plane x[p], argmax its offset; ties and NaN as max_forward.
-    A branch here, unlike _max_tap's selects: over a whole plane a new maximum
-    is rare (about ln(H*W) times), so the branch is well predicted."""
-    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p, i, where
-    cdef floating v, best
+    """y[p] = max of plane x[p], argmax its offset; ties and NaN as max_forward."""
+    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p, where
     with nogil:
         for p in range(P):
-            best = x[p, 0]
-            where = 0
-            for i in range(1, L):
-                v = x[p, i]
-                if v > best or (v != v and best == best):
-                    best = v
-                    where = i
-            y[p] = best
+            where = _plane_argmax(&x[p, 0], L)
+            y[p] = x[p, where]
             argmax[p] = <int>where

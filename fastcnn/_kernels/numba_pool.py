@@ -1,4 +1,5 @@
-"""Numba kernels for max and average pooling, forward and backward.
+"""Numba kernels for max and average pooling, forward and backward,
+windowed, adaptive and global.
 
 Direct fused loops (no window extraction, no padding copy): pooling moves
 memory and does almost no arithmetic, so one pass over the input is the
@@ -11,10 +12,14 @@ deliberately chooses nothing (threads, dtype): that is the adapter's job
 Shapes: the adapter views x as planes (NC, H, W) = (N*C, H, W), y/dy as
 (NC, OH, OW), dx as (NC, H*W) for max pooling (argmax offsets index it)
 and (NC, H, W) for average pooling; window (KH, KW), stride (SH, SW),
-symmetric padding (PH, PW) with PH <= KH // 2, so every window holds at least
-one real element.
+symmetric padding (PH, PW) with PH <= KH // 2, max's dilation (DH, DW).
+(OH, OW) is y's shape, as ``fastcnn.ops`` computed it: in ceil_mode the
+last windows run past the padded input, and every tap outside the input is
+skipped, so nothing is padded or extended. Average pooling divides by
+PyTorch's divisor for the window's place (``_divisor``), or by
+divisor_override when it is not 0.
 """
-
+import numpy as np
 from numba import njit
 
 from fastcnn._kernels.numba_common import JIT_OPTIONS, kernel, ro, rw, i32, i64, void
@@ -29,41 +34,67 @@ def _window(o, S, P, K, I):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _window_max(xi, ih0, ih1, iw0, iw1):
-    """(maximum, its offset ih*W + iw) of plane xi over rows [ih0, ih1) and
-    columns [iw0, iw1): the first maximum in row-major order, or the first NaN."""
-    W = xi.shape[1]
-    best = xi[ih0, iw0]
-    where = ih0 * W + iw0
-    for ih in range(ih0, ih1):
-        for iw in range(iw0, iw1):
-            v = xi[ih, iw]
-            # bitwise, not `or`: a select instead of a branch
-            take = (v > best) | ((v != v) & (best == best))
-            best = v if take else best
-            where = ih * W + iw if take else where
-    return best, where
+def _tap_range(off, S, I, O):
+    """The outputs [lo, hi) whose input o*S + off lies inside [0, I)
+    (hi == lo when none)."""
+    lo = 0 if off >= 0 else (S - 1 - off) // S
+    hi = 0 if I - 1 - off < 0 else min((I - 1 - off) // S + 1, O)
+    return lo, max(lo, hi)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _first_real(o, S, P, D):
+    """The first tap of window o (taps D apart from o*S - P) inside the input."""
+    start = o * S - P
+    return start if start >= 0 else start + D * ((D - 1 - start) // D)
 
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3),
-                       i64, i64, i64, i64, i64, i64))
-def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW):
-    """y = window maximum; argmax = its offset ih*W + iw in the plane.
+                       i64, i64, i64, i64, i64, i64, i64, i64))
+def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
+    """y = window maximum over taps (DH, DW) apart; argmax = its offset
+    ih*W + iw in the plane.
 
-    Padding acts as -inf, i.e. is skipped. Ties keep the first maximum in
-    row-major window order (strict >). A NaN wins over any number and the
-    first NaN stays (NaN > v and v > NaN are both false), so the output is
-    NaN and the gradient goes to that first NaN.
+    Tap-major: for each window tap (kh, kw), in row-major order, one pass
+    along the output row, whose own y row holds the running maxima (from
+    -inf, argmax at the window's first real element). The inner loop then
+    has a long fixed-stride body instead of a 3x3 window's short,
+    data-dependent one. Padding acts as -inf, i.e. is skipped. Ties keep the
+    first maximum in row-major window order (strict >). A NaN wins over any
+    number and the first NaN stays (NaN > v and v > NaN are both false), so
+    the output is NaN and the gradient goes to that first NaN.
     """
     NC, H, W = x.shape
     _, OH, OW = y.shape
+    lo = np.empty(KW, np.int64)
+    hi = np.empty(KW, np.int64)
+    for kw in range(KW):
+        lo[kw], hi[kw] = _tap_range(kw * DW - PW, SW, W, OW)
+    first_w = np.empty(OW, np.int64)
+    for ow in range(OW):
+        first_w[ow] = _first_real(ow, SW, PW, DW)
     for i in range(NC):
-        xi = x[i]
         for oh in range(OH):
-            ih0, ih1 = _window(oh, SH, PH, KH, H)
+            yrow = y[i, oh]
+            arow = argmax[i, oh]
+            first = _first_real(oh, SH, PH, DH) * W
             for ow in range(OW):
-                iw0, iw1 = _window(ow, SW, PW, KW, W)
-                y[i, oh, ow], argmax[i, oh, ow] = _window_max(xi, ih0, ih1, iw0, iw1)
+                yrow[ow] = -np.inf
+                arow[ow] = first + first_w[ow]
+            for kh in range(KH):
+                ih = oh * SH - PH + kh * DH
+                if ih < 0 or ih >= H:
+                    continue
+                xrow = x[i, ih]
+                for kw in range(KW):
+                    off = kw * DW - PW
+                    base = ih * W + off
+                    for ow in range(lo[kw], hi[kw]):
+                        v = xrow[ow * SW + off]
+                        b = yrow[ow]
+                        take = (v > b) | ((v != v) & (b == b))
+                        yrow[ow] = v if take else b
+                        arow[ow] = base + ow * SW if take else arow[ow]
 
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3)))
@@ -110,13 +141,40 @@ def max_pool2d_backward(dy, argmax, dx):
                 dxi[argmax[i, oh, ow]] += dy[i, oh, ow]
 
 
-@kernel(lambda t: void(ro(t, 3), rw(t, 3), i64, i64, i64, i64, i64, i64))
-def avg_pool2d_forward(x, y, KH, KW, SH, SW, PH, PW):
-    """y = (sum of the window's real elements) / (KH*KW): padding counts as
-    zeros (count_include_pad)."""
+@njit(inline="always", **JIT_OPTIONS)
+def _divisor(o, S, P, K, I, count_include_pad):
+    """PyTorch's share of window o in the divisor along one dimension: the
+    window clipped to the padded input [-P, I + P) (count_include_pad), or
+    to the input [0, I)."""
+    start = o * S - P
+    end = min(start + K, I + P)
+    if not count_include_pad:
+        start, end = max(start, 0), min(end, I)
+    return end - start
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _inverse_divisors(OH, OW, KH, KW, SH, SW, PH, PW, H, W, count_include_pad,
+                      divisor_override):
+    """(OH, OW) table of 1 / divisor at each output: the divisor depends
+    only on the window's place."""
+    inv = np.empty((OH, OW))
+    for oh in range(OH):
+        dh = _divisor(oh, SH, PH, KH, H, count_include_pad)
+        for ow in range(OW):
+            d = divisor_override if divisor_override != 0 else \
+                dh * _divisor(ow, SW, PW, KW, W, count_include_pad)
+            inv[oh, ow] = 1.0 / d
+    return inv
+
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3), i64, i64, i64, i64, i64, i64, i64, i64))
+def avg_pool2d_forward(x, y, KH, KW, SH, SW, PH, PW, count_include_pad, divisor_override):
+    """y = (sum of the window's real elements) / divisor."""
     NC, H, W = x.shape
     _, OH, OW = y.shape
-    area = KH * KW
+    inv = _inverse_divisors(OH, OW, KH, KW, SH, SW, PH, PW, H, W, count_include_pad,
+                            divisor_override).astype(y.dtype)
     for i in range(NC):
         xi = x[i]
         for oh in range(OH):
@@ -127,15 +185,16 @@ def avg_pool2d_forward(x, y, KH, KW, SH, SW, PH, PW):
                 for ih in range(ih0, ih1):
                     for iw in range(iw0, iw1):
                         s += xi[ih, iw]
-                y[i, oh, ow] = s / area
+                y[i, oh, ow] = s * inv[oh, ow]
 
 
-@kernel(lambda t: void(ro(t, 3), rw(t, 3), i64, i64, i64, i64, i64, i64))
-def avg_pool2d_backward(dy, dx, KH, KW, SH, SW, PH, PW):
-    """dx[window] += dy / (KH*KW) for every window (padding drops its share)."""
+@kernel(lambda t: void(ro(t, 3), rw(t, 3), i64, i64, i64, i64, i64, i64, i64, i64))
+def avg_pool2d_backward(dy, dx, KH, KW, SH, SW, PH, PW, count_include_pad, divisor_override):
+    """dx[window] += dy / divisor for every window."""
     NC, H, W = dx.shape
     _, OH, OW = dy.shape
-    area = KH * KW
+    inv = _inverse_divisors(OH, OW, KH, KW, SH, SW, PH, PW, H, W, count_include_pad,
+                            divisor_override).astype(dy.dtype)
     for i in range(NC):
         dxi = dx[i]
         dxi[:, :] = 0
@@ -143,7 +202,7 @@ def avg_pool2d_backward(dy, dx, KH, KW, SH, SW, PH, PW):
             ih0, ih1 = _window(oh, SH, PH, KH, H)
             for ow in range(OW):
                 iw0, iw1 = _window(ow, SW, PW, KW, W)
-                g = dy[i, oh, ow] / area
+                g = dy[i, oh, ow] * inv[oh, ow]
                 for ih in range(ih0, ih1):
                     for iw in range(iw0, iw1):
                         dxi[ih, iw] += g
@@ -152,6 +211,9 @@ def avg_pool2d_backward(dy, dx, KH, KW, SH, SW, PH, PW):
 # ------------------------------------------------------------- adaptive ---
 # Output row oh pools input rows [oh*I // O, ceil((oh+1)*I / O)), columns
 # likewise (PyTorch's bounds); windows overlap when the sizes do not divide.
+# The windowed kernels are separable: for each output row, one vectorisable
+# pass down its input rows reduces them to one row (sums, or per column the
+# maximum and its row), then each window reduces its stretch of that row.
 # Sums accumulate in float64, about as accurate as NumPy's pairwise sums.
 # The global_* kernels are the output 1x1 case: one contiguous pass over
 # each plane, viewed flat as (NC, H*W).
@@ -167,50 +229,104 @@ def adaptive_avg_pool2d_forward(x, y):
     """y = mean over each adaptive window."""
     NC, H, W = x.shape
     _, OH, OW = y.shape
+    acc = np.empty(W)                   # column sums over the window's rows
     for i in range(NC):
-        xi = x[i]
         for oh in range(OH):
             ih0, ih1 = _adaptive(oh, H, OH)
+            xrow = x[i, ih0]
+            for iw in range(W):
+                acc[iw] = xrow[iw]
+            for ih in range(ih0 + 1, ih1):
+                xrow = x[i, ih]
+                for iw in range(W):
+                    acc[iw] += xrow[iw]
             for ow in range(OW):
                 iw0, iw1 = _adaptive(ow, W, OW)
                 s = 0.0
-                for ih in range(ih0, ih1):
-                    for iw in range(iw0, iw1):
-                        s += xi[ih, iw]
+                for iw in range(iw0, iw1):
+                    s += acc[iw]
                 y[i, oh, ow] = s / ((ih1 - ih0) * (iw1 - iw0))
 
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3)))
 def adaptive_avg_pool2d_backward(dy, dx):
-    """dx[window] += dy / (window size) for every adaptive window."""
+    """dx[window] += dy / (window size) for every adaptive window: per output
+    row, the row of what its windows add to each column, added to each of
+    its input rows."""
     NC, H, W = dx.shape
     _, OH, OW = dy.shape
+    add = np.empty(W, dx.dtype)
     for i in range(NC):
         dxi = dx[i]
         dxi[:, :] = 0
         for oh in range(OH):
             ih0, ih1 = _adaptive(oh, H, OH)
+            add[:] = 0
             for ow in range(OW):
                 iw0, iw1 = _adaptive(ow, W, OW)
                 g = dy[i, oh, ow] / ((ih1 - ih0) * (iw1 - iw0))
-                for ih in range(ih0, ih1):
-                    for iw in range(iw0, iw1):
-                        dxi[ih, iw] += g
+                for iw in range(iw0, iw1):
+                    add[iw] += g
+            for ih in range(ih0, ih1):
+                dxrow = dxi[ih]
+                for iw in range(W):
+                    dxrow[iw] += add[iw]
 
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3)))
 def adaptive_max_pool2d_forward(x, y, argmax):
     """y = maximum of each adaptive window, argmax its offset ih*W + iw in
-    the plane; ties and NaN as max_pool2d_forward."""
+    the plane; ties and NaN as max_pool2d_forward (first maximum, first NaN,
+    in row-major order). Per output row, each column's winner over the
+    window's rows (its maximum, or first NaN, and the first row holding it);
+    then each window takes the winner of its columns, a tie going to the
+    smaller row, then the smaller column."""
     NC, H, W = x.shape
     _, OH, OW = y.shape
+    colmax = np.empty(W, x.dtype)
+    colrow = np.empty(W, np.int64)
     for i in range(NC):
-        xi = x[i]
         for oh in range(OH):
             ih0, ih1 = _adaptive(oh, H, OH)
+            xrow = x[i, ih0]
+            for iw in range(W):
+                colmax[iw] = xrow[iw]
+                colrow[iw] = ih0
+            for ih in range(ih0 + 1, ih1):
+                xrow = x[i, ih]
+                for iw in range(W):
+                    v = xrow[iw]
+                    b = colmax[iw]
+                    take = (v > b) | ((v != v) & (b == b))
+                    colmax[iw] = v if take else b
+                    colrow[iw] = ih if take else colrow[iw]
             for ow in range(OW):
                 iw0, iw1 = _adaptive(ow, W, OW)
-                y[i, oh, ow], argmax[i, oh, ow] = _window_max(xi, ih0, ih1, iw0, iw1)
+                best, brow, bcol = colmax[iw0], colrow[iw0], iw0
+                for iw in range(iw0 + 1, iw1):
+                    v, r = colmax[iw], colrow[iw]
+                    same = (v == best) or (v != v and best != best)
+                    if v > best or (v != v and best == best) or (same and r < brow):
+                        best, brow, bcol = v, r, iw
+                y[i, oh, ow] = best
+                argmax[i, oh, ow] = brow * W + bcol
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _sum(a):
+    """a's sum in float64, as four independent running sums (one running sum
+    waits on every previous add)."""
+    L = a.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    for i in range(0, L - 3, 4):
+        s0 += a[i]
+        s1 += a[i + 1]
+        s2 += a[i + 2]
+        s3 += a[i + 3]
+    total = (s0 + s2) + (s1 + s3)
+    for i in range(L - L % 4, L):
+        total += a[i]
+    return total
 
 
 @kernel(lambda t: void(ro(t, 2), rw(t, 1)))
@@ -218,10 +334,7 @@ def global_avg_pool2d_forward(x, y):
     """y[p] = mean of plane x[p]."""
     NC, L = x.shape
     for p in range(NC):
-        s = 0.0
-        for k in range(L):
-            s += x[p, k]
-        y[p] = s / L
+        y[p] = _sum(x[p]) / L
 
 
 @kernel(lambda t: void(ro(t, 1), rw(t, 2)))
@@ -234,22 +347,94 @@ def global_avg_pool2d_backward(dy, dx):
             dx[p, k] = g
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _first_max(a):
+    """The offset of the first maximum of a, or of its first NaN. A branch
+    per element: over a whole plane a new maximum is rare (about ln(L)
+    times), so the branch is well predicted."""
+    best = a[0]
+    where = 0
+    for k in range(1, a.shape[0]):
+        v = a[k]
+        if v > best or (v != v and best == best):
+            best = v
+            where = k
+    return where
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _plane_argmax(a):
+    """_first_max in two passes without a branch per element: eight
+    independent running maxima (NaN-blind selects) and sums, then the first
+    element equal to the maximum. A NaN anywhere makes the sum NaN (so do
+    +inf and -inf together): then _first_max decides."""
+    L = a.shape[0]
+    blocks = L // 8
+    if blocks < 2:
+        return _first_max(a)
+    m0 = s0 = a[0]
+    m1 = s1 = a[1]
+    m2 = s2 = a[2]
+    m3 = s3 = a[3]
+    m4 = s4 = a[4]
+    m5 = s5 = a[5]
+    m6 = s6 = a[6]
+    m7 = s7 = a[7]
+    for i in range(8, blocks * 8, 8):
+        v = a[i]
+        m0 = v if v > m0 else m0
+        s0 += v
+        v = a[i + 1]
+        m1 = v if v > m1 else m1
+        s1 += v
+        v = a[i + 2]
+        m2 = v if v > m2 else m2
+        s2 += v
+        v = a[i + 3]
+        m3 = v if v > m3 else m3
+        s3 += v
+        v = a[i + 4]
+        m4 = v if v > m4 else m4
+        s4 += v
+        v = a[i + 5]
+        m5 = v if v > m5 else m5
+        s5 += v
+        v = a[i + 6]
+        m6 = v if v > m6 else m6
+        s6 += v
+        v = a[i + 7]
+        m7 = v if v > m7 else m7
+        s7 += v
+    m0 = max(m0, m4)
+    m1 = max(m1, m5)
+    m2 = max(m2, m6)
+    m3 = max(m3, m7)
+    best = max(max(m0, m2), max(m1, m3))
+    total = ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
+    for i in range(blocks * 8, L):
+        v = a[i]
+        best = v if v > best else best
+        total += v
+    if total != total:
+        return _first_max(a)
+    i = 0
+    while i + 8 <= L:
+        if ((a[i] == best) | (a[i + 1] == best) | (a[i + 2] == best) | (a[i + 3] == best)
+                | (a[i + 4] == best) | (a[i + 5] == best) | (a[i + 6] == best)
+                | (a[i + 7] == best)):
+            break
+        i += 8
+    while a[i] != best:
+        i += 1
+    return i
+
+
 @kernel(lambda t: void(ro(t, 2), rw(t, 1), rw(i32, 1)))
 def global_max_pool2d_forward(x, y, argmax):
     """y[p] = maximum of plane x[p], argmax its offset; ties and NaN as
-    max_pool2d_forward. A branch here, unlike the windowed kernels' selects:
-    over a whole plane a new maximum is rare (about ln(H*W) times), so the
-    branch is well predicted and the loop no longer carries the selects'
-    dependency on every element."""
+    max_pool2d_forward."""
     NC, L = x.shape
     for p in range(NC):
-        xp = x[p]
-        best = xp[0]
-        where = 0
-        for k in range(1, L):
-            v = xp[k]
-            if v > best or (v != v and best == best):
-                best = v
-                where = k
-        y[p] = best
+        where = _plane_argmax(x[p])
+        y[p] = x[p, where]
         argmax[p] = where

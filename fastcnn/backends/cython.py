@@ -16,7 +16,7 @@ back to another backend: if the extension modules are missing, importing
 this module raises ImportError saying so, and the registry reports the
 backend absent with that reason.
 """
-from fastcnn.backends import _concurrent, _gemm_conv, _pool_modes, _pooling, _relu
+from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu
 from fastcnn.backends._workspace import outputs
 
 try:
@@ -70,21 +70,25 @@ def conv2d_backward(dy, saved):
 
 # ---------------------------------------------------------------- pooling
 # The loops take (N, C, H, W) arrays; ranges of planes run concurrently as
-# (N*C, 1, H, W) slices (argmax offsets are within a plane either way).
+# (N*C, 1, H, W) slices (argmax offsets are within a plane either way). They
+# take out_hw as y's shape and clip each window to the input themselves, and
+# avg's divisors and max's dilation are theirs too: ceil_mode and the other
+# divisors cost no copy and no rescale.
 
 def _planes(a):
     N, C, H, W = a.shape
     return a.reshape(N * C, 1, H, W)
 
 
-def _max_pool2d_forward(x, kernel, stride, padding):
-    y, argmax = _pooling.max_pool_outputs(x, kernel, stride, padding)
+def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
+    y, argmax = _pooling.max_outputs(x, out_hw)
     _concurrent.over_rows(cy_pool.max_forward, [_planes(x), _planes(y), _planes(argmax)],
-                          (*kernel, *stride, *padding), y.size * kernel[0] * kernel[1])
+                          (*kernel, *stride, *padding, *dilation),
+                          y.size * kernel[0] * kernel[1])
     return y, (x.shape, argmax)
 
 
-def _max_pool2d_backward(dy, saved):
+def max_pool2d_backward(dy, saved):
     x_shape, argmax = saved
     dx = outputs.take(x_shape, dy.dtype)
     _concurrent.over_rows(cy_pool.max_backward, [_planes(dy), _planes(argmax), _planes(dx)],
@@ -92,28 +96,22 @@ def _max_pool2d_backward(dy, saved):
     return dx
 
 
-def _avg_pool2d_forward(x, kernel, stride, padding):
+def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad,
+                       divisor_override):
     N, C, _, _ = x.shape
-    y = outputs.take((N, C, *_pooling.out_hw(x.shape, kernel, stride, padding)), x.dtype)
-    _concurrent.over_rows(cy_pool.avg_forward, [_planes(x), _planes(y)],
-                          (*kernel, *stride, *padding), y.size * kernel[0] * kernel[1])
-    return y, (x.shape, kernel, stride, padding)
+    y = outputs.take((N, C, *out_hw), x.dtype)
+    params = (*kernel, *stride, *padding, count_include_pad, divisor_override or 0)
+    _concurrent.over_rows(cy_pool.avg_forward, [_planes(x), _planes(y)], params,
+                          y.size * kernel[0] * kernel[1])
+    return y, (x.shape, params)
 
 
-def _avg_pool2d_backward(dy, saved):
-    x_shape, kernel, stride, padding = saved
+def avg_pool2d_backward(dy, saved):
+    x_shape, params = saved
     dx = outputs.take(x_shape, dy.dtype)
-    _concurrent.over_rows(cy_pool.avg_backward, [_planes(dy), _planes(dx)],
-                          (*kernel, *stride, *padding), dx.size * kernel[0] * kernel[1])
+    _concurrent.over_rows(cy_pool.avg_backward, [_planes(dy), _planes(dx)], params,
+                          dx.size + dy.size * params[0] * params[1])
     return dx
-
-
-# PyTorch's ceil_mode and divisors, over the floor-mode kernels above
-# (backends/_pool_modes).
-
-(max_pool2d_forward, max_pool2d_backward,
- avg_pool2d_forward, avg_pool2d_backward) = _pool_modes.public_kernels(
-    _max_pool2d_forward, _max_pool2d_backward, _avg_pool2d_forward, _avg_pool2d_backward)
 
 
 # ---------------------------------------------------------------- adaptive pooling
@@ -137,7 +135,7 @@ def adaptive_max_pool2d_forward(x, output_size):
     return _pooling.adaptive_max_forward(_ADAPTIVE, x, output_size)
 
 
-adaptive_max_pool2d_backward = _max_pool2d_backward   # the same argmax format
+adaptive_max_pool2d_backward = max_pool2d_backward   # the same argmax format
 
 
 # ---------------------------------------------------------------- relu

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from fastcnn.backends import _concurrent, _gemm_conv, _pool_modes, _pooling, _relu, _winograd
+from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu, _winograd
 from fastcnn.backends._workspace import outputs
 
 numba = None              # the numba module, imported with the kernels
@@ -85,27 +85,30 @@ def conv2d_backward(dy, saved):
 
 # --------------------------------------------------------------- pooling ---
 # The kernels see planes: x (N*C, H, W), y and argmax (N*C, OH, OW); ranges
-# of planes run concurrently.
+# of planes run concurrently. They take out_hw as y's shape and clip each
+# window to the input themselves, and avg's divisors and max's dilation are
+# theirs too: ceil_mode and the other divisors cost no copy and no rescale.
 
 def _planes(a, flat=False):
     N, C, H, W = a.shape
     return a.reshape(N * C, H * W) if flat else a.reshape(N * C, H, W)
 
 
-def _max_pool2d_forward(x, kernel, stride, padding):
+def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
     _kernels()
-    y, argmax = _pooling.max_pool_outputs(x, kernel, stride, padding)
+    y, argmax = _pooling.max_outputs(x, out_hw)
     planes = [_planes(x), _planes(y), _planes(argmax)]
     work = y.size * kernel[0] * kernel[1]
-    if kernel == stride == (2, 2) and padding == (0, 0):
+    if kernel == stride == (2, 2) and padding == (0, 0) and dilation == (1, 1) \
+            and out_hw == (x.shape[2] // 2, x.shape[3] // 2):
         _concurrent.over_rows(_pool.max_pool2d_forward_2x2, planes, (), work)
     else:
         _concurrent.over_rows(_pool.max_pool2d_forward, planes,
-                              (*kernel, *stride, *padding), work)
+                              (*kernel, *stride, *padding, *dilation), work)
     return y, (x.shape, argmax)
 
 
-def _max_pool2d_backward(dy, saved):
+def max_pool2d_backward(dy, saved):
     _kernels()
     x_shape, argmax = saved
     dx = outputs.take(x_shape, dy.dtype)
@@ -115,31 +118,24 @@ def _max_pool2d_backward(dy, saved):
     return dx
 
 
-def _avg_pool2d_forward(x, kernel, stride, padding):
+def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad,
+                       divisor_override):
     _kernels()
-    N, C, H, W = x.shape
-    y = outputs.take((N, C, *_pooling.out_hw(x.shape, kernel, stride, padding)), x.dtype)
-    _concurrent.over_rows(_pool.avg_pool2d_forward, [_planes(x), _planes(y)],
-                          (*kernel, *stride, *padding), y.size * kernel[0] * kernel[1])
-    return y, (x.shape, kernel, stride, padding)
+    N, C, _, _ = x.shape
+    y = outputs.take((N, C, *out_hw), x.dtype)
+    params = (*kernel, *stride, *padding, int(count_include_pad), divisor_override or 0)
+    _concurrent.over_rows(_pool.avg_pool2d_forward, [_planes(x), _planes(y)], params,
+                          y.size * kernel[0] * kernel[1])
+    return y, (x.shape, params)
 
 
-def _avg_pool2d_backward(dy, saved):
+def avg_pool2d_backward(dy, saved):
     _kernels()
-    x_shape, kernel, stride, padding = saved
+    x_shape, params = saved
     dx = outputs.take(x_shape, dy.dtype)
-    _concurrent.over_rows(_pool.avg_pool2d_backward, [_planes(dy), _planes(dx)],
-                          (*kernel, *stride, *padding),
-                          dx.size + dy.size * kernel[0] * kernel[1])
+    _concurrent.over_rows(_pool.avg_pool2d_backward, [_planes(dy), _planes(dx)], params,
+                          dx.size + dy.size * params[0] * params[1])
     return dx
-
-
-# PyTorch's ceil_mode and divisors, over the floor-mode kernels above
-# (backends/_pool_modes).
-
-(max_pool2d_forward, max_pool2d_backward,
- avg_pool2d_forward, avg_pool2d_backward) = _pool_modes.public_kernels(
-    _max_pool2d_forward, _max_pool2d_backward, _avg_pool2d_forward, _avg_pool2d_backward)
 
 
 # ------------------------------------------------------ adaptive pooling ---
@@ -172,7 +168,7 @@ def adaptive_max_pool2d_forward(x, output_size):
     return _pooling.adaptive_max_forward(_adaptive_kernels(), x, output_size)
 
 
-adaptive_max_pool2d_backward = _max_pool2d_backward   # the same argmax format
+adaptive_max_pool2d_backward = max_pool2d_backward   # the same argmax format
 
 
 # ------------------------------------------------------------------ relu ---
@@ -207,10 +203,11 @@ def warmup():
         y, s = conv2d_forward(x, np.ones((4, 1, 3, 3), dtype=dtype), None,
                               (1, 1), (1, 1, 1, 1), (1, 1), 4, (2, 4, 8, 8))
         conv2d_backward(y, s)
-        for fwd, bwd in ((_max_pool2d_forward, _max_pool2d_backward),
-                         (_avg_pool2d_forward, _avg_pool2d_backward)):
-            y, s = fwd(x, (2, 2), (2, 2), (0, 0))
-            bwd(y, s)
+        for out_hw in ((4, 4), (3, 3)):      # the 2x2 kernel, the general one
+            y, s = max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), out_hw)
+            max_pool2d_backward(y, s)
+            y, s = avg_pool2d_forward(x, (2, 2), (2, 2), (0, 0), out_hw, True, None)
+            avg_pool2d_backward(y, s)
         for fwd, bwd in ((adaptive_avg_pool2d_forward, adaptive_avg_pool2d_backward),
                          (adaptive_max_pool2d_forward, adaptive_max_pool2d_backward)):
             for out in ((3, 3), (1, 1)):
