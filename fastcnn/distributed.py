@@ -159,6 +159,9 @@ def abort_on_error(comm, *, collective=(), describe=None):
             print(line, file=sys.stderr, flush=True)
         finally:
             comm.Abort(status)
+            # MPICH's MPI_Abort may return to its caller while the launcher
+            # kills the job; this rank must not go on as if nothing happened
+            os._exit(status)
 
 
 def _checksum(a):
