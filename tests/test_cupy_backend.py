@@ -466,3 +466,65 @@ def test_the_c_build_reads_int32_and_int64_tables(c_kernels):
         np.testing.assert_allclose(e.gather_sum(src, t), NumpyEngine().gather_sum(src, t))
         for got, want in zip(e.window_max(src, t), NumpyEngine.window_max(src, t)):
             np.testing.assert_array_equal(got, want)
+
+
+# ------------------------------------------------------------------ on the GPU itself
+
+gpu_only = pytest.mark.skipif(not GPU, reason=f"backend 'cupy' is not available here: "
+                                               f"{GPU_REASON}")
+
+
+def _device_inputs():
+    import cupy
+    x, w, b, _, _ = conv_inputs(CONV_CASES[0], np.float32)
+    return cupy, x, w, b, cupy.asarray(x), cupy.asarray(w), cupy.asarray(b)
+
+
+@gpu_only
+def test_cupy_arrays_in_cupy_arrays_out_on_the_same_device():
+    cupy, x, w, b, xd, wd, bd = _device_inputs()
+    k = registry.get_module("cupy")
+    y, saved = k.conv2d_forward(xd, wd, bd, (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 4, 7, 7))
+    grads = k.conv2d_backward(cupy.ones_like(y), saved)
+    for a in (y, *grads):
+        assert isinstance(a, cupy.ndarray) and a.device == xd.device and a.dtype == np.float32
+    want, _ = ops.conv2d_forward(x, w, b, 1, 1, backend="loops")
+    np.testing.assert_allclose(cupy.asnumpy(y), want, rtol=1e-4, atol=1e-4)
+
+
+@gpu_only
+def test_numpy_inputs_are_refused_with_how_to_move_them():
+    k = registry.get_module("cupy")
+    with pytest.raises(TypeError, match=r"move the data first with cupy\.asarray\(x\)"):
+        k.relu_forward(np.ones(3, np.float32))
+    with pytest.raises(TypeError, match=r"cupy\.asarray\(x\)"):
+        ops.relu_forward(np.ones(3, np.float32), backend="cupy")
+
+
+@gpu_only
+def test_gradients_do_not_vary_from_run_to_run():
+    # gather-style col2im and max-pool backward: no atomics, a fixed order of sums
+    cupy, *_ = _device_inputs()
+    k = registry.get_module("cupy")
+    x = cupy.asarray(np.random.default_rng(0).standard_normal((8, 16, 20, 20), np.float32))
+    w = cupy.asarray(np.random.default_rng(1).standard_normal((16, 16, 3, 3), np.float32))
+    runs = []
+    for _ in range(2):
+        y, saved = k.conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, (8, 16, 20, 20))
+        p, psaved = k.max_pool2d_forward(y, (3, 3), (1, 1), (1, 1), (1, 1), (20, 20))
+        dx, _, _ = k.conv2d_backward(k.max_pool2d_backward(cupy.ones_like(p), psaved), saved)
+        runs.append(cupy.asnumpy(dx))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@gpu_only
+def test_the_ops_take_and_return_cupy_arrays():
+    # needs fastcnn.ops to accept cupy.ndarray for backend 'cupy' (issue 15's door patch)
+    cupy, x, w, b, xd, wd, bd = _device_inputs()
+    y, ctx = ops.conv2d_forward(xd, wd, bd, 1, 1, backend="cupy")
+    dx, dw, db = ops.conv2d_backward(cupy.ones_like(y), ctx)
+    want, wctx = ops.conv2d_forward(x, w, b, 1, 1, backend="loops")
+    wdx, wdw, wdb = ops.conv2d_backward(np.ones_like(want), wctx)
+    for got, ref in ((y, want), (dx, wdx), (dw, wdw), (db, wdb)):
+        assert isinstance(got, cupy.ndarray)
+        np.testing.assert_allclose(cupy.asnumpy(got), ref, rtol=1e-4, atol=1e-4)
