@@ -1,19 +1,22 @@
-"""PyTorch's ceil_mode and average-pooling divisors over kernels that know
-only floor mode and the divisor KH*KW.
+"""PyTorch's ceil_mode, max pooling's dilation and average pooling's
+divisors over pooling kernels that know only floor mode, adjacent taps and
+the divisor KH*KW: the im2col backend's strided-view kernels.
 
-im2col, cython and numba share this adapter. A ceil_mode output needs
-windows that run past the padded input: the input is extended at the
-bottom/right by the rows and columns those windows need (-inf for max, 0
-for avg), so the backend's own kernel, unchanged, computes them; backward
-crops the extension off. Average pooling's other divisors rescale the
-KH*KW-mean by KH*KW / divisor, one factor per output position (the divisor
-depends only on the window's place). Dilated max pooling gathers each
-window's taps side by side and pools those with stride = kernel. The
-default arguments pass straight through: no copy, no rescale, so the fast
-paths stay as they were.
+(The compiled backends need none of it: their loops take out_hw, clip each
+window to the input, and compute the divisors and dilated taps inline.)
+
+A ceil_mode output needs windows that run past the padded input: the input
+is extended at the bottom/right by the rows and columns those windows need
+(-inf for max, 0 for avg), so the backend's own kernel, unchanged, computes
+them; backward crops the extension off. Average pooling's other divisors
+rescale the KH*KW-mean by KH*KW / divisor, one factor per output position
+(the divisor depends only on the window's place; ``divisors`` is PyTorch's
+rule). Dilated max pooling gathers each window's taps side by side and
+pools those with stride = kernel. The default arguments pass straight
+through: no copy, no rescale.
 
 Deliberately not here: argument checks (``fastcnn.ops``), the loops
-(each backend's kernels), and the spec (``backends/loops.py``).
+(the backend's kernels), and the spec (``backends/loops.py``).
 """
 import numpy as np
 
