@@ -46,6 +46,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 import traceback
 import zlib
 
@@ -186,6 +187,7 @@ class DataParallel:
         self._in_place = MPI.IN_PLACE
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.allreduce_seconds = 0.0   # in the per-step Allreduce, waiting for the others too
         self.params = model.parameters()
         dtypes = {p.dtype for p in self.params}
         if len(dtypes) != 1:
@@ -266,7 +268,9 @@ class DataParallel:
             buf[-1] = np.count_nonzero(logits.argmax(axis=1) == yb)
         else:   # a small last batch left this rank nothing: it adds zeros
             buf[...] = 0
+        start = time.perf_counter()
         self.comm.Allreduce(self._in_place, buf)
+        self.allreduce_seconds += time.perf_counter() - start
         loss = float(buf[-2])
         if not math.isfinite(loss):
             raise NonFiniteLossError(loss)
