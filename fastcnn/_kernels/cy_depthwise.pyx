@@ -156,22 +156,19 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] w,
                                M, KH, KW, OH, OW, SH, SW, DH, DW, RW)
 
 
-cdef void _backward_plane(const floating* dy, const floating* w, const floating* xp,
-                          floating* dxp, floating* acc, double* dw, double* db,
-                          Py_ssize_t M, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH,
-                          Py_ssize_t OW, Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t DH,
-                          Py_ssize_t DW, Py_ssize_t RW) noexcept nogil:
-    """One input plane's share of the gradients, its M output planes dy
-    (M, OH, OW): dxp (HP, RW, phase layout, zeroed by the caller) += the
-    transposed convolution; dw (M, KH*KW) and db (M,) += the plane's sums.
-    acc (KH*KW + 1, OW) is scratch: per tap, lanes of partial sums (a
-    reduction over j would not vectorise), summed into dw once per plane."""
+cdef void _grad_weights(const floating* dy, const floating* xp, floating* acc, double* dw,
+                        double* db, Py_ssize_t M, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH,
+                        Py_ssize_t OW, Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t DH,
+                        Py_ssize_t DW, Py_ssize_t RW) noexcept nogil:
+    """One plane's share of dw (M, KH*KW) and db (M,), added: per tap the
+    dot product of dy (M, OH, OW) with the padded input xp (HP, RW) it met.
+    acc (KH*KW + 1, OW) is scratch: per tap a row of partial sums down the
+    rows (a sum over j would not vectorise without reassociation), summed
+    into dw once per plane."""
     cdef Py_ssize_t WQ = RW // SW, T = KH * KW
-    cdef Py_ssize_t m, i, j, kh, kw, t, off
-    cdef floating wv, g
+    cdef Py_ssize_t m, i, j, kh, kw, t
     cdef const floating* dyr
     cdef const floating* xr
-    cdef floating* dr
     cdef floating* a
     cdef double s
     for m in range(M):
@@ -183,42 +180,116 @@ cdef void _backward_plane(const floating* dy, const floating* w, const floating*
                 a[j] += dyr[j]
             for kh in range(KH):
                 for kw in range(KW):
-                    t = kh * KW + kw
-                    off = (i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ)
-                    xr = xp + off
-                    dr = dxp + off
-                    a = acc + t * OW
-                    wv = w[m * T + t]
+                    xr = xp + (i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ)
+                    a = acc + (kh * KW + kw) * OW
                     for j in range(OW):
-                        g = dyr[j]
-                        a[j] += g * xr[j]
-                        dr[j] += wv * g
-        for t in range(T):
+                        a[j] += dyr[j] * xr[j]
+        for t in range(T + 1):
             s = 0
             for j in range(OW):
                 s += acc[t * OW + j]
-            dw[m * T + t] += s
-        s = 0
-        for j in range(OW):
-            s += acc[T * OW + j]
-        db[m] += s
+            if t < T:
+                dw[m * T + t] += s
+            else:
+                db[m] += s
+
+
+cdef void _grad_input_s1(const floating* dy, const floating* w, floating* dyp, floating* dx,
+                         Py_ssize_t M, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH,
+                         Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t H,
+                         Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t RH,
+                         Py_ssize_t RC) noexcept nogil:
+    """dx (H, W) of one plane, stride 1, as a gather: the correlation of dy
+    (M, OH, OW), zero-padded into dyp (M, RH, RC) with A = (KH-1)*DH rows
+    above and B = (KW-1)*DW columns left, with the flipped filters:
+    dx[ih, iw] = sum_{m,kh,kw} w[m, kh, kw] * dyp[m, ih+PT+A - kh*DH, iw+PL+B - kw*DW].
+    One store per dx element, no bounds tests."""
+    cdef Py_ssize_t A = (KH - 1) * DH, B = (KW - 1) * DW, T = KH * KW
+    cdef Py_ssize_t m, i, j, kh, kw
+    cdef floating v, wv, w0, w1, w2, w3, w4, w5, w6, w7, w8
+    cdef floating* d
+    cdef floating* dxr
+    cdef const floating* c
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef const floating* r2
+    _zero(dyp, M * RH * RC)
+    for m in range(M):
+        for i in range(OH):
+            d = dyp + (m * RH + A + i) * RC + B
+            for j in range(OW):
+                d[j] = dy[(m * OH + i) * OW + j]
+    for m in range(M):
+        if KH == 3 and KW == 3:
+            w0, w1, w2 = w[m * 9 + 0], w[m * 9 + 1], w[m * 9 + 2]
+            w3, w4, w5 = w[m * 9 + 3], w[m * 9 + 4], w[m * 9 + 5]
+            w6, w7, w8 = w[m * 9 + 6], w[m * 9 + 7], w[m * 9 + 8]
+        for i in range(H):
+            dxr = dx + i * W
+            c = dyp + (m * RH + i + PT + A) * RC + PL + B     # tap (0, 0)
+            if KH == 3 and KW == 3:
+                r0 = c
+                r1 = c - DH * RC
+                r2 = r1 - DH * RC
+                for j in range(W):
+                    v = ((w0 * r0[j] + w1 * r0[j - DW] + w2 * r0[j - 2 * DW])
+                         + (w3 * r1[j] + w4 * r1[j - DW] + w5 * r1[j - 2 * DW])
+                         + (w6 * r2[j] + w7 * r2[j - DW] + w8 * r2[j - 2 * DW]))
+                    dxr[j] = v if m == 0 else dxr[j] + v
+                continue
+            if m == 0:
+                _zero(dxr, W)
+            for kh in range(KH):
+                for kw in range(KW):
+                    r0 = c - kh * DH * RC - kw * DW
+                    wv = w[m * T + kh * KW + kw]
+                    for j in range(W):
+                        dxr[j] += wv * r0[j]
+
+
+cdef void _grad_input_scatter(const floating* dy, const floating* w, floating* dxp,
+                              Py_ssize_t M, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH,
+                              Py_ssize_t OW, Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t DH,
+                              Py_ssize_t DW, Py_ssize_t HP, Py_ssize_t RW) noexcept nogil:
+    """dxp (HP, RW, phase layout) = the transposed convolution of dy
+    (M, OH, OW) with w (M, KH, KW): each dy row added into the KH*KW padded
+    rows it came from (strided case: a gather would need a branch per tap)."""
+    cdef Py_ssize_t WQ = RW // SW, T = KH * KW
+    cdef Py_ssize_t m, i, j, kh, kw
+    cdef floating wv
+    cdef const floating* dyr
+    cdef floating* dr
+    _zero(dxp, HP * RW)
+    for m in range(M):
+        for i in range(OH):
+            dyr = dy + (m * OH + i) * OW
+            for kh in range(KH):
+                for kw in range(KW):
+                    dr = dxp + (i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ)
+                    wv = w[m * T + kh * KW + kw]
+                    for j in range(OW):
+                        dr[j] += wv * dyr[j]
 
 
 def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
              const floating[:, :, :, ::1] xp, floating[:, :, :, ::1] dx,
-             double[:, ::1] dw, double[::1] db, floating[:, ::1] dxp, floating[:, ::1] acc,
+             double[:, ::1] dw, double[::1] db, floating[:, ::1] acc, floating[:, ::1] dxp,
+             floating[:, :, ::1] dyp,
              Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t c0, Py_ssize_t c1,
              Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t DH, Py_ssize_t DW,
              Py_ssize_t PT, Py_ssize_t PL):
     """For images [n0, n1) and channels [c0, c1): dx[n, c] (written), and
     dw[f] (F, KH*KW), db[f] = their sums over images n0..n1-1 (written) for
-    the filters f of those channels. xp is the forward's padded input;
-    dxp (HP, RW) and acc (KH*KW + 1, OW) are scratch."""
+    the filters f of those channels. xp is the forward's padded input.
+    Scratch: acc (KH*KW + 1, OW), dxp (HP, RW) for strides > 1, dyp (M, RH, RC) for stride 1
+    with RH >= (KH-1)*DH + max(OH, H+PT), RC >= (KW-1)*DW + max(OW, W+PL)."""
     cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t F = w.shape[0], KH = w.shape[1], KW = w.shape[2]
     cdef Py_ssize_t HP = xp.shape[2], RW = xp.shape[3], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t RH = dyp.shape[1], RC = dyp.shape[2]
     cdef Py_ssize_t M = F // C, T = KH * KW
     cdef Py_ssize_t n, c, f, t
+    cdef bint stride1 = SH == 1 and SW == 1
     with nogil:
         for c in range(c0, c1):
             for f in range(c * M, (c + 1) * M):
@@ -226,8 +297,13 @@ def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
                 for t in range(T):
                     dw[f, t] = 0
             for n in range(n0, n1):
-                _zero(&dxp[0, 0], HP * RW)
-                _backward_plane(&dy[n, c * M, 0, 0], &w[c * M, 0, 0], &xp[n, c, 0, 0],
-                                &dxp[0, 0], &acc[0, 0], &dw[c * M, 0], &db[c * M],
-                                M, KH, KW, OH, OW, SH, SW, DH, DW, RW)
-                _crop_plane(&dxp[0, 0], &dx[n, c, 0, 0], H, W, RW, SW, PT, PL)
+                _grad_weights(&dy[n, c * M, 0, 0], &xp[n, c, 0, 0], &acc[0, 0], &dw[c * M, 0],
+                              &db[c * M], M, KH, KW, OH, OW, SH, SW, DH, DW, RW)
+                if stride1:
+                    _grad_input_s1(&dy[n, c * M, 0, 0], &w[c * M, 0, 0], &dyp[0, 0, 0],
+                                   &dx[n, c, 0, 0], M, KH, KW, OH, OW, DH, DW, H, W, PT, PL,
+                                   RH, RC)
+                else:
+                    _grad_input_scatter(&dy[n, c * M, 0, 0], &w[c * M, 0, 0], &dxp[0, 0],
+                                        M, KH, KW, OH, OW, SH, SW, DH, DW, HP, RW)
+                    _crop_plane(&dxp[0, 0], &dx[n, c, 0, 0], H, W, RW, SW, PT, PL)

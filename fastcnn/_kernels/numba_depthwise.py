@@ -96,78 +96,144 @@ def forward(x, w, b, xp, y, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
                         r0 = i * SH * RW
                         r1 = r0 + DH * RW
                         r2 = r1 + DH * RW
-                        yo = i * OW
+                        # views indexed by the loop counter alone: a computed
+                        # index would keep its negative-index test, which
+                        # stops LLVM vectorising the loop
+                        a0, a1, a2 = xq[r0 + o0:], xq[r0 + o1:], xq[r0 + o2:]
+                        b0, b1, b2 = xq[r1 + o0:], xq[r1 + o1:], xq[r1 + o2:]
+                        d0, d1, d2 = xq[r2 + o0:], xq[r2 + o1:], xq[r2 + o2:]
+                        yr = yf[i * OW:(i + 1) * OW]
                         for j in range(OW):
-                            yf[yo + j] = (
-                                (bias + (w0 * xq[r0 + o0 + j] + w1 * xq[r0 + o1 + j]
-                                         + w2 * xq[r0 + o2 + j]))
-                                + (w3 * xq[r1 + o0 + j] + w4 * xq[r1 + o1 + j]
-                                   + w5 * xq[r1 + o2 + j])
-                                + (w6 * xq[r2 + o0 + j] + w7 * xq[r2 + o1 + j]
-                                   + w8 * xq[r2 + o2 + j]))
+                            yr[j] = ((bias + (w0 * a0[j] + w1 * a1[j] + w2 * a2[j]))
+                                     + (w3 * b0[j] + w4 * b1[j] + w5 * b2[j])
+                                     + (w6 * d0[j] + w7 * d1[j] + w8 * d2[j]))
                     continue
                 for i in range(OH):
-                    yo = i * OW
-                    for j in range(OW):
-                        yf[yo + j] = bias
+                    yr = yf[i * OW:(i + 1) * OW]
+                    yr[:] = bias
                     for kh in range(KH):
                         for kw in range(KW):
-                            xo = (i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ)
+                            xr = xq[(i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ):]
                             wv = w[f, kh, kw]
                             for j in range(OW):
-                                yf[yo + j] += wv * xq[xo + j]
+                                yr[j] += wv * xr[j]
+
+
+@njit(**JIT_OPTIONS)
+def _grad_weights(dy, xq, w, acc, dw, db, SH, SW, DH, DW, RW):
+    """One plane's share of dw (M, KH*KW) and db (M,), added: per tap the
+    dot product of dy (M, OH*OW) with the padded input xq (HP*RW,) it met.
+    acc (KH*KW + 1, OW) is scratch: per tap a row of partial sums down the
+    rows (a sum over j would not vectorise without fastmath), summed into
+    dw once per plane."""
+    M, KH, KW = w.shape
+    OW = acc.shape[1]
+    OH = dy.shape[1] // OW
+    T = KH * KW
+    WQ = RW // SW
+    for m in range(M):
+        acc[:] = 0
+        for i in range(OH):
+            dyr = dy[m, i * OW:(i + 1) * OW]
+            a = acc[T]
+            for j in range(OW):
+                a[j] += dyr[j]
+            for kh in range(KH):
+                for kw in range(KW):
+                    xr = xq[(i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ):]
+                    a = acc[kh * KW + kw]
+                    for j in range(OW):
+                        a[j] += dyr[j] * xr[j]
+        for t in range(T):
+            dw[m, t] += acc[t].sum()
+        db[m] += acc[T].sum()
+
+
+@njit(**JIT_OPTIONS)
+def _grad_input_s1(dy, w, dyp, dx, DH, DW, PT, PL):
+    """dx (H, W) of one plane, stride 1, as a gather: the correlation of dy
+    (M, OH, OW), zero-padded into dyp (M, RH, RC) with A = (KH-1)*DH rows
+    above and B = (KW-1)*DW columns left, with the flipped filters:
+    dx[ih, iw] = sum_{m,kh,kw} w[m, kh, kw] * dyp[m, ih+PT+A - kh*DH, iw+PL+B - kw*DW].
+    One store per dx element, no bounds tests."""
+    M, KH, KW = w.shape
+    OH, OW = dy.shape[1], dy.shape[2]
+    H, W = dx.shape
+    A, B = (KH - 1) * DH, (KW - 1) * DW
+    dyp[:] = 0
+    for m in range(M):
+        dyp[m, A:A + OH, B:B + OW] = dy[m]
+    for m in range(M):
+        wm = w[m]
+        for i in range(H):
+            dxr = dx[i]
+            rows = dyp[m, i + PT + A - (KH - 1) * DH:]
+            if KH == 3 and KW == 3:
+                # views indexed by the loop counter alone (see forward)
+                c0 = PL + B
+                c1 = c0 - DW
+                c2 = c1 - DW
+                p0, p1, p2 = rows[2 * DH, c0:], rows[2 * DH, c1:], rows[2 * DH, c2:]
+                q0, q1, q2 = rows[DH, c0:], rows[DH, c1:], rows[DH, c2:]
+                s0, s1, s2 = rows[0, c0:], rows[0, c1:], rows[0, c2:]
+                w0, w1, w2 = wm[0, 0], wm[0, 1], wm[0, 2]
+                w3, w4, w5 = wm[1, 0], wm[1, 1], wm[1, 2]
+                w6, w7, w8 = wm[2, 0], wm[2, 1], wm[2, 2]
+                for j in range(W):
+                    v = ((w0 * p0[j] + w1 * p1[j] + w2 * p2[j])
+                         + (w3 * q0[j] + w4 * q1[j] + w5 * q2[j])
+                         + (w6 * s0[j] + w7 * s1[j] + w8 * s2[j]))
+                    dxr[j] = v if m == 0 else dxr[j] + v
+                continue
+            if m == 0:
+                dxr[:] = 0
+            for kh in range(KH):
+                for kw in range(KW):
+                    r = rows[(KH - 1 - kh) * DH, PL + B - kw * DW:]
+                    wv = wm[kh, kw]
+                    for j in range(W):
+                        dxr[j] += wv * r[j]
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 4), rw(t, 4), rw(f64, 2), rw(f64, 1),
-                       rw(t, 2), rw(t, 2), i64, i64, i64, i64, i64, i64, i64, i64, i64, i64))
-def backward(dy, w, xp, dx, dw, db, dxp, acc, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
+                       rw(t, 2), rw(t, 2), rw(t, 3), i64, i64, i64, i64, i64, i64, i64, i64,
+                       i64, i64))
+def backward(dy, w, xp, dx, dw, db, acc, dxp, dyp, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
     """For images [n0, n1) and channels [c0, c1): dx[n, c] (written), and
     dw[f] (F, KH*KW), db[f] = their sums over images n0..n1-1 (written) for
-    the filters f of those channels. xp is the forward's padded input;
-    dxp (HP, RW) and acc (KH*KW + 1, OW) are scratch: acc holds per tap a
-    row of partial sums (a reduction over j would not vectorise), summed
-    into dw once per plane."""
+    the filters f of those channels. xp is the forward's padded input.
+    Scratch: acc (KH*KW + 1, OW), dxp (HP, RW) for strides > 1, dyp
+    (M, RH, RC) for stride 1 with RH >= (KH-1)*DH + max(OH, H+PT),
+    RC >= (KW-1)*DW + max(OW, W+PL)."""
     C = dx.shape[1]
     F, KH, KW = w.shape
-    RW = xp.shape[3]
+    HP, RW = xp.shape[2], xp.shape[3]
     OH, OW = dy.shape[2], dy.shape[3]
     M = F // C
     T = KH * KW
     WQ = RW // SW
+    stride1 = SH == 1 and SW == 1
     dq = dxp.reshape(-1)
     for c in range(c0, c1):
-        for f in range(c * M, (c + 1) * M):
-            db[f] = 0
-            dw[f, :] = 0
+        f0 = c * M
+        db[f0:f0 + M] = 0
+        dw[f0:f0 + M, :] = 0
+        wc = w[f0:f0 + M]
         for n in range(n0, n1):
+            dyc = dy[n, f0:f0 + M]
+            _grad_weights(dyc.reshape(M, OH * OW), xp[n, c].reshape(-1), wc, acc,
+                          dw[f0:f0 + M], db[f0:f0 + M], SH, SW, DH, DW, RW)
+            if stride1:
+                _grad_input_s1(dyc, wc, dyp, dx[n, c], DH, DW, PT, PL)
+                continue
             dq[:] = 0
-            xq = xp[n, c].reshape(-1)
             for m in range(M):
-                f = c * M + m
-                dyf = dy[n, f].reshape(-1)
-                acc[:] = 0
                 for i in range(OH):
-                    yo = i * OW
-                    a = acc[T]
-                    for j in range(OW):
-                        a[j] += dyf[yo + j]
+                    dyr = dyc[m, i]
                     for kh in range(KH):
                         for kw in range(KW):
-                            t = kh * KW + kw
-                            off = (i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ)
-                            a = acc[t]
-                            wv = w[f, kh, kw]
+                            dr = dq[(i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ):]
+                            wv = wc[m, kh, kw]
                             for j in range(OW):
-                                g = dyf[yo + j]
-                                a[j] += g * xq[off + j]
-                                dq[off + j] += wv * g
-                for t in range(T):
-                    s = 0.0
-                    for j in range(OW):
-                        s += acc[t, j]
-                    dw[f, t] += s
-                s = 0.0
-                for j in range(OW):
-                    s += acc[T, j]
-                db[f] += s
+                                dr[j] += wv * dyr[j]
             _crop(dxp, dx[n, c], SW, PT, PL)

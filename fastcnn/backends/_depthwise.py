@@ -79,7 +79,14 @@ def backward(kern, dy, saved):
     (dx, dw, db)."""
     N, C, H, W = saved.x_shape
     F, KH, KW = saved.w.shape
-    HP, RW, OW = saved.xp.shape[2], saved.xp.shape[3], dy.shape[3]
+    HP, RW = saved.xp.shape[2], saved.xp.shape[3]
+    OH, OW = dy.shape[2:]
+    SH, SW, DH, DW, PT, PL = saved.params
+    M = F // C
+    # scratch: the padded plane of dx (strides > 1) or the padded dy planes (stride 1)
+    dxp_shape = (HP, RW) if (SH, SW) != (1, 1) else (1, 1)
+    dyp_shape = ((M, (KH - 1) * DH + max(OH, H + PT), (KW - 1) * DW + max(OW, W + PL))
+                 if (SH, SW) == (1, 1) else (1, 1, 1))
     dx = outputs.take(saved.x_shape, dy.dtype)
     image_ranges = sorted({blk[:2] for blk in saved.blocks})
     dw_parts = np.empty((len(image_ranges), F, KH * KW))
@@ -88,8 +95,9 @@ def backward(kern, dy, saved):
     def piece(blk):
         r = image_ranges.index(blk[:2])
         kern.backward(dy, saved.w, saved.xp, dx, dw_parts[r], db_parts[r],
-                      workspace.take((HP, RW), dy.dtype),
-                      workspace.take((KH * KW + 1, OW), dy.dtype), *blk, *saved.params)
+                      workspace.take((KH * KW + 1, OW), dy.dtype),
+                      workspace.take(dxp_shape, dy.dtype), workspace.take(dyp_shape, dy.dtype),
+                      *blk, *saved.params)
 
     _run(piece, saved.blocks)
     dw = outputs.take((F, 1, KH, KW), dy.dtype)
