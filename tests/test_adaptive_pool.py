@@ -178,6 +178,76 @@ def test_max_all_minus_inf_sends_gradient_to_first_element(any_backend):
     assert y[0, 0, 0, 0] == -np.inf and dx[0, 0, 0, 0] == 5 and dx.sum() == 5
 
 
+def test_max_tie_goes_to_the_earlier_row_before_the_earlier_column(any_backend):
+    # window 0 of (1, 2) over 4x6 is rows 0-3, columns 0-2; its maximum 5
+    # sits at (1, 0) and (0, 2): row-major order takes (0, 2), although its
+    # column comes later (the compiled kernels reduce columns first)
+    x = np.zeros((1, 1, 4, 6))
+    x[0, 0, 1, 0] = x[0, 0, 0, 2] = 5.0
+    x[0, 0, 2, 3] = x[0, 0, 1, 4] = np.nan    # NaNs in window 1 (columns 3-5): the
+    x[0, 0, 3, 3] = np.nan                    # first in row-major order, (1, 4), wins
+    y, ctx = ops.adaptive_max_pool2d_forward(x, (1, 2), backend=any_backend)
+    dx = ops.adaptive_max_pool2d_backward(np.array([[[[1.0, 2.0]]]]), ctx)
+    assert y[0, 0, 0, 0] == 5 and np.isnan(y[0, 0, 0, 1])
+    expected = np.zeros((4, 6))
+    expected[0, 2], expected[1, 4] = 1.0, 2.0
+    np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+# Global pooling reduces a whole plane with independent running sums and
+# maxima: plane sizes around their widths (4, 8, 16), a single element,
+# and long planes.
+PLANES = [(1, 1), (1, 3), (2, 4), (3, 5), (4, 4), (1, 17), (7, 7), (8, 8), (33, 33), (1, 4099)]
+
+
+@pytest.mark.parametrize("H,W", PLANES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_pooling_plane_sizes(backend, H, W, dtype):
+    rng = np.random.default_rng(H * W)
+    x = rng.standard_normal((2, 3, H, W)).astype(dtype)
+    L = H * W
+    x[0, 1] = 2.0                                        # a constant plane: ties
+    x[1, 0].flat[L // 2] = np.nan                        # a NaN mid-plane ...
+    x[1, 0].flat[L - 1] = np.nan                         # ... and a later one
+    x[1, 1].flat[L - 1] = np.inf                         # +inf and -inf: the sum is NaN,
+    x[1, 1].flat[0] = -np.inf                            # but no element is
+    x[1, 2].flat[::3] = x[1, 2].max() + 1                # the maximum repeated
+    dy = rng.standard_normal((2, 3, 1, 1)).astype(dtype)
+    with np.errstate(invalid="ignore"):       # the references' inf - inf
+        _check_global_plane(backend, x, dy, dtype)
+
+
+def _check_global_plane(backend, x, dy, dtype):
+    L = x.shape[2] * x.shape[3]
+    for op in OPS:
+        fwd, bwd = _fns(op)
+        y, ctx = fwd(x, 1, backend=backend)
+        y_ref, ctx_ref = fwd(x, 1, backend="loops")
+        assert y.dtype == dtype and y.shape == (2, 3, 1, 1)
+        np.testing.assert_allclose(y, y_ref, rtol=TOL[dtype], atol=TOL[dtype])
+        np.testing.assert_allclose(bwd(dy, ctx), bwd(dy, ctx_ref), rtol=TOL[dtype],
+                                   atol=TOL[dtype])
+    ym, ctx = ops.adaptive_max_pool2d_forward(x, 1, backend=backend)
+    dx = ops.adaptive_max_pool2d_backward(np.ones_like(ym), ctx)
+    assert dx[0, 1].flat[0] == 1                         # the first of equal maxima
+    if L > 1:
+        assert np.isnan(ym[1, 0, 0, 0]) and dx[1, 0].flat[L // 2] == 1   # the first NaN
+        assert ym[1, 1, 0, 0] == np.inf and dx[1, 1].flat[L - 1] == 1
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_global_pooling_long_planes_split_across_threads(backend, op):
+    # enough elements for the pool to split the planes; planes longer than
+    # the float32 running sums' stretch between folds into float64
+    fwd, bwd = _fns(op)
+    x = (np.random.default_rng(4).standard_normal((8, 16, 37, 37)) + 3).astype(np.float32)
+    y, ctx = fwd(x, 1, backend=backend)
+    dy = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
+    y_ref, ctx_ref = fwd(x.astype(np.float64), 1, **L)
+    assert_close(y, y_ref, 1e-5, "y")
+    assert_close(bwd(dy, ctx), bwd(dy.astype(np.float64), ctx_ref), 1e-5, "dx")
+
+
 # ---------------------------------------------------------------- bad input, layers
 
 x4 = np.zeros((2, 3, 8, 8))

@@ -244,6 +244,43 @@ def test_dilated_max_backends_agree_with_loops(backend, dtype, K, S, P, D, ceil)
                                atol=TOL[dtype])
 
 
+# Windows past every edge: the compiled kernels clip each window to the
+# input themselves (no padded or extended copy), so top/left windows start
+# in the padding and ceil_mode's bottom/right ones end past it, with a
+# different kernel, stride and padding per axis.
+EDGES = [((3, 4), (2, 3), (1, 2), (8, 11)),     # ceil adds a row and a column
+         ((2, 3), (3, 2), (1, 1), (7, 6)),
+         ((3, 3), (2, 2), (1, 1), (2, 2)),     # a window larger than the rest of the input
+         ((1, 3), (1, 3), (0, 1), (1, 8))]
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K,S,P,HW", EDGES)
+@pytest.mark.parametrize("ceil", [False, True])
+def test_windows_past_every_edge_agree_with_loops(backend, dtype, K, S, P, HW, ceil):
+    rng = np.random.default_rng(sum(HW))
+    x = rng.standard_normal((2, 3, *HW)).astype(dtype)
+    x[1, 2] = -np.inf                       # all -inf plane: the first real element wins
+    tol = TOL[dtype]
+    for cip, div in ((True, None), (False, None), (True, -3), (False, 1)):
+        y, ctx = ops.avg_pool2d_forward(x, K, S, P, ceil, cip, div, backend=backend)
+        ry, rctx = ops.avg_pool2d_forward(x, K, S, P, ceil, cip, div, backend="loops")
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        np.testing.assert_allclose(y, ry, rtol=tol, atol=tol)
+        np.testing.assert_allclose(ops.avg_pool2d_backward(dy, ctx),
+                                   ops.avg_pool2d_backward(dy, rctx), rtol=tol, atol=tol)
+    for D in (1, 2):
+        if not ceil and any(h + 2 * p < d * (k - 1) + 1 for h, k, p, d in zip(HW, K, P, (D, D))):
+            continue                        # floor mode has no window there
+        y, ctx = ops.max_pool2d_forward(x, K, S, P, D, ceil, backend=backend)
+        ry, rctx = ops.max_pool2d_forward(x, K, S, P, D, ceil, backend="loops")
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_allclose(ops.max_pool2d_backward(dy, ctx),
+                                   ops.max_pool2d_backward(dy, rctx), rtol=tol, atol=tol)
+
+
 # ------------------------------------------------------------------ layers
 
 def test_layers_take_pytorchs_arguments():
