@@ -528,3 +528,67 @@ def test_the_ops_take_and_return_cupy_arrays():
     for got, ref in ((y, want), (dx, wdx), (dw, wdw), (db, wdb)):
         assert isinstance(got, cupy.ndarray)
         np.testing.assert_allclose(cupy.asnumpy(got), ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ the door, on any machine
+# fastcnn.ops with arrays "on the GPU", stood in for by a NumPy subclass that a
+# fake cupy module names as its ndarray, and the mirror's kernels as backend
+# 'cupy'. Runs once fastcnn.ops knows array modules (issue 15's door patch).
+
+from fastcnn import _shapes  # noqa: E402
+
+door_patched = pytest.mark.skipif(
+    not hasattr(_shapes, "array_module"),
+    reason="fastcnn.ops does not take cupy arrays yet (issue 15's door patch: "
+           "_shapes.array_module)")
+
+
+class _OnDevice0(np.ndarray):
+    device = 0
+
+
+class _OnDevice1(np.ndarray):
+    device = 1
+
+
+@pytest.fixture
+def on_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(ndarray=(_OnDevice0,
+                                                                           _OnDevice1)))
+    fake = types.ModuleType("fastcnn_test_fake_cupy")
+    _cupy_kernels.bind(NumpyEngine(), fake.__dict__)
+    monkeypatch.setitem(registry._loaded, "cupy", fake)
+    return lambda a, device=0: a.view(_OnDevice1 if device else _OnDevice0)
+
+
+@door_patched
+def test_the_door_takes_device_arrays_to_the_device_backend(on_device):
+    x, w, b, stride, padding = conv_inputs(CONV_CASES[0], np.float64)
+    y, ctx = ops.conv2d_forward(on_device(x), on_device(w), on_device(b), stride, padding,
+                                backend="cupy")
+    want, wctx = ops.conv2d_forward(x, w, b, stride, padding, backend="loops")
+    np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-9)
+    dy = _grad(y.shape, np.float64)
+    for got, ref in zip(ops.conv2d_backward(on_device(dy), ctx), ops.conv2d_backward(dy, wctx)):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+    # auto never moves data: device arrays go to the device backend, host ones never do
+    assert ops.relu_forward(on_device(x), backend="auto")[1].backend == "cupy"
+    assert ops.relu_forward(x, backend="auto")[1].backend != "cupy"
+
+
+@door_patched
+def test_the_door_refuses_data_in_the_wrong_place(on_device):
+    x, w, b, stride, padding = conv_inputs(CONV_CASES[0], np.float64)
+    with pytest.raises(TypeError, match=r"x is a numpy.ndarray, but backend 'cupy' computes "
+                                        r"on the GPU .* cupy\.asarray\(x\)"):
+        ops.conv2d_forward(x, w, b, stride, padding, backend="cupy")
+    with pytest.raises(TypeError, match=r"x is a cupy.ndarray, but backend 'im2col' computes "
+                                        r"on the CPU"):
+        ops.max_pool2d_forward(on_device(x), 2, backend="im2col")
+    with pytest.raises(TypeError, match=r"w is a numpy.ndarray but x is a cupy.ndarray"):
+        ops.conv2d_forward(on_device(x), w, None, backend="cupy")
+    with pytest.raises(ValueError, match="w is on 1 but x is on 0"):
+        ops.conv2d_forward(on_device(x), on_device(w, 1), None, backend="cupy")
+    y, ctx = ops.relu_forward(on_device(x), backend="cupy")
+    with pytest.raises(TypeError, match=r"dy is a numpy.ndarray, but backend 'cupy'"):
+        ops.relu_backward(np.ones_like(x), ctx)
