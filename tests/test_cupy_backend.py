@@ -1,7 +1,7 @@
 """Backend 'cupy': absent with its reason where it cannot run, imported by
 nothing else, and its arithmetic checked against ``loops`` and PyTorch.
 
-The arithmetic runs three ways, each registered for these tests only:
+The arithmetic runs four ways, each registered for these tests only:
 
 * ``cupy-mirror``: the backend's kernels (``_cupy_kernels``) over the NumPy
   engine (``_cupy_mirror``): the index tables, GEMM layout, groups,
@@ -9,11 +9,16 @@ The arithmetic runs three ways, each registered for these tests only:
 * ``cupy-c``: the same kernels over the backend's CUDA loop bodies
   (``_cupy_cuda``) compiled as C with the host compiler: the device code
   itself, on CPU (skipped without a C compiler);
-* ``cupy-gpu``: the real backend, NumPy in and out through an adapter that
-  moves the data (skipped, with the reason, without CuPy and a GPU).
+* ``cupy-fake``: ``backends/cupy.py`` itself, imported over a host stand-in
+  for CuPy whose ElementwiseKernels are those C builds: the launches' argument
+  order, the table cache, the device wrapper (skipped without a C compiler);
+* ``cupy-gpu``: the real backend on the GPU (skipped, with the reason,
+  without CuPy and a device).
 
-Only the CuPy launches and cuBLAS are left to ``cupy-gpu`` and
-benchmarks/gpu_check.py.
+The three host ways and ``cupy-gpu`` see NumPy in and out through an adapter
+that moves the data, so the suite's NumPy cases run unchanged. Only CuPy
+itself (NVRTC compiling the bodies, the launches, cuBLAS, device memory) is
+left to ``cupy-gpu`` and benchmarks/gpu_check.sh.
 """
 import ctypes
 import importlib
@@ -218,70 +223,142 @@ class CEngine(NumpyEngine):
         return dx
 
 
-def _hosted_gpu_module():
-    """The real cupy backend behind NumPy in and out: the data moves here, in
-    the test, so the suite's NumPy cases run on the GPU unchanged."""
-    import cupy
-    gpu = registry.get_module("cupy")
-    mod = types.ModuleType("fastcnn_test_cupy_gpu")
+def _hosted(cupy, gpu, name):
+    """Backend module ``gpu`` (CuPy arrays in and out) behind NumPy in and out:
+    the data moves here, in the test, so the suite's NumPy cases run on it."""
+    mod = types.ModuleType(name)
 
     def host(v):
         if isinstance(v, tuple):
             return tuple(host(a) for a in v)
         return cupy.asnumpy(v) if isinstance(v, cupy.ndarray) else v
 
-    def wrap(name):
-        kernel = getattr(gpu, name)
+    def wrap(kernel_name):
+        kernel = getattr(gpu, kernel_name)
 
         def run(*args):
             moved = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
             result = kernel(*moved)
-            if name.endswith("_forward"):
+            if kernel_name.endswith("_forward"):
                 return host(result[0]), result[1]      # saved stays on the device
             return host(result)
         return run
-    for name in _cupy_kernels.KERNELS:
-        setattr(mod, name, wrap(name))
+    for kernel_name in _cupy_kernels.KERNELS:
+        setattr(mod, kernel_name, wrap(kernel_name))
     return mod
 
 
-ENGINES = ["cupy-mirror", "cupy-c",
+class _FakeDevice:
+    def __init__(self, i):
+        self.id = i
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __eq__(self, other):
+        return isinstance(other, _FakeDevice) and other.id == self.id
+
+    def __repr__(self):
+        return f"<CUDA Device {self.id}>"
+
+
+class _FakeArray(np.ndarray):
+    """A host array that calls itself a CuPy array on device 0."""
+
+    @property
+    def device(self):
+        return _FakeDevice(0)
+
+
+def _fake_cupy(libs):
+    """Just enough of CuPy for backends/cupy.py, on the host: its
+    ElementwiseKernels are the _cupy_cuda bodies compiled as C (``libs``)."""
+    cp = types.ModuleType("cupy")
+    cp.__version__ = "host stand-in"
+    cp.ndarray = _FakeArray
+    cp.asarray = lambda a: np.asarray(a, order="C").view(_FakeArray)
+    cp.asnumpy = lambda a: np.asarray(a).copy()
+    cp.empty = lambda shape, dtype: np.empty(shape, dtype).view(_FakeArray)
+    cp.empty_like = lambda a: np.empty_like(np.asarray(a)).view(_FakeArray)
+    cp.zeros = lambda n: np.zeros(n).view(_FakeArray)
+    cp.matmul = np.matmul
+
+    class ElementwiseKernel:
+        def __init__(self, in_params, out_params, operation, name):
+            self.name = name
+
+        def __call__(self, *args):
+            arrays = [a for a in args if isinstance(a, np.ndarray)]
+            T = "float" if any(a.dtype == np.float32 for a in arrays) else "double"
+            I = "long long" if any(a.dtype == np.int64 for a in arrays) else "int"
+            c = [a.ctypes.data_as(ctypes.c_void_p) if isinstance(a, np.ndarray)
+                 else ctypes.c_longlong(a) for a in args]
+            getattr(libs[(T, I)], self.name)(*c, ctypes.c_longlong(args[-1].size))
+
+    cp.ElementwiseKernel = ElementwiseKernel
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0,
+                                    runtimeGetVersion=lambda: 12000,
+                                    getDeviceProperties=lambda i: {"name": b"host"})
+    cp.cuda = types.SimpleNamespace(runtime=runtime)
+    return cp
+
+
+def _fake_cupy_backend(libs):
+    """backends/cupy.py itself, imported over the fake CuPy (then forgotten)."""
+    saved = {k: sys.modules.get(k) for k in ("cupy", "fastcnn.backends.cupy")}
+    cp = sys.modules["cupy"] = _fake_cupy(libs)
+    sys.modules.pop("fastcnn.backends.cupy", None)
+    try:
+        return cp, importlib.import_module("fastcnn.backends.cupy")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler (cc) to compile the CUDA "
+                                                 "loop bodies on the host")
+ENGINES = ["cupy-mirror", pytest.param("cupy-c", marks=needs_cc),
+           pytest.param("cupy-fake", marks=needs_cc),
            pytest.param("cupy-gpu", marks=pytest.mark.skipif(
                not GPU, reason=f"backend 'cupy' is not available here: {GPU_REASON}"))]
 
 
 @pytest.fixture(scope="module")
 def _registered(request):
-    """Register the three engines as backends for this module's tests."""
-    names = {}
-    mirror = "fastcnn.backends._cupy_mirror"
-    names["cupy-mirror"] = mirror
+    """Register the engines as backends for this module's tests."""
+    names = {"cupy-mirror": "fastcnn.backends._cupy_mirror"}
     modules = {}
     if CC is not None:
+        libs = request.getfixturevalue("c_kernels")
         c_mod = types.ModuleType("fastcnn_test_cupy_c")
-        c_mod.engine = CEngine(request.getfixturevalue("c_kernels"))
-        _cupy_kernels.bind(c_mod.engine, c_mod.__dict__)
-        modules[c_mod.__name__] = c_mod
-        names["cupy-c"] = c_mod.__name__
+        _cupy_kernels.bind(CEngine(libs), c_mod.__dict__)
+        modules["cupy-c"] = c_mod
+        modules["cupy-fake"] = _hosted(*_fake_cupy_backend(libs), "fastcnn_test_cupy_fake")
     if GPU:
-        g = _hosted_gpu_module()
-        modules[g.__name__] = g
-        names["cupy-gpu"] = g.__name__
-    sys.modules.update(modules)
+        import cupy
+        modules["cupy-gpu"] = _hosted(cupy, registry.get_module("cupy"),
+                                      "fastcnn_test_cupy_gpu")
+    for name, mod in modules.items():
+        sys.modules[mod.__name__] = mod
+        names[name] = mod.__name__
     registry._MODULES.update(names)
     yield
     for name in names:
         registry._MODULES.pop(name, None)
         registry._loaded.pop(name, None)
         registry._failed.pop(name, None)
-    for m in modules:
-        sys.modules.pop(m, None)
+    for mod in modules.values():
+        sys.modules.pop(mod.__name__, None)
 
 
 @pytest.fixture(params=ENGINES)
 def engine(request, _registered):
-    if request.param == "cupy-c" and CC is None:
-        pytest.skip("no C compiler (cc) to compile the CUDA loop bodies on the host")
     return request.param
 
 
@@ -401,6 +478,19 @@ def test_backward_uses_what_forward_saw(engine):
     w *= 2.0
     for got, ref in zip(ops.conv2d_backward(dy, ctx2), want):
         np.testing.assert_array_equal(got, ref)
+
+
+@needs_cc
+def test_the_backend_refuses_host_arrays(c_kernels):
+    cp, gpu = _fake_cupy_backend(c_kernels)
+    with pytest.raises(TypeError, match=r"x is a numpy.ndarray, but backend 'cupy' computes "
+                                        r"on the GPU .* cupy\.asarray\(x\)"):
+        gpu.relu_forward(np.ones(3))
+    with pytest.raises(TypeError, match=r"w is a numpy.ndarray, .* cupy\.asarray\(w\)"):
+        gpu.conv2d_forward(cp.asarray(np.ones((1, 1, 3, 3))), np.ones((1, 1, 1, 1)), None,
+                           (1, 1), (0, 0, 0, 0), (1, 1), 1, (1, 1, 3, 3))
+    assert gpu.info() == {"cupy_version": "host stand-in", "cuda_runtime": 12000,
+                          "devices": "0: host"}
 
 
 # ------------------------------------------------------------------ dilation and groups

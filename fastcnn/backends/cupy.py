@@ -21,11 +21,13 @@ to move the data with ``cupy.asarray`` - nothing here copies between host
 and device behind the caller's back. (That check sits here, in the
 kernels, until ``fastcnn.ops`` checks the array module at the door.)
 
-GPU-only and therefore not run by CI: this file (the probe, the launches,
-the table upload) and cuBLAS. Checked on CPU: everything in
-``_cupy_kernels`` and ``_cupy_tables`` (through ``_cupy_mirror``) and the
-ElementwiseKernel bodies of ``_cupy_cuda`` (compiled as C on the host);
-see tests/test_cupy_backend.py and benchmarks/gpu_check.py.
+Checked on CPU by tests/test_cupy_backend.py: ``_cupy_kernels`` and
+``_cupy_tables`` (through ``_cupy_mirror``), the ElementwiseKernel bodies of
+``_cupy_cuda`` (compiled as C), and this file's own code (imported over a
+host stand-in for CuPy). GPU-only, so untested by CI: CuPy itself - NVRTC
+compiling those bodies, the launches, cuBLAS, device memory and devices -
+which tests/test_cupy_backend.py ('cupy-gpu') and benchmarks/gpu_check.sh
+check on a machine with a GPU.
 """
 import collections
 import threading
@@ -150,6 +152,17 @@ def _on_its_device(kernel, names):
             return kernel(*args)
     run.__name__ = run.__qualname__ = kernel.__name__
     return run
+
+
+def info():
+    """{cupy_version, cuda_runtime, devices} for ``fastcnn info``."""
+    runtime = cupy.cuda.runtime
+    names = []
+    for i in range(runtime.getDeviceCount()):
+        name = runtime.getDeviceProperties(i)["name"]
+        names.append(f"{i}: {name.decode() if isinstance(name, bytes) else name}")
+    return {"cupy_version": cupy.__version__, "cuda_runtime": runtime.runtimeGetVersion(),
+            "devices": ", ".join(names)}
 
 
 _kernels = _cupy_kernels.Kernels(CupyEngine())
