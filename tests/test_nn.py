@@ -30,8 +30,10 @@ def _torch_twin(torch, model):
     layers = []
     for layer in model.layers:
         if isinstance(layer, nn.Conv2d):
-            F, C, KH, KW = layer.weight.shape
-            layers.append(tnn.Conv2d(C, F, (KH, KW), stride=layer.stride, padding=layer.padding))
+            F, Cg, KH, KW = layer.weight.shape
+            layers.append(tnn.Conv2d(Cg * layer.groups, F, (KH, KW), stride=layer.stride,
+                                     padding=layer.padding, dilation=layer.dilation,
+                                     groups=layer.groups))
         elif isinstance(layer, nn.Linear):
             layers.append(tnn.Linear(layer.weight.shape[1], layer.weight.shape[0]))
         elif isinstance(layer, nn.MaxPool2d):
@@ -278,3 +280,135 @@ def test_load_state_dict_checks_names_shapes_and_dtypes():
         model.load_state_dict({k: v for k, v in state.items() if k != "10.bias"})
     with pytest.raises(ValueError, match="must be float32"):
         model.load_state_dict({**state, "0.bias": state["0.bias"].astype(np.float64)})
+
+
+# -- Conv2d's dilation and groups -------------------------------------------------------
+# (in, out, kernel, stride, padding, dilation, groups, x shape, y shape): y's shape by hand,
+# OH = (H + 2P - D(K - 1) - 1) // S + 1
+CONV_LAYERS = [
+    (4, 4, 3, 1, 1, 1, 4, (2, 4, 7, 7), (2, 4, 7, 7)),           # depthwise
+    (3, 6, 3, 2, 1, 1, 3, (2, 3, 9, 8), (2, 6, 5, 4)),           # depthwise, multiplier 2
+    (4, 6, 3, 2, 2, 2, 2, (2, 4, 9, 8), (2, 6, 5, 4)),           # dilated and grouped
+    (2, 3, (3, 2), 1, (2, 1), (2, 3), 1, (1, 2, 6, 7), (1, 3, 6, 6)),
+    (6, 4, 1, 1, 0, 1, 2, (2, 6, 5, 5), (2, 4, 5, 5)),           # grouped 1x1
+]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("case", CONV_LAYERS, ids=lambda c: f"g{c[6]}-d{c[5]}-s{c[3]}")
+def test_conv2d_dilation_groups_shapes_and_backward_match_the_ops(case, backend):
+    cin, cout, k, stride, padding, dilation, groups, x_shape, y_shape = case
+    layer = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, dtype="float64",
+                      rng=np.random.default_rng(0))
+    kh, kw = (k, k) if np.isscalar(k) else k
+    assert layer.weight.shape == (cout, cin // groups, kh, kw) and layer.bias.shape == (cout,)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(x_shape)
+    dy = rng.standard_normal(y_shape)
+    with fastcnn.use_backend(backend):
+        y = layer.forward(x)
+        dx = layer.backward(dy)
+    assert y.shape == y_shape and dx.shape == x_shape
+    # the layer is the op, with its own arguments (loops: the spec)
+    want, ctx = fastcnn.ops.conv2d_forward(x, layer.weight.data, layer.bias.data, stride,
+                                           padding, dilation, groups, backend="loops")
+    wdx, wdw, wdb = fastcnn.ops.conv2d_backward(dy, ctx)
+    for got, ref in ((y, want), (dx, wdx), (layer.weight.grad, wdw), (layer.bias.grad, wdb)):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CONV_LAYERS, ids=lambda c: f"g{c[6]}-d{c[5]}-s{c[3]}")
+def test_conv2d_dilation_groups_match_torch(case):
+    torch = pytest.importorskip("torch")
+    cin, cout, k, stride, padding, dilation, groups, x_shape, y_shape = case
+    layer = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, dtype="float64",
+                      rng=np.random.default_rng(2))
+    twin = torch.nn.Conv2d(cin, cout, k, stride, padding, dilation, groups).double()
+    twin.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()})
+    x = np.random.default_rng(3).standard_normal(x_shape)
+    xt = torch.tensor(x, requires_grad=True)
+    out = twin(xt)
+    dy = np.random.default_rng(4).standard_normal(out.shape)
+    out.backward(torch.tensor(dy))
+    with fastcnn.use_backend("loops"):
+        y = layer.forward(x)
+        dx = layer.backward(dy)
+    np.testing.assert_allclose(y, out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, twin.weight.grad.numpy(), rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(layer.bias.grad, twin.bias.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cin, cout, groups", [(256, 512, 256), (64, 256, 4), (32, 256, 1)])
+def test_conv2d_he_init_counts_the_inputs_of_one_group(cin, cout, groups):
+    w = nn.Conv2d(cin, cout, 3, groups=groups, rng=np.random.default_rng(0)).weight.data
+    fan_in = (cin // groups) * 9
+    assert w.shape == (cout, cin // groups, 3, 3) and w.dtype == np.float32
+    assert w.std() == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)
+    assert abs(w.mean()) < 0.1 * w.std()
+
+
+@pytest.mark.parametrize("args, message", [
+    ((6, 4, 3, 1, 0, 1, 4), r"Conv2d: in_channels \(6\) must be divisible by groups \(4\)"),
+    ((4, 6, 3, 1, 0, 1, 4), r"Conv2d: out_channels \(6\) must be divisible by groups \(4\)"),
+    ((4, 4, 3, 1, 0, 1, 0), "Conv2d: groups must be a positive integer, got 0"),
+    ((4, 4, 3, 1, 0, 1, 2.0), "Conv2d: groups must be a positive integer, got 2.0"),
+    ((0, 4, 3), "Conv2d: in_channels must be a positive integer, got 0"),
+    ((4, -1, 3), "Conv2d: out_channels must be a positive integer, got -1"),
+])
+def test_conv2d_refuses_channels_that_groups_do_not_divide(args, message):
+    with pytest.raises(ValueError, match=message):
+        nn.Conv2d(*args)
+
+
+def test_conv2d_bad_dilation_is_refused_by_the_op_before_any_kernel():
+    layer = nn.Conv2d(2, 2, 3, dilation=0, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="dilation"):
+        layer.forward(np.zeros((1, 2, 8, 8), np.float32))
+
+
+REPRS = [  # (args, kwargs, PyTorch's repr of the same layer)
+    ((1, 16, 3), {"padding": 1}, "Conv2d(1, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))"),
+    ((16, 16, 3, 2, 1), {"groups": 16, "bias": False},
+     "Conv2d(16, 16, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), groups=16, bias=False)"),
+    ((16, 32, 1), {}, "Conv2d(16, 32, kernel_size=(1, 1), stride=(1, 1))"),
+    ((3, 4, (3, 5)), {"dilation": 2, "padding": "same"},
+     "Conv2d(3, 4, kernel_size=(3, 5), stride=(1, 1), padding=same, dilation=(2, 2))"),
+    ((4, 8, 3), {"stride": (2, 1), "padding": (0, 1), "dilation": (1, 2), "groups": 2},
+     "Conv2d(4, 8, kernel_size=(3, 3), stride=(2, 1), padding=(0, 1), dilation=(1, 2), "
+     "groups=2)"),
+]
+
+
+@pytest.mark.parametrize("args, kwargs, want", REPRS)
+def test_conv2d_repr_is_pytorchs(args, kwargs, want):
+    assert repr(nn.Conv2d(*args, **kwargs)) == want
+
+
+@pytest.mark.parametrize("args, kwargs, want", REPRS)
+def test_conv2d_repr_strings_are_what_pytorch_prints(args, kwargs, want):
+    torch = pytest.importorskip("torch")
+    assert repr(torch.nn.Conv2d(*args, **kwargs)) == want
+
+
+def test_pooling_layers_take_pytorchs_arguments_in_its_order():
+    torch = pytest.importorskip("torch")
+    # the 6th positional of MaxPool2d is ceil_mode, after return_indices, as in PyTorch
+    for args in [(3,), (3, 2, 1, 2, False, True)]:
+        ours, theirs = nn.MaxPool2d(*args), torch.nn.MaxPool2d(*args)
+        assert (ours.stride or ours.kernel_size, ours.padding, ours.dilation, ours.ceil_mode) == (
+            theirs.stride, theirs.padding, theirs.dilation, theirs.ceil_mode)
+    for args in [(3,), (3, 2, 1, True, False, 4)]:
+        ours, theirs = nn.AvgPool2d(*args), torch.nn.AvgPool2d(*args)
+        assert (ours.stride or ours.kernel_size, ours.padding, ours.ceil_mode,
+                ours.count_include_pad, ours.divisor_override) == (
+            theirs.stride, theirs.padding, theirs.ceil_mode, theirs.count_include_pad,
+            theirs.divisor_override)
+    for cls in (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d):
+        assert cls(output_size=(3, None)).output_size == (3, None)
+
+
+def test_maxpool2d_refuses_return_indices():
+    with pytest.raises(ValueError, match="MaxPool2d: return_indices=True is not supported"):
+        nn.MaxPool2d(2, return_indices=True)

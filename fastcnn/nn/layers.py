@@ -25,6 +25,11 @@ def _rng(rng):
     return rng if rng is not None else np.random.default_rng()
 
 
+def _repr_pair(v):
+    """An int or pair as PyTorch's reprs show it, (h, w); a string ('same') as it is."""
+    return v if isinstance(v, str) else tuple(int(i) for i in np.broadcast_to(v, 2))
+
+
 class _Layer(Module):
     """Remembers the forward state and refuses a backward without a forward."""
 
@@ -39,20 +44,33 @@ class _Layer(Module):
 
 
 class Conv2d(_Layer):
-    """2-D convolution (PyTorch's nn.Conv2d): w (F, C, KH, KW), b (F,)."""
+    """2-D convolution (PyTorch's nn.Conv2d): w (F, C // groups, KH, KW), b (F,).
+
+    groups splits the channels into that many independent convolutions
+    (groups = in_channels is depthwise); He init counts a filter's inputs,
+    fan_in = (C // groups) * KH * KW, as the layer sees them."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 bias=True, *, dtype="float32", rng=None):
+                 dilation=1, groups=1, bias=True, *, dtype="float32", rng=None):
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("groups", groups)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Conv2d: {name} must be a positive integer, got {value!r}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if value % groups:
+                raise ValueError(f"Conv2d: {name} ({value}) must be divisible by groups "
+                                 f"({groups})")
         kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else kernel_size
-        self.stride, self.padding = stride, padding
-        shape = (out_channels, in_channels, kh, kw)
-        self.weight = Parameter(_init.kaiming_normal(shape, in_channels * kh * kw,
-                                                     _rng(rng), dtype))
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        cg = in_channels // groups
+        shape = (out_channels, cg, kh, kw)
+        self.weight = Parameter(_init.kaiming_normal(shape, cg * kh * kw, _rng(rng), dtype))
         self.bias = Parameter(_init.zeros((out_channels,), dtype)) if bias else None
 
     def forward(self, x):
         b = None if self.bias is None else self.bias.data
-        y, self._saved = ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        y, self._saved = ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding,
+                                            self.dilation, self.groups)
         return y
 
     def backward(self, dy):
@@ -63,9 +81,17 @@ class Conv2d(_Layer):
         return dx
 
     def __repr__(self):
-        F, C, KH, KW = self.weight.shape
-        return (f"Conv2d({C}, {F}, kernel_size=({KH}, {KW}), stride={self.stride}, "
-                f"padding={self.padding}, bias={self.bias is not None})")
+        # PyTorch's form: pairs, and padding, dilation, groups, bias only when not the default
+        F, Cg, KH, KW = self.weight.shape
+        s = (f"Conv2d({Cg * self.groups}, {F}, kernel_size={(KH, KW)}, "
+             f"stride={_repr_pair(self.stride)}")
+        if _repr_pair(self.padding) != (0, 0):
+            s += f", padding={_repr_pair(self.padding)}"
+        if _repr_pair(self.dilation) != (1, 1):
+            s += f", dilation={_repr_pair(self.dilation)}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + (", bias=False)" if self.bias is None else ")")
 
 
 class _Pool2d(_Layer):
@@ -91,12 +117,17 @@ class _Pool2d(_Layer):
 
 
 class MaxPool2d(_Pool2d):
-    """Max pooling (PyTorch's nn.MaxPool2d without return_indices; ceil_mode
-    is keyword-only, as PyTorch's fifth positional is return_indices)."""
+    """Max pooling (PyTorch's nn.MaxPool2d, its arguments in its order).
+    return_indices=True is refused: the argmax stays inside the op's ctx,
+    which backward uses, and there is no max-unpooling to hand it to."""
     _forward, _backward = staticmethod(ops.max_pool2d_forward), staticmethod(ops.max_pool2d_backward)
     _extra = ("dilation", "ceil_mode")
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
+        if return_indices:
+            raise ValueError("MaxPool2d: return_indices=True is not supported (fastcnn keeps "
+                             "the argmax inside the op's ctx for backward)")
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.dilation, self.ceil_mode = dilation, ceil_mode
 
