@@ -100,3 +100,20 @@ def test_compiled_backends_refuse_planes_their_argmax_cannot_index(backend, monk
     monkeypatch.setattr(_pooling, "ARGMAX_DTYPE", np.dtype(np.int8))
     with pytest.raises(ValueError, match=r"plane of 12x12 = 144 elements.*8-bit argmax"):
         ops.max_pool2d_forward(np.zeros((1, 1, 12, 12)), 2, backend=backend)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("cython", "numba")])
+@pytest.mark.parametrize("first", [0.0, -0.0])
+def test_tie_of_zeros_returns_the_first_element_itself(backend, first):
+    # 0.0 == -0.0: the first of the two is the maximum, sign and all (the
+    # compiled kernels may carry the other zero while they compare, so they
+    # read y back at argmax); loops is the spec
+    x = np.array([[[[first, -first, -first, first, -1.0]]]])
+    for args in [((1, 2),), ((1, 3), 1, (0, 1), 1, True)]:
+        y, _ = ops.max_pool2d_forward(x, *args, backend=backend)
+        ry, _ = ops.max_pool2d_forward(x, *args, backend="loops")
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(ry))
+    for out in [(1, 2), 1]:
+        y, _ = ops.adaptive_max_pool2d_forward(np.tile(x, 4), out, backend=backend)
+        ry, _ = ops.adaptive_max_pool2d_forward(np.tile(x, 4), out, backend="loops")
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(ry))

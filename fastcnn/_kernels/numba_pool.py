@@ -63,6 +63,13 @@ def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
     first maximum in row-major window order (strict >). A NaN wins over any
     number and the first NaN stays (NaN > v and v > NaN are both false), so
     the output is NaN and the gradient goes to that first NaN.
+
+    No branch on `take`: LLVM turns a select shared by y and argmax into a
+    branch, mispredicted on random data (about 3x slower), so argmax is
+    updated through a mask and the running maximum with max(), which
+    compiles to a select but may keep the other of two equal zeros; y is
+    read back at argmax at the end of the row, so it is the chosen element
+    itself.
     """
     NC, H, W = x.shape
     _, OH, OW = y.shape
@@ -74,6 +81,7 @@ def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
     for ow in range(OW):
         first_w[ow] = _first_real(ow, SW, PW, DW)
     for i in range(NC):
+        plane = x[i].reshape(H * W)
         for oh in range(OH):
             yrow = y[i, oh]
             arow = argmax[i, oh]
@@ -93,8 +101,12 @@ def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
                         v = xrow[ow * SW + off]
                         b = yrow[ow]
                         take = (v > b) | ((v != v) & (b == b))
-                        yrow[ow] = v if take else b
-                        arow[ow] = base + ow * SW if take else arow[ow]
+                        m = np.int32(-np.int32(take))
+                        yrow[ow] = max(v, b) if b == b else b
+                        a = arow[ow]
+                        arow[ow] = (a & ~m) | (np.int32(base + ow * SW) & m)
+            for ow in range(OW):
+                yrow[ow] = plane[arow[ow]]
 
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3)))
