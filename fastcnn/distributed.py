@@ -135,7 +135,7 @@ def shard(n, rank, size):
 def abort_on_error(comm, *, collective=(), describe=None):
     """Run a block in which an exception on one rank must end the whole job:
     the rank prints its traceback (or ``describe(exc)``'s one line, when it
-    returns one) to stderr and calls ``comm.Abort``, since the other ranks
+    returns one; 'interrupted' for Ctrl-C) to stderr and calls ``comm.Abort``, since the other ranks
     would otherwise wait in their next collective call forever.
     Exceptions of the ``collective`` types, which the code raises on every
     rank alike, pass through. The exit status: ``describe``'s, else 130 for
@@ -146,6 +146,8 @@ def abort_on_error(comm, *, collective=(), describe=None):
         if isinstance(exc, collective) or (isinstance(exc, SystemExit) and not exc.code):
             raise
         line, status = describe(exc) if describe else (None, None)
+        if line is None and isinstance(exc, KeyboardInterrupt):   # Ctrl-C: no traceback
+            line = "interrupted"
         if status is None:
             status = (130 if isinstance(exc, KeyboardInterrupt) else
                       exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int)
