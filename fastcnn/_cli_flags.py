@@ -45,6 +45,7 @@ _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _seed = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 _fraction = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_port = _number(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
 _non_negative = _number(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
 
 
@@ -74,6 +75,7 @@ def build_parser():
                             "  fastcnn eval --model mnist.npz\n"
                             "  fastcnn crosscheck --dtype float64\n"
                             "  fastcnn info\n"
+                            "  fastcnn serve --model mnist.npz\n"
                             "run 'fastcnn COMMAND --help' for a command's flags")
     from fastcnn._version import __version__
     parser.add_argument("--version", action="version", version=f"fastcnn {__version__}")
@@ -167,6 +169,20 @@ def build_parser():
                    help="use seeded random images instead of MNIST")
 
     sub.add_parser("info", parents=[tune], help="backends, threads and versions")
+
+    s = sub.add_parser("serve", parents=[tune],
+                       help="a page to draw a digit and watch a trained model read it",
+                       description="Serve a drawing page and its JSON API (fastcnn.serve; "
+                                   "needs the web extra: pip install \"fastcnn[web]\").")
+    s.add_argument("--model", metavar="PATH",
+                   help="checkpoint from 'fastcnn train --save PATH'")
+    s.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="backend whose results the page shows first (all available ones "
+                        "run and are timed; default: the one in force)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only)")
+    s.add_argument("--port", type=_port, default=8000,
+                   help="(default: %(default)s; 0: any free port)")
     return parser
 
 

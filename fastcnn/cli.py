@@ -1,9 +1,10 @@
-"""The ``fastcnn`` command: train, eval, crosscheck, info.
+"""The ``fastcnn`` command: train, eval, crosscheck, info, serve.
 
     fastcnn train --backend im2col --epochs 3 --data-dir ../shared/data/mnist
     fastcnn eval --model mnist.npz
     fastcnn crosscheck --backends loops,im2col,cython,numba --dtype float64
     fastcnn info
+    fastcnn serve --model mnist.npz
 
 This is the only place a backend is chosen (``fastcnn.use_backend``); the
 training itself is ``fastcnn.training.fit``, which this module only calls:
@@ -274,4 +275,11 @@ def cmd_info(args):
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "crosscheck": cmd_crosscheck, "info": cmd_info}
+# -- serve ----------------------------------------------------------------
+def cmd_serve(args):
+    from fastcnn.serve.command import run   # Flask is imported only here
+    return run(args)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "crosscheck": cmd_crosscheck, "info": cmd_info,
+            "serve": cmd_serve}
