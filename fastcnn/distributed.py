@@ -132,33 +132,30 @@ def shard(n, rank, size):
 
 
 @contextlib.contextmanager
-def abort_on_error(comm, *, collective=(), describe=None):
-    """Run a block in which an exception on one rank must end the whole job:
-    the rank prints its traceback (or ``describe(exc)``'s one line, when it
-    returns one; 'interrupted' for Ctrl-C) to stderr and calls ``comm.Abort``, since the other ranks
-    would otherwise wait in their next collective call forever.
+def abort_on_error(comm, *, collective=()):
+    """Run a block in which an exception on one rank must end the whole job,
+    since the other ranks would wait in their next collective call forever:
+    the rank prints its traceback ('interrupted' for Ctrl-C; for SystemExit,
+    whose reason is printed already, its status) to stderr and calls
+    ``comm.Abort`` with status 130 for Ctrl-C, a SystemExit's own, else 1.
     Exceptions of the ``collective`` types, which the code raises on every
-    rank alike, pass through. The exit status: ``describe``'s, else 130 for
-    KeyboardInterrupt, a SystemExit's own non-zero code, else 1."""
+    rank alike, pass through, as does a SystemExit with status 0."""
     try:
         yield
     except BaseException as exc:
         if isinstance(exc, collective) or (isinstance(exc, SystemExit) and not exc.code):
             raise
-        line, status = describe(exc) if describe else (None, None)
-        if line is None and isinstance(exc, KeyboardInterrupt):   # Ctrl-C: no traceback
-            line = "interrupted"
-        if status is None:
-            status = (130 if isinstance(exc, KeyboardInterrupt) else
-                      exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int)
-                      else 1)
         who = f"rank {comm.Get_rank()} of {comm.Get_size()}"
-        if line is None:
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            line = f"{who} failed; aborting the MPI job:\n{text.rstrip()}"
+        if isinstance(exc, KeyboardInterrupt):
+            line, status = f"interrupted ({who}; aborting the MPI job)", 130
+        elif isinstance(exc, SystemExit):
+            status = exc.code if isinstance(exc.code, int) else 1
+            line = f"exit status {exc.code} ({who}; aborting the MPI job)"
         else:
-            line = f"{line} ({who}; aborting the MPI job)"
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            line, status = f"{who} failed; aborting the MPI job:\n{text.rstrip()}", 1
         try:
+            sys.stdout.flush()   # what the rank printed so far, before MPI kills it
             print(line, file=sys.stderr, flush=True)
         finally:
             comm.Abort(status)
