@@ -28,7 +28,10 @@ from fastcnn.nn.optim import make_optimizer
 
 def main(argv=None):
     """Run one command; returns the exit status. (The console script enters
-    through ``fastcnn.__main__``, which tunes the process first.)"""
+    through ``fastcnn.__main__``, which tunes the process first.) Started by an
+    MPI launcher with others, the process runs it as one rank of a job (_as_rank)."""
+    if _Job.comm is None and (comm := _join_mpi_job()) is not None:
+        return _as_rank(comm, argv)
     args = build_parser().parse_args(argv)
     say = lambda text: print(f"fastcnn {args.command}: {text}", file=sys.stderr)  # noqa: E731
     try:
@@ -67,6 +70,44 @@ def _describe(config):
     return f"{config['name']} ({', '.join(f'{k} {v}' for k, v in config.items() if k != 'name')})"
 
 
+# -- one rank of an MPI job: mpiexec -n K fastcnn ... ------------------------------
+class _Job:
+    """The MPI job this process is a rank of, while ``main`` runs in it."""
+    comm = None
+    stopped_together = False   # every rank ends with the same status: no abort needed
+
+
+def _join_mpi_job():
+    """COMM_WORLD if an MPI launcher started this process with others (K > 1)
+    and mpi4py joins them, else None (``cmd_train`` then says what is missing).
+    MPI starts before the flags are even parsed: a rank that fails alone
+    before joining would leave the others waiting in MPI_Init forever."""
+    from fastcnn import distributed
+    try:
+        size = distributed.launched_size()
+        return distributed.world(size) if size and size > 1 else None
+    except (ValueError, ImportError, RuntimeError):
+        return None
+
+
+def _as_rank(comm, argv):
+    """``main`` as one rank of ``comm``'s job. An exception, or a non-zero
+    status, on one rank ends the whole job with MPI_Abort, since the others
+    would wait for it forever; except a status every rank reaches together
+    (``_Job.stopped_together``), which ends the job normally."""
+    from fastcnn import distributed
+    _Job.comm = comm
+    with distributed.abort_on_error(comm):
+        status = main(argv)
+    if status and not _Job.stopped_together:
+        sys.stdout.flush()
+        print(f"fastcnn: rank {comm.Get_rank()} of {comm.Get_size()} exits with status "
+              f"{status}; aborting the MPI job", file=sys.stderr, flush=True)
+        comm.Abort(status)
+        os._exit(status)   # MPICH's MPI_Abort may return while the launcher kills the job
+    return status
+
+
 # -- train ----------------------------------------------------------------
 def _model_from_flags(args):
     """(model, optimizer, name, checkpoint or None), before any data is loaded."""
@@ -89,32 +130,19 @@ def _model_from_flags(args):
 
 
 def cmd_train(args):
-    """One process, or, started by an MPI launcher (``mpiexec -n K fastcnn
+    """One process, or, as one rank of an MPI job (``mpiexec -n K fastcnn
     train``, K > 1), one rank of a data-parallel run: every rank parses the
     same flags and loads the same data, rank 0 alone prints and writes files,
     and an error on any rank ends the whole job (``fastcnn.distributed``)."""
-    try:
+    if _Job.comm is None:
         from fastcnn import distributed
-        size = distributed.launched_size()
-        comm = distributed.world(size) if size and size > 1 else None
-    except (ValueError, ImportError, RuntimeError) as e:   # alike on every rank
-        raise UsageError(f"started by an MPI launcher: {e}") from None
-    if comm is None:
-        return _train(args, None)
-    with distributed.abort_on_error(comm, collective=(distributed.MismatchError,),
-                                    describe=_one_line):
-        return _train(args, comm)
-
-
-def _one_line(exc):
-    """(line, exit status) for the errors ``main`` reports in one line; (None,
-    None) for the others (a traceback)."""
-    for kinds, status in (((UsageError,), 2), ((DataError, checkpoint.CheckpointError), 1)):
-        if isinstance(exc, kinds):
-            return f"fastcnn train: error: {exc}", status
-    if isinstance(exc, KeyboardInterrupt):
-        return "fastcnn train: interrupted", 130
-    return None, None
+        try:   # an MPI launcher started this process, but it could not join the job
+            size = distributed.launched_size()
+            if size and size > 1:
+                distributed.world(size)
+        except (ValueError, ImportError, RuntimeError) as e:   # alike on every rank
+            raise UsageError(f"started by an MPI launcher: {e}") from None
+    return _train(args, _Job.comm)
 
 
 def _quiet(*args, **kwargs):
@@ -164,10 +192,12 @@ def _train(args, comm):
                 save=args.save, resume=ck, model_name=name, progress=not args.no_progress,
                 log=print, on_epoch=lambda record: done.append(record["epoch"]), comm=comm)
         except training.NonFiniteLossError as e:   # under MPI: raised on every rank
+            _Job.stopped_together = True
             return _stopped(args, f"error: {e}", done[-1], 1, out)
         except KeyboardInterrupt:                  # under MPI: fit aborts the job instead
             return _stopped(args, f"interrupted during epoch {done[-1] + 1}", done[-1], 130)
         except MismatchError as e:   # raised on every rank alike
+            _Job.stopped_together = True
             out(f"fastcnn train: error: {e}", file=sys.stderr)
             return 1
     if not metrics["history"] or not lead:
