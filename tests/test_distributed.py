@@ -182,5 +182,24 @@ def test_mpiexec_fastcnn_train_with_data_missing_on_one_rank_ends_the_job(tmp_pa
     rc, out, err, seconds = mpirun(*_train(data_dir, "--epochs", "1"), ":", "-n", "1",
                                    *_train(str(tmp_path), "--epochs", "1"), n=1, timeout=60)
     assert rc != 0
-    assert "fastcnn train: error: MNIST folder" in err and "(rank 1 of 2;" in err, err
+    assert "fastcnn train: error: MNIST folder" in err, err
+    assert "rank 1 of 2 exits with status 1; aborting the MPI job" in err, err
     assert seconds < 30
+
+
+@needs_mpi
+def test_mpiexec_fastcnn_train_with_a_bad_flag_on_one_rank_ends_the_job(tmp_path, data_dir):
+    # argparse rejects rank 1's --data-dir while it parses the flags: MPI must be up by
+    # then, or rank 0 would wait in MPI_Init for it forever
+    rc, out, err, seconds = mpirun(*_train(data_dir, "--epochs", "1"), ":", "-n", "1",
+                                   *_train(str(tmp_path / "absent"), "--epochs", "1"), n=1,
+                                   timeout=60)
+    assert rc == 2, out + err
+    assert "argument --data-dir" in err and "exit status 2 (rank 1 of 2;" in err, err
+    assert seconds < 30
+
+
+@needs_mpi
+def test_mpiexec_fastcnn_train_help_runs_on_every_rank():
+    rc, out, err, _ = mpirun(sys.executable, "-m", "fastcnn", "train", "--help")
+    assert rc == 0 and out.count("usage: fastcnn train") == 2, out + err
