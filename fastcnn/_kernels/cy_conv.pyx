@@ -77,7 +77,7 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, :, :] cols,
         raise ValueError("im2col: cols must be contiguous along its last axis")
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = C * KH * KW, T = KH * KW, Kg = cols.shape[1]
-    cdef Py_ssize_t k, n, c, kh, kw, oh, ow, ih, lo, hi, off
+    cdef Py_ssize_t k, gk, rk, n, c, kh, kw, oh, ow, ih, lo, hi, off
     cdef floating* dst
     cdef const floating* src
     cdef Py_ssize_t* r = _dilated_tap_ranges(KW, SW, DW, PL, W, OW)
@@ -90,9 +90,11 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, :, :] cols,
                 lo = r[kw]
                 hi = r[KW + kw]
                 off = kw * DW - PL
+                gk = k // Kg
+                rk = k - gk * Kg
                 for n in range(N):
                     for oh in range(OH):
-                        dst = &cols[k // Kg, k % Kg, n, oh * OW]
+                        dst = &cols[gk, rk, n, oh * OW]
                         ih = oh * SH + kh * DH - PT
                         if ih < 0 or ih >= H:
                             _zero(dst, OW)
@@ -120,14 +122,16 @@ def col2im(const floating[:, :, :, :] dcols, floating[:, :, :, ::1] dx,
     if dcols.shape[3] > 1 and dcols.strides[3] != sizeof(floating):
         raise ValueError("col2im: dcols must be contiguous along its last axis")
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef Py_ssize_t T = KH * KW, Kg = dcols.shape[1]
-    cdef Py_ssize_t item, n, c, k, kh, kw, oh, ih, lo
+    cdef Py_ssize_t T = KH * KW, Cg = C // dcols.shape[0]
+    cdef Py_ssize_t item, n, c, gc, k0, kh, kw, oh, ih, lo
     cdef Py_ssize_t* r = _dilated_tap_ranges(KW, SW, DW, PL, W, OW)
     try:
         with nogil:
             for item in range(N * C):
                 n = item // C
                 c = item % C
+                gc = c // Cg
+                k0 = (c - gc * Cg) * T
                 _zero(&dx[n, c, 0, 0], H * W)
                 for kh in range(KH):
                     for oh in range(OH):
@@ -136,10 +140,9 @@ def col2im(const floating[:, :, :, :] dcols, floating[:, :, :, ::1] dx,
                             continue
                         for kw in range(KW):
                             lo = r[kw]
-                            k = c * T + kh * KW + kw
                             if lo < r[KW + kw]:
                                 _axpy(&dx[n, c, ih, lo * SW + kw * DW - PL], SW,
-                                      &dcols[k // Kg, k % Kg, n, oh * OW + lo], 1,
+                                      &dcols[gc, k0 + kh * KW + kw, n, oh * OW + lo], 1,
                                       1, r[KW + kw] - lo)
     finally:
         free(r)

@@ -62,15 +62,16 @@ def im2col(xp, cols, KH, KW, SH, SW, DH, DW, OH, OW, WP, RP):
     ``cols`` is (G, Kg, N, L) with any strides: the whole-batch layout
     (K, N*L) or a view of the per-image layout (N, G, Kg+1, P)."""
     N, C, _ = xp.shape
-    Kg = cols.shape[1]
+    Cg = C // cols.shape[0]
     L = OH * RP
     flat = SH == 1 and SW == 1 and RP == WP
     for n in range(N):
         for c in range(C):
+            gi = c // Cg
+            k0 = (c - gi * Cg) * KH * KW
             for kh in range(KH):
                 for kw in range(KW):
-                    k = (c * KH + kh) * KW + kw
-                    dst = cols[k // Kg, k % Kg, n]
+                    dst = cols[gi, k0 + kh * KW + kw, n]
                     if flat:
                         off = kh * DH * WP + kw * DW
                         dst[:] = xp[n, c, off:off + L]
@@ -88,16 +89,17 @@ def col2im(dcols, dx, KH, KW, SH, SW, DH, DW, PT, PL, OH, OW, HPX, WP, RP):
     im2col copied from it (dcols (G, Kg, N, L), any strides), each sample
     summed into a padded scratch plane."""
     N, C, H, W = dx.shape
-    Kg = dcols.shape[1]
+    Cg = C // dcols.shape[0]
     flat = SH == 1 and SW == 1 and RP == WP
     scratch = np.empty((C, HPX * WP), dtype=dx.dtype)      # one per call, reused
     for n in range(N):
         scratch[:] = 0
         for c in range(C):
+            gi = c // Cg
+            k0 = (c - gi * Cg) * KH * KW
             for kh in range(KH):
                 for kw in range(KW):
-                    k = (c * KH + kh) * KW + kw
-                    src = dcols[k // Kg, k % Kg, n]
+                    src = dcols[gi, k0 + kh * KW + kw, n]
                     if flat:
                         off = kh * DH * WP + kw * DW
                         dst = scratch[c, off:off + src.shape[0]]
