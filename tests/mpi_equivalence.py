@@ -7,8 +7,9 @@ leaves a rank nothing), the parameters and optimizer state equal the
 single-process run's within 1e-12 relative, as do the step losses and the test
 loss, and the test accuracy is the same; every rank holds the same bits. With
 dropout on, a one-rank communicator reproduces ``fit()`` exactly and two K-rank
-runs reproduce each other exactly. Prints one line per case on rank 0; a failed
-check aborts the job (non-zero exit).
+runs reproduce each other exactly. A NaN image in one rank's shard stops every
+rank at that step, before the weights change. Prints one line per case on rank
+0; a failed check aborts the job (non-zero exit).
 """
 import numpy as np
 
@@ -84,7 +85,36 @@ def main(comm):
     again = [run(comm, 70, 32, "adam", 2, dropout=True)[0] for _ in range(2)]
     assert all(np.array_equal(a, b) for a, b in zip(*again))
     say("dropout on: one rank equals fit() bit for bit; K ranks reproduce themselves")
+    check_nan_on_one_rank(comm)
+    say("a NaN in one rank's shard: NonFiniteLossError on every rank, weights untouched")
     say("ok")
+
+
+def check_nan_on_one_rank(comm):
+    """A NaN image that only the last rank's shard of the second batch holds
+    stops every rank at that step, before the weights change."""
+    model = models.build("light", dtype="float64", seed=3)
+    opt = make_optimizer(training.optimizer_config("sgd"), model.parameters())
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((32, 1, 28, 28)), rng.integers(0, 10, 32)
+    second = training.batch_order(32, 8, 1, 0)[1]
+    x[second[-1]] = np.nan
+    seen, real_step = [], opt.step   # the weights after each step taken
+
+    def step():
+        real_step()
+        seen.append([p.data.copy() for p in model.parameters()])
+    opt.step = step
+    try:
+        with fastcnn.use_backend(BACKEND):
+            training.fit(model, opt, (x, y), (x[:4], y[:4]), epochs=1, batch_size=8, seed=1,
+                         lr_schedule="constant", comm=comm)
+    except training.NonFiniteLossError as e:
+        assert (e.epoch, e.step) == (0, 1), (e.epoch, e.step)
+    else:
+        raise AssertionError("no NonFiniteLossError")
+    assert len(seen) == 1   # the first step only
+    assert all(np.array_equal(a, p.data) for a, p in zip(seen[0], model.parameters()))
 
 
 if __name__ == "__main__":
