@@ -33,6 +33,7 @@ def make_server(model_path, backend, host, port):
     from fastcnn.serve.app import create_app
     from fastcnn.serve.inference import Predictor
     predictor = Predictor.from_checkpoint(model_path, backend)
+    predictor.warm_up()
     # bound here, not by Werkzeug, which would print its own lines and exit on a
     # busy port; the family follows Werkzeug's rule for the host it is handed
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

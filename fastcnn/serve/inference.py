@@ -65,6 +65,13 @@ class Predictor:
         }
         return cls(model, (*fastcnn.available_backends(), backend), backend, about)
 
+    def warm_up(self):
+        """One prediction of a drawn '1', so that the first visitor's timings are
+        not the first calls' (numba loads its kernels, 'auto' measures)."""
+        image = np.zeros((28, 28))
+        image[4:24, 13:15] = 1.0
+        self.predict(image)
+
     def predict(self, image, backend=None):
         """Everything the page shows for one 28x28 image in [0, 1]."""
         shown = self.default if backend is None else backend
