@@ -385,24 +385,30 @@ def adaptive_max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] 
 
 
 cdef inline double _sum(const floating* a, Py_ssize_t L) noexcept nogil:
-    """a[0] + ... + a[L-1] in double. Four independent running sums of the
+    """a[0] + ... + a[L-1] in double. Eight independent running sums of the
     input type (one running sum waits on every previous add), folded into
-    the double every 1024 elements, so none sums more than 256 elements in
+    the double every 1024 elements, so none sums more than 128 elements in
     single precision. Scalar lanes, not an array: GCC keeps them in
     registers."""
-    cdef floating s0, s1, s2, s3
+    cdef floating s0, s1, s2, s3, s4, s5, s6, s7
     cdef double total = 0
     cdef Py_ssize_t i = 0, stop
-    while L - i >= 4:
-        stop = i + 4 * min((L - i) // 4, 256)
-        s0 = s1 = s2 = s3 = 0
+    while L - i >= 8:
+        stop = i + 8 * min((L - i) // 8, 128)
+        s0, s1, s2, s3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+        s4, s5, s6, s7 = a[i + 4], a[i + 5], a[i + 6], a[i + 7]
+        i += 8
         while i < stop:
             s0 = s0 + a[i]
             s1 = s1 + a[i + 1]
             s2 = s2 + a[i + 2]
             s3 = s3 + a[i + 3]
-            i += 4
-        total += (s0 + s2) + (s1 + s3)
+            s4 = s4 + a[i + 4]
+            s5 = s5 + a[i + 5]
+            s6 = s6 + a[i + 6]
+            s7 = s7 + a[i + 7]
+            i += 8
+        total += ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
     while i < L:
         total += a[i]
         i += 1
