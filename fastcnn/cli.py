@@ -162,7 +162,8 @@ def _train(args, comm):
         elif fastcnn.get_num_threads() > fill:
             out(f"fastcnn train: warning: {fastcnn.get_num_threads()} threads per process "
                 f"oversubscribe this node: {distributed.ranks_on_node(comm)} processes share "
-                f"its {os.cpu_count()} CPUs ({fill} threads each would fill them)",
+                f"its {os.cpu_count()} CPUs ({fill} thread{'s' if fill > 1 else ''} each "
+                f"would fill them)",
                 file=sys.stderr)
         ranks = (f", {comm.Get_size()} MPI processes x {fastcnn.get_num_threads()} "
                  f"thread{'s' if fastcnn.get_num_threads() > 1 else ''}")
