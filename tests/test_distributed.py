@@ -169,11 +169,16 @@ def test_mpiexec_fastcnn_train_resumes_as_if_uninterrupted(tmp_path, data_dir):
 
 @needs_mpi
 def test_mpiexec_fastcnn_train_with_different_data_per_rank_stops_at_the_start(data_dir):
-    rc, out, err, _ = mpirun(*_train(data_dir, "--epochs", "1"), ":", "-n", "1",
-                             *_train(data_dir, "--epochs", "1", "--limit-train", "150"), n=1)
+    cpus = os.cpu_count()   # as many threads per rank as CPUs: oversubscribed, with 2 ranks
+    rc, out, err, _ = mpirun(*_train(data_dir, "--epochs", "1", "--threads", cpus), ":",
+                             "-n", "1", *_train(data_dir, "--epochs", "1", "--limit-train",
+                                                "150", "--threads", cpus), n=1)
     assert rc == 1, out + err
     assert err.count("rank 1 has train images 150 where rank 0 has 160") == 1, err
     assert "epoch 1/1" not in out
+    if cpus > 1:
+        assert err.count(f"{cpus} threads per process oversubscribe this node: 2 processes "
+                         f"share its {cpus} CPUs") == 1, err
 
 
 @needs_mpi
