@@ -4,12 +4,14 @@ Ops are the registry's kernels (``fastcnn.backend.KERNELS``). Each is timed
 on the layers of ``fastcnn.models.mnist_cnn`` that call it (input shapes
 traced by one ``loops`` pass of one image; average pooling, which the model
 does not use, on its max-pool windows; adaptive pooling to its max-pool
-output sizes) and on the larger layers below,
+output sizes), on the larger layers below and on the layers of MobileNet-
+and ResNet-style nets (depthwise, 1x1, stride 2, dilated, grouped, ceil_mode),
 which are append-only: a published name always means the same problem.
 Flop counts come from the layers' own weights, so nothing here repeats the
 model. Inputs come from generators seeded by name: every run and every row
 of a group times the same data.
 """
+import functools
 import zlib
 from math import prod
 from typing import NamedTuple
@@ -19,7 +21,7 @@ import numpy as np
 import fastcnn
 from fastcnn import nn
 from fastcnn.backend import KERNELS
-from fastcnn.models import mnist_cnn
+from fastcnn.models import build, mnist_cnn
 
 DTYPES = ("float32", "float64")
 OPS = tuple(dict.fromkeys(k.rsplit("_", 1)[0] for k in KERNELS))
@@ -85,20 +87,41 @@ LARGER_CASES = [    # append-only
     Case("resnet_global_max", "adaptive_max_pool2d", nn.AdaptiveMaxPool2d(1), (64, 512, 7, 7)),
     Case("adaptive_max_3x3", "adaptive_max_pool2d", nn.AdaptiveMaxPool2d(3), (64, 64, 14, 14)),
 ]
+_rng = np.random.default_rng(1)
+SMALL_CNN_CASES = [    # append-only: the layers of MobileNet- and ResNet-style nets
+    Case("depthwise_3x3", "conv2d",
+         nn.Conv2d(64, 64, 3, padding=1, groups=64, dtype="float64", rng=_rng), (64, 64, 32, 32)),
+    Case("depthwise_3x3_s2", "conv2d",
+         nn.Conv2d(64, 64, 3, 2, 1, groups=64, dtype="float64", rng=_rng), (64, 64, 32, 32)),
+    Case("pointwise_1x1", "conv2d", nn.Conv2d(64, 128, 1, dtype="float64", rng=_rng),
+         (64, 64, 16, 16)),
+    Case("conv_3x3_s2", "conv2d", nn.Conv2d(32, 64, 3, 2, 1, dtype="float64", rng=_rng),
+         (64, 32, 32, 32)),
+    Case("dilated_3x3", "conv2d",
+         nn.Conv2d(32, 32, 3, padding=2, dilation=2, dtype="float64", rng=_rng), (64, 32, 32, 32)),
+    Case("grouped_3x3_g4", "conv2d",
+         nn.Conv2d(64, 64, 3, padding=1, groups=4, dtype="float64", rng=_rng), (64, 64, 16, 16)),
+    Case("stem_pool", "max_pool2d", nn.MaxPool2d(3, 2, 1), (16, 64, 56, 56)),
+    Case("stem_pool_ceil", "max_pool2d", nn.MaxPool2d(3, 2, 1, ceil_mode=True), (16, 64, 56, 56)),
+]
+# the op groups RESULTS.md sums up beside PyTorch (float32), besides the networks
+SUMMARY_CASES = ({c.name for c in MNIST_CASES + SMALL_CNN_CASES}
+                 | {"resnet_global_pool", "adaptive_avg_3x3"})
 
 
 def cases(op):
-    return [c for c in MNIST_CASES + LARGER_CASES if c.op == op]
+    return [c for c in MNIST_CASES + LARGER_CASES + SMALL_CNN_CASES if c.op == op]
 
 
 def op_args(layer, dtype):
-    """What ``layer`` passes to its op after x, weights cast to ``dtype``."""
+    """What ``layer`` passes to its op after x, weights cast to ``dtype`` (the ops take
+    torch.nn.functional's arguments in its order)."""
     if isinstance(layer, nn.Conv2d):
         return (layer.weight.data.astype(dtype), layer.bias.data.astype(dtype),
-                layer.stride, layer.padding)
+                layer.stride, layer.padding, layer.dilation, layer.groups)
     if isinstance(layer, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return (layer.output_size,)
-    return () if isinstance(layer, nn.ReLU) else (layer.kernel_size, layer.stride, layer.padding)
+    return () if isinstance(layer, nn.ReLU) else layer.op_args()
 
 
 def rng_for(key):
@@ -126,7 +149,15 @@ def work(layer, x_shape, y_shape, dtype, backward=False):
     return {"gflop": 2e-9 * prod(y_shape) * (w.data.size // w.shape[0]) * (2 if backward else 1)}
 
 
-def network_work(batch, training):
-    """GFLOP of one pass of the MNIST CNN (a training step: 3 forwards' worth) and images."""
-    gflop = sum(work(layer, x, y, "float64").get("gflop", 0) for layer, x, y in MNIST)
+@functools.cache
+def network_trace(model):
+    """``trace`` of the MNIST model named ``model`` (``fastcnn.models.MODELS``) at TRAIN_BATCH."""
+    return MNIST if model == "cnn" else trace(build(model, "float64").eval(),
+                                              (TRAIN_BATCH, 1, 28, 28))
+
+
+def network_work(batch, training, model="cnn"):
+    """GFLOP of one pass of an MNIST model (a training step: 3 forwards' worth) and images."""
+    gflop = sum(work(layer, x, y, "float64").get("gflop", 0) for layer, x, y in
+                network_trace(model))
     return {"gflop": gflop * batch / TRAIN_BATCH * (3 if training else 1), "images": batch}

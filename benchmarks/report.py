@@ -31,7 +31,9 @@ TIMING = {"full": ["--benchmark-warmup=on", "--benchmark-warmup-iterations=3",
                    "--benchmark-min-time=0.0005"],
           "quick": ["--benchmark-warmup=on", "--benchmark-warmup-iterations=1",
                     "--benchmark-min-rounds=3", "--benchmark-max-time=0.05", "-m", "not startup"]}
-MNIST = {c.name for c in common.MNIST_CASES}
+PANELS = {title: {c.name for c in cases} for title, cases in (       # of layers.png
+    ("MNIST", common.MNIST_CASES), ("larger", common.LARGER_CASES),
+    ("small-CNN", common.SMALL_CNN_CASES))}
 
 
 def measure(impls, rounds, args, tune):
@@ -44,9 +46,12 @@ def measure(impls, rounds, args, tune):
             data, out, status = step.run_suite(impl, args + (["-m", "not startup"] if r else []),
                                                tune)
             errors = [line for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))]
-            if data is None and not errors and status != 5:     # 5: all deselected
-                errors = [f"no results: {out.strip()[-600:]}"]
+            if data is None and not errors and status not in (0, 5):
+                errors = [f"no results: {out.strip()[-600:]}"]    # 0: all skipped, 5: deselected
             failed += [f"{impl}, round {r + 1}: {line}" for line in errors]
+            if r == 0:
+                skipped += [f"{impl}: {why} ({n} rows)" for n, why in
+                            re.findall(r"^SKIPPED \[(\d+)\] [^:]+:\d+: (.*)$", out, re.M)]
             if data is None:
                 continue
             machines[impl] = data["machine_info"]
@@ -54,9 +59,6 @@ def measure(impls, rounds, args, tune):
                 key = (row["group"], impl)
                 if key not in best or row["stats"]["median"] < best[key]["stats"]["median"]:
                     best[key] = row
-            if r == 0:
-                skipped += [f"{impl}: {why} ({n} rows)" for n, why in
-                            re.findall(r"^SKIPPED \[(\d+)\] [^:]+:\d+: (.*)$", out, re.M)]
     return best, machines, skipped, failed
 
 
@@ -95,13 +97,14 @@ def table(rows):
 
 
 def summary(groups, impls):
-    """PyTorch's median over each implementation's: the network, and the MNIST layers in float32."""
+    """PyTorch's median over each implementation's: the networks, and in float32 the MNIST
+    layers and those of small CNNs (``common.SUMMARY_CASES``)."""
     impls = [i for i in impls if i not in (REFERENCE, "numpy")]
     lines = ["| group | " + " | ".join(impls) + " |", "|---|" + "---:|" * len(impls)]
     for group, rows in groups.items():
         e, t = rows[0]["extra_info"], medians(rows)
-        mnist_f32 = e.get("case") in MNIST and e["dtype"] == "float32"
-        if REFERENCE in t and ("batch" in e or mnist_f32):
+        summed = e.get("case") in common.SUMMARY_CASES and e["dtype"] == "float32"
+        if REFERENCE in t and ("batch" in e or summed):
             lines.append(f"| {group} | " + " | ".join(ratio(t[REFERENCE], t.get(i)) for i in impls)
                          + " |")
     return lines + ["", "PyTorch's median time divided by the implementation's: above 1x is "
@@ -161,12 +164,12 @@ def plot(out, groups, impls):
     import matplotlib.pyplot as plt
     rows = [r for rs in groups.values() for r in rs if r["extra_info"].get("dtype") == "float32"]
     color = {impl: f"C{k}" for k, impl in enumerate(impls)}
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for ax, mnist in zip(axes, (True, False)):
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(6.5 * len(PANELS), 4.5))
+    for ax, (panel, names) in zip(axes, PANELS.items()):
         layers = {}     # {label: {impl: forward + backward ms}}
         for r in rows:
             e = r["extra_info"]
-            if "case" in e and (e["case"] in MNIST) == mnist:
+            if e.get("case") in names:
                 label = e["case"] + {"max_pool2d": " max", "avg_pool2d": " avg",
                                      "adaptive_max_pool2d": " adaptive max",
                                      "adaptive_avg_pool2d": " adaptive avg"}.get(e["op"], "")
@@ -178,14 +181,15 @@ def plot(out, groups, impls):
             if pts:
                 ax.bar(*zip(*pts), 0.8 / len(impls), label=impl, color=color[impl])
         ax.set_xticks(range(len(layers)), list(layers), rotation=20)
-        ax.set(title=f"{'MNIST' if mnist else 'larger'} layers, float32", yscale="log",
+        ax.set(title=f"{panel} layers, float32", yscale="log",
                ylabel="forward + backward, ms")
     _save(fig, axes, os.path.join(out, "layers.png"))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, test in zip(axes, ("test_train_step", "test_inference")):
         for impl in impls:
             pts = sorted((r["extra_info"]["batch"], r["extra_info"]["images/s"]) for r in rows
-                         if r["name"].startswith(test) and r["extra_info"]["impl"] == impl)
+                         if r["name"].startswith(test) and r["extra_info"]["impl"] == impl
+                         and r["extra_info"].get("model", "cnn") == "cnn")
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=impl, color=color[impl])
         ax.set(title=f"MNIST CNN {test[5:].replace('_', ' ')}, float32", xscale="log",

@@ -1,5 +1,5 @@
-"""``python -m benchmarks.step IMPL[,IMPL...] [--infer] [--batch B] [--dtype D] [--no-tune]``:
-the MNIST training step (or inference) of each implementation, timed in a process of its own.
+"""``python -m benchmarks.step IMPL[,IMPL...] [--model M] [--infer] [--batch B] [--dtype D] [--no-tune]``:
+an MNIST model's training step (or inference) of each implementation, timed in a process of its own.
 
 Each implementation runs the suite's network rows alone in a fresh ``python
 -m pytest`` (``run_suite``, which the report uses too), tuned by
@@ -46,6 +46,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.step",
                                 description=__doc__.split("\n")[1])
     p.add_argument("impls", help="comma-separated: fastcnn backends, torch, tutorial")
+    p.add_argument("--model", default="cnn", choices=("cnn", "mobile"),
+                   help="the MNIST CNN (default) or the MobileNet-style 'mobile'")
     p.add_argument("--infer", action="store_true", help="eval-mode inference instead")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
@@ -56,8 +58,9 @@ def main(argv=None):
     test = "test_inference" if args.infer else "test_train_step"
     status = 0
     for impl in args.impls.split(","):
-        data, out, _ = run_suite(impl, [f"--batch={args.batch}", "-k", f"{test} and {args.dtype}",
-                                        *PRECISE], tune=not args.no_tune, threads=args.threads)
+        select = f"{test} and {args.model}-b{args.batch}-{args.dtype}"     # the row's id
+        data, out, _ = run_suite(impl, [f"--batch={args.batch}", "-k", select, *PRECISE],
+                                 tune=not args.no_tune, threads=args.threads)
         if not data or not data["benchmarks"]:
             status = 1
             print(f"{impl}: nothing timed\n{out.strip()[-2000:]}", file=sys.stderr)

@@ -1,8 +1,10 @@
-"""The MNIST CNN end to end: training steps, inference, and start-up in fresh processes.
+"""The MNIST networks end to end: training steps, inference, and start-up in fresh processes.
 
 A training step is forward, softmax cross-entropy, backward and an SGD
 momentum update; inference is an eval-mode forward pass; the references run
-the same network with the same weights. ``--batch B`` times batch B only.
+the same network with the same weights. The MNIST CNN runs at several
+batches, ``mobile`` (``fastcnn.models.mnist_mobile``) at 64; ``--batch B``
+times batch B only.
 A ``startup`` row times a fresh Python process that imports, builds the
 network and runs one training step, tuned as this one; a backend with a JIT
 (one with ``warmup``) is also timed with an empty NUMBA_CACHE_DIR, once.
@@ -20,8 +22,10 @@ from fastcnn.backend import get_module
 from benchmarks import common, runners
 
 IMPLS = runners.implementations()
-TRAIN = [(b, "float32") for b in common.TRAIN_BATCHES] + [(common.TRAIN_BATCH, "float64")]
-INFER = [(b, "float32") for b in common.INFERENCE_BATCHES]
+MOBILE = [("mobile", common.TRAIN_BATCH, "float32")]
+TRAIN = [("cnn", b, "float32") for b in common.TRAIN_BATCHES] + [
+    ("cnn", common.TRAIN_BATCH, "float64")] + MOBILE
+INFER = [("cnn", b, "float32") for b in common.INFERENCE_BATCHES] + MOBILE
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = ("import sys; from benchmarks import tune; tune(); from benchmarks import runners; "
          "runners.make_network(sys.argv[1], 'float32', 64, True)()")
@@ -30,21 +34,29 @@ CHILD = ("import sys; from benchmarks import tune; tune(); from benchmarks impor
 def pytest_generate_tests(metafunc):
     if metafunc.function in (test_train_step, test_inference):
         batch = metafunc.config.getoption("batch")
-        cases = [(batch, dt) for dt in common.DTYPES] if batch else \
-            TRAIN if metafunc.function is test_train_step else INFER
-        metafunc.parametrize("batch,dtype", cases, ids=[f"b{b}-{dt}" for b, dt in cases])
+        cases = [(m, batch, dt) for m in ("cnn", "mobile") for dt in common.DTYPES] if batch \
+            else TRAIN if metafunc.function is test_train_step else INFER
+        metafunc.parametrize("model,batch,dtype", cases,
+                             ids=[f"{m}-b{b}-{dt}" for m, b, dt in cases])
+
+
+def group(model, what, batch, dtype):
+    """The CNN's groups keep their published names; other models' are prefixed."""
+    return ("" if model == "cnn" else f"{model} ") + f"{what} b{batch} {dtype}"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_train_step(run, batch, impl, dtype):
-    run(runners.make_network(impl, dtype, batch, True), f"train_step b{batch} {dtype}",
-        common.network_work(batch, True), impl=impl, batch=batch, dtype=dtype)
+def test_train_step(run, model, batch, impl, dtype):
+    run(runners.make_network(impl, dtype, batch, True, model),
+        group(model, "train_step", batch, dtype), common.network_work(batch, True, model),
+        impl=impl, model=model, batch=batch, dtype=dtype)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_inference(run, batch, impl, dtype):
-    run(runners.make_network(impl, dtype, batch, False), f"inference b{batch} {dtype}",
-        common.network_work(batch, False), impl=impl, batch=batch, dtype=dtype)
+def test_inference(run, model, batch, impl, dtype):
+    run(runners.make_network(impl, dtype, batch, False, model),
+        group(model, "inference", batch, dtype), common.network_work(batch, False, model),
+        impl=impl, model=model, batch=batch, dtype=dtype)
 
 
 def first_step(impl, env=None):

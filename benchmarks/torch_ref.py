@@ -35,12 +35,17 @@ def from_fastcnn(model):
     layers = []
     for m in model.layers:      # fastcnn's layers take PyTorch's names and arguments
         cls = getattr(torch.nn, type(m).__name__)
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            F_, C, *K = m.weight.shape
-            conv = (tuple(K), m.stride, m.padding) if K else ()
-            layers.append(cls(C, F_, *conv, bias=m.bias is not None))
+        if isinstance(m, nn.Conv2d):
+            F_, Cg, *K = m.weight.shape
+            layers.append(cls(Cg * m.groups, F_, tuple(K), m.stride, m.padding, m.dilation,
+                              m.groups, bias=m.bias is not None))
+        elif isinstance(m, nn.Linear):
+            layers.append(cls(m.weight.shape[1], m.weight.shape[0], bias=m.bias is not None))
         elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            layers.append(cls(m.kernel_size, m.stride, m.padding))
+            extra = {name: getattr(m, name) for name in m._extra}   # PyTorch's names
+            layers.append(cls(m.kernel_size, m.stride, m.padding, **extra))
+        elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            layers.append(cls(m.output_size))
         else:
             layers.append(cls(m.p) if isinstance(m, nn.Dropout) else cls())
     net = torch.nn.Sequential(*layers).to(getattr(torch, model.dtype.name))

@@ -9,8 +9,9 @@ zero image; max pooling is im2col + argmax; layers are classes caching their inp
 The only changes: the zero arrays take the input's dtype (the original's
 float64 ``np.zeros`` would run a float32 network in float64), and ``TutorialNet``
 takes a fastcnn model's layers and weights instead of drawing its own. Not
-optimised, not part of ``fastcnn``; no average pooling, and max pooling pads
-with zeros (wrong for negative inputs), so padded max pools are not timed.
+optimised, not part of ``fastcnn``; no average or adaptive pooling, no grouped
+or dilated convolution (so no ``mobile`` network), and max pooling pads with
+zeros (wrong for negative inputs), so padded max pools are not timed.
 """
 import numpy as np
 
@@ -212,6 +213,9 @@ class TutorialNet:
     def __init__(self, model, seed=0):
         self.params, self.layers = {}, []
         for i, m in enumerate(model.layers):
+            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation not in (1, (1, 1))):
+                raise NotImplementedError("the tutorial code has no dilated or grouped "
+                                          "convolution")
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 conv = isinstance(m, nn.Conv2d)
                 W = self.params[f"{i}.weight"] = (m.weight.data if conv else m.weight.data.T).copy()
@@ -223,8 +227,10 @@ class TutorialNet:
                 layer = Relu()
             elif isinstance(m, nn.Dropout):
                 layer = Dropout(m.p, np.random.default_rng(seed))
+            elif isinstance(m, nn.Flatten):
+                continue        # Affine flattens its input itself
             else:
-                continue        # Flatten: Affine flattens its input itself
+                raise NotImplementedError(f"the tutorial code has no {type(m).__name__}")
             self.layers.append((i, layer))
         self.last_layer = SoftmaxWithLoss()
 
@@ -249,15 +255,17 @@ def op(name, x, *args):
     """(forward, backward) callables for fastcnn op ``name`` on x, its arguments after x as
     fastcnn takes them; backward(dy) returns the callable computing dx (a conv layer keeps
     dW and db)."""
-    if name == "conv2d":
-        layer = Convolution(*args)
+    if name == "conv2d" and args[4:] in ((), (1, 1), ((1, 1), 1)):
+        layer = Convolution(*args[:4])
     elif name == "relu":
         layer = Relu()
-    elif name == "max_pool2d" and not args[2]:
+    elif name == "max_pool2d" and not args[2] and args[3:] in ((), (1, False)):
         layer = Pooling(args[0], args[0], args[1] or args[0])
     else:
-        raise NotImplementedError("the tutorial code has no " + (
-            "padded max pooling (it pads with zeros, not -inf)" if name == "max_pool2d" else name))
+        raise NotImplementedError("the tutorial code has no " + {
+            "conv2d": "dilated or grouped convolution",
+            "max_pool2d": "padded (it pads with zeros, not -inf), dilated or ceil_mode max pooling",
+        }.get(name, name))
 
     def backward(dy):
         layer.forward(x)

@@ -43,6 +43,12 @@ CASES = [common.Case(f"small{i}", op, layer, shape) for i, (op, layer, shape) in
     ("adaptive_avg_pool2d", fastcnn.nn.AdaptiveAvgPool2d(1), (2, 4, 6, 6)),
     ("adaptive_max_pool2d", fastcnn.nn.AdaptiveMaxPool2d((3, None)), (2, 3, 7, 5)),
     ("adaptive_max_pool2d", fastcnn.nn.AdaptiveMaxPool2d(1), (2, 4, 6, 6)),
+    ("conv2d", fastcnn.nn.Conv2d(4, 4, 3, padding=1, groups=4, dtype="float64", rng=rng),
+     (2, 4, 7, 7)),
+    ("conv2d", fastcnn.nn.Conv2d(4, 6, 3, 2, 2, dilation=2, groups=2, dtype="float64", rng=rng),
+     (2, 4, 9, 8)),
+    ("conv2d", fastcnn.nn.Conv2d(3, 5, 1, dtype="float64", rng=rng), (2, 3, 5, 5)),
+    ("max_pool2d", fastcnn.nn.MaxPool2d(3, 2, 1, ceil_mode=True), (1, 2, 8, 8)),
 ])]
 
 
@@ -66,12 +72,24 @@ def test_cases_cover_every_kernel():
     assert {c.op for c in common.MNIST_CASES} == set(common.OPS)
 
 
+def _tutorial_lacks(case):
+    """What the tutorial code refuses rather than compute wrongly, as its error says it."""
+    m = case.layer
+    if "avg_pool2d" in case.op or case.op.startswith("adaptive"):
+        return f"no {case.op}"
+    if case.op == "conv2d" and (m.groups != 1 or m.dilation != 1):
+        return "no dilated or grouped convolution"
+    if case.op == "max_pool2d" and (m.padding or m.ceil_mode):
+        return "no padded .* max pooling"
+    return None
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.op}-{c.name}")
 def test_tutorial_op_rows_match_loops(case, dtype):
     x, args, dy, y, grads = spec(case, dtype)
-    if "avg_pool2d" in case.op or case.op.startswith("adaptive"):
-        with pytest.raises(NotImplementedError, match=f"no {case.op}"):
+    if _tutorial_lacks(case):
+        with pytest.raises(NotImplementedError, match=_tutorial_lacks(case)):
             tutorial.op(case.op, x, *args)
         return
     forward, grad = tutorial.op(case.op, x, *args)
@@ -80,7 +98,7 @@ def test_tutorial_op_rows_match_loops(case, dtype):
     close(out, y, dtype)
     close(grad(dy)(), grads[0], dtype)
     if case.op == "conv2d":     # dW and db stay on the layer, as in the tutorial
-        layer = tutorial.Convolution(*args)
+        layer = tutorial.Convolution(*args[:4])
         layer.forward(x)
         layer.backward(dy)
         close(layer.dW, grads[1], dtype)
@@ -114,14 +132,31 @@ def test_network_flops_come_from_the_layers():
     assert common.network_work(16, True)["gflop"] == pytest.approx(3 * 16 * per_image / 1e9)
 
 
-def _fastcnn_step(dtype, x, y):
-    """One loops training step with dropout off: (model before, loss, logits, state after)."""
-    from fastcnn.models import mnist_cnn
+def test_mobile_flops_come_from_the_layers():
+    # stem, then per block depthwise 3x3 and pointwise 1x1, at 28, 28, 14, 14, 7, 7 pixels
+    # a side (two blocks downsample), then dense 128->10
+    px = {28: 784, 14: 196, 7: 49}
+    macs = (px[28] * 16 * 9 + px[28] * 16 * 9 + px[28] * 16 * 32 + px[14] * 32 * 9
+            + px[14] * 32 * 64 + px[14] * 64 * 9 + px[14] * 64 * 64 + px[7] * 64 * 9
+            + px[7] * 64 * 128 + px[7] * 128 * 9 + px[7] * 128 * 128 + 128 * 10)
+    assert common.network_work(64, True, "mobile")["gflop"] == pytest.approx(3 * 64 * 2 * macs / 1e9)
+
+
+def test_tutorial_refuses_the_mobile_network():
+    from fastcnn.models import mnist_mobile
+    with pytest.raises(NotImplementedError, match="no dilated or grouped convolution"):
+        tutorial.from_fastcnn(mnist_mobile())
+
+
+def _fastcnn_step(dtype, x, y, name="cnn"):
+    """One loops training step of model ``name`` with dropout off: (model before, loss,
+    logits, state after)."""
+    from fastcnn.models import build
     from fastcnn.training import train_step
-    model = mnist_cnn(dtype=dtype, seed=3)
-    model[9].p = 0.0    # dropout masks differ between libraries; the rest must not
-    start = mnist_cnn(dtype=dtype, seed=3)
-    start[9].p = 0.0
+    model, start = build(name, dtype=dtype, seed=3), build(name, dtype=dtype, seed=3)
+    for layer in model.layers + start.layers:
+        if isinstance(layer, fastcnn.nn.Dropout):
+            layer.p = 0.0   # dropout masks differ between libraries; the rest must not
     with fastcnn.use_backend("loops"):
         logits = model.eval().forward(x)
         loss = train_step(model, fastcnn.nn.SGD(model.parameters(), lr=0.05, momentum=0.9), x, y)
@@ -145,15 +180,16 @@ def test_tutorial_network_step_matches_fastcnn(dtype):
 
 @needs_torch
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_torch_network_step_matches_fastcnn(dtype):
+@pytest.mark.parametrize("model", ["cnn", "mobile"])
+def test_torch_network_step_matches_fastcnn(model, dtype):
     rng = np.random.default_rng(6)
     x, y = rng.random((3, 1, 28, 28)).astype(dtype), rng.integers(0, 10, 3)
-    start, loss, logits, after = _fastcnn_step(dtype, x, y)
-    model = torch_ref.from_fastcnn(start)
-    close(torch_ref.predict(model, x).numpy(), logits, dtype)
-    got = torch_ref.train_step(model, torch_ref.sgd(model, 0.05, 0.9), x, y)
+    start, loss, logits, after = _fastcnn_step(dtype, x, y, model)
+    net = torch_ref.from_fastcnn(start)
+    close(torch_ref.predict(net, x).numpy(), logits, dtype)
+    got = torch_ref.train_step(net, torch_ref.sgd(net, 0.05, 0.9), x, y)
     assert got == pytest.approx(loss, rel=1e-5 if dtype == "float32" else 1e-6)
-    state = model.state_dict()
+    state = net.state_dict()
     assert set(state) == set(after)
     for key, want in after.items():
         close(state[key].numpy(), want, dtype)
