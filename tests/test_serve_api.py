@@ -11,7 +11,6 @@ extra; the browser test is tests/test_serve_browser.py.
 """
 import base64
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -332,10 +331,8 @@ def test_serve_runs_says_where_and_stops_on_ctrl_c(model_file, client):
     assert proc.returncode == 0 and "stopped" in err
 
 
-def test_the_static_files_are_package_data():
-    import tomllib
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
-        project = tomllib.load(f)
-    assert project["tool"]["setuptools"]["package-data"]["fastcnn.serve"] == ["static/*"]
-    assert any(dep.startswith("flask") for dep in project["project"]["optional-dependencies"]["web"])
+def test_the_page_is_installed_with_the_package():
+    from importlib.resources import files
+    static = files("fastcnn.serve") / "static"
+    for name in ("index.html", "app.js", "style.css"):
+        assert (static / name).is_file(), f"{name} is missing from the installed package"

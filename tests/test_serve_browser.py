@@ -26,7 +26,7 @@ webdriver = pytest.importorskip("selenium.webdriver",
                                 reason="selenium is not installed: pip install selenium")
 
 import fastcnn  # noqa: E402
-from fastcnn import checkpoint, models, training  # noqa: E402
+from fastcnn import models, training  # noqa: E402
 from fastcnn.datasets import load_mnist  # noqa: E402
 from fastcnn.datasets.mnist import MEAN, STD  # noqa: E402
 from fastcnn.nn.optim import make_optimizer  # noqa: E402
@@ -230,7 +230,8 @@ def _check_page(browser, digit):
     # the 28x28 input and the feature maps are painted, not blank
     ink = browser.execute_script("""
         const sums = [];
-        for (const c of [document.getElementById('seen'), ...document.querySelectorAll('#maps canvas')]) {
+        const seen = document.getElementById('seen');
+        for (const c of [seen, ...document.querySelectorAll('#maps canvas')]) {
           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
           let s = 0; for (let k = 0; k < d.length; k += 4) s += d[k];
           sums.push(s);

@@ -24,7 +24,7 @@ from flask import Flask, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 import fastcnn
-from fastcnn.serve.payload import MAX_BODY_BYTES, MAX_SIDE, MIN_SIDE, PayloadError, parse_predict
+from fastcnn.serve.payload import MAX_BODY_BYTES, MAX_SIDE, MIN_SIDE, parse_predict
 from fastcnn.serve.preprocess import to_mnist
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -61,7 +61,7 @@ def create_app(predictor):
         try:
             pixels, preprocess, backend = parse_predict(body, predictor.backends)
             image = to_mnist(pixels) if preprocess else pixels
-        except (PayloadError, ValueError) as e:
+        except ValueError as e:   # a PayloadError, or to_mnist's blank image
             return _error(400, str(e))
         result = predictor.predict(image, backend)
         result["image"] = np.round(image, 4).tolist()

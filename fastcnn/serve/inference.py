@@ -11,6 +11,7 @@ readable reference), and the feature maps of the first two convolutions
 This module deliberately knows nothing of HTTP or JSON encodings beyond
 returning plain Python numbers and bytes; the web app (``app.py``) does that.
 """
+import os
 import threading
 import time
 
@@ -55,7 +56,7 @@ class Predictor:
         last = history[-1] if history and isinstance(history[-1], dict) else {}
         about = {
             "name": meta.get("model"),
-            "file": str(path).replace("\\", "/").rsplit("/", 1)[-1],
+            "file": os.path.basename(path),
             "dtype": meta.get("dtype"),
             "parameters": int(sum(p.data.size for p in model.parameters())),
             "epochs": meta.get("epoch"),
