@@ -160,10 +160,10 @@ def _train(args, comm):
         if args.threads is None and not os.environ.get("FASTCNN_NUM_THREADS", "").strip():
             fastcnn.set_num_threads(fill)
         elif fastcnn.get_num_threads() > fill:
+            # (no collective call in here: ranks on other nodes may not take this branch)
             out(f"fastcnn train: warning: {fastcnn.get_num_threads()} threads per process "
-                f"oversubscribe this node: {distributed.ranks_on_node(comm)} processes share "
-                f"its {os.cpu_count()} CPUs ({fill} thread{'s' if fill > 1 else ''} each "
-                f"would fill them)",
+                f"oversubscribe this node's {os.cpu_count()} CPUs ({fill} "
+                f"thread{'s' if fill > 1 else ''} per process would fill them)",
                 file=sys.stderr)
         ranks = (f", {comm.Get_size()} MPI processes x {fastcnn.get_num_threads()} "
                  f"thread{'s' if fastcnn.get_num_threads() > 1 else ''}")
