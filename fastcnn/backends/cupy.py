@@ -58,7 +58,6 @@ cupy = _probe()
 
 from fastcnn.backends import _cupy_cuda, _cupy_kernels  # noqa: E402
 
-ARRAY_MODULE = "cupy"          # what fastcnn.ops will check inputs against
 TABLES_PER_DEVICE = 128        # device copies of index tables kept, per device
 
 
