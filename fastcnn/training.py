@@ -297,8 +297,9 @@ def _fit(model, optimizer, train_data, test_data, *, epochs, batch_size, seed, l
         start, history, seed = 0, [], 0 if seed is None else seed
         schedule = {"name": lr_schedule or "cosine", "base_lr": optimizer.lr}
     else:
-        warn = (lambda text: say(f"warning: {text}")) if log else (
-            lambda text: warnings.warn(text, stacklevel=4))
+        warn = ((lambda text: say(f"warning: {text}")) if log else
+                (lambda text: warnings.warn(text, stacklevel=4)) if lead else
+                (lambda text: None))   # under MPI, rank 0 warns for all
         start, history, seed, schedule = _resume(resume, model, optimizer, seed, lr_schedule,
                                                  backend, ranks, warn)
         if start >= epochs:
@@ -324,7 +325,7 @@ def _fit(model, optimizer, train_data, test_data, *, epochs, batch_size, seed, l
 
     for epoch in range(start, epochs):
         desc = f"epoch {epoch + 1}/{epochs}"
-        waited = 0.0 if parallel is None else parallel.allreduce_seconds
+        allreduce_before = 0.0 if parallel is None else parallel.allreduce_seconds
         stats = train_epoch(model, optimizer, x, y, batch_size=batch_size, seed=seed,
                             epoch=epoch, progress=progress, desc=desc,
                             global_step=epoch * steps, lr_at=lr_at,
@@ -340,19 +341,19 @@ def _fit(model, optimizer, train_data, test_data, *, epochs, batch_size, seed, l
         eval_seconds = time.perf_counter() - t0
         rate = stats.images / stats.seconds
         # under MPI: time in the gradient Allreduce, waits for slower ranks included
-        waited = None if parallel is None else parallel.allreduce_seconds - waited
+        allreduce = None if parallel is None else parallel.allreduce_seconds - allreduce_before
         say(f"{desc}: train loss {stats.loss:.4f} acc {stats.accuracy:.2%} | test loss "
             f"{ev.loss:.4f} acc {ev.accuracy:.2%} | {stats.seconds:.1f} s ({rate:.0f} "
-            f"images/s" + ("" if waited is None else f", {waited:.1f} s of it in allreduce")
-            + f") + eval {eval_seconds:.1f} s")
+            f"images/s" + ("" if allreduce is None else f", {allreduce:.1f} s of it in "
+                           f"allreduce") + f") + eval {eval_seconds:.1f} s")
         show_auto_choices()   # those of a last, smaller batch and of the evaluation
         record = {"epoch": epoch + 1, "train_loss": stats.loss,
                   "train_accuracy": stats.accuracy, "test_loss": ev.loss,
                   "test_accuracy": ev.accuracy, "images": stats.images,
                   "seconds": stats.seconds, "images_per_second": rate,
                   "eval_seconds": eval_seconds, "step_losses": stats.step_losses}
-        if waited is not None:
-            record["allreduce_seconds"] = waited
+        if allreduce is not None:
+            record["allreduce_seconds"] = allreduce
         history.append(record)
         if save is not None:
             checkpoint.save(save, model, optimizer, model_name=model_name, seed=seed,
@@ -383,5 +384,5 @@ def _provenance(backend, ranks):
     (per process), MPI processes."""
     return {"backend": backend,
             "auto_choices": _auto.auto_choices() if backend == AUTO else None,
-            "threads": get_num_threads(), "ranks": ranks, "fastcnn_version": fastcnn.__version__,
-            "numpy_version": np.__version__}
+            "threads": get_num_threads(), "ranks": ranks,
+            "fastcnn_version": fastcnn.__version__, "numpy_version": np.__version__}
