@@ -130,10 +130,10 @@ def _model_from_flags(args):
 
 
 def cmd_train(args):
-    """One process, or, as one rank of an MPI job (``mpiexec -n K fastcnn
-    train``, K > 1), one rank of a data-parallel run: every rank parses the
-    same flags and loads the same data, rank 0 alone prints and writes files,
-    and an error on any rank ends the whole job (``fastcnn.distributed``)."""
+    """Training in one process or, under ``mpiexec -n K fastcnn train`` (K > 1),
+    this rank's part of a data-parallel run: every rank parses the same flags
+    and loads the same data, rank 0 alone prints and writes files, and an
+    error on any rank ends the whole job (``fastcnn.distributed``)."""
     if _Job.comm is None:
         from fastcnn import distributed
         try:   # an MPI launcher started this process, but it could not join the job
