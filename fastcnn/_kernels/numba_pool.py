@@ -26,14 +26,6 @@ from fastcnn._kernels.numba_common import JIT_OPTIONS, kernel, ro, rw, i32, i64,
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _window(o, S, P, K, I):
-    """Input rows (or columns) [lo, hi) of window o that lie inside the image:
-    the padding is skipped, never read."""
-    start = o * S - P
-    return max(start, 0), min(start + K, I)
-
-
-@njit(inline="always", **JIT_OPTIONS)
 def _tap_range(off, S, I, O):
     """The outputs [lo, hi) whose input o*S + off lies inside [0, I)
     (hi == lo when none)."""
@@ -182,42 +174,61 @@ def _inverse_divisors(OH, OW, KH, KW, SH, SW, PH, PW, H, W, count_include_pad,
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), i64, i64, i64, i64, i64, i64, i64, i64))
 def avg_pool2d_forward(x, y, KH, KW, SH, SW, PH, PW, count_include_pad, divisor_override):
-    """y = (sum of the window's real elements) / divisor."""
+    """y = (sum of the window's real elements) / divisor. Tap-major, as
+    max_pool2d_forward: each tap adds one input row into the output row."""
     NC, H, W = x.shape
     _, OH, OW = y.shape
     inv = _inverse_divisors(OH, OW, KH, KW, SH, SW, PH, PW, H, W, count_include_pad,
                             divisor_override).astype(y.dtype)
+    lo = np.empty(KW, np.int64)
+    hi = np.empty(KW, np.int64)
+    for kw in range(KW):
+        lo[kw], hi[kw] = _tap_range(kw - PW, SW, W, OW)
     for i in range(NC):
-        xi = x[i]
         for oh in range(OH):
-            ih0, ih1 = _window(oh, SH, PH, KH, H)
+            yrow = y[i, oh]
+            yrow[:] = 0
+            for kh in range(KH):
+                ih = oh * SH - PH + kh
+                if ih < 0 or ih >= H:
+                    continue
+                xrow = x[i, ih]
+                for kw in range(KW):
+                    off = kw - PW
+                    for ow in range(lo[kw], hi[kw]):
+                        yrow[ow] += xrow[ow * SW + off]
             for ow in range(OW):
-                iw0, iw1 = _window(ow, SW, PW, KW, W)
-                s = 0.0
-                for ih in range(ih0, ih1):
-                    for iw in range(iw0, iw1):
-                        s += xi[ih, iw]
-                y[i, oh, ow] = s * inv[oh, ow]
+                yrow[ow] *= inv[oh, ow]
 
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), i64, i64, i64, i64, i64, i64, i64, i64))
 def avg_pool2d_backward(dy, dx, KH, KW, SH, SW, PH, PW, count_include_pad, divisor_override):
-    """dx[window] += dy / divisor for every window."""
+    """dx[window] += dy / divisor for every window. Tap-major: each tap adds
+    the output row's dy / divisor into one input row (within a tap no two
+    outputs share an input element)."""
     NC, H, W = dx.shape
     _, OH, OW = dy.shape
     inv = _inverse_divisors(OH, OW, KH, KW, SH, SW, PH, PW, H, W, count_include_pad,
                             divisor_override).astype(dy.dtype)
+    lo = np.empty(KW, np.int64)
+    hi = np.empty(KW, np.int64)
+    for kw in range(KW):
+        lo[kw], hi[kw] = _tap_range(kw - PW, SW, W, OW)
+    g = np.empty(OW, dy.dtype)
     for i in range(NC):
-        dxi = dx[i]
-        dxi[:, :] = 0
+        dx[i] = 0
         for oh in range(OH):
-            ih0, ih1 = _window(oh, SH, PH, KH, H)
             for ow in range(OW):
-                iw0, iw1 = _window(ow, SW, PW, KW, W)
-                g = dy[i, oh, ow] * inv[oh, ow]
-                for ih in range(ih0, ih1):
-                    for iw in range(iw0, iw1):
-                        dxi[ih, iw] += g
+                g[ow] = dy[i, oh, ow] * inv[oh, ow]
+            for kh in range(KH):
+                ih = oh * SH - PH + kh
+                if ih < 0 or ih >= H:
+                    continue
+                dxrow = dx[i, ih]
+                for kw in range(KW):
+                    off = kw - PW
+                    for ow in range(lo[kw], hi[kw]):
+                        dxrow[ow * SW + off] += g[ow]
 
 
 # ------------------------------------------------------------- adaptive ---
