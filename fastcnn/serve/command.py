@@ -62,9 +62,10 @@ def run(args):
     server, predictor = make_server(args.model, where, args.host, args.port)
     about = predictor.about
     host = f"[{args.host}]" if ":" in args.host else args.host
+    epochs = about["epochs"]
     print(f"model {about['name']} from {args.model} ({about['parameters']:,} parameters, "
-          f"{about['epochs']} epochs); backends {', '.join(predictor.backends)}, "
-          f"shown first: {predictor.default}")
+          f"{epochs} epoch{'' if epochs == 1 else 's'}); backends "
+          f"{', '.join(predictor.backends)}, shown first: {predictor.default}")
     if not _is_loopback(args.host):
         print(f"fastcnn serve: warning: --host {args.host} lets other machines reach the "
               f"page; this is a development server, not hardened for the open network",
