@@ -215,25 +215,30 @@ def _g(N, C, KH, KW, stride, F=8, pad=1, dilation=(1, 1), groups=1):
 @pytest.mark.parametrize("backend", DRIVEN)
 def test_paths_chosen_by_shape(backend):
     k = _table(backend)
-    wino = "winograd" if k.winograd is not None else "batch"
+    limit = getattr(k, "per_image_max_taps", _gemm_conv.PER_IMAGE_MAX_TAPS)
     choose = lambda g: _gemm_conv.choose_path(k, g)    # noqa: E731
+
+    def im2col(Kg):
+        return "per_image" if Kg <= limit else "batch"
+
+    wino = "winograd" if k.winograd is not None else im2col(36)
     assert _gemm_conv.PER_IMAGE_MAX_TAPS == 32
     assert choose(_g(64, 1, 3, 3, (1, 1))) == "per_image"             # K=9
     assert choose(_g(64, 2, 4, 4, (1, 1))) == "per_image"             # K=32
     assert choose(_g(64, 4, 3, 3, (1, 1))) == wino                    # K=36
-    assert choose(_g(64, 32, 3, 3, (2, 2))) == "batch"
-    assert choose(_g(64, 32, 5, 5, (1, 1))) == "batch"
-    assert choose(_g(64, 32, 3, 3, (1, 1), dilation=(2, 2))) == "batch"   # no Winograd
-    assert choose(_g(64, 64, 3, 3, (1, 1), F=64, groups=4)) == "batch"   # Kg=144
+    assert choose(_g(64, 32, 3, 3, (2, 2))) == im2col(288)
+    assert choose(_g(64, 32, 5, 5, (1, 1))) == im2col(800)
+    assert choose(_g(64, 32, 3, 3, (1, 1), dilation=(2, 2))) == im2col(288)   # no Winograd
+    assert choose(_g(64, 64, 3, 3, (1, 1), F=64, groups=4)) == im2col(144)   # no Winograd
     assert choose(_g(64, 8, 3, 3, (1, 1), groups=4)) == "per_image"    # Kg=18
     assert choose(_g(64, 64, 1, 1, (1, 1), F=128, pad=0)) == "pointwise"
     assert choose(_g(64, 64, 1, 1, (2, 2), F=128, pad=0, groups=2)) == "pointwise"
-    assert choose(_g(64, 64, 1, 1, (1, 1), F=128, pad=1)) == "batch"   # padded 1x1
+    assert choose(_g(64, 64, 1, 1, (1, 1), F=128, pad=1)) == im2col(64)   # padded 1x1
     depthwise = _g(64, 8, 3, 3, (1, 1), groups=8)
     assert choose(depthwise) == ("depthwise" if k.depthwise is not None else "per_image")
     if k.winograd is not None:
         small = k.winograd.MIN_BATCH - 1
-        assert choose(_g(small, 32, 3, 3, (1, 1))) == "batch"
+        assert choose(_g(small, 32, 3, 3, (1, 1))) == im2col(288)
 
 
 @pytest.mark.parametrize("backend", DRIVEN)
@@ -263,3 +268,17 @@ def test_im2col_paths_run_a_depthwise_conv_as_grouped_gemm(backend, path):
     got, dy, ctx = _run_forced(backend, path, args)
     assert ctx.saved[1].G == 4
     _check(got, _reference(args, dy), np.float64)
+
+
+BLOCK_CASES = [c for c in CASES if c[0] > 1 and (c[9] != 1 or c[10] != 1 or c[7] != 1)]
+
+
+@pytest.mark.parametrize("backend", DRIVEN)
+def test_per_image_path_block_by_block(backend, monkeypatch):
+    # one image per block: the blocks' columns, products, dw sums and
+    # col2im must add up to the whole batch's
+    monkeypatch.setattr(_gemm_conv, "PER_IMAGE_BLOCK_BYTES", 1)
+    for case in BLOCK_CASES:
+        args = conv_inputs(case, np.float64)
+        got, dy, _ = _run_forced(backend, "per_image", args)
+        _check(got, _reference(args, dy), np.float64)

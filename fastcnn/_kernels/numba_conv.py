@@ -75,6 +75,10 @@ def im2col(xp, cols, KH, KW, SH, SW, DH, DW, OH, OW, WP, RP):
                     if flat:
                         off = kh * DH * WP + kw * DW
                         dst[:] = xp[n, c, off:off + L]
+                    elif SW == 1:
+                        for oh in range(OH):
+                            base = (oh * SH + kh * DH) * WP + kw * DW
+                            dst[oh * RP:oh * RP + OW] = xp[n, c, base:base + OW]
                     else:
                         for oh in range(OH):
                             base = (oh * SH + kh * DH) * WP + kw * DW
@@ -105,6 +109,11 @@ def col2im(dcols, dx, KH, KW, SH, SW, DH, DW, PT, PL, OH, OW, HPX, WP, RP):
                         dst = scratch[c, off:off + src.shape[0]]
                         for j in range(src.shape[0]):
                             dst[j] += src[j]
+                    elif SW == 1:
+                        for oh in range(OH):
+                            row = scratch[c, (oh * SH + kh * DH) * WP + kw * DW:]
+                            for ow in range(OW):
+                                row[ow] += src[oh * RP + ow]
                     else:
                         for oh in range(OH):
                             base = (oh * SH + kh * DH) * WP + kw * DW

@@ -10,10 +10,12 @@ Paths (``choose_path``; ``forced_path`` overrides it, for tests):
   * "pointwise", 1x1 and no padding: x is its own column matrix,
     y[i] = w @ x[i].reshape(C, H*W) per group (a strided one subsamples x
     first), no im2col and no layout kernels.
-  * "per_image", Kg = C/G*KH*KW <= PER_IMAGE_MAX_TAPS: columns
-    (n, G, Kg+1, P) and a batch of small products y[i] = [w | b] @ cols[i]
+  * "per_image", Kg = C/G*KH*KW up to the table's per_image_max_taps:
+    columns (b, G, Kg+1, P) for a block of b images at a time, small
+    enough to stay in cache, and a batch of products y[i] = [w | b] @ cols[i]
     per group that come out NCHW; the bias rides on each group's row of
-    ones, so db falls out of the dw product as its column Kg. Direct fused
+    ones, so db falls out of the dw product as its column Kg. The chunk
+    saves its input and the backward makes the columns again. Direct fused
     loops were measured and lost even on the 1->32 channel first MNIST
     layer, so there are none.
   * "winograd", for a backend whose table has it (numba): 3x3 stride 1,
@@ -44,6 +46,8 @@ The kernel table ``k`` (one object per backend):
                        zero row, planes flattened (N, C, (HP+1)*WP); False:
                        they read x itself and clip at its borders
     winograd           the Winograd driver module, or None
+    per_image_max_taps (optional) Kg up to which the per-image path is
+                       chosen; PER_IMAGE_MAX_TAPS if absent
     depthwise()        the direct depthwise kernel module, or None (the
                        attribute itself None: no such kernels)
     im2col(src, cols, g, RP)            cols (G, Kg, n, OH*RP), last axis contiguous
@@ -65,10 +69,14 @@ import numpy as np
 from fastcnn.backends import _concurrent
 from fastcnn.backends._workspace import outputs, workspace
 
-# Taps up to which the per-image column layout beats the whole-batch one
-# (measured at batch 64 on one thread, fwd+bwd: 2.3x faster at K=9, 1.4x at
-# K=36, noisy at K=72, equal at K=288).
+# Taps up to which the per-image column layout beats the whole-batch one,
+# unless the table says otherwise (``per_image_max_taps``); measured at
+# batch 64 on one thread, fwd+bwd, before the per-image path went block by
+# block: 2.3x faster at K=9, 1.4x at K=36, noisy at K=72, equal at K=288.
 PER_IMAGE_MAX_TAPS = 32
+# Bytes of columns per block of images in the per-image path: about what
+# stays in a core's L2 between the im2col and the product.
+PER_IMAGE_BLOCK_BYTES = 1 << 20
 
 PATHS = ("per_image", "batch", "winograd", "pointwise", "depthwise")
 _forced = contextvars.ContextVar("fastcnn_forced_conv_path", default=None)
@@ -158,7 +166,7 @@ def choose_path(k, g):
     for path in ("depthwise", "pointwise"):
         if path_applies(k, path, g):
             return path
-    if g.Kg <= PER_IMAGE_MAX_TAPS:
+    if g.Kg <= getattr(k, "per_image_max_taps", PER_IMAGE_MAX_TAPS):
         return "per_image"
     if path_applies(k, "winograd", g) and g.N >= k.winograd.MIN_BATCH:
         return "winograd"
@@ -258,24 +266,64 @@ def _gmatmul(a, b, out):
     return _concurrent.matmul(a, b, out=out)
 
 
-def _per_image_forward(k, g, src, wb, bias, y, RP):
-    n, G, Kg = y.shape[0], g.G, g.Kg
-    # a row of ones under each group's block: the bias rides on it
-    cols = workspace.take((n, G, Kg + 1, g.P), y.dtype)
-    cols[:, :, Kg, :] = 1
-    k.im2col(src, cols[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
-    np.matmul(wb, cols, out=y.reshape(n, G, g.Fg, g.P))
+def _image_block(g, itemsize):
+    """Images per block of the per-image path: as many as keep one block's
+    columns within PER_IMAGE_BLOCK_BYTES (at least one)."""
+    return max(1, PER_IMAGE_BLOCK_BYTES // (g.G * (g.Kg + 1) * g.P * itemsize))
+
+
+def _image_cols(g, b, dtype):
+    """Columns for b images, (b, G, Kg+1, P), with a row of ones under each
+    group's block: the bias rides on it, and db falls out of dw's product."""
+    cols = workspace.take((b, g.G, g.Kg + 1, g.P), dtype)
+    cols[:, :, g.Kg, :] = 1
     return cols
 
 
-def _per_image_backward(k, g, dy, wb, cols, RP, dx):
+def _per_image_forward(k, g, src, wb, bias, y, RP):
+    # Block by block of images, so the columns stay in cache between the
+    # im2col that writes them and the product that reads them; the chunk
+    # keeps its input, not its columns, and the backward makes them again:
+    # cheaper than a round trip of Kg/C times the input through memory.
+    n, G, Kg = y.shape[0], g.G, g.Kg
+    if k.padded_input:
+        saved = src                          # fastcnn's own padded copy already
+    else:
+        saved = _copy(src)                   # the caller may change x later
+    b = _image_block(g, y.itemsize)
+    cols = _image_cols(g, b, y.dtype)
+    y4 = y.reshape(n, G, g.Fg, g.P)
+    for i0 in range(0, n, b):
+        c = cols[:min(n, i0 + b) - i0]
+        k.im2col(saved[i0:i0 + b], c[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
+        np.matmul(wb, c, out=y4[i0:i0 + b])
+    return saved
+
+
+def _per_image_backward(k, g, dy, wb, saved, RP, dx):
     n, G, Kg, P = dy.shape[0], g.G, g.Kg, g.P
     dy4 = dy.reshape(n, G, g.Fg, P)
-    dwb = np.matmul(dy4, cols.transpose(0, 1, 3, 2)).sum(axis=0)     # (G, Fg, Kg+1)
-    dcols = np.matmul(wb[:, :, :Kg].transpose(0, 2, 1), dy4,
-                      out=workspace.take((n, G, Kg, P), dy.dtype))
-    k.col2im(dcols.transpose(1, 2, 0, 3), dx, g, RP)
+    b = _image_block(g, dy.itemsize)
+    cols = _image_cols(g, b, dy.dtype)
+    dcols = workspace.take((b, G, Kg, P), dy.dtype)
+    dwb = np.zeros((G, g.Fg, Kg + 1), dtype=dy.dtype)
+    part = np.empty((b, G, g.Fg, Kg + 1), dtype=dy.dtype)
+    wT = wb[:, :, :Kg].transpose(0, 2, 1)
+    for i0 in range(0, n, b):
+        m = min(n, i0 + b) - i0
+        c, d = cols[:m], dcols[:m]
+        k.im2col(saved[i0:i0 + m], c[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
+        dwb += np.matmul(dy4[i0:i0 + m], c.transpose(0, 1, 3, 2), out=part[:m]).sum(axis=0)
+        np.matmul(wT, dy4[i0:i0 + m], out=d)
+        k.col2im(d.transpose(1, 2, 0, 3), dx[i0:i0 + m], g, RP)
     return dwb[:, :, :Kg].reshape(g.F, Kg), dwb[:, :, Kg].reshape(g.F)
+
+
+def _copy(a):
+    """a copied into a workspace array."""
+    out = workspace.take(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
 
 
 def _batch_forward(k, g, src, wb, bias, y, RP):
