@@ -1,14 +1,18 @@
 """Numba kernels for the direct depthwise convolution, forward and backward:
-the same kernels, arguments and padded phase layout as ``cy_depthwise.pyx``
-(whose header states the formula and the layout), driven by
-``fastcnn.backends._depthwise``. Every kernel is single-threaded and works
-on a block of images [n0, n1) and channels [c0, c1).
+the same kernels, arguments, phase layout and loop structure as
+``cy_depthwise.pyx`` (whose header states the formula, the layout and why),
+driven by ``fastcnn.backends._depthwise``. Every kernel is single-threaded
+and works on a block of images [n0, n1) and channels [c0, c1).
+
+Planes are handled as flat rows, and every inner loop indexes a view by
+its loop counter alone: a computed index keeps Numba's negative-index
+test, which stops LLVM vectorising the loop.
 
 Shapes: x/dx (N, C, H, W), w (F, KH, KW), b (F,), y/dy (N, F, OH, OW),
-xp (N, C, HP, RW); stride (SH, SW), dilation (DH, DW), top/left padding
-PT, PL. Planes are handled as flat rows so the inner loops index one
-contiguous run with no bounds test.
+xp (N, C, SH*SW*(HQ+1), WQ); stride (SH, SW), dilation (DH, DW), top/left
+padding PT, PL.
 """
+import numpy as np
 from numba import njit, types
 
 from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
@@ -16,10 +20,22 @@ from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
 f64 = types.float64
 
 
+@njit(**JIT_OPTIONS)
+def _tap_offsets(KH, KW, SH, SW, DH, DW, BS, WQ):
+    """offs[kh*KW + kw]: where tap (kh, kw)'s input for output (0, 0) sits
+    in a flat plane of xp; output (i, j) adds i*WQ + j."""
+    offs = np.empty(KH * KW, dtype=np.int64)
+    for kh in range(KH):
+        for kw in range(KW):
+            offs[kh * KW + kw] = ((((kh * DH) % SH) * SW + (kw * DW) % SW) * BS
+                                  + ((kh * DH) // SH) * WQ + (kw * DW) // SW)
+    return offs
+
+
 @njit(inline="always", **JIT_OPTIONS)
-def _tap(kw, SW, DW, WQ):
-    """Offset in a padded row of column 0's input for tap kw."""
-    return ((kw * DW) % SW) * WQ + (kw * DW) // SW
+def _row(r, SH, SW, BS, WQ):
+    """Where padded row r, column phase 0, starts in a flat plane of xp."""
+    return (r % SH) * SW * BS + (r // SH) * WQ
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -32,121 +48,131 @@ def _phase_range(p, SW, PL, W, WQ):
 
 
 @njit(**JIT_OPTIONS)
-def _pad(x, xp, SW, PT, PL):
-    """x (H, W) into the phase layout xp (HP, RW), zeros around."""
-    H, W = x.shape
-    HP, RW = xp.shape
-    WQ = RW // SW
-    for r in range(HP):
-        ih = r - PT
-        row = xp[r]
-        if ih < 0 or ih >= H:
-            row[:] = 0
-            continue
-        s = x[ih]
+def _to_plane(img, plane, start, SW, PL, BS, WQ):
+    """An image row img (W,) into its padded row in the flat phase-layout
+    plane (the row starts at ``start`` in column phase 0; phase p is p*BS
+    further). Image column iw is padded column iw + PL."""
+    W = img.shape[0]
+    if SW == 1:
+        plane[start + PL:start + PL + W] = img
+    elif SW == 2:
+        # column 2q + e sits in phase (e + PL) % 2 at q + (e + PL) // 2;
+        # both columns of a pair in one loop
+        a = plane[start + (PL % 2) * BS + PL // 2:]
+        b = plane[start + ((PL + 1) % 2) * BS + (PL + 1) // 2:]
+        half = W // 2
+        for q in range(half):
+            a[q] = img[2 * q]
+            b[q] = img[2 * q + 1]
+        if W % 2:
+            a[half] = img[W - 1]
+    else:
         for p in range(SW):
             lo, hi = _phase_range(p, SW, PL, W, WQ)
-            d = row[p * WQ:(p + 1) * WQ]
-            d[:lo] = 0
+            a = plane[start + p * BS:]
             for k in range(lo, hi):
-                d[k] = s[p - PL + SW * k]
-            d[hi:] = 0
+                a[k] = img[p - PL + SW * k]
 
 
 @njit(**JIT_OPTIONS)
-def _crop(dxp, dx, SW, PT, PL):
-    """The image part of a phase-layout plane dxp (HP, RW) into dx (H, W)."""
-    H, W = dx.shape
-    WQ = dxp.shape[1] // SW
-    for ih in range(H):
-        d = dx[ih]
+def _to_image(plane, start, img, SW, PL, BS, WQ):
+    """The reverse of _to_plane: a padded row back to the image row img."""
+    W = img.shape[0]
+    if SW == 1:
+        img[:] = plane[start + PL:start + PL + W]
+    elif SW == 2:
+        a = plane[start + (PL % 2) * BS + PL // 2:]
+        b = plane[start + ((PL + 1) % 2) * BS + (PL + 1) // 2:]
+        half = W // 2
+        for q in range(half):
+            img[2 * q] = a[q]
+            img[2 * q + 1] = b[q]
+        if W % 2:
+            img[W - 1] = a[half]
+    else:
         for p in range(SW):
             lo, hi = _phase_range(p, SW, PL, W, WQ)
-            s = dxp[ih + PT, p * WQ:(p + 1) * WQ]
+            a = plane[start + p * BS:]
             for k in range(lo, hi):
-                d[p - PL + SW * k] = s[k]
+                img[p - PL + SW * k] = a[k]
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 1), rw(t, 4), rw(t, 4),
                        i64, i64, i64, i64, i64, i64, i64, i64, i64, i64))
 def forward(x, w, b, xp, y, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
-    """For images [n0, n1) and channels [c0, c1): xp[n, c] = x[n, c] padded
-    (phase layout) and y[n, c*M:(c+1)*M] = its depthwise convolution."""
-    C = x.shape[1]
+    """For images [n0, n1) and channels [c0, c1): xp[n, c] = x[n, c] in the
+    phase layout and y[n, c*M:(c+1)*M] = its depthwise convolution."""
+    C, H = x.shape[1], x.shape[2]
     F, KH, KW = w.shape
-    RW = xp.shape[3]
+    rows, WQ = xp.shape[2], xp.shape[3]
     OH, OW = y.shape[2], y.shape[3]
-    M = F // C
-    WQ = RW // SW
-    o0, o1, o2 = _tap(0, SW, DW, WQ), _tap(1, SW, DW, WQ), _tap(2, SW, DW, WQ)
+    M, T = F // C, KH * KW
+    BS = (rows // (SH * SW)) * WQ
+    offs = _tap_offsets(KH, KW, SH, SW, DH, DW, BS, WQ)
     for n in range(n0, n1):
         for c in range(c0, c1):
-            _pad(x[n, c], xp[n, c], SW, PT, PL)
             xq = xp[n, c].reshape(-1)
+            xq[:] = 0
+            for ih in range(H):
+                _to_plane(x[n, c, ih], xq, _row(ih + PT, SH, SW, BS, WQ), SW, PL, BS, WQ)
             for m in range(M):
                 f = c * M + m
                 bias = b[f]
-                yf = y[n, f].reshape(-1)
-                if KH == 3 and KW == 3:
+                wf = w[f].reshape(-1)
+                yf = y[n, f]
+                if T == 9 and KH == 3:
                     # all nine taps in one pass: one store per output
-                    w0, w1, w2 = w[f, 0, 0], w[f, 0, 1], w[f, 0, 2]
-                    w3, w4, w5 = w[f, 1, 0], w[f, 1, 1], w[f, 1, 2]
-                    w6, w7, w8 = w[f, 2, 0], w[f, 2, 1], w[f, 2, 2]
+                    w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wf[0], wf[1], wf[2], wf[3], wf[4],
+                                                          wf[5], wf[6], wf[7], wf[8])
                     for i in range(OH):
-                        r0 = i * SH * RW
-                        r1 = r0 + DH * RW
-                        r2 = r1 + DH * RW
-                        # views indexed by the loop counter alone: a computed
-                        # index would keep its negative-index test, which
-                        # stops LLVM vectorising the loop
-                        a0, a1, a2 = xq[r0 + o0:], xq[r0 + o1:], xq[r0 + o2:]
-                        b0, b1, b2 = xq[r1 + o0:], xq[r1 + o1:], xq[r1 + o2:]
-                        d0, d1, d2 = xq[r2 + o0:], xq[r2 + o1:], xq[r2 + o2:]
-                        yr = yf[i * OW:(i + 1) * OW]
+                        r = i * WQ
+                        a0, a1, a2 = xq[r + offs[0]:], xq[r + offs[1]:], xq[r + offs[2]:]
+                        a3, a4, a5 = xq[r + offs[3]:], xq[r + offs[4]:], xq[r + offs[5]:]
+                        a6, a7, a8 = xq[r + offs[6]:], xq[r + offs[7]:], xq[r + offs[8]:]
+                        yr = yf[i]
                         for j in range(OW):
                             yr[j] = ((bias + (w0 * a0[j] + w1 * a1[j] + w2 * a2[j]))
-                                     + (w3 * b0[j] + w4 * b1[j] + w5 * b2[j])
-                                     + (w6 * d0[j] + w7 * d1[j] + w8 * d2[j]))
+                                     + (w3 * a3[j] + w4 * a4[j] + w5 * a5[j])
+                                     + (w6 * a6[j] + w7 * a7[j] + w8 * a8[j]))
                     continue
                 for i in range(OH):
-                    yr = yf[i * OW:(i + 1) * OW]
+                    yr = yf[i]
                     yr[:] = bias
-                    for kh in range(KH):
-                        for kw in range(KW):
-                            xr = xq[(i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ):]
-                            wv = w[f, kh, kw]
-                            for j in range(OW):
-                                yr[j] += wv * xr[j]
+                    for t in range(T):
+                        xr = xq[i * WQ + offs[t]:]
+                        wv = wf[t]
+                        for j in range(OW):
+                            yr[j] += wv * xr[j]
 
 
 @njit(**JIT_OPTIONS)
-def _grad_weights(dy, xq, w, acc, dw, db, SH, SW, DH, DW, RW):
+def _grad_weights(dy, xq, acc, dw, db, offs, WQ):
     """One plane's share of dw (M, KH*KW) and db (M,), added: per tap the
-    dot product of dy (M, OH*OW) with the padded input xq (HP*RW,) it met.
-    acc (KH*KW + 1, OW) is scratch: per tap a row of partial sums down the
-    rows (a sum over j would not vectorise without fastmath), summed into
-    dw once per plane."""
-    M, KH, KW = w.shape
-    OW = acc.shape[1]
-    OH = dy.shape[1] // OW
-    T = KH * KW
-    WQ = RW // SW
+    dot product of dy (M, OH, OW) with the inputs it met in the flat plane
+    xq. acc (KH*KW + 1, OW) is scratch: per tap a row of partial sums."""
+    M, OH, OW = dy.shape
+    T = offs.shape[0]
     for m in range(M):
         acc[:] = 0
         for i in range(OH):
-            dyr = dy[m, i * OW:(i + 1) * OW]
+            dyr = dy[m, i]
             a = acc[T]
             for j in range(OW):
                 a[j] += dyr[j]
-            for kh in range(KH):
-                for kw in range(KW):
-                    xr = xq[(i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ):]
-                    a = acc[kh * KW + kw]
-                    for j in range(OW):
-                        a[j] += dyr[j] * xr[j]
+            for t in range(T):
+                xr = xq[i * WQ + offs[t]:]
+                a = acc[t]
+                for j in range(OW):
+                    a[j] += dyr[j] * xr[j]
         for t in range(T):
-            dw[m, t] += acc[t].sum()
-        db[m] += acc[T].sum()
+            s = 0.0
+            for j in range(OW):
+                s += acc[t, j]
+            dw[m, t] += s
+        s = 0.0
+        for j in range(OW):
+            s += acc[T, j]
+        db[m] += s
 
 
 @njit(**JIT_OPTIONS)
@@ -154,8 +180,7 @@ def _grad_input_s1(dy, w, dyp, dx, DH, DW, PT, PL):
     """dx (H, W) of one plane, stride 1, as a gather: the correlation of dy
     (M, OH, OW), zero-padded into dyp (M, RH, RC) with A = (KH-1)*DH rows
     above and B = (KW-1)*DW columns left, with the flipped filters:
-    dx[ih, iw] = sum_{m,kh,kw} w[m, kh, kw] * dyp[m, ih+PT+A - kh*DH, iw+PL+B - kw*DW].
-    One store per dx element, no bounds tests."""
+    dx[ih, iw] = sum_{m,kh,kw} w[m, kh, kw] * dyp[m, ih+PT+A - kh*DH, iw+PL+B - kw*DW]."""
     M, KH, KW = w.shape
     OH, OW = dy.shape[1], dy.shape[2]
     H, W = dx.shape
@@ -167,9 +192,8 @@ def _grad_input_s1(dy, w, dyp, dx, DH, DW, PT, PL):
         wm = w[m]
         for i in range(H):
             dxr = dx[i]
-            rows = dyp[m, i + PT + A - (KH - 1) * DH:]
+            rows = dyp[m, i + PT:]          # row kh*DH up from tap (0, 0)'s row A
             if KH == 3 and KW == 3:
-                # views indexed by the loop counter alone (see forward)
                 c0 = PL + B
                 c1 = c0 - DW
                 c2 = c1 - DW
@@ -195,24 +219,47 @@ def _grad_input_s1(dy, w, dyp, dx, DH, DW, PT, PL):
                         dxr[j] += wv * r[j]
 
 
+@njit(**JIT_OPTIONS)
+def _grad_input_strided(dy, w, dyw, dq, dx, offs, SH, SW, PT, PL, BS, WQ):
+    """dx (H, W) of one plane, any stride: the transposed convolution of dy
+    (M, OH, OW) scattered into the flat phase-layout plane dq, each tap one
+    run of OH*WQ over dy copied into dyw (OH, WQ) with zero garbage
+    columns, then cropped to dx."""
+    M, OH, OW = dy.shape
+    T = offs.shape[0]
+    L = OH * WQ
+    dwf = dyw.reshape(-1)
+    dq[:] = 0
+    dyw[:, OW:] = 0
+    for m in range(M):
+        dyw[:, :OW] = dy[m]
+        wm = w[m].reshape(-1)
+        for t in range(T):
+            d = dq[offs[t]:]
+            wv = wm[t]
+            for j in range(L):
+                d[j] += wv * dwf[j]
+    for ih in range(dx.shape[0]):
+        _to_image(dq, _row(ih + PT, SH, SW, BS, WQ), dx[ih], SW, PL, BS, WQ)
+
+
 @kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 4), rw(t, 4), rw(f64, 2), rw(f64, 1),
-                       rw(t, 2), rw(t, 2), rw(t, 3), i64, i64, i64, i64, i64, i64, i64, i64,
-                       i64, i64))
-def backward(dy, w, xp, dx, dw, db, acc, dxp, dyp, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
+                       rw(t, 2), rw(t, 2), rw(t, 2), rw(t, 3), i64, i64, i64, i64, i64, i64,
+                       i64, i64, i64, i64))
+def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, n0, n1, c0, c1, SH, SW, DH, DW,
+             PT, PL):
     """For images [n0, n1) and channels [c0, c1): dx[n, c] (written), and
     dw[f] (F, KH*KW), db[f] = their sums over images n0..n1-1 (written) for
-    the filters f of those channels. xp is the forward's padded input.
-    Scratch: acc (KH*KW + 1, OW), dxp (HP, RW) for strides > 1, dyp
-    (M, RH, RC) for stride 1 with RH >= (KH-1)*DH + max(OH, H+PT),
-    RC >= (KW-1)*DW + max(OW, W+PL)."""
+    the filters f of those channels. xp is the forward's phase layout.
+    Scratch: acc (KH*KW + 1, OW); for strides > 1 dxp (one plane of xp)
+    and dyw (OH, WQ); for stride 1 dyp (M, RH, RC) with
+    RH >= (KH-1)*DH + max(OH, H+PT), RC >= (KW-1)*DW + max(OW, W+PL)."""
     C = dx.shape[1]
     F, KH, KW = w.shape
-    HP, RW = xp.shape[2], xp.shape[3]
-    OH, OW = dy.shape[2], dy.shape[3]
+    rows, WQ = xp.shape[2], xp.shape[3]
     M = F // C
-    T = KH * KW
-    WQ = RW // SW
-    stride1 = SH == 1 and SW == 1
+    BS = (rows // (SH * SW)) * WQ
+    offs = _tap_offsets(KH, KW, SH, SW, DH, DW, BS, WQ)
     dq = dxp.reshape(-1)
     for c in range(c0, c1):
         f0 = c * M
@@ -221,19 +268,9 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyp, n0, n1, c0, c1, SH, SW, DH, D
         wc = w[f0:f0 + M]
         for n in range(n0, n1):
             dyc = dy[n, f0:f0 + M]
-            _grad_weights(dyc.reshape(M, OH * OW), xp[n, c].reshape(-1), wc, acc,
-                          dw[f0:f0 + M], db[f0:f0 + M], SH, SW, DH, DW, RW)
-            if stride1:
+            _grad_weights(dyc, xp[n, c].reshape(-1), acc, dw[f0:f0 + M], db[f0:f0 + M],
+                          offs, WQ)
+            if SH == 1 and SW == 1:
                 _grad_input_s1(dyc, wc, dyp, dx[n, c], DH, DW, PT, PL)
-                continue
-            dq[:] = 0
-            for m in range(M):
-                for i in range(OH):
-                    dyr = dyc[m, i]
-                    for kh in range(KH):
-                        for kw in range(KW):
-                            dr = dq[(i * SH + kh * DH) * RW + _tap(kw, SW, DW, WQ):]
-                            wv = wc[m, kh, kw]
-                            for j in range(OW):
-                                dr[j] += wv * dyr[j]
-            _crop(dxp, dx[n, c], SW, PT, PL)
+            else:
+                _grad_input_strided(dyc, wc, dyw, dq, dx[n, c], offs, SH, SW, PT, PL, BS, WQ)

@@ -37,7 +37,7 @@ from fastcnn.backends._workspace import outputs, workspace
 class _Saved(NamedTuple):
     x_shape: tuple
     w: np.ndarray          # (F, KH, KW), a copy
-    xp: np.ndarray         # (N, C, HP, RW), x padded in the phase layout
+    xp: np.ndarray         # (N, C, SH*SW*(HQ+1), WQ): x in the phase layout
     blocks: list           # [(n0, n1, c0, c1)]
     params: tuple          # (SH, SW, DH, DW, PT, PL)
 
@@ -63,10 +63,10 @@ def forward(kern, x, w, b, stride, padding, dilation, y_shape):
     module ``kern``: (y, saved)."""
     (N, C, H, W), (F, _, KH, KW) = x.shape, w.shape
     (SH, SW), (PT, PB, PL, PR), (DH, DW) = stride, padding, dilation
-    WQ = -(-(W + PL + PR) // SW)
+    HQ, WQ = -(-(H + PT + PB) // SH), -(-(W + PL + PR) // SW)
     w3 = w.reshape(F, KH, KW).copy()
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
-    xp = workspace.take((N, C, H + PT + PB, SW * WQ), x.dtype)
+    xp = workspace.take((N, C, SH * SW * (HQ + 1), WQ), x.dtype)
     y = outputs.take(y_shape, x.dtype)
     params = (SH, SW, DH, DW, PT, PL)
     blocks = _blocks(N, C, y.size * KH * KW)
@@ -79,24 +79,26 @@ def backward(kern, dy, saved):
     (dx, dw, db)."""
     N, C, H, W = saved.x_shape
     F, KH, KW = saved.w.shape
-    HP, RW = saved.xp.shape[2], saved.xp.shape[3]
     OH, OW = dy.shape[2:]
     SH, SW, DH, DW, PT, PL = saved.params
-    M = F // C
-    # scratch: the padded plane of dx (strides > 1) or the padded dy planes (stride 1)
-    dxp_shape = (HP, RW) if (SH, SW) != (1, 1) else (1, 1)
-    dyp_shape = ((M, (KH - 1) * DH + max(OH, H + PT), (KW - 1) * DW + max(OW, W + PL))
-                 if (SH, SW) == (1, 1) else (1, 1, 1))
+    M, WQ = F // C, saved.xp.shape[3]
     dx = outputs.take(saved.x_shape, dy.dtype)
     image_ranges = sorted({blk[:2] for blk in saved.blocks})
     dw_parts = np.empty((len(image_ranges), F, KH * KW))
     db_parts = np.empty((len(image_ranges), F))
+    # the kernels' scratch: a plane of xp and dy at pitch WQ for strides > 1,
+    # the zero-padded dy planes for stride 1 (see cy_depthwise)
+    stride1 = (SH, SW) == (1, 1)
+    dxp_shape, dyw_shape = ((1, 1), (1, 1)) if stride1 else (saved.xp.shape[2:], (OH, WQ))
+    dyp_shape = ((M, (KH - 1) * DH + max(OH, H + PT), (KW - 1) * DW + max(OW, W + PL))
+                 if stride1 else (1, 1, 1))
 
     def piece(blk):
         r = image_ranges.index(blk[:2])
+        take = workspace.take
         kern.backward(dy, saved.w, saved.xp, dx, dw_parts[r], db_parts[r],
-                      workspace.take((KH * KW + 1, OW), dy.dtype),
-                      workspace.take(dxp_shape, dy.dtype), workspace.take(dyp_shape, dy.dtype),
+                      take((KH * KW + 1, OW), dy.dtype), take(dxp_shape, dy.dtype),
+                      take(dyw_shape, dy.dtype), take(dyp_shape, dy.dtype),
                       *blk, *saved.params)
 
     _run(piece, saved.blocks)
