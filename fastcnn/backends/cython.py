@@ -20,7 +20,7 @@ from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu
 from fastcnn.backends._workspace import outputs
 
 try:
-    from fastcnn._kernels import cy_act, cy_conv, cy_info, cy_pool
+    from fastcnn._kernels import cy_act, cy_conv, cy_depthwise, cy_info, cy_pool
 except ImportError as e:  # the registry reports this message as the reason
     raise ImportError(
         "fastcnn was installed without its compiled Cython kernels "
@@ -45,7 +45,11 @@ class _ConvKernels:
     # on every shape measured here (MNIST conv2, the stride-2, dilated and
     # grouped 3x3 groups, ResNet 64->128 at 56x56)
     per_image_max_taps = 1 << 62
-    depthwise = None
+
+    @staticmethod
+    def depthwise():
+        """The direct depthwise kernels (groups == C, see _depthwise)."""
+        return cy_depthwise
 
     @staticmethod
     def im2col(x, cols, g, RP):

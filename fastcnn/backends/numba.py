@@ -53,7 +53,14 @@ class _ConvKernels:
     """The kernel table the shared conv driver calls (see _gemm_conv)."""
     padded_input = True
     winograd = _winograd
-    depthwise = None
+
+    @staticmethod
+    def depthwise():
+        """The direct depthwise kernels (groups == C, see _depthwise),
+        compiled or loaded from the cache on the first depthwise conv."""
+        _kernels()
+        from fastcnn._kernels import numba_depthwise
+        return numba_depthwise
 
     @staticmethod
     def im2col(xp, cols, g, RP):
