@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+import fastcnn
 from _idx import write_mnist
 from fastcnn import distributed
 
@@ -90,6 +91,26 @@ def test_fastcnn_never_imports_mpi4py():
                           env={k: v for k, v in os.environ.items()
                                if k not in distributed.LAUNCHER_SIZE_VARIABLES})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_resuming_with_another_number_of_processes_warns(tmp_path):
+    import numpy as np
+    from fastcnn import checkpoint, models, training
+    from fastcnn.nn.optim import make_optimizer
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((16, 1, 28, 28)).astype("float32"), rng.integers(0, 10, 16))
+
+    def run(**kw):
+        model = models.build("light")
+        opt = make_optimizer(training.optimizer_config("sgd"), model.parameters())
+        with fastcnn.use_backend("im2col"):
+            return training.fit(model, opt, data, data, batch_size=8, **kw)
+    assert run(epochs=1, save=tmp_path / "ck.npz")["ranks"] == 1
+    ck = checkpoint.load(tmp_path / "ck.npz")
+    assert ck.meta["ranks"] == 1
+    ck.meta["ranks"] = 2   # as if written by rank 0 of mpiexec -n 2
+    with pytest.warns(UserWarning, match="trained with ranks 2, this run uses 1"):
+        run(epochs=2, resume=ck)
 
 
 # -- the Python API under mpiexec -n 2 ------------------------------------------
