@@ -75,10 +75,6 @@ def im2col(xp, cols, KH, KW, SH, SW, DH, DW, OH, OW, WP, RP):
                     if flat:
                         off = kh * DH * WP + kw * DW
                         dst[:] = xp[n, c, off:off + L]
-                    elif SW == 1:
-                        for oh in range(OH):
-                            base = (oh * SH + kh * DH) * WP + kw * DW
-                            dst[oh * RP:oh * RP + OW] = xp[n, c, base:base + OW]
                     else:
                         for oh in range(OH):
                             base = (oh * SH + kh * DH) * WP + kw * DW
