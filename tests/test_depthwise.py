@@ -1,0 +1,203 @@
+"""The direct depthwise convolution (backends/_depthwise over the
+cy_depthwise and numba_depthwise kernels), driven directly and through
+fastcnn.ops, against PyTorch (when installed) and the loops backend.
+
+Cases: channel multipliers 1-3, strides 1, 2, 3 and (2, 1), dilations 1-3,
+no, symmetric and asymmetric padding, odd sizes, KH != KW, 1x1, batch 1
+and batches split into several pieces (images and channels), float64 to
+1e-9 and float32 to 1e-4. Also: the inputs are never modified, and the
+backward computes with the x and w the forward saw after the caller has
+overwritten them.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import ops
+from fastcnn.backends import _concurrent, _depthwise
+from fastcnn.backends import loops
+
+# (N, C, H, W, M, KH, KW, stride, (PT, PB, PL, PR), dilation)
+CASES = [
+    (2, 3, 7, 9, 1, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    (3, 4, 8, 8, 2, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
+    (1, 2, 9, 7, 3, 2, 3, (2, 1), (0, 1, 0, 1), (2, 2)),
+    (10, 3, 11, 6, 2, 5, 3, (1, 2), (2, 1, 0, 2), (1, 2)),
+    (2, 2, 5, 5, 1, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+    (2, 3, 6, 6, 1, 3, 3, (3, 3), (1, 0, 2, 1), (2, 1)),
+    (2, 3, 12, 10, 2, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2)),
+    (3, 2, 9, 11, 1, 5, 3, (1, 1), (1, 2, 0, 3), (1, 2)),
+    (2, 2, 10, 13, 2, 2, 4, (1, 1), (0, 1, 3, 0), (1, 1)),
+    (1, 2, 3, 3, 1, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1)),
+    (2, 2, 9, 11, 1, 3, 3, (2, 2), (1, 2, 1, 0), (1, 1)),
+    (2, 2, 13, 13, 2, 3, 3, (3, 2), (2, 1, 1, 2), (2, 3)),
+    (2, 2, 12, 14, 1, 3, 5, (2, 2), (0, 3, 2, 0), (3, 1)),
+    (9, 5, 17, 19, 1, 3, 3, (1, 1), (0, 1, 0, 1), (1, 1)),   # 'same'-like, odd
+    (11, 4, 15, 15, 3, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
+    (9, 3, 16, 21, 2, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2)),
+]
+IDS = ["N{}C{}_{}x{}_M{}_k{}x{}_s{}_p{}_d{}".format(*c[:7], *["".join(map(str, t))
+                                                             for t in c[7:]])
+       for c in CASES]
+TOL = {np.float64: 1e-9, np.float32: 1e-4}
+
+
+def _kernel_modules():
+    mods = []
+    try:
+        from fastcnn._kernels import cy_depthwise
+        mods.append(pytest.param(cy_depthwise, id="cython"))
+    except ImportError as e:
+        mods.append(pytest.param(None, id="cython", marks=pytest.mark.skip(str(e))))
+    try:
+        import numba  # noqa: F401
+        mods.append(pytest.param("numba", id="numba"))
+    except ImportError as e:
+        mods.append(pytest.param(None, id="numba", marks=pytest.mark.skip(str(e))))
+    return mods
+
+
+@pytest.fixture(params=_kernel_modules())
+def kern(request):
+    if request.param == "numba":            # compiled only when a test needs it
+        from fastcnn._kernels import numba_depthwise
+        return numba_depthwise
+    return request.param
+
+
+def _out(size, k, s, p0, p1, d):
+    return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
+
+
+def _problem(case, dtype, seed=0):
+    N, C, H, W, M, KH, KW, stride, pad, dil = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((C * M, 1, KH, KW)).astype(dtype)
+    b = rng.standard_normal(C * M).astype(dtype)
+    y_shape = (N, C * M, _out(H, KH, stride[0], pad[0], pad[1], dil[0]),
+               _out(W, KW, stride[1], pad[2], pad[3], dil[1]))
+    dy = rng.standard_normal(y_shape).astype(dtype)
+    return x, w, b, dy, stride, pad, dil, y_shape
+
+
+def _loops(x, w, b, dy, stride, pad, dil, y_shape):
+    """The spec: the loops backend with groups = C (float64)."""
+    f = [a.astype(np.float64) for a in (x, w, b, dy)]
+    y, saved = loops.conv2d_forward(f[0], f[1], f[2], stride, pad, dil, x.shape[1], y_shape)
+    return (y, *loops.conv2d_backward(f[3], saved))
+
+
+def _torch(x, w, b, dy, stride, pad, dil):
+    """PyTorch on an explicitly padded x (its padding is symmetric only)."""
+    torch = pytest.importorskip("torch")
+    f = torch.nn.functional
+    PT, PB, PL, PR = pad
+    H, W = x.shape[2:]
+    xt = torch.tensor(np.pad(x.astype(np.float64), ((0, 0), (0, 0), (PT, PB), (PL, PR))),
+                      requires_grad=True)
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    bt = torch.tensor(b.astype(np.float64), requires_grad=True)
+    yt = f.conv2d(xt, wt, bt, stride, 0, dil, x.shape[1])
+    yt.backward(torch.tensor(dy.astype(np.float64)))
+    dx = xt.grad.numpy()[:, :, PT:PT + H, PL:PL + W]
+    return yt.detach().numpy(), dx, wt.grad.numpy(), bt.grad.numpy()
+
+
+def _check(got, want, dtype):
+    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+        assert g.shape == r.shape and g.dtype == dtype, name
+        scale = max(1.0, float(np.abs(r).max()))
+        np.testing.assert_allclose(g, r, rtol=TOL[dtype], atol=TOL[dtype] * scale,
+                                   err_msg=name)
+
+
+def _run(kern, x, w, b, dy, stride, pad, dil, y_shape):
+    y, saved = _depthwise.forward(kern, x, w, b, stride, pad, dil, y_shape)
+    return (y.copy(), *_depthwise.backward(kern, dy, saved))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_against_loops(kern, case, dtype):
+    x, w, b, dy, stride, pad, dil, y_shape = _problem(case, dtype)
+    _check(_run(kern, x, w, b, dy, stride, pad, dil, y_shape),
+           _loops(x, w, b, dy, stride, pad, dil, y_shape), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_against_torch(kern, case, dtype):
+    x, w, b, dy, stride, pad, dil, y_shape = _problem(case, dtype)
+    want = _torch(x, w, b, dy, stride, pad, dil)
+    _check(_run(kern, x, w, b, dy, stride, pad, dil, y_shape), want, dtype)
+
+
+@pytest.fixture
+def many_pieces(monkeypatch):
+    """Two threads, and any work worth a piece: blocks split channels, and
+    images as well when there is one channel (partial dw and db sums)."""
+    before = fastcnn.get_num_threads()
+    monkeypatch.setattr(_concurrent, "WORK_PER_THREAD", 1)
+    fastcnn.set_num_threads(min(2, _cpus()))
+    yield
+    fastcnn.set_num_threads(before)
+
+
+def _cpus():
+    return os.cpu_count() or 1
+
+
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_pieces(kern, many_pieces, C, dtype):
+    case = (9, C, 10, 11, 2, 3, 3, (2, 1), (1, 1, 1, 1), (1, 1))
+    x, w, b, dy, stride, pad, dil, y_shape = _problem(case, dtype)
+    if _cpus() > 1:
+        assert len(_depthwise._blocks(9, C, 1 << 30)) == 2
+    _check(_run(kern, x, w, b, dy, stride, pad, dil, y_shape),
+           _loops(x, w, b, dy, stride, pad, dil, y_shape), dtype)
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[6]], ids=[IDS[1], IDS[6]])
+def test_inputs_untouched_and_ctx_owns_its_copies(kern, case):
+    x, w, b, dy, stride, pad, dil, y_shape = _problem(case, np.float64)
+    want = _loops(x, w, b, dy, stride, pad, dil, y_shape)
+    originals = [a.copy() for a in (x, w, b, dy)]
+    y, saved = _depthwise.forward(kern, x, w, b, stride, pad, dil, y_shape)
+    for a, o in zip((x, w, b), originals):
+        np.testing.assert_array_equal(a, o)
+    x[...] = 7.0            # the caller reuses its buffers before the backward
+    w[...] = -3.0
+    got = (y, *_depthwise.backward(kern, dy, saved))
+    np.testing.assert_array_equal(dy, originals[3])
+    _check(got, want, np.float64)
+
+
+def test_no_bias_gives_zero_bias(kern):
+    x, w, b, dy, stride, pad, dil, y_shape = _problem(CASES[0], np.float64)
+    y, _ = _depthwise.forward(kern, x, w, None, stride, pad, dil, y_shape)
+    y_b, _ = _depthwise.forward(kern, x, w, np.zeros_like(b), stride, pad, dil, y_shape)
+    np.testing.assert_array_equal(y, y_b)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+@pytest.mark.parametrize("stride,padding,dilation,M", [
+    (1, 1, 1, 1), (2, 1, 1, 1), ((2, 1), 0, 2, 2), (1, "same", 2, 3)])
+def test_ops_take_the_depthwise_path(backend, stride, padding, dilation, M):
+    if backend not in fastcnn.available_backends():
+        pytest.skip(f"{backend} is not available")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 4, 9, 10))
+    w = rng.standard_normal((4 * M, 1, 3, 3))
+    b = rng.standard_normal(4 * M)
+    got_y, ctx = ops.conv2d_forward(x, w, b, stride, padding, dilation, groups=4,
+                                    backend=backend)
+    assert ctx.saved[0] == "depthwise"
+    dy = rng.standard_normal(got_y.shape)
+    got = (got_y, *ops.conv2d_backward(dy, ctx))
+    want_y, ref = ops.conv2d_forward(x, w, b, stride, padding, dilation, groups=4,
+                                     backend="loops")
+    _check(got, (want_y, *ops.conv2d_backward(dy, ref)), np.float64)
