@@ -6,7 +6,8 @@ and works on a block of images [n0, n1) and channels [c0, c1).
 
 Planes are handled as flat rows, and every inner loop indexes a view by
 its loop counter alone: a computed index keeps Numba's negative-index
-test, which stops LLVM vectorising the loop.
+test, which stops LLVM vectorising the loop. Copies are loops too, not
+slice assignments (which Numba runs far slower than the loop).
 
 Shapes: x/dx (N, C, H, W), w (F, KH, KW), b (F,), y/dy (N, F, OH, OW),
 xp (N, C, SH*SW*(HQ+1), WQ); stride (SH, SW), dilation (DH, DW), top/left
@@ -47,14 +48,16 @@ def _phase_range(p, SW, PL, W, WQ):
     return lo, max(lo, hi)
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _to_plane(img, plane, start, SW, PL, BS, WQ):
     """An image row img (W,) into its padded row in the flat phase-layout
     plane (the row starts at ``start`` in column phase 0; phase p is p*BS
     further). Image column iw is padded column iw + PL."""
     W = img.shape[0]
     if SW == 1:
-        plane[start + PL:start + PL + W] = img
+        a = plane[start + PL:]
+        for q in range(W):
+            a[q] = img[q]
     elif SW == 2:
         # column 2q + e sits in phase (e + PL) % 2 at q + (e + PL) // 2;
         # both columns of a pair in one loop
@@ -74,12 +77,14 @@ def _to_plane(img, plane, start, SW, PL, BS, WQ):
                 a[k] = img[p - PL + SW * k]
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _to_image(plane, start, img, SW, PL, BS, WQ):
     """The reverse of _to_plane: a padded row back to the image row img."""
     W = img.shape[0]
     if SW == 1:
-        img[:] = plane[start + PL:start + PL + W]
+        a = plane[start + PL:]
+        for q in range(W):
+            img[q] = a[q]
     elif SW == 2:
         a = plane[start + (PL % 2) * BS + PL // 2:]
         b = plane[start + ((PL + 1) % 2) * BS + (PL + 1) // 2:]
@@ -187,7 +192,10 @@ def _grad_input_s1(dy, w, dyp, dx, DH, DW, PT, PL):
     A, B = (KH - 1) * DH, (KW - 1) * DW
     dyp[:] = 0
     for m in range(M):
-        dyp[m, A:A + OH, B:B + OW] = dy[m]
+        for i in range(OH):
+            d, s = dyp[m, A + i, B:], dy[m, i]
+            for j in range(OW):
+                d[j] = s[j]
     for m in range(M):
         wm = w[m]
         for i in range(H):
@@ -230,9 +238,12 @@ def _grad_input_strided(dy, w, dyw, dq, dx, offs, SH, SW, PT, PL, BS, WQ):
     L = OH * WQ
     dwf = dyw.reshape(-1)
     dq[:] = 0
-    dyw[:, OW:] = 0
+    dwf[:] = 0
     for m in range(M):
-        dyw[:, :OW] = dy[m]
+        for i in range(OH):
+            d, s = dyw[i], dy[m, i]
+            for j in range(OW):
+                d[j] = s[j]
         wm = w[m].reshape(-1)
         for t in range(T):
             d = dq[offs[t]:]
