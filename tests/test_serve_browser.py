@@ -177,7 +177,7 @@ def _held_out(mnist, digit):
     return np.clip(mnist.test_images[k, 0] * STD + MEAN, 0, 1)
 
 
-def test_drawn_digits_are_read(browser, url, mnist):
+def test_drawn_digits_are_read(browser, url, mnist, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     browser.get(url)
@@ -195,8 +195,7 @@ def test_drawn_digits_are_read(browser, url, mnist):
         wait.until(lambda d: int(d.find_element(By.TAG_NAME, "body").get_attribute(
             "data-shown-stroke")) == before + len(strokes))
         _check_page(browser, digit)
-    folder = os.environ.get("FASTCNN_SCREENSHOT_DIR")
-    folder = folder or str(pytest.importorskip("tempfile").mkdtemp(prefix="fastcnn-serve-"))
+    folder = os.environ.get("FASTCNN_SCREENSHOT_DIR") or str(tmp_path)
     os.makedirs(folder, exist_ok=True)
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {   # the whole page
