@@ -234,10 +234,11 @@ def _padded(x, g):
     """x zero-padded, plus one zero row (the stride-1 trick reads up to KW-1
     elements past the last padded row), planes flattened: (N, C, (HP+1)*WP),
     in the workspace."""
-    xp = workspace.take((g.N, g.C, g.HP + 1, g.WP), x.dtype)
+    flat = workspace.take((g.N, g.C, (g.HP + 1) * g.WP), x.dtype)
+    xp = flat.reshape(g.N, g.C, g.HP + 1, g.WP)
     xp.fill(0)
     xp[:, :, g.PT:g.PT + g.H, g.PL:g.PL + g.W] = x
-    return xp.reshape(g.N, g.C, (g.HP + 1) * g.WP)
+    return flat
 
 
 def _map(fn, items):
