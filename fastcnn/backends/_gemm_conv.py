@@ -36,10 +36,11 @@ products (the whole-batch path's) split over row or column blocks instead
 (``_concurrent.matmul``), so no op leaves OpenBLAS's own pool spinning.
 
 y, dx and dw come from the output pool (``_workspace.outputs``). ctx keeps
-each chunk's column matrix (a workspace array, handed out again once ctx
-dies) and its own copy of w (``wb``: w with the bias column, made anyway):
-the backward reuses the columns, chunk by chunk, and computes with the
-x and w the forward saw even if the caller changed them in place since.
+each chunk's column matrix (whole-batch path) or its copy of the input
+(per-image and pointwise paths) - workspace arrays, handed out again once
+ctx dies - and its own copy of w (``wb``: w with the bias column, made
+anyway): the backward computes with the x and w the forward saw even if
+the caller changed them in place since.
 
 The kernel table ``k`` (one object per backend):
     padded_input       True: the kernels read x zero-padded with one extra
@@ -166,7 +167,13 @@ def choose_path(k, g):
     for path in ("depthwise", "pointwise"):
         if path_applies(k, path, g):
             return path
-    if g.Kg <= getattr(k, "per_image_max_taps", PER_IMAGE_MAX_TAPS):
+    # a table's own limit holds where the batch gives every thread images:
+    # a smaller batch is one chunk, and only the whole-batch path's
+    # products then split across the threads
+    limit = PER_IMAGE_MAX_TAPS
+    if g.N >= _concurrent.num_threads():
+        limit = getattr(k, "per_image_max_taps", PER_IMAGE_MAX_TAPS)
+    if g.Kg <= limit:
         return "per_image"
     if path_applies(k, "winograd", g) and g.N >= k.winograd.MIN_BATCH:
         return "winograd"
@@ -252,8 +259,10 @@ def _map(fn, items):
 
 
 # One chunk of the batch each: src, y, dy, dx are C-contiguous slices of
-# n images, wb is [w | b] per group (G, F/G, Kg+1); a forward returns its
-# column matrix, a backward its (dw (F, Kg), db).
+# n images, wb is [w | b] per group (G, F/G, Kg+1); a forward returns what
+# its backward needs (the whole-batch path its column matrix, the
+# per-image path its input, the pointwise path its x), a backward its
+# (dw (F, Kg), db).
 # Groups: the column rows are ordered (c, kh, kw), so group g's rows are
 # one contiguous block of Kg rows, and every product runs per group as a
 # stack of G matrices (or a batch of (n, G) ones).
