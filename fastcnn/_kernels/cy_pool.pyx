@@ -445,9 +445,57 @@ cdef extern from *:
         for (; i < L; i++) total += a[i];
         return total;
     }
+    /* fastcnn: the offset of a float plane's first maximum, in one pass of
+       eight running maxima, each with the offset where it first appeared
+       (selects, strict >), then the smallest offset among the lanes holding
+       the overall maximum; -1 where a NaN is there (the caller looks element
+       by element) or without vector extensions. */
+    static inline Py_ssize_t fastcnn_argmax_f32(const float* a, Py_ssize_t L) {
+    #if defined(__GNUC__)
+        typedef int fastcnn_v4si __attribute__((vector_size(16)));
+        fastcnn_v4sf m0, m1, t0, t1;
+        fastcnn_v4si k0, k1, i0 = {0, 1, 2, 3}, i1 = {4, 5, 6, 7}, c0, c1, nan;
+        const fastcnn_v4si eight = {8, 8, 8, 8};
+        Py_ssize_t i, where;
+        float best;
+        int lane;
+        if (L < 8 || L > 0x7fffffff) return -1;
+        memcpy(&m0, a, 16); memcpy(&m1, a + 4, 16);
+        nan = (m0 != m0) | (m1 != m1);
+        c0 = i0; c1 = i1;
+        for (i = 8; i + 8 <= L; i += 8) {
+            memcpy(&t0, a + i, 16); memcpy(&t1, a + i + 4, 16);
+            c0 += eight; c1 += eight;
+            k0 = t0 > m0; k1 = t1 > m1;
+            m0 = (fastcnn_v4sf)(((fastcnn_v4si)t0 & k0) | ((fastcnn_v4si)m0 & ~k0));
+            m1 = (fastcnn_v4sf)(((fastcnn_v4si)t1 & k1) | ((fastcnn_v4si)m1 & ~k1));
+            i0 = (c0 & k0) | (i0 & ~k0);
+            i1 = (c1 & k1) | (i1 & ~k1);
+            nan |= (t0 != t0) | (t1 != t1);
+        }
+        if (nan[0] | nan[1] | nan[2] | nan[3]) return -1;
+        best = m0[0]; where = i0[0];
+        for (lane = 0; lane < 4; lane++) {
+            if (m0[lane] > best || (m0[lane] == best && i0[lane] < where)) {
+                best = m0[lane]; where = i0[lane];
+            }
+            if (m1[lane] > best || (m1[lane] == best && i1[lane] < where)) {
+                best = m1[lane]; where = i1[lane];
+            }
+        }
+        for (; i < L; i++) {
+            if (a[i] != a[i]) return -1;
+            if (a[i] > best) { best = a[i]; where = i; }
+        }
+        return where;
+    #else
+        return -1;
+    #endif
+    }
     """
     double fastcnn_sum_f32(const float* a, Py_ssize_t L) nogil
     double fastcnn_sum_f64(const double* a, Py_ssize_t L) nogil
+    Py_ssize_t fastcnn_argmax_f32(const float* a, Py_ssize_t L) nogil
 
 
 cdef inline double _sum(const floating* a, Py_ssize_t L) noexcept nogil:
@@ -493,14 +541,33 @@ cdef inline Py_ssize_t _first_max(const floating* a, Py_ssize_t L) noexcept nogi
     return where
 
 
+cdef inline Py_ssize_t _first_equal(const floating* a, Py_ssize_t L,
+                                    floating best) noexcept nogil:
+    """The offset of the first element equal to best (one is), eight at a
+    time."""
+    cdef Py_ssize_t i = 0
+    while i + 8 <= L:
+        if ((a[i] == best) | (a[i + 1] == best) | (a[i + 2] == best) | (a[i + 3] == best)
+                | (a[i + 4] == best) | (a[i + 5] == best) | (a[i + 6] == best)
+                | (a[i + 7] == best)):
+            break
+        i += 8
+    while a[i] != best:
+        i += 1
+    return i
+
+
 cdef inline Py_ssize_t _plane_argmax(const floating* a, Py_ssize_t L) noexcept nogil:
     """_first_max in two passes without a branch per element: eight
     independent running maxima (NaN-blind selects) and sums, then the first
-    element equal to the maximum, eight at a time. A NaN anywhere makes the
-    sum NaN (so do +inf and -inf together): then _first_max decides."""
+    element equal to the maximum. A NaN anywhere makes the sum NaN (so do
+    +inf and -inf together): then _first_max decides."""
     cdef floating m0, m1, m2, m3, m4, m5, m6, m7, s0, s1, s2, s3, s4, s5, s6, s7
     cdef floating v, best, total
     cdef Py_ssize_t i, blocks = L // 8
+    if floating is float:
+        i = fastcnn_argmax_f32(a, L)
+        return i if i >= 0 else _first_max(a, L)
     if blocks < 2:
         return _first_max(a, L)
     m0 = s0 = a[0]; m1 = s1 = a[1]; m2 = s2 = a[2]; m3 = s3 = a[3]
@@ -528,16 +595,7 @@ cdef inline Py_ssize_t _plane_argmax(const floating* a, Py_ssize_t L) noexcept n
         total = total + v
     if total != total:
         return _first_max(a, L)
-    i = 0
-    while i + 8 <= L:
-        if ((a[i] == best) | (a[i + 1] == best) | (a[i + 2] == best) | (a[i + 3] == best)
-                | (a[i + 4] == best) | (a[i + 5] == best) | (a[i + 6] == best)
-                | (a[i + 7] == best)):
-            break
-        i += 8
-    while a[i] != best:
-        i += 1
-    return i
+    return _first_equal(a, L, best)
 
 
 def global_max_forward(const floating[:, ::1] x, floating[::1] y, int[::1] argmax):
