@@ -318,11 +318,14 @@ def adaptive_max_pool2d_forward(x, y, argmax):
             for ih in range(ih0 + 1, ih1):
                 xrow = x[i, ih]
                 for iw in range(W):
+                    # no branch on take (see max_pool2d_forward): the row
+                    # through a mask, the maximum through max()
                     v = xrow[iw]
                     b = colmax[iw]
                     take = (v > b) | ((v != v) & (b == b))
-                    colmax[iw] = v if take else b
-                    colrow[iw] = ih if take else colrow[iw]
+                    m = -np.int64(take)
+                    colmax[iw] = max(v, b) if b == b else b
+                    colrow[iw] = (colrow[iw] & ~m) | (ih & m)
             for ow in range(OW):
                 iw0, iw1 = _adaptive(ow, W, OW)
                 best, brow, bcol = colmax[iw0], colrow[iw0], iw0
@@ -331,8 +334,8 @@ def adaptive_max_pool2d_forward(x, y, argmax):
                     same = (v == best) or (v != v and best != best)
                     if v > best or (v != v and best == best) or (same and r < brow):
                         best, brow, bcol = v, r, iw
-                y[i, oh, ow] = best
-                argmax[i, oh, ow] = brow * W + bcol
+                y[i, oh, ow] = x[i, brow, bcol]      # the element itself (max() may
+                argmax[i, oh, ow] = brow * W + bcol  # have kept the other zero)
 
 
 @kernel(lambda t: void(ro(t, 2), rw(t, 1)))
