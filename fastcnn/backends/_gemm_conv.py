@@ -364,40 +364,41 @@ def _batch_backward(k, g, dy, wb, cols, RP, dx):
 # The pointwise (1x1, unpadded) path: no column matrix, x itself is one:
 # y[i] = w @ x[i].reshape(C, H*W) per group, a strided one subsampling x
 # first. The chunks save their (subsampled) copy of x, made in the same
-# pass that feeds the product.
+# pass that feeds the product, with a row of ones under each group's
+# channels: the bias rides on it as in the per-image path (no pass over y
+# to add it, none over dy to sum db).
 
 def _pointwise_forward(g, x, w, b, y):
     G, Fg, Cg, P = g.G, g.Fg, g.C // g.G, g.P
-    w3 = w.reshape(G, Fg, Cg).copy()
-    strided = (g.SH, g.SW) != (1, 1)
+    wb = np.empty((G, Fg, Cg + 1), dtype=x.dtype)
+    wb[:, :, :Cg] = w.reshape(G, Fg, Cg)
+    wb[:, :, Cg] = 0 if b is None else b.reshape(G, Fg)
 
     def chunk(sl):
         n = y[sl].shape[0]
-        xs = workspace.take((n, G, Cg, P), x.dtype)
-        if strided:
-            xs.reshape(n, g.C, g.OH, g.OW)[...] = x[sl, :, ::g.SH, ::g.SW]
+        xs = workspace.take((n, G, Cg + 1, P), x.dtype)
+        xs[:, :, Cg] = 1
+        if (g.SH, g.SW) != (1, 1):
+            xs[:, :, :Cg].reshape(n, G, Cg, g.OH, g.OW)[...] = \
+                x[sl, :, ::g.SH, ::g.SW].reshape(n, G, Cg, g.OH, g.OW)
         else:
-            np.copyto(xs.reshape(x[sl].shape), x[sl])
-        y4 = y[sl].reshape(n, G, Fg, P)
-        np.matmul(w3, xs, out=y4)
-        if b is not None:
-            y4 += b.reshape(G, Fg, 1)
+            np.copyto(xs[:, :, :Cg], x[sl].reshape(n, G, Cg, P))
+        np.matmul(wb, xs, out=y[sl].reshape(n, G, Fg, P))
         return xs
 
     slices = _concurrent.slices(g.N, g.N * (g.C + g.F) * P)
-    return w3, list(zip(slices, _map(chunk, slices))), None
+    return wb, list(zip(slices, _map(chunk, slices))), None
 
 
-def _pointwise_backward(k, g, dy, w3, xs, RP, dx):
-    n, G, Fg, P = dy.shape[0], g.G, g.Fg, g.P
+def _pointwise_backward(k, g, dy, wb, xs, RP, dx):
+    n, G, Fg, Cg, P = dy.shape[0], g.G, g.Fg, g.C // g.G, g.P
     dy4 = dy.reshape(n, G, Fg, P)
-    dw = np.matmul(dy4, xs.transpose(0, 1, 3, 2)).sum(axis=0)        # (G, Fg, Cg)
-    db = dy4.sum(axis=3).sum(axis=0).reshape(g.F)
-    wT = w3.transpose(0, 2, 1)
+    dwb = np.matmul(dy4, xs.transpose(0, 1, 3, 2)).sum(axis=0)       # (G, Fg, Cg+1)
+    wT = wb[:, :, :Cg].transpose(0, 2, 1)
     if (g.SH, g.SW) == (1, 1):
-        np.matmul(wT, dy4, out=dx.reshape(xs.shape))
+        np.matmul(wT, dy4, out=dx.reshape(n, G, Cg, P))
     else:
-        dxs = np.matmul(wT, dy4, out=workspace.take(xs.shape, dy.dtype))
+        dxs = np.matmul(wT, dy4, out=workspace.take((n, G, Cg, P), dy.dtype))
         dx.fill(0)
         dx[:, :, ::g.SH, ::g.SW] = dxs.reshape(n, g.C, g.OH, g.OW)
-    return dw.reshape(g.F, -1), db
+    return dwb[:, :, :Cg].reshape(g.F, Cg), dwb[:, :, Cg].reshape(g.F)
