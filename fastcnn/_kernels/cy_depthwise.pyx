@@ -337,12 +337,13 @@ def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
     cdef Py_ssize_t n, c, f, t
     try:
         with nogil:
-            for c in range(c0, c1):
-                for f in range(c * M, (c + 1) * M):
-                    db[f] = 0
-                    for t in range(g.T):
-                        dw[f, t] = 0
-                for n in range(n0, n1):
+            for f in range(c0 * M, c1 * M):
+                db[f] = 0
+                for t in range(g.T):
+                    dw[f, t] = 0
+            # images outer: the planes of a block are read in memory order
+            for n in range(n0, n1):
+                for c in range(c0, c1):
                     _grad_weights(&dy[n, c * M, 0, 0], &xp[n, c, 0, 0], &acc[0, 0],
                                   &dw[c * M, 0], &db[c * M], offs, g)
                     if SH == 1 and SW == 1:

@@ -272,12 +272,15 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, n0, n1, c0, c1, SH, SW, 
     BS = (rows // (SH * SW)) * WQ
     offs = _tap_offsets(KH, KW, SH, SW, DH, DW, BS, WQ)
     dq = dxp.reshape(-1)
-    for c in range(c0, c1):
-        f0 = c * M
-        db[f0:f0 + M] = 0
-        dw[f0:f0 + M, :] = 0
-        wc = w[f0:f0 + M]
-        for n in range(n0, n1):
+    for f in range(c0 * M, c1 * M):
+        db[f] = 0
+        for t in range(KH * KW):
+            dw[f, t] = 0
+    # images outer: the planes of a block are read in memory order
+    for n in range(n0, n1):
+        for c in range(c0, c1):
+            f0 = c * M
+            wc = w[f0:f0 + M]
             dyc = dy[n, f0:f0 + M]
             _grad_weights(dyc, xp[n, c].reshape(-1), acc, dw[f0:f0 + M], db[f0:f0 + M],
                           offs, WQ)
