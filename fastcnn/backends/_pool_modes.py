@@ -2,8 +2,10 @@
 divisors over pooling kernels that know only floor mode, adjacent taps and
 the divisor KH*KW: the im2col backend's strided-view kernels.
 
-(The compiled backends need none of it: their loops take out_hw, clip each
-window to the input, and compute the divisors and dilated taps inline.)
+(The cython and numba backends need none of it: their loops take out_hw,
+clip each window to the input, and compute the divisors and dilated taps
+inline. ``divisors``, PyTorch's divisor rule as a table, serves other
+backends' tables too.)
 
 A ceil_mode output needs windows that run past the padded input: the input
 is extended at the bottom/right by the rows and columns those windows need
