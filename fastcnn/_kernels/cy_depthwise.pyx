@@ -214,12 +214,28 @@ cdef void _grad_weights(const floating* dy, const floating* xp, floating* acc, d
     cdef Py_ssize_t OH = g.OH, OW = g.OW, T = g.T
     cdef Py_ssize_t m, i, j, t
     cdef const floating* dyr
+    cdef const floating* dyr1
     cdef const floating* xr
+    cdef const floating* xr1
     cdef floating* a
     cdef double s
     for m in range(g.M):
         _zero(acc, (T + 1) * OW)
-        for i in range(OH):
+        # two output rows per pass: half the passes over the rows of acc
+        for i in range(0, OH - 1, 2):
+            dyr = dy + (m * OH + i) * OW
+            dyr1 = dyr + OW
+            a = acc + T * OW
+            for j in range(OW):
+                a[j] += dyr[j] + dyr1[j]
+            for t in range(T):
+                xr = xp + i * g.WQ + offs[t]
+                xr1 = xr + g.WQ
+                a = acc + t * OW
+                for j in range(OW):
+                    a[j] += dyr[j] * xr[j] + dyr1[j] * xr1[j]
+        if OH % 2:
+            i = OH - 1
             dyr = dy + (m * OH + i) * OW
             a = acc + T * OW
             for j in range(OW):

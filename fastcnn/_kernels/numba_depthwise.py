@@ -159,13 +159,24 @@ def _grad_weights(dy, xq, acc, dw, db, offs, WQ):
     T = offs.shape[0]
     for m in range(M):
         acc[:] = 0
-        for i in range(OH):
-            dyr = dy[m, i]
+        # two output rows per pass: half the passes over the rows of acc
+        for i in range(0, OH - 1, 2):
+            dyr, dyr1 = dy[m, i], dy[m, i + 1]
+            a = acc[T]
+            for j in range(OW):
+                a[j] += dyr[j] + dyr1[j]
+            for t in range(T):
+                xr, xr1 = xq[i * WQ + offs[t]:], xq[(i + 1) * WQ + offs[t]:]
+                a = acc[t]
+                for j in range(OW):
+                    a[j] += dyr[j] * xr[j] + dyr1[j] * xr1[j]
+        if OH % 2:
+            dyr = dy[m, OH - 1]
             a = acc[T]
             for j in range(OW):
                 a[j] += dyr[j]
             for t in range(T):
-                xr = xq[i * WQ + offs[t]:]
+                xr = xq[(OH - 1) * WQ + offs[t]:]
                 a = acc[t]
                 for j in range(OW):
                     a[j] += dyr[j] * xr[j]
