@@ -133,12 +133,13 @@ def test_network_flops_come_from_the_layers():
 
 
 def test_mobile_flops_come_from_the_layers():
-    # stem, then per block depthwise 3x3 and pointwise 1x1, at 28, 28, 14, 14, 7, 7 pixels
-    # a side (two blocks downsample), then dense 128->10
+    # stem, then per block depthwise 3x3 and pointwise 1x1, at 28, 28, 14, 14, 7, 7, 7
+    # pixels a side (two blocks downsample), then dense 256->10
     px = {28: 784, 14: 196, 7: 49}
     macs = (px[28] * 16 * 9 + px[28] * 16 * 9 + px[28] * 16 * 32 + px[14] * 32 * 9
             + px[14] * 32 * 64 + px[14] * 64 * 9 + px[14] * 64 * 64 + px[7] * 64 * 9
-            + px[7] * 64 * 128 + px[7] * 128 * 9 + px[7] * 128 * 128 + 128 * 10)
+            + px[7] * 64 * 128 + px[7] * 128 * 9 + px[7] * 128 * 128 + px[7] * 128 * 9
+            + px[7] * 128 * 256 + 256 * 10)
     assert common.network_work(64, True, "mobile")["gflop"] == pytest.approx(3 * 64 * 2 * macs / 1e9)
 
 
