@@ -140,6 +140,16 @@ def _pool_args(x, kernel_size, stride, padding, ceil_mode, dilation=1):
         raise ValueError(f"kernel_size {kernel} with dilation {dil} spans more than the "
                          f"padded input ({H + 2 * pad[0]}x{W + 2 * pad[1]}: input {H}x{W}, "
                          f"padding {pad})")
+    for n, k, s, p, d, o in zip((H, W), kernel, stride, pad, dil, (OH, OW)):
+        # a dilated window starting in the padding can step over the whole
+        # input (PyTorch returns -inf there with an argmax outside the input)
+        for start in range(-p, min(0, (o - 1) * s - p + 1), s):
+            first = start + d * (-start // d + (-start % d > 0))   # first tap >= 0
+            if first >= n or first > start + d * (k - 1):
+                raise ValueError(
+                    f"a pooling window holds no input element: kernel_size {kernel} with "
+                    f"dilation {dil} and padding {pad} steps over the {H}x{W} input from "
+                    f"the padding")
     return (_contiguous(x), kernel, stride, pad, dil, (OH, OW)), (N, C, OH, OW)
 
 

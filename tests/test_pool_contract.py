@@ -321,6 +321,25 @@ def test_bad_dilation_is_refused(dilation, error):
         ops.max_pool2d_forward(np.ones((1, 1, 4, 4)), 2, dilation=dilation)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,K,S,P,D", [
+    ((1, 1, 1, 1), 2, 1, 1, 2),          # taps -1, 1: the input is row 0 alone
+    ((1, 1, 2, 9), (2, 1), 1, (1, 0), (3, 1)),   # taps -1, 2 over 2 rows
+])
+def test_dilated_window_that_steps_over_the_input_is_refused(backend, shape, K, S, P, D):
+    # PyTorch returns -inf there with an argmax outside the input; a window
+    # must hold an input element, before any kernel runs
+    with pytest.raises(ValueError, match="holds no input element"):
+        ops.max_pool2d_forward(np.ones(shape), K, S, P, D, backend=backend)
+
+
+def test_dilated_windows_that_reach_the_input_pass():
+    # windows at -1 (taps -1, 1) and 0 (taps 0, 2) over 2 rows: rows 1 and 0
+    y, _ = ops.max_pool2d_forward(np.arange(4.0).reshape(1, 1, 2, 2), 2, 1, 1, 2,
+                                  backend="loops")
+    np.testing.assert_array_equal(y[0, 0], [[3.0, 2.0], [1.0, 0.0]])
+
+
 def test_bad_ceil_mode_for_max_is_refused():
     with pytest.raises(TypeError, match="ceil_mode must be a bool"):
         ops.max_pool2d_forward(np.ones((1, 1, 4, 4)), 2, ceil_mode=0)
