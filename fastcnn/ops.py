@@ -142,8 +142,9 @@ def _pool_args(x, kernel_size, stride, padding, ceil_mode, dilation=1):
                          f"padding {pad})")
     for n, k, s, p, d, o in zip((H, W), kernel, stride, pad, dil, (OH, OW)):
         # a dilated window starting in the padding can step over the whole
-        # input (PyTorch returns -inf there with an argmax outside the input)
-        for start in range(-p, min(0, (o - 1) * s - p + 1), s):
+        # input (PyTorch returns -inf there with an argmax outside the input);
+        # an undilated one cannot (padding <= kernel // 2)
+        for start in range(-p, min(0, (o - 1) * s - p + 1) if d > 1 else -p, s):
             first = start + d * (-start // d + (-start % d > 0))   # first tap >= 0
             if first >= n or first > start + d * (k - 1):
                 raise ValueError(
