@@ -7,7 +7,8 @@ and works on a block of images [n0, n1) and channels [c0, c1).
 Planes are handled as flat rows, and every inner loop indexes a view by
 its loop counter alone: a computed index keeps Numba's negative-index
 test, which stops LLVM vectorising the loop. Copies are loops too, not
-slice assignments (which Numba runs far slower than the loop).
+slice assignments (which Numba runs far slower than the loop), each in a
+function of its own with no branch on the stride.
 
 Shapes: x/dx (N, C, H, W), w (F, KH, KW), b (F,), y/dy (N, F, OH, OW),
 xp (N, C, SH*SW*(HQ+1), WQ); stride (SH, SW), dilation (DH, DW), top/left
@@ -49,26 +50,57 @@ def _phase_range(p, SW, PL, W, WQ):
 
 
 @njit(inline="always", **JIT_OPTIONS)
+def _split2(img, a, b):
+    """Stride 2: image row img into its two column phases a, b (views that
+    start at image columns 0 and 1). Both columns of a pair in one loop."""
+    W = img.shape[0]
+    half = W // 2
+    for q in range(half):
+        a[q] = img[2 * q]
+        b[q] = img[2 * q + 1]
+    if W % 2:
+        a[half] = img[W - 1]
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _merge2(a, b, img):
+    """The reverse of _split2."""
+    W = img.shape[0]
+    half = W // 2
+    for q in range(half):
+        img[2 * q] = a[q]
+        img[2 * q + 1] = b[q]
+    if W % 2:
+        img[W - 1] = a[half]
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _copy(src, dst):
+    """dst[:n] = src, n = len(src)."""
+    for q in range(src.shape[0]):
+        dst[q] = src[q]
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _phases2(plane, start, PL, BS):
+    """Stride 2: views of a padded row's two column phases from image
+    columns 0 and 1 on (image column 2q + e is padded column 2q + e + PL:
+    phase (e + PL) % 2, element q + (e + PL) // 2)."""
+    return (plane[start + (PL % 2) * BS + PL // 2:],
+            plane[start + ((PL + 1) % 2) * BS + (PL + 1) // 2:])
+
+
+@njit(inline="always", **JIT_OPTIONS)
 def _to_plane(img, plane, start, SW, PL, BS, WQ):
     """An image row img (W,) into its padded row in the flat phase-layout
     plane (the row starts at ``start`` in column phase 0; phase p is p*BS
     further). Image column iw is padded column iw + PL."""
     W = img.shape[0]
     if SW == 1:
-        a = plane[start + PL:]
-        for q in range(W):
-            a[q] = img[q]
+        _copy(img, plane[start + PL:])
     elif SW == 2:
-        # column 2q + e sits in phase (e + PL) % 2 at q + (e + PL) // 2;
-        # both columns of a pair in one loop
-        a = plane[start + (PL % 2) * BS + PL // 2:]
-        b = plane[start + ((PL + 1) % 2) * BS + (PL + 1) // 2:]
-        half = W // 2
-        for q in range(half):
-            a[q] = img[2 * q]
-            b[q] = img[2 * q + 1]
-        if W % 2:
-            a[half] = img[W - 1]
+        a, b = _phases2(plane, start, PL, BS)
+        _split2(img, a, b)
     else:
         for p in range(SW):
             lo, hi = _phase_range(p, SW, PL, W, WQ)
@@ -82,18 +114,10 @@ def _to_image(plane, start, img, SW, PL, BS, WQ):
     """The reverse of _to_plane: a padded row back to the image row img."""
     W = img.shape[0]
     if SW == 1:
-        a = plane[start + PL:]
-        for q in range(W):
-            img[q] = a[q]
+        _copy(plane[start + PL:start + PL + W], img)
     elif SW == 2:
-        a = plane[start + (PL % 2) * BS + PL // 2:]
-        b = plane[start + ((PL + 1) % 2) * BS + (PL + 1) // 2:]
-        half = W // 2
-        for q in range(half):
-            img[2 * q] = a[q]
-            img[2 * q + 1] = b[q]
-        if W % 2:
-            img[W - 1] = a[half]
+        a, b = _phases2(plane, start, PL, BS)
+        _merge2(a, b, img)
     else:
         for p in range(SW):
             lo, hi = _phase_range(p, SW, PL, W, WQ)
@@ -107,7 +131,7 @@ def _to_image(plane, start, img, SW, PL, BS, WQ):
 def forward(x, w, b, xp, y, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
     """For images [n0, n1) and channels [c0, c1): xp[n, c] = x[n, c] in the
     phase layout and y[n, c*M:(c+1)*M] = its depthwise convolution."""
-    C, H = x.shape[1], x.shape[2]
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
     F, KH, KW = w.shape
     rows, WQ = xp.shape[2], xp.shape[3]
     OH, OW = y.shape[2], y.shape[3]
@@ -119,7 +143,16 @@ def forward(x, w, b, xp, y, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
             xq = xp[n, c].reshape(-1)
             xq[:] = 0
             for ih in range(H):
-                _to_plane(x[n, c, ih], xq, _row(ih + PT, SH, SW, BS, WQ), SW, PL, BS, WQ)
+                # the common strides here, not through _to_plane's branch on
+                # SW: the loops vectorise only so (measured: 2-3x)
+                start = _row(ih + PT, SH, SW, BS, WQ)
+                if SW == 1:
+                    _copy(x[n, c, ih], xq[start + PL:])
+                elif SW == 2:
+                    a, bb = _phases2(xq, start, PL, BS)
+                    _split2(x[n, c, ih], a, bb)
+                else:
+                    _to_plane(x[n, c, ih], xq, start, SW, PL, BS, WQ)
             for m in range(M):
                 f = c * M + m
                 bias = b[f]
@@ -262,7 +295,14 @@ def _grad_input_strided(dy, w, dyw, dq, dx, offs, SH, SW, PT, PL, BS, WQ):
             for j in range(L):
                 d[j] += wv * dwf[j]
     for ih in range(dx.shape[0]):
-        _to_image(dq, _row(ih + PT, SH, SW, BS, WQ), dx[ih], SW, PL, BS, WQ)
+        start = _row(ih + PT, SH, SW, BS, WQ)    # the common strides here: see forward
+        if SW == 1:
+            _copy(dq[start + PL:start + PL + dx.shape[1]], dx[ih])
+        elif SW == 2:
+            a, b = _phases2(dq, start, PL, BS)
+            _merge2(a, b, dx[ih])
+        else:
+            _to_image(dq, start, dx[ih], SW, PL, BS, WQ)
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 4), rw(t, 4), rw(f64, 2), rw(f64, 1),
