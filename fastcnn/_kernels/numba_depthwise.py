@@ -7,8 +7,8 @@ and works on a block of images [n0, n1) and channels [c0, c1).
 Planes are handled as flat rows, and every inner loop indexes a view by
 its loop counter alone: a computed index keeps Numba's negative-index
 test, which stops LLVM vectorising the loop. Copies are loops too, not
-slice assignments (which Numba runs far slower than the loop), each in a
-function of its own with no branch on the stride.
+slice assignments (which Numba runs far slower than the loop), and the
+row copies of strides 1 and 2 have helpers with no branch on the stride.
 
 Shapes: x/dx (N, C, H, W), w (F, KH, KW), b (F,), y/dy (N, F, OH, OW),
 xp (N, C, SH*SW*(HQ+1), WQ); stride (SH, SW), dilation (DH, DW), top/left
@@ -90,40 +90,28 @@ def _phases2(plane, start, PL, BS):
             plane[start + ((PL + 1) % 2) * BS + (PL + 1) // 2:])
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(**JIT_OPTIONS)
 def _to_plane(img, plane, start, SW, PL, BS, WQ):
-    """An image row img (W,) into its padded row in the flat phase-layout
-    plane (the row starts at ``start`` in column phase 0; phase p is p*BS
-    further). Image column iw is padded column iw + PL."""
+    """Any stride: an image row img (W,) into its padded row in the flat
+    phase-layout plane (the row starts at ``start`` in column phase 0;
+    phase p is p*BS further). Image column iw is padded column iw + PL."""
     W = img.shape[0]
-    if SW == 1:
-        _copy(img, plane[start + PL:])
-    elif SW == 2:
-        a, b = _phases2(plane, start, PL, BS)
-        _split2(img, a, b)
-    else:
-        for p in range(SW):
-            lo, hi = _phase_range(p, SW, PL, W, WQ)
-            a = plane[start + p * BS:]
-            for k in range(lo, hi):
-                a[k] = img[p - PL + SW * k]
+    for p in range(SW):
+        lo, hi = _phase_range(p, SW, PL, W, WQ)
+        a = plane[start + p * BS:]
+        for k in range(lo, hi):
+            a[k] = img[p - PL + SW * k]
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(**JIT_OPTIONS)
 def _to_image(plane, start, img, SW, PL, BS, WQ):
     """The reverse of _to_plane: a padded row back to the image row img."""
     W = img.shape[0]
-    if SW == 1:
-        _copy(plane[start + PL:start + PL + W], img)
-    elif SW == 2:
-        a, b = _phases2(plane, start, PL, BS)
-        _merge2(a, b, img)
-    else:
-        for p in range(SW):
-            lo, hi = _phase_range(p, SW, PL, W, WQ)
-            a = plane[start + p * BS:]
-            for k in range(lo, hi):
-                img[p - PL + SW * k] = a[k]
+    for p in range(SW):
+        lo, hi = _phase_range(p, SW, PL, W, WQ)
+        a = plane[start + p * BS:]
+        for k in range(lo, hi):
+            img[p - PL + SW * k] = a[k]
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 1), rw(t, 4), rw(t, 4),
@@ -143,8 +131,8 @@ def forward(x, w, b, xp, y, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
             xq = xp[n, c].reshape(-1)
             xq[:] = 0
             for ih in range(H):
-                # the common strides here, not through _to_plane's branch on
-                # SW: the loops vectorise only so (measured: 2-3x)
+                # strides 1 and 2 in loops of their own: the copy loops in
+                # a helper that branches on a stride vectorise worse
                 start = _row(ih + PT, SH, SW, BS, WQ)
                 if SW == 1:
                     _copy(x[n, c, ih], xq[start + PL:])
@@ -295,7 +283,7 @@ def _grad_input_strided(dy, w, dyw, dq, dx, offs, SH, SW, PT, PL, BS, WQ):
             for j in range(L):
                 d[j] += wv * dwf[j]
     for ih in range(dx.shape[0]):
-        start = _row(ih + PT, SH, SW, BS, WQ)    # the common strides here: see forward
+        start = _row(ih + PT, SH, SW, BS, WQ)    # strides 1 and 2 apart: see forward
         if SW == 1:
             _copy(dq[start + PL:start + PL + dx.shape[1]], dx[ih])
         elif SW == 2:
