@@ -8,6 +8,9 @@
     model.backward(dlogits)
     nn.SGD(model.parameters(), lr=0.05, momentum=0.9).step()
 
+Layers take PyTorch's constructor names and defaults, e.g. a depthwise conv
+``nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32)``, ``nn.Conv2d(..., dilation=2)``,
+``nn.MaxPool2d(3, 2, 1, ceil_mode=True)``, ``nn.AdaptiveAvgPool2d(1)``.
 Layers never choose a backend; ``fastcnn.use_backend`` around the calls does.
 This package deliberately has no autograd: each layer has a hand-written backward.
 """
