@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from fastcnn import _threads
+from fastcnn import _shapes, _threads
 from fastcnn.backend import AUTO, KERNELS, available_backends, get_module
 
 ENV = "FASTCNN_AUTO_CHOICES"
@@ -80,7 +80,7 @@ def candidates():
     one name means no timing at all - the way to keep a huge first call from
     running forward+backward on every backend). Raises ValueError naming the
     variable for an unknown, unavailable or empty list."""
-    usable = tuple(n for n in available_backends() if n != "loops")
+    usable = tuple(n for n in available_backends("numpy") if n != "loops")
     raw = os.environ.get(CANDIDATES_ENV, "").strip()
     if not raw:
         return usable
@@ -95,6 +95,11 @@ def candidates():
 
 def choose(op, args, y_shape):
     """Name of the backend for this call's key: pinned, chosen before, or timed now."""
+    where = _shapes.array_module(args[0])
+    if where != "numpy":
+        # auto never moves data: the backend of the data's device, untimed
+        # (one per array module today; a second would need the module in the key)
+        return available_backends(where)[0]
     if not _env_read:
         read_env()
     key = _key(op, args)

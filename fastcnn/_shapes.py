@@ -5,6 +5,7 @@ names the argument and says what was expected. It deliberately knows nothing
 about backends or kernels: ``fastcnn.ops`` calls it once, at the door.
 """
 import numbers
+import sys
 
 import numpy as np
 
@@ -35,11 +36,33 @@ def pair(value, name, *, minimum):
     return hw
 
 
+def array_module(a):
+    """'cupy' for a cupy.ndarray, 'numpy' for a numpy.ndarray, else None.
+    Never imports CuPy: a CuPy array exists only once something imported it."""
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(a, cupy.ndarray):
+        return "cupy"
+    return "numpy" if isinstance(a, np.ndarray) else None
+
+
+def same_place(a, name, x):
+    """``a`` lives where ``x`` does: the same array module and, on a GPU, device."""
+    here, there = array_module(x), array_module(a)
+    if here != there:
+        move = "cupy.asarray" if here == "cupy" else "cupy.asnumpy"
+        raise TypeError(f"{name} is a {there}.ndarray but x is a {here}.ndarray; arrays of "
+                        f"one call live in one place: move it with {move}({name})")
+    if here == "cupy" and a.device != x.device:
+        raise ValueError(f"{name} is on {a.device} but x is on {x.device}; move it with "
+                         f"cupy.asarray({name}) inside 'with {x.device}:'")
+
+
 def array(a, name, ndim, dtype=None):
-    """Check a float32/float64 ndarray of ndim dimensions (any, if None; and
-    dtype, if given)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    """Check a float32/float64 ndarray (NumPy's, or CuPy's) of ndim dimensions
+    (any, if None; and dtype, if given)."""
+    if array_module(a) is None:
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__} "
+                        f"(a cupy.ndarray for backend 'cupy')")
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
     if dtype is not None and a.dtype != dtype:

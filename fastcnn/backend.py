@@ -28,6 +28,9 @@ _MODULES = {
     "numba": "fastcnn.backends.numba",
     "cupy": "fastcnn.backends.cupy",
 }
+# The array module of a backend that does not take NumPy arrays, known
+# without importing it: choosing among the NumPy backends never imports CuPy.
+_ARRAY_MODULES = {"cupy": "cupy"}
 AUTO = "auto"
 KERNELS = ("conv2d_forward", "conv2d_backward", "max_pool2d_forward",
            "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
@@ -70,9 +73,17 @@ def _load(name):
         return mod
 
 
-def available_backends():
-    """Names of the backends usable on this install, in registry order."""
-    return tuple(n for n in _MODULES if _load(n) is not None)
+def array_module(name):
+    """The array module backend ``name`` computes on: 'numpy' or 'cupy'."""
+    return _ARRAY_MODULES.get(name, "numpy")
+
+
+def available_backends(array_module=None):
+    """Names of the backends usable on this install, in registry order; only
+    those computing on ``array_module``'s arrays ('numpy', 'cupy') if given."""
+    return tuple(n for n in _MODULES
+                 if (array_module is None or _ARRAY_MODULES.get(n, "numpy") == array_module)
+                 and _load(n) is not None)
 
 
 def unavailable_backends():

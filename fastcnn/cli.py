@@ -264,7 +264,7 @@ def cmd_eval(args):
 # -- crosscheck -----------------------------------------------------------
 def cmd_crosscheck(args):
     from fastcnn import crosscheck as cc
-    names = fastcnn.available_backends() if args.backends is None else tuple(
+    names = fastcnn.available_backends("numpy") if args.backends is None else tuple(
         b.strip() for b in args.backends.split(",") if b.strip())
     for b in names + (cc.REFERENCE,):
         if backend_name(b, "--backends") == backend.AUTO:

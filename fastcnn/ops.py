@@ -35,10 +35,8 @@ their input; arrays are made C-contiguous here too (a no-op when they are).
 backward runs on that same backend. This module deliberately contains no
 arithmetic on the data.
 """
-import numpy as np
-
 from fastcnn import _auto, _shapes
-from fastcnn.backend import AUTO, get_module, resolve
+from fastcnn.backend import AUTO, array_module, get_module, resolve
 
 
 class Context:
@@ -56,15 +54,29 @@ class Context:
 
 
 def _contiguous(a):
-    """a, or a C-contiguous copy; unlike np.ascontiguousarray it keeps a 0-d
-    array 0-d."""
-    return a if a.flags.c_contiguous else np.array(a, order="C")
+    """a, or a C-contiguous copy by a's own module (NumPy's or CuPy's); unlike
+    np.ascontiguousarray it keeps a 0-d array 0-d."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
+def _place_error(name, where, backend):
+    """The TypeError for an array of module ``where`` given to ``backend``."""
+    if where == "numpy":
+        return TypeError(f"{name} is a numpy.ndarray, but backend {backend!r} computes on the "
+                         f"GPU and never copies between host and device inside an op: move "
+                         f"the data first with cupy.asarray({name})")
+    return TypeError(f"{name} is a {where}.ndarray, but backend {backend!r} computes on the "
+                     f"CPU: use backend='{where}' (or 'auto'), or move the data with "
+                     f"cupy.asnumpy({name})")
 
 
 def _forward(op, backend, args, y_shape):
     name = resolve(backend)
     if name == AUTO:
-        name = _auto.choose(op, args, y_shape)
+        name = _auto.choose(op, args, y_shape)      # among the backends where x lives
+    where = _shapes.array_module(args[0])
+    if where != array_module(name):                # no hidden host<->device copies
+        raise _place_error("x", where, name)
     y, saved = getattr(get_module(name), op + "_forward")(*args)
     return y, Context(op, name, saved, y_shape, args[0].dtype)
 
@@ -74,6 +86,8 @@ def _grad(dy, ctx, op, ndim=4):
         got = ctx.op + "_forward" if isinstance(ctx, Context) else type(ctx).__name__
         raise TypeError(f"ctx must be the context returned by {op}_forward, got {got}")
     dy = _shapes.array(dy, "dy", ndim, ctx.dtype)
+    if _shapes.array_module(dy) != array_module(ctx.backend):
+        raise _place_error("dy", _shapes.array_module(dy), ctx.backend)
     if dy.shape != ctx.y_shape:
         raise ValueError(f"dy must have the shape of the forward output {ctx.y_shape}, "
                          f"got {dy.shape}")
@@ -88,6 +102,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, b
     that many independent convolutions (groups = C is depthwise)."""
     x = _shapes.array(x, "x", 4)
     w = _shapes.array(w, "w", 4, x.dtype)
+    _shapes.same_place(w, "w", x)
     N, C, H, W = x.shape
     F, Cw, KH, KW = w.shape
     groups = _shapes.groups(groups, C, F)
@@ -97,6 +112,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, b
                          f"got {w.shape}")
     if b is not None:
         b = _shapes.array(b, "b", 1, x.dtype)
+        _shapes.same_place(b, "b", x)
         if b.shape[0] != F:
             raise ValueError(f"b must have shape ({F},) to match w's {F} output channels, "
                              f"got {b.shape}")

@@ -5,7 +5,7 @@ import fastcnn
 
 # Every backend the registry can load on this install; a new backend is
 # covered by the whole suite without new test code.
-BACKENDS = fastcnn.available_backends()
+BACKENDS = fastcnn.available_backends("numpy")   # device backends: tests/test_cupy_backend.py
 FAST_BACKENDS = tuple(b for b in BACKENDS if b != "loops")
 TOL = {np.float32: 1e-4, np.float64: 1e-9}
 

@@ -10,7 +10,7 @@ from fastcnn import models, nn
 from fastcnn.datasets import load_sample
 from fastcnn.training import train_step
 
-ALL_BACKENDS = fastcnn.available_backends()
+ALL_BACKENDS = fastcnn.available_backends("numpy")
 
 
 def _tiny_model(dtype="float64", seed=0, dropout=0.0):
