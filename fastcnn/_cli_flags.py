@@ -107,8 +107,10 @@ def build_parser():
                                    "batch; rank 0 prints and writes the files "
                                    "(fastcnn.distributed; pip install 'fastcnn[mpi]').")
     t.add_argument("--model", choices=tuple(models.MODELS), default=None,
-                   help="architecture: cnn (32/64 channels, dense 128) or light (8/16, dense "
-                        "32) (default: cnn, or the checkpoint's with --resume)")
+                   help="architecture: cnn (32/64 channels, dense 128), light (8/16, dense 32) "
+                        "or mobile (MobileNet-style: depthwise-separable blocks, global "
+                        "average pooling; 72k parameters) (default: cnn, or the "
+                        "checkpoint's with --resume)")
     t.add_argument("--dtype", choices=models.DTYPES, default=None,
                    help="float32 (default) or float64")
     t.add_argument("--epochs", type=_positive_int, default=3,

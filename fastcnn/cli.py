@@ -6,7 +6,8 @@
     fastcnn info
     fastcnn serve --model mnist.npz
 
-This is the only place a backend is chosen (``fastcnn.use_backend``); the
+The commands choose the backend (``fastcnn.use_backend``; ``serve`` runs
+every backend in turn to compare them); the library never does. The
 training itself is ``fastcnn.training.fit``, which this module only calls:
 it parses flags, checks them before any work, and prints. A bad flag value
 gets one line on stderr and exit status 2, never a traceback.

@@ -67,8 +67,9 @@ The twelve functions (same names, same signatures in every backend)::
     relu_forward(x)                            -> (y, saved)
     relu_backward(dy, saved)                   -> dx
 
-``backends/_pool_modes`` adapts floor-mode, KH*KW-divisor pooling kernels
-to ceil_mode, dilation and the other divisors.
+The compiled backends' pooling kernels take out_hw, the divisor rule and
+max's dilation themselves; ``backends/_pool_modes`` adapts im2col's
+floor-mode, KH*KW-divisor NumPy kernels to them.
 
 ``saved`` is private to the backend (column matrix, argmax, copies, ...);
 ``fastcnn.ops`` wraps it in a context that remembers the backend.
