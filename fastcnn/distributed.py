@@ -157,6 +157,10 @@ def abort_on_error(comm, *, collective=()):
         try:
             sys.stdout.flush()   # what the rank printed so far, before MPI kills it
             print(line, file=sys.stderr, flush=True)
+            # the launcher forwards a rank's output asynchronously and
+            # MPI_Abort kills the job at once: without a pause the reason
+            # was lost about one time in twenty (tests/test_distributed.py)
+            time.sleep(0.5)
         finally:
             comm.Abort(status)
             # MPICH's MPI_Abort may return to its caller while the launcher
