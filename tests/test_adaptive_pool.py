@@ -237,8 +237,8 @@ def _check_global_plane(backend, x, dy, dtype):
 
 @pytest.mark.parametrize("op", OPS)
 def test_global_pooling_long_planes_split_across_threads(backend, op):
-    # enough elements for the pool to split the planes; planes longer than
-    # the float32 running sums' stretch between folds into float64
+    # enough elements for the pool to split the planes; planes long enough
+    # (with a mean far from 0) for float32 running sums to lose precision
     fwd, bwd = _fns(op)
     x = (np.random.default_rng(4).standard_normal((8, 16, 37, 37)) + 3).astype(np.float32)
     y, ctx = fwd(x, 1, backend=backend)

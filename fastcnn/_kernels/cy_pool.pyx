@@ -253,7 +253,8 @@ def avg_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
 # maximum and its row), then each window reduces its stretch of that row.
 # Sums accumulate in double, as the NumPy reference's pairwise sums are
 # about that accurate. The global_* loops are the output 1x1 case: one
-# contiguous pass over each plane.
+# contiguous pass over each plane (global average pooling's forward is not
+# here: backends/_pooling runs it as one gemv for every backend).
 
 cdef inline Py_ssize_t _start(Py_ssize_t o, Py_ssize_t I, Py_ssize_t O) noexcept nogil:
     return (o * I) // O
@@ -387,64 +388,10 @@ def adaptive_max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] 
 cdef extern from *:
     """
     #include <string.h>
-    /* fastcnn: a plane's sum in double, from eight running sums of the input
-       type, folded into the double every 1024 elements (so none sums more than
-       128 elements in single precision). With GCC or Clang the eight are
-       vectors (vector extensions: plain C on every target, no intrinsics), as
-       GCC will not vectorise a float reduction without -ffast-math's
-       reassociation; elsewhere, scalars. Either way the same additions in the
-       same order. */
+    /* vector extensions: plain C on every GCC or Clang target, no intrinsics */
     #if defined(__GNUC__)
     typedef float fastcnn_v4sf __attribute__((vector_size(16)));
-    typedef double fastcnn_v2df __attribute__((vector_size(16)));
     #endif
-    static inline double fastcnn_sum_f32(const float* a, Py_ssize_t L) {
-        double total = 0;
-        Py_ssize_t i = 0, stop, n;
-        while (L - i >= 8) {
-            n = (L - i) / 8;
-            stop = i + 8 * (n < 128 ? n : 128);
-    #if defined(__GNUC__)
-            fastcnn_v4sf s0, s1, t0, t1;
-            memcpy(&s0, a + i, 16); memcpy(&s1, a + i + 4, 16);
-            for (i += 8; i < stop; i += 8) {
-                memcpy(&t0, a + i, 16); memcpy(&t1, a + i + 4, 16);
-                s0 += t0; s1 += t1;
-            }
-            s0 += s1;
-            total += (s0[0] + s0[1]) + (s0[2] + s0[3]);
-    #else
-            float s[8];
-            int k;
-            for (k = 0; k < 8; k++) s[k] = a[i + k];
-            for (i += 8; i < stop; i += 8)
-                for (k = 0; k < 8; k++) s[k] += a[i + k];
-            total += ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-    #endif
-        }
-        for (; i < L; i++) total += a[i];
-        return total;
-    }
-    static inline double fastcnn_sum_f64(const double* a, Py_ssize_t L) {
-        double total = 0;
-        Py_ssize_t i = 0;
-    #if defined(__GNUC__)
-        if (L >= 8) {
-            fastcnn_v2df s0, s1, s2, s3, t0, t1, t2, t3;
-            memcpy(&s0, a, 16); memcpy(&s1, a + 2, 16);
-            memcpy(&s2, a + 4, 16); memcpy(&s3, a + 6, 16);
-            for (i = 8; i + 8 <= L; i += 8) {
-                memcpy(&t0, a + i, 16); memcpy(&t1, a + i + 2, 16);
-                memcpy(&t2, a + i + 4, 16); memcpy(&t3, a + i + 6, 16);
-                s0 += t0; s1 += t1; s2 += t2; s3 += t3;
-            }
-            s0 += s2; s1 += s3;
-            total = (s0[0] + s0[1]) + (s1[0] + s1[1]);
-        }
-    #endif
-        for (; i < L; i++) total += a[i];
-        return total;
-    }
     /* fastcnn: the offset of a float plane's first maximum, in one pass of
        eight running maxima, each with the offset where it first appeared
        (selects, strict >), then the smallest offset among the lanes holding
@@ -493,25 +440,7 @@ cdef extern from *:
     #endif
     }
     """
-    double fastcnn_sum_f32(const float* a, Py_ssize_t L) nogil
-    double fastcnn_sum_f64(const double* a, Py_ssize_t L) nogil
     Py_ssize_t fastcnn_argmax_f32(const float* a, Py_ssize_t L) nogil
-
-
-cdef inline double _sum(const floating* a, Py_ssize_t L) noexcept nogil:
-    """a[0] + ... + a[L-1] in double (``fastcnn_sum_*`` above)."""
-    if floating is float:
-        return fastcnn_sum_f32(a, L)
-    else:
-        return fastcnn_sum_f64(a, L)
-
-
-def global_avg_forward(const floating[:, ::1] x, floating[::1] y):
-    """y[p] = mean of plane x[p] (x viewed as (N*C, H*W))."""
-    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p
-    with nogil:
-        for p in range(P):
-            y[p] = <floating>(_sum(&x[p, 0], L) / L)
 
 
 def global_avg_backward(const floating[::1] dy, floating[:, ::1] dx):

@@ -239,7 +239,9 @@ def avg_pool2d_backward(dy, dx, KH, KW, SH, SW, PH, PW, count_include_pad, divis
 # maximum and its row), then each window reduces its stretch of that row.
 # Windowed sums accumulate in float64, about as accurate as NumPy's pairwise
 # sums. The global_* kernels are the output 1x1 case: one contiguous pass
-# over each plane, viewed flat as (NC, H*W).
+# over each plane, viewed flat as (NC, H*W) (global average pooling's
+# forward is not here: backends/_pooling runs it as one gemv for every
+# backend).
 
 @njit(inline="always", **JIT_OPTIONS)
 def _adaptive(o, I, O):
@@ -336,41 +338,6 @@ def adaptive_max_pool2d_forward(x, y, argmax):
                         best, brow, bcol = v, r, iw
                 y[i, oh, ow] = x[i, brow, bcol]      # the element itself (max() may
                 argmax[i, oh, ow] = brow * W + bcol  # have kept the other zero)
-
-
-@kernel(lambda t: void(ro(t, 2), rw(t, 1)))
-def global_avg_pool2d_forward(x, y):
-    """y[p] = mean of plane x[p]: eight independent running sums of x's type
-    (one running sum waits on every previous add) over the plane, indexed
-    flat (a view per plane, or a fold into float64 every so many elements,
-    made the loop about 2x slower), added up in float64. Each lane sums
-    H*W / 8 elements, in single precision for float32."""
-    NC, L = x.shape
-    xf = x.reshape(NC * L)
-    for p in range(NC):
-        base = p * L
-        total = 0.0
-        i = 0
-        if L >= 8:
-            s0, s1, s2, s3 = xf[base], xf[base + 1], xf[base + 2], xf[base + 3]
-            s4, s5, s6, s7 = xf[base + 4], xf[base + 5], xf[base + 6], xf[base + 7]
-            i = 8
-            while i + 8 <= L:
-                j = base + i
-                s0 += xf[j]
-                s1 += xf[j + 1]
-                s2 += xf[j + 2]
-                s3 += xf[j + 3]
-                s4 += xf[j + 4]
-                s5 += xf[j + 5]
-                s6 += xf[j + 6]
-                s7 += xf[j + 7]
-                i += 8
-            total = ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
-        while i < L:
-            total += xf[base + i]
-            i += 1
-        y[p] = total / L
 
 
 @kernel(lambda t: void(ro(t, 1), rw(t, 2)))

@@ -127,8 +127,7 @@ def avg_pool2d_backward(dy, saved):
 
 _ADAPTIVE = _pooling.AdaptiveKernels(
     _planes, cy_pool.adaptive_avg_forward, cy_pool.adaptive_avg_backward,
-    cy_pool.adaptive_max_forward, cy_pool.global_avg_forward, cy_pool.global_avg_backward,
-    cy_pool.global_max_forward)
+    cy_pool.adaptive_max_forward, cy_pool.global_avg_backward, cy_pool.global_max_forward)
 
 
 def adaptive_avg_pool2d_forward(x, output_size):

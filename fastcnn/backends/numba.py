@@ -158,8 +158,8 @@ def _adaptive_kernels():
         _kernels()
         _adaptive = _pooling.AdaptiveKernels(
             _planes, _pool.adaptive_avg_pool2d_forward, _pool.adaptive_avg_pool2d_backward,
-            _pool.adaptive_max_pool2d_forward, _pool.global_avg_pool2d_forward,
-            _pool.global_avg_pool2d_backward, _pool.global_max_pool2d_forward)
+            _pool.adaptive_max_pool2d_forward, _pool.global_avg_pool2d_backward,
+            _pool.global_max_pool2d_forward)
     return _adaptive
 
 
