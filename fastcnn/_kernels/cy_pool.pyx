@@ -396,16 +396,20 @@ cdef extern from *:
        eight running maxima, each with the offset where it first appeared
        (selects, strict >), then the smallest offset among the lanes holding
        the overall maximum; -1 where a NaN is there (the caller looks element
-       by element) or without vector extensions. */
+       by element) or without vector extensions. Selects throughout, no
+       branch on the data: which lane holds the maximum is random, and a
+       mispredicted branch per lane cost more than the pass over a short
+       plane. */
     static inline Py_ssize_t fastcnn_argmax_f32(const float* a, Py_ssize_t L) {
     #if defined(__GNUC__)
         typedef int fastcnn_v4si __attribute__((vector_size(16)));
-        fastcnn_v4sf m0, m1, t0, t1;
+        fastcnn_v4sf m0, m1, t0, t1, bv;
         fastcnn_v4si k0, k1, i0 = {0, 1, 2, 3}, i1 = {4, 5, 6, 7}, c0, c1, nan;
         const fastcnn_v4si eight = {8, 8, 8, 8};
+        const fastcnn_v4si none = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
         Py_ssize_t i, where;
-        float best;
-        int lane;
+        float best, v;
+        int gt;
         if (L < 8 || L > 0x7fffffff) return -1;
         memcpy(&m0, a, 16); memcpy(&m1, a + 4, 16);
         nan = (m0 != m0) | (m1 != m1);
@@ -421,18 +425,29 @@ cdef extern from *:
             nan |= (t0 != t0) | (t1 != t1);
         }
         if (nan[0] | nan[1] | nan[2] | nan[3]) return -1;
-        best = m0[0]; where = i0[0];
-        for (lane = 0; lane < 4; lane++) {
-            if (m0[lane] > best || (m0[lane] == best && i0[lane] < where)) {
-                best = m0[lane]; where = i0[lane];
-            }
-            if (m1[lane] > best || (m1[lane] == best && i1[lane] < where)) {
-                best = m1[lane]; where = i1[lane];
-            }
-        }
+        /* the lanes' maximum, then the smallest offset holding it */
+        k0 = m1 > m0;
+        t0 = (fastcnn_v4sf)(((fastcnn_v4si)m1 & k0) | ((fastcnn_v4si)m0 & ~k0));
+        best = t0[0];
+        best = t0[1] > best ? t0[1] : best;
+        best = t0[2] > best ? t0[2] : best;
+        best = t0[3] > best ? t0[3] : best;
+        bv = (fastcnn_v4sf){best, best, best, best};
+        k0 = m0 == bv; k1 = m1 == bv;
+        c0 = (i0 & k0) | (none & ~k0);
+        c1 = (i1 & k1) | (none & ~k1);
+        k0 = c1 < c0;
+        c0 = (c1 & k0) | (c0 & ~k0);
+        where = c0[0];
+        where = c0[1] < where ? c0[1] : where;
+        where = c0[2] < where ? c0[2] : where;
+        where = c0[3] < where ? c0[3] : where;
         for (; i < L; i++) {
-            if (a[i] != a[i]) return -1;
-            if (a[i] > best) { best = a[i]; where = i; }
+            v = a[i];
+            if (v != v) return -1;
+            gt = v > best;
+            where = gt ? i : where;
+            best = gt ? v : best;
         }
         return where;
     #else
