@@ -3,9 +3,11 @@ cy_depthwise and numba_depthwise kernels), driven directly and through
 fastcnn.ops, against PyTorch (when installed) and the loops backend.
 
 Cases: channel multipliers 1-3, strides 1, 2, 3 and (2, 1), dilations 1-3,
-no, symmetric and asymmetric padding, odd sizes, KH != KW, 1x1, batch 1
-and batches split into several pieces (images and channels), float64 to
-1e-9 and float32 to 1e-4. Also: the inputs are never modified, and the
+no, symmetric and asymmetric padding, odd sizes, KH != KW, 1x1, batch 1,
+planes narrower and wider than the kernels' flat-run threshold, and
+batches split into several pieces (images and channels), float64 to
+1e-9 and float32 to 1e-4. Also: an inf in x that some taps never meet
+leaves their dw finite (the flat dw runs meet it in a garbage column), the inputs are never modified, and the
 backward computes with the x and w the forward saw after the caller has
 overwritten them.
 """
@@ -37,6 +39,8 @@ CASES = [
     (9, 5, 17, 19, 1, 3, 3, (1, 1), (0, 1, 0, 1), (1, 1)),   # 'same'-like, odd
     (11, 4, 15, 15, 3, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
     (9, 3, 16, 21, 2, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2)),
+    (2, 2, 33, 34, 2, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),    # strided, rows of 17
+    (2, 3, 40, 40, 1, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),    # dw runs past 256
 ]
 IDS = ["N{}C{}_{}x{}_M{}_k{}x{}_s{}_p{}_d{}".format(*c[:7], *["".join(map(str, t))
                                                              for t in c[7:]])
@@ -201,3 +205,21 @@ def test_ops_take_the_depthwise_path(backend, stride, padding, dilation, M):
     want_y, ref = ops.conv2d_forward(x, w, b, stride, padding, dilation, groups=4,
                                      backend="loops")
     _check(got, (want_y, *ops.conv2d_backward(dy, ref)), np.float64)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_inf_in_x_only_reaches_the_taps_that_meet_it(kern, stride, dtype):
+    """x[.., 0] = inf is met by the taps kw = 0, 1 of a 3x3 pad-1 filter
+    (and kw = 2 never: its inputs start at column 1), but the flat dw run
+    of tap kw = 2 passes it in a garbage column, times a zero of dy: its
+    dw must come out finite and equal the loops' (valid columns only)."""
+    case = (2, 3, 9, 10, 2, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1))
+    x, w, b, dy, st, pad, dil, y_shape = _problem(case, dtype)
+    x[0, 1, 4, 0] = np.inf
+    got = _run(kern, x, w, b, dy, st, pad, dil, y_shape)
+    want = _loops(x, w, b, dy, st, pad, dil, y_shape)
+    assert np.isfinite(got[2][:, :, :, 2]).all()
+    assert not np.isfinite(got[2][2:4, :, :, :2]).all()
+    np.testing.assert_allclose(got[2], want[2], rtol=TOL[dtype], atol=TOL[dtype] * 10)
+    np.testing.assert_allclose(got[3], want[3], rtol=TOL[dtype], atol=TOL[dtype] * 10)

@@ -20,6 +20,9 @@ from numba import njit, types
 from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
 
 f64 = types.float64
+# planes narrower than this are computed as one flat run at the row pitch
+# and copied out (see cy_depthwise.FLAT_BELOW)
+FLAT_BELOW = 16
 
 
 @njit(**JIT_OPTIONS)
@@ -114,11 +117,48 @@ def _to_image(plane, start, img, SW, PL, BS, WQ):
             img[p - PL + SW * k] = a[k]
 
 
-@kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 1), rw(t, 4), rw(t, 4),
+@njit(**JIT_OPTIONS)
+def _forward_plane(xq, wf, bias, yf, yq, offs, WQ):
+    """One output plane yf (OH, OW) of the flat phase-layout plane xq,
+    filter wf (KH*KW,): narrow planes (OW < FLAT_BELOW) as one flat run yq
+    (OH*WQ,) at row pitch WQ, then copied out; wider ones row by row."""
+    OH, OW = yf.shape
+    T = wf.shape[0]
+    flat = OW < FLAT_BELOW
+    rows, n = (1, OH * WQ) if flat else (OH, OW)
+    for i in range(rows):
+        yr = yq if flat else yf[i]
+        r = i * WQ
+        if T == 9:
+            # all nine taps in one pass: one store per output
+            w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wf[0], wf[1], wf[2], wf[3], wf[4],
+                                                  wf[5], wf[6], wf[7], wf[8])
+            a0, a1, a2 = xq[r + offs[0]:], xq[r + offs[1]:], xq[r + offs[2]:]
+            a3, a4, a5 = xq[r + offs[3]:], xq[r + offs[4]:], xq[r + offs[5]:]
+            a6, a7, a8 = xq[r + offs[6]:], xq[r + offs[7]:], xq[r + offs[8]:]
+            for j in range(n):
+                yr[j] = ((bias + (w0 * a0[j] + w1 * a1[j] + w2 * a2[j]))
+                         + (w3 * a3[j] + w4 * a4[j] + w5 * a5[j])
+                         + (w6 * a6[j] + w7 * a7[j] + w8 * a8[j]))
+            continue
+        for j in range(n):
+            yr[j] = bias
+        for t in range(T):
+            xr = xq[r + offs[t]:]
+            wv = wf[t]
+            for j in range(n):
+                yr[j] += wv * xr[j]
+    if flat:
+        for i in range(OH):
+            _copy(yq[i * WQ:i * WQ + OW], yf[i])
+
+
+@kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 1), rw(t, 4), rw(t, 4), rw(t, 1),
                        i64, i64, i64, i64, i64, i64, i64, i64, i64, i64))
-def forward(x, w, b, xp, y, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
+def forward(x, w, b, xp, y, yq, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
     """For images [n0, n1) and channels [c0, c1): xp[n, c] = x[n, c] in the
-    phase layout and y[n, c*M:(c+1)*M] = its depthwise convolution."""
+    phase layout and y[n, c*M:(c+1)*M] = its depthwise convolution.
+    Scratch: yq (OH*WQ,)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     F, KH, KW = w.shape
     rows, WQ = xp.shape[2], xp.shape[3]
@@ -143,187 +183,236 @@ def forward(x, w, b, xp, y, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
                     _to_plane(x[n, c, ih], xq, start, SW, PL, BS, WQ)
             for m in range(M):
                 f = c * M + m
-                bias = b[f]
-                wf = w[f].reshape(-1)
-                yf = y[n, f]
-                if T == 9 and KH == 3:
-                    # all nine taps in one pass: one store per output
-                    w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wf[0], wf[1], wf[2], wf[3], wf[4],
-                                                          wf[5], wf[6], wf[7], wf[8])
-                    for i in range(OH):
-                        r = i * WQ
-                        a0, a1, a2 = xq[r + offs[0]:], xq[r + offs[1]:], xq[r + offs[2]:]
-                        a3, a4, a5 = xq[r + offs[3]:], xq[r + offs[4]:], xq[r + offs[5]:]
-                        a6, a7, a8 = xq[r + offs[6]:], xq[r + offs[7]:], xq[r + offs[8]:]
-                        yr = yf[i]
-                        for j in range(OW):
-                            yr[j] = ((bias + (w0 * a0[j] + w1 * a1[j] + w2 * a2[j]))
-                                     + (w3 * a3[j] + w4 * a4[j] + w5 * a5[j])
-                                     + (w6 * a6[j] + w7 * a7[j] + w8 * a8[j]))
-                    continue
-                for i in range(OH):
-                    yr = yf[i]
-                    yr[:] = bias
-                    for t in range(T):
-                        xr = xq[i * WQ + offs[t]:]
-                        wv = wf[t]
-                        for j in range(OW):
-                            yr[j] += wv * xr[j]
+                _forward_plane(xq, w[f].reshape(-1), b[f], y[n, f], yq, offs, WQ)
 
 
 @njit(**JIT_OPTIONS)
-def _grad_weights(dy, xq, acc, dw, db, offs, WQ):
-    """One plane's share of dw (M, KH*KW) and db (M,), added: per tap the
-    dot product of dy (M, OH, OW) with the inputs it met in the flat plane
-    xq. acc (KH*KW + 1, OW) is scratch: per tap a row of partial sums."""
-    M, OH, OW = dy.shape
+def _grad_weights_rows(dyf, xq, acc, dwf, db, f, offs, WQ):
+    """One output plane's share of dwf (KH*KW,) and db[f], added: per tap
+    the dot product of dyf (OH, OW) with the inputs it met in the flat
+    plane xq, over the valid columns only. acc ((KH*KW + 1) * OW,) is
+    scratch: per tap a row of partial sums."""
+    OH, OW = dyf.shape
     T = offs.shape[0]
-    for m in range(M):
-        acc[:] = 0
-        # two output rows per pass: half the passes over the rows of acc
-        for i in range(0, OH - 1, 2):
-            dyr, dyr1 = dy[m, i], dy[m, i + 1]
-            a = acc[T]
-            for j in range(OW):
-                a[j] += dyr[j] + dyr1[j]
-            for t in range(T):
-                xr, xr1 = xq[i * WQ + offs[t]:], xq[(i + 1) * WQ + offs[t]:]
-                a = acc[t]
-                for j in range(OW):
-                    a[j] += dyr[j] * xr[j] + dyr1[j] * xr1[j]
-        if OH % 2:
-            dyr = dy[m, OH - 1]
-            a = acc[T]
-            for j in range(OW):
-                a[j] += dyr[j]
-            for t in range(T):
-                xr = xq[(OH - 1) * WQ + offs[t]:]
-                a = acc[t]
-                for j in range(OW):
-                    a[j] += dyr[j] * xr[j]
+    a2 = acc[:(T + 1) * OW].reshape(T + 1, OW)
+    a2[:] = 0
+    for i in range(OH):
+        dyr = dyf[i]
+        a = a2[T]
+        for j in range(OW):
+            a[j] += dyr[j]
         for t in range(T):
-            s = 0.0
+            xr = xq[i * WQ + offs[t]:]
+            a = a2[t]
             for j in range(OW):
-                s += acc[t, j]
-            dw[m, t] += s
+                a[j] += dyr[j] * xr[j]
+    for t in range(T):
         s = 0.0
         for j in range(OW):
-            s += acc[T, j]
-        db[m] += s
+            s += a2[t, j]
+        dwf[t] += s
+    s = 0.0
+    for j in range(OW):
+        s += a2[T, j]
+    db[f] += s
 
 
-@njit(**JIT_OPTIONS)
-def _grad_input_s1(dy, w, dyp, dx, DH, DW, PT, PL):
-    """dx (H, W) of one plane, stride 1, as a gather: the correlation of dy
-    (M, OH, OW), zero-padded into dyp (M, RH, RC) with A = (KH-1)*DH rows
-    above and B = (KW-1)*DW columns left, with the flipped filters:
-    dx[ih, iw] = sum_{m,kh,kw} w[m, kh, kw] * dyp[m, ih+PT+A - kh*DH, iw+PL+B - kw*DW]."""
-    M, KH, KW = w.shape
-    OH, OW = dy.shape[1], dy.shape[2]
-    H, W = dx.shape
-    A, B = (KH - 1) * DH, (KW - 1) * DW
-    dyp[:] = 0
-    for m in range(M):
-        for i in range(OH):
-            d, s = dyp[m, A + i, B:], dy[m, i]
-            for j in range(OW):
-                d[j] = s[j]
-    for m in range(M):
-        wm = w[m]
-        for i in range(H):
-            dxr = dx[i]
-            rows = dyp[m, i + PT:]          # row kh*DH up from tap (0, 0)'s row A
-            if KH == 3 and KW == 3:
-                c0 = PL + B
-                c1 = c0 - DW
-                c2 = c1 - DW
-                p0, p1, p2 = rows[2 * DH, c0:], rows[2 * DH, c1:], rows[2 * DH, c2:]
-                q0, q1, q2 = rows[DH, c0:], rows[DH, c1:], rows[DH, c2:]
-                s0, s1, s2 = rows[0, c0:], rows[0, c1:], rows[0, c2:]
-                w0, w1, w2 = wm[0, 0], wm[0, 1], wm[0, 2]
-                w3, w4, w5 = wm[1, 0], wm[1, 1], wm[1, 2]
-                w6, w7, w8 = wm[2, 0], wm[2, 1], wm[2, 2]
-                for j in range(W):
-                    v = ((w0 * p0[j] + w1 * p1[j] + w2 * p2[j])
-                         + (w3 * q0[j] + w4 * q1[j] + w5 * q2[j])
-                         + (w6 * s0[j] + w7 * s1[j] + w8 * s2[j]))
-                    dxr[j] = v if m == 0 else dxr[j] + v
-                continue
-            if m == 0:
-                dxr[:] = 0
-            for kh in range(KH):
-                for kw in range(KW):
-                    r = rows[(KH - 1 - kh) * DH, PL + B - kw * DW:]
-                    wv = wm[kh, kw]
-                    for j in range(W):
-                        dxr[j] += wv * r[j]
-
-
-@njit(**JIT_OPTIONS)
-def _grad_input_strided(dy, w, dyw, dq, dx, offs, SH, SW, PT, PL, BS, WQ):
-    """dx (H, W) of one plane, any stride: the transposed convolution of dy
-    (M, OH, OW) scattered into the flat phase-layout plane dq, each tap one
-    run of OH*WQ over dy copied into dyw (OH, WQ) with zero garbage
-    columns, then cropped to dx."""
-    M, OH, OW = dy.shape
-    T = offs.shape[0]
-    L = OH * WQ
-    dwf = dyw.reshape(-1)
-    dq[:] = 0
-    dwf[:] = 0
-    for m in range(M):
-        for i in range(OH):
-            d, s = dyw[i], dy[m, i]
-            for j in range(OW):
-                d[j] = s[j]
-        wm = w[m].reshape(-1)
-        for t in range(T):
-            d = dq[offs[t]:]
-            wv = wm[t]
-            for j in range(L):
-                d[j] += wv * dwf[j]
-    for ih in range(dx.shape[0]):
-        start = _row(ih + PT, SH, SW, BS, WQ)    # strides 1 and 2 apart: see forward
-        if SW == 1:
-            _copy(dq[start + PL:start + PL + dx.shape[1]], dx[ih])
-        elif SW == 2:
-            a, b = _phases2(dq, start, PL, BS)
-            _merge2(a, b, dx[ih])
+@njit(inline="always", **JIT_OPTIONS)
+def _dot(a, b, n, with_b):
+    """sum(a[:n] * b[:n]) (with_b False: sum(a[:n])): eight float partial
+    sums, which LLVM keeps in vector registers (it would not reassociate
+    one sum), each over at most 32 terms before it is added in double."""
+    total = 0.0
+    for r in range(0, n, 256):
+        e = min(n - r, 256)
+        n8 = e - e % 8
+        a8 = a[r:r + n8].reshape(-1, 8)
+        b8 = b[r:r + n8].reshape(-1, 8)
+        z = a[0] * 0
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
+        if with_b:
+            for q in range(a8.shape[0]):
+                u, v = a8[q], b8[q]
+                s0 += u[0] * v[0]
+                s1 += u[1] * v[1]
+                s2 += u[2] * v[2]
+                s3 += u[3] * v[3]
+                s4 += u[4] * v[4]
+                s5 += u[5] * v[5]
+                s6 += u[6] * v[6]
+                s7 += u[7] * v[7]
+            ta, tb = a[r + n8:r + e], b[r + n8:r + e]
+            for p in range(ta.shape[0]):
+                s0 += ta[p] * tb[p]
         else:
-            _to_image(dq, start, dx[ih], SW, PL, BS, WQ)
+            for q in range(a8.shape[0]):
+                u = a8[q]
+                s0 += u[0]
+                s1 += u[1]
+                s2 += u[2]
+                s3 += u[3]
+                s4 += u[4]
+                s5 += u[5]
+                s6 += u[6]
+                s7 += u[7]
+            ta = a[r + n8:r + e]
+            for p in range(ta.shape[0]):
+                s0 += ta[p]
+        total += ((f64(s0) + f64(s1)) + (f64(s2) + f64(s3))) + ((f64(s4) + f64(s5))
+                                                              + (f64(s6) + f64(s7)))
+    return total
+
+
+@njit(**JIT_OPTIONS)
+def _grad_weights(dyw, xq, dwf, db, f, sums, offs, L):
+    """One output plane's share of dwf (KH*KW,) and db[f], added: per tap
+    the dot product of dyw (dy at the row pitch WQ of xq, zero garbage
+    columns) with the run of L = OH*WQ inputs it met in xq, into sums
+    (KH*KW,) first. False, with nothing added, if a sum is NaN (see
+    cy_depthwise._grad_weights)."""
+    T = offs.shape[0]
+    for t in range(T):
+        sums[t] = _dot(dyw, xq[offs[t]:], L, True)
+        if sums[t] != sums[t]:
+            return False
+    for t in range(T):
+        dwf[t] += sums[t]
+    db[f] += _dot(dyw, dyw, L, False)
+    return True
+
+
+@njit(**JIT_OPTIONS)
+def _grad_input_s1(wm, dyp, dq, dxc, DH, DW, PT, PL, first):
+    """One output plane's share of dx (H, W), stride 1, as a gather: the
+    correlation of dy, zero-padded into dyp (RH, RC) with A = (KH-1)*DH rows
+    above and B = (KW-1)*DW columns left, with the flipped filter wm (KH, KW):
+    dx[ih, iw] = sum_{kh,kw} w[kh, kw] * dyp[ih+PT+A - kh*DH, iw+PL+B - kw*DW],
+    written if first, else added. Narrow planes (W < FLAT_BELOW) go to the
+    flat run dq (H*RC,) at row pitch RC, which the caller copies out; wider
+    ones row by row into dxc."""
+    KH, KW = wm.shape
+    H, W = dxc.shape
+    RC = dyp.shape[1]
+    A, B = (KH - 1) * DH, (KW - 1) * DW
+    flat = W < FLAT_BELOW
+    rows, n = (1, H * RC) if flat else (H, W)
+    dpf = dyp.reshape(-1)
+    for i in range(rows):
+        d = dq if flat else dxc[i]
+        c = (i + PT + A) * RC + PL + B       # tap (0, 0)
+        if KH == 3 and KW == 3:
+            p0, p1, p2 = dpf[c:], dpf[c - DW:], dpf[c - 2 * DW:]
+            c -= DH * RC
+            q0, q1, q2 = dpf[c:], dpf[c - DW:], dpf[c - 2 * DW:]
+            c -= DH * RC
+            s0, s1, s2 = dpf[c:], dpf[c - DW:], dpf[c - 2 * DW:]
+            w0, w1, w2 = wm[0, 0], wm[0, 1], wm[0, 2]
+            w3, w4, w5 = wm[1, 0], wm[1, 1], wm[1, 2]
+            w6, w7, w8 = wm[2, 0], wm[2, 1], wm[2, 2]
+            if first:
+                for j in range(n):
+                    d[j] = ((w0 * p0[j] + w1 * p1[j] + w2 * p2[j])
+                            + (w3 * q0[j] + w4 * q1[j] + w5 * q2[j])
+                            + (w6 * s0[j] + w7 * s1[j] + w8 * s2[j]))
+            else:
+                for j in range(n):
+                    d[j] += ((w0 * p0[j] + w1 * p1[j] + w2 * p2[j])
+                             + (w3 * q0[j] + w4 * q1[j] + w5 * q2[j])
+                             + (w6 * s0[j] + w7 * s1[j] + w8 * s2[j]))
+            continue
+        if first:
+            for j in range(n):
+                d[j] = 0
+        for kh in range(KH):
+            for kw in range(KW):
+                r = dpf[c - kh * DH * RC - kw * DW:]
+                wv = wm[kh, kw]
+                for j in range(n):
+                    d[j] += wv * r[j]
+
+
+@njit(**JIT_OPTIONS)
+def _grad_input_strided(dyw, wf, dq, offs, L):
+    """One output plane's share of dx, any stride: the transposed
+    convolution of dyw (dy at pitch WQ, zero garbage columns, so they add
+    nothing) with the filter wf (KH*KW,) scattered into the flat
+    phase-layout plane dq, each tap one run of L = OH*WQ. The caller crops
+    dq to dx."""
+    for t in range(offs.shape[0]):
+        d = dq[offs[t]:]
+        wv = wf[t]
+        for j in range(L):
+            d[j] += wv * dyw[j]
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _put_rows(src, dst, pitch):
+    """dst[i*pitch + j] = src[i, j] for a plane src (rows, cols)."""
+    for i in range(src.shape[0]):
+        _copy(src[i], dst[i * pitch:])
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 4), rw(t, 4), rw(f64, 2), rw(f64, 1),
-                       rw(t, 2), rw(t, 2), rw(t, 2), rw(t, 3), i64, i64, i64, i64, i64, i64,
-                       i64, i64, i64, i64))
-def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, n0, n1, c0, c1, SH, SW, DH, DW,
+                       rw(t, 1), rw(t, 1), rw(t, 1), rw(t, 2), rw(t, 1), i64, i64, i64, i64,
+                       i64, i64, i64, i64, i64, i64))
+def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, SW, DH, DW,
              PT, PL):
     """For images [n0, n1) and channels [c0, c1): dx[n, c] (written), and
     dw[f] (F, KH*KW), db[f] = their sums over images n0..n1-1 (written) for
     the filters f of those channels. xp is the forward's phase layout.
-    Scratch: acc (KH*KW + 1, OW); for strides > 1 dxp (one plane of xp)
-    and dyw (OH, WQ); for stride 1 dyp (M, RH, RC) with
-    RH >= (KH-1)*DH + max(OH, H+PT), RC >= (KW-1)*DW + max(OW, W+PL)."""
-    C = dx.shape[1]
+    Scratch: acc ((KH*KW + 1) * OW,), dyw (OH*WQ,); for strides > 1 dxp
+    (one plane of xp); for stride 1 dyp (RH, RC) and dq (H*RC,) with
+    RH >= (KH-1)*DH + max(OH, H+PT+1), RC >= (KW-1)*DW + max(OW, W+PL)."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     F, KH, KW = w.shape
     rows, WQ = xp.shape[2], xp.shape[3]
+    OH, OW = dy.shape[2], dy.shape[3]
     M = F // C
     BS = (rows // (SH * SW)) * WQ
+    L = OH * WQ
+    A, B = (KH - 1) * DH, (KW - 1) * DW
+    RC = dyp.shape[1]
+    s1 = SH == 1 and SW == 1
     offs = _tap_offsets(KH, KW, SH, SW, DH, DW, BS, WQ)
-    dq = dxp.reshape(-1)
+    dpf = dyp.reshape(-1)
+    sums = np.empty(KH * KW)
     for f in range(c0 * M, c1 * M):
         db[f] = 0
         for t in range(KH * KW):
             dw[f, t] = 0
+    # zero once: the planes below overwrite only where dy goes, so the
+    # garbage columns and the padding stay zero
+    dyw[:] = 0
+    if s1:
+        dpf[:] = 0
     # images outer: the planes of a block are read in memory order
     for n in range(n0, n1):
         for c in range(c0, c1):
-            f0 = c * M
-            wc = w[f0:f0 + M]
-            dyc = dy[n, f0:f0 + M]
-            _grad_weights(dyc, xp[n, c].reshape(-1), acc, dw[f0:f0 + M], db[f0:f0 + M],
-                          offs, WQ)
-            if SH == 1 and SW == 1:
-                _grad_input_s1(dyc, wc, dyp, dx[n, c], DH, DW, PT, PL)
-            else:
-                _grad_input_strided(dyc, wc, dyw, dq, dx[n, c], offs, SH, SW, PT, PL, BS, WQ)
+            xq = xp[n, c].reshape(-1)
+            for m in range(M):
+                f = c * M + m
+                dyf = dy[n, f]
+                wf = w[f].reshape(-1)
+                _put_rows(dyf, dyw, WQ)
+                if not _grad_weights(dyw, xq, dw[f], db, f, sums, offs, L):
+                    _grad_weights_rows(dyf, xq, acc, dw[f], db, f, offs, WQ)
+                if s1:
+                    _put_rows(dyf, dpf[A * RC + B:], RC)
+                    _grad_input_s1(w[f], dyp, dq, dx[n, c], DH, DW, PT, PL, m == 0)
+                else:
+                    if m == 0:
+                        dxp[:] = 0
+                    _grad_input_strided(dyw, wf, dxp, offs, L)
+            for ih in range(H):
+                if s1:
+                    if W < FLAT_BELOW:
+                        _copy(dq[ih * RC:ih * RC + W], dx[n, c, ih])
+                    continue
+                start = _row(ih + PT, SH, SW, BS, WQ)    # strides 1 and 2 apart: see forward
+                if SW == 1:
+                    _copy(dxp[start + PL:start + PL + W], dx[n, c, ih])
+                elif SW == 2:
+                    a, bb = _phases2(dxp, start, PL, BS)
+                    _merge2(a, bb, dx[n, c, ih])
+                else:
+                    _to_image(dxp, start, dx[n, c, ih], SW, PL, BS, WQ)

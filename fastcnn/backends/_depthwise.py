@@ -20,7 +20,8 @@ ctx keeps the forward's zero-padded copy of x (the kernels' phase layout,
 see cy_depthwise; a workspace array, handed out again once ctx dies) and
 its own copy of w, so the backward computes with what the forward saw
 even if the caller changed x or w in place since. dw and db are summed
-in float64 and rounded once.
+in float64 and rounded once. Each piece takes its own scratch (the flat
+output run, the dy planes at the kernels' pitches) from the workspace.
 
 Deliberately not here: argument checks and output sizes (``fastcnn.ops``),
 the choice of this path (``_gemm_conv``), loops over elements
@@ -70,7 +71,12 @@ def forward(kern, x, w, b, stride, padding, dilation, y_shape):
     y = outputs.take(y_shape, x.dtype)
     params = (SH, SW, DH, DW, PT, PL)
     blocks = _blocks(N, C, y.size * KH * KW)
-    _run(lambda blk: kern.forward(x, w3, bias, xp, y, *blk, *params), blocks)
+    L = y_shape[2] * WQ
+
+    def piece(blk):
+        kern.forward(x, w3, bias, xp, y, workspace.take((L,), x.dtype), *blk, *params)
+
+    _run(piece, blocks)
     return y, _Saved(x.shape, w3, xp, blocks, params)
 
 
@@ -86,20 +92,23 @@ def backward(kern, dy, saved):
     image_ranges = sorted({blk[:2] for blk in saved.blocks})
     dw_parts = np.empty((len(image_ranges), F, KH * KW))
     db_parts = np.empty((len(image_ranges), F))
-    # the kernels' scratch: a plane of xp and dy at pitch WQ for strides > 1,
-    # the zero-padded dy planes for stride 1 (see cy_depthwise)
+    # the kernels' scratch (see cy_depthwise.backward): partial sums, dy at
+    # the pitch WQ of xp; a plane of xp for strides > 1; for stride 1 the
+    # zero-padded dy plane and dx at its pitch
+    A, B = (KH - 1) * DH, (KW - 1) * DW
     stride1 = (SH, SW) == (1, 1)
-    dxp_shape, dyw_shape = ((1, 1), (1, 1)) if stride1 else (saved.xp.shape[2:], (OH, WQ))
-    dyp_shape = ((M, (KH - 1) * DH + max(OH, H + PT), (KW - 1) * DW + max(OW, W + PL))
-                 if stride1 else (1, 1, 1))
+    acc_shape = ((KH * KW + 1) * OW,)
+    dxp_shape = (1,) if stride1 else (saved.xp.shape[2] * WQ,)
+    dyp_shape = (A + max(OH, H + PT + 1), B + max(OW, W + PL)) if stride1 else (1, 1)
+    dq_shape = (H * dyp_shape[1],) if stride1 else (1,)
 
     def piece(blk):
         r = image_ranges.index(blk[:2])
         take = workspace.take
         kern.backward(dy, saved.w, saved.xp, dx, dw_parts[r], db_parts[r],
-                      take((KH * KW + 1, OW), dy.dtype), take(dxp_shape, dy.dtype),
-                      take(dyw_shape, dy.dtype), take(dyp_shape, dy.dtype),
-                      *blk, *saved.params)
+                      take(acc_shape, dy.dtype), take(dxp_shape, dy.dtype),
+                      take((OH * WQ,), dy.dtype), take(dyp_shape, dy.dtype),
+                      take(dq_shape, dy.dtype), *blk, *saved.params)
 
     _run(piece, saved.blocks)
     dw = outputs.take((F, 1, KH, KW), dy.dtype)
