@@ -14,18 +14,29 @@ from fastcnn.backends import _concurrent
 from fastcnn.backends._workspace import outputs
 
 
+def _run(loop, arrays):
+    """loop(*arrays) over flat element ranges. An array too small to earn a
+    second thread (over_rows' rule) goes to the loop directly: a relu is one
+    pass over memory, so the split's bookkeeping would be a visible part of
+    a small one."""
+    n = arrays[0].size
+    flat = [a.reshape(-1) for a in arrays]
+    if n < 2 * _concurrent.ELEMENTS_PER_THREAD:
+        loop(*flat)
+    else:
+        _concurrent.over_rows(loop, flat, (), n, _concurrent.ELEMENTS_PER_THREAD)
+
+
 def forward(loop, x):
     """(y, mask) with loop(x, y, mask) over flat element ranges."""
     y = outputs.take(x.shape, x.dtype)
     mask = outputs.take(x.shape, np.uint8)
-    _concurrent.over_rows(loop, [x.reshape(-1), y.reshape(-1), mask.reshape(-1)], (),
-                          x.size, _concurrent.ELEMENTS_PER_THREAD)
+    _run(loop, [x, y, mask])
     return y, mask
 
 
 def backward(loop, dy, mask):
     """dx with loop(dy, mask, dx) over flat element ranges."""
     dx = outputs.take(dy.shape, dy.dtype)
-    _concurrent.over_rows(loop, [dy.reshape(-1), mask.reshape(-1), dx.reshape(-1)], (),
-                          dy.size, _concurrent.ELEMENTS_PER_THREAD)
+    _run(loop, [dy, mask, dx])
     return dx
