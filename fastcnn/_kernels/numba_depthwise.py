@@ -218,48 +218,61 @@ def _grad_weights_rows(dyf, xq, acc, dwf, db, f, offs, WQ):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _dot(a, b, n, with_b):
-    """sum(a[:n] * b[:n]) (with_b False: sum(a[:n])): eight float partial
-    sums, which LLVM keeps in vector registers (it would not reassociate
-    one sum), each over at most 32 terms before it is added in double."""
+def _dot(a, b, n):
+    """sum(a[:n] * b[:n]): eight float partial sums, which LLVM keeps in
+    vector registers (it would not reassociate one sum), each over at most
+    32 terms before it is added in double. Views at 8*q and constant
+    indices: no negative-index test in the loop."""
     total = 0.0
-    for r in range(0, n, 256):
+    r = 0
+    while r < n:
         e = min(n - r, 256)
         n8 = e - e % 8
-        a8 = a[r:r + n8].reshape(-1, 8)
-        b8 = b[r:r + n8].reshape(-1, 8)
-        z = a[0] * 0
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
-        if with_b:
-            for q in range(a8.shape[0]):
-                u, v = a8[q], b8[q]
-                s0 += u[0] * v[0]
-                s1 += u[1] * v[1]
-                s2 += u[2] * v[2]
-                s3 += u[3] * v[3]
-                s4 += u[4] * v[4]
-                s5 += u[5] * v[5]
-                s6 += u[6] * v[6]
-                s7 += u[7] * v[7]
-            ta, tb = a[r + n8:r + e], b[r + n8:r + e]
-            for p in range(ta.shape[0]):
-                s0 += ta[p] * tb[p]
-        else:
-            for q in range(a8.shape[0]):
-                u = a8[q]
-                s0 += u[0]
-                s1 += u[1]
-                s2 += u[2]
-                s3 += u[3]
-                s4 += u[4]
-                s5 += u[5]
-                s6 += u[6]
-                s7 += u[7]
-            ta = a[r + n8:r + e]
-            for p in range(ta.shape[0]):
-                s0 += ta[p]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = a[0] * 0
+        ar, br = a[r:], b[r:]
+        for q in range(n8 // 8):
+            u, v = ar[8 * q:], br[8 * q:]
+            s0 += u[0] * v[0]
+            s1 += u[1] * v[1]
+            s2 += u[2] * v[2]
+            s3 += u[3] * v[3]
+            s4 += u[4] * v[4]
+            s5 += u[5] * v[5]
+            s6 += u[6] * v[6]
+            s7 += u[7] * v[7]
+        for p in range(n8, e):
+            s0 += ar[p] * br[p]
         total += ((f64(s0) + f64(s1)) + (f64(s2) + f64(s3))) + ((f64(s4) + f64(s5))
                                                               + (f64(s6) + f64(s7)))
+        r += 256
+    return total
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _sum(a, n):
+    """sum(a[:n]), as _dot."""
+    total = 0.0
+    r = 0
+    while r < n:
+        e = min(n - r, 256)
+        n8 = e - e % 8
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = a[0] * 0
+        ar = a[r:]
+        for q in range(n8 // 8):
+            u = ar[8 * q:]
+            s0 += u[0]
+            s1 += u[1]
+            s2 += u[2]
+            s3 += u[3]
+            s4 += u[4]
+            s5 += u[5]
+            s6 += u[6]
+            s7 += u[7]
+        for p in range(n8, e):
+            s0 += ar[p]
+        total += ((f64(s0) + f64(s1)) + (f64(s2) + f64(s3))) + ((f64(s4) + f64(s5))
+                                                              + (f64(s6) + f64(s7)))
+        r += 256
     return total
 
 
@@ -272,13 +285,50 @@ def _grad_weights(dyw, xq, dwf, db, f, sums, offs, L):
     cy_depthwise._grad_weights)."""
     T = offs.shape[0]
     for t in range(T):
-        sums[t] = _dot(dyw, xq[offs[t]:], L, True)
+        sums[t] = _dot(dyw, xq[offs[t]:], L)
         if sums[t] != sums[t]:
             return False
     for t in range(T):
         dwf[t] += sums[t]
-    db[f] += _dot(dyw, dyw, L, False)
+    db[f] += _sum(dyw, L)
     return True
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _gather(d, dpf, c, RC, DH, DW, wm, first):
+    """d[j] (= or +=) sum_{kh,kw} wm[kh, kw] * dpf[c + j - kh*DH*RC - kw*DW]
+    for j < len(d): the run of _grad_input_s1 whose tap (0, 0) is at c."""
+    KH, KW = wm.shape
+    n = d.shape[0]
+    if KH == 3 and KW == 3:
+        p0, p1, p2 = dpf[c:], dpf[c - DW:], dpf[c - 2 * DW:]
+        c -= DH * RC
+        q0, q1, q2 = dpf[c:], dpf[c - DW:], dpf[c - 2 * DW:]
+        c -= DH * RC
+        s0, s1, s2 = dpf[c:], dpf[c - DW:], dpf[c - 2 * DW:]
+        w0, w1, w2 = wm[0, 0], wm[0, 1], wm[0, 2]
+        w3, w4, w5 = wm[1, 0], wm[1, 1], wm[1, 2]
+        w6, w7, w8 = wm[2, 0], wm[2, 1], wm[2, 2]
+        if first:
+            for j in range(n):
+                d[j] = ((w0 * p0[j] + w1 * p1[j] + w2 * p2[j])
+                        + (w3 * q0[j] + w4 * q1[j] + w5 * q2[j])
+                        + (w6 * s0[j] + w7 * s1[j] + w8 * s2[j]))
+        else:
+            for j in range(n):
+                d[j] += ((w0 * p0[j] + w1 * p1[j] + w2 * p2[j])
+                         + (w3 * q0[j] + w4 * q1[j] + w5 * q2[j])
+                         + (w6 * s0[j] + w7 * s1[j] + w8 * s2[j]))
+        return
+    if first:
+        for j in range(n):
+            d[j] = 0
+    for kh in range(KH):
+        for kw in range(KW):
+            r = dpf[c - kh * DH * RC - kw * DW:]
+            wv = wm[kh, kw]
+            for j in range(n):
+                d[j] += wv * r[j]
 
 
 @njit(**JIT_OPTIONS)
@@ -289,46 +339,18 @@ def _grad_input_s1(wm, dyp, dq, dxc, DH, DW, PT, PL, first):
     dx[ih, iw] = sum_{kh,kw} w[kh, kw] * dyp[ih+PT+A - kh*DH, iw+PL+B - kw*DW],
     written if first, else added. Narrow planes (W < FLAT_BELOW) go to the
     flat run dq (H*RC,) at row pitch RC, which the caller copies out; wider
-    ones row by row into dxc."""
+    ones row by row into dxc (two loops: one with a choice of array between
+    them does not vectorise)."""
     KH, KW = wm.shape
     H, W = dxc.shape
     RC = dyp.shape[1]
-    A, B = (KH - 1) * DH, (KW - 1) * DW
-    flat = W < FLAT_BELOW
-    rows, n = (1, H * RC) if flat else (H, W)
+    c = (PT + (KH - 1) * DH) * RC + PL + (KW - 1) * DW      # tap (0, 0) of dx[0, 0]
     dpf = dyp.reshape(-1)
-    for i in range(rows):
-        d = dq if flat else dxc[i]
-        c = (i + PT + A) * RC + PL + B       # tap (0, 0)
-        if KH == 3 and KW == 3:
-            p0, p1, p2 = dpf[c:], dpf[c - DW:], dpf[c - 2 * DW:]
-            c -= DH * RC
-            q0, q1, q2 = dpf[c:], dpf[c - DW:], dpf[c - 2 * DW:]
-            c -= DH * RC
-            s0, s1, s2 = dpf[c:], dpf[c - DW:], dpf[c - 2 * DW:]
-            w0, w1, w2 = wm[0, 0], wm[0, 1], wm[0, 2]
-            w3, w4, w5 = wm[1, 0], wm[1, 1], wm[1, 2]
-            w6, w7, w8 = wm[2, 0], wm[2, 1], wm[2, 2]
-            if first:
-                for j in range(n):
-                    d[j] = ((w0 * p0[j] + w1 * p1[j] + w2 * p2[j])
-                            + (w3 * q0[j] + w4 * q1[j] + w5 * q2[j])
-                            + (w6 * s0[j] + w7 * s1[j] + w8 * s2[j]))
-            else:
-                for j in range(n):
-                    d[j] += ((w0 * p0[j] + w1 * p1[j] + w2 * p2[j])
-                             + (w3 * q0[j] + w4 * q1[j] + w5 * q2[j])
-                             + (w6 * s0[j] + w7 * s1[j] + w8 * s2[j]))
-            continue
-        if first:
-            for j in range(n):
-                d[j] = 0
-        for kh in range(KH):
-            for kw in range(KW):
-                r = dpf[c - kh * DH * RC - kw * DW:]
-                wv = wm[kh, kw]
-                for j in range(n):
-                    d[j] += wv * r[j]
+    if W < FLAT_BELOW:
+        _gather(dq[:H * RC], dpf, c, RC, DH, DW, wm, first)
+    else:
+        for i in range(H):
+            _gather(dxc[i], dpf, c + i * RC, RC, DH, DW, wm, first)
 
 
 @njit(**JIT_OPTIONS)
@@ -394,11 +416,19 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
                 dyf = dy[n, f]
                 wf = w[f].reshape(-1)
                 _put_rows(dyf, dyw, WQ)
-                if not _grad_weights(dyw, xq, dw[f], db, f, sums, offs, L):
+                # wide planes: rows of partial sums, which LLVM vectorises
+                # better than the eight sums of _dot
+                if OW >= FLAT_BELOW or not _grad_weights(dyw, xq, dw[f], db, f, sums, offs,
+                                                         L):
                     _grad_weights_rows(dyf, xq, acc, dw[f], db, f, offs, WQ)
                 if s1:
                     _put_rows(dyf, dpf[A * RC + B:], RC)
-                    _grad_input_s1(w[f], dyp, dq, dx[n, c], DH, DW, PT, PL, m == 0)
+                    # `first` as a constant: a run-time flag keeps LLVM from
+                    # vectorising the gather
+                    if m == 0:
+                        _grad_input_s1(w[f], dyp, dq, dx[n, c], DH, DW, PT, PL, True)
+                    else:
+                        _grad_input_s1(w[f], dyp, dq, dx[n, c], DH, DW, PT, PL, False)
                 else:
                     if m == 0:
                         dxp[:] = 0
