@@ -150,7 +150,7 @@ cdef enum:
     # pitch (garbage columns and all) and copied out: their rows are too
     # short for the vector lanes. Wider rows vectorise well as they are,
     # and there the copy out would cost more than the short rows lose.
-    FLAT_BELOW = 16
+    FLAT_BELOW = 17
 
 
 cdef void _forward_plane(const floating* xp, const floating* w, const floating* b,

@@ -22,7 +22,7 @@ from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
 f64 = types.float64
 # planes narrower than this are computed as one flat run at the row pitch
 # and copied out (see cy_depthwise.FLAT_BELOW)
-FLAT_BELOW = 16
+FLAT_BELOW = 17
 
 
 @njit(**JIT_OPTIONS)
