@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from fastcnn import _shapes, _threads
+from fastcnn import _threads
 from fastcnn.backend import AUTO, KERNELS, available_backends, get_module
 
 ENV = "FASTCNN_AUTO_CHOICES"
@@ -93,9 +93,9 @@ def candidates():
     return tuple(n for n in usable if n in names)
 
 
-def choose(op, args, y_shape):
-    """Name of the backend for this call's key: pinned, chosen before, or timed now."""
-    where = _shapes.array_module(args[0])
+def choose(op, args, y_shape, where="numpy"):
+    """Name of the backend for this call's key: pinned, chosen before, or timed
+    now; ``where`` is the array module of the call's data (ops knows it)."""
     if where != "numpy":
         # auto never moves data: the backend of the data's device, untimed
         # (one per array module today; a second would need the module in the key)

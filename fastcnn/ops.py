@@ -72,9 +72,9 @@ def _place_error(name, where, backend):
 
 def _forward(op, backend, args, y_shape):
     name = resolve(backend)
-    if name == AUTO:
-        name = _auto.choose(op, args, y_shape)      # among the backends where x lives
     where = _shapes.array_module(args[0])
+    if name == AUTO:
+        name = _auto.choose(op, args, y_shape, where)   # among the backends where x lives
     if where != array_module(name):                # no hidden host<->device copies
         raise _place_error("x", where, name)
     y, saved = getattr(get_module(name), op + "_forward")(*args)
