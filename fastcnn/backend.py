@@ -1,7 +1,8 @@
 """The backend registry: name -> module, and which backend is in force.
 
 A backend is a module in ``fastcnn.backends`` that defines the kernels (KERNELS below) of
-the contract in ``fastcnn/backends/__init__.py``. It is registered once, by
+the contract in ``fastcnn/backends/__init__.py``, and any of the fused ops
+(FUSED_OPS; ``fused_ops(name)`` says which). It is registered once, by
 name, in ``_MODULES`` below, and imported lazily on first use, so a missing
 compiled extension only makes that backend absent (with the reason kept for
 the error message) instead of breaking ``import fastcnn``.
@@ -37,6 +38,10 @@ KERNELS = ("conv2d_forward", "conv2d_backward", "max_pool2d_forward",
            "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
            "adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward",
            "relu_forward", "relu_backward")
+# Fused ops a backend may implement (each as a forward/backward pair, see
+# the contract); one it leaves out, fastcnn.ops composes from the kernels
+# above on the same backend.
+FUSED_OPS = ("conv2d_relu", "conv2d_relu_max_pool2d")
 
 _loaded = {}      # name -> module
 _failed = {}      # name -> reason the module could not be imported
@@ -71,6 +76,15 @@ def _load(name):
         _threads.apply_to(mod)
         _loaded[name] = mod
         return mod
+
+
+def fused_ops(name):
+    """The fused ops (of FUSED_OPS) backend ``name`` has kernels for: the
+    others run as their unfused ops on that same backend."""
+    mod = get_module(name)
+    return tuple(op for op in FUSED_OPS
+                 if callable(getattr(mod, op + "_forward", None))
+                 and callable(getattr(mod, op + "_backward", None)))
 
 
 def array_module(name):

@@ -16,6 +16,18 @@
     y, ctx = relu_forward(x, *, backend=None)       # any shape
     dx = relu_backward(dy, ctx)
 
+Fused (the result and gradients of the composition, one op; see the
+section at the end)::
+
+    y, ctx = conv2d_relu_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
+                                 *, backend=None)
+    dx, dw, db = conv2d_relu_backward(dy, ctx)
+    y, ctx = conv2d_relu_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1,
+                                            groups=1, pool_kernel_size=2, pool_stride=None,
+                                            pool_padding=0, pool_dilation=1,
+                                            pool_ceil_mode=False, *, backend=None)
+    dx, dw, db = conv2d_relu_max_pool2d_backward(dy, ctx)
+
 Semantics are PyTorch's F.conv2d / F.max_pool2d / F.avg_pool2d (NCHW,
 weights (F, C // groups, KH, KW)):
 
@@ -36,7 +48,7 @@ backward runs on that same backend. This module deliberately contains no
 arithmetic on the data.
 """
 from fastcnn import _auto, _shapes
-from fastcnn.backend import AUTO, array_module, get_module, resolve
+from fastcnn.backend import AUTO, array_module, fused_ops, get_module, resolve
 
 
 class Context:
@@ -94,12 +106,8 @@ def _grad(dy, ctx, op, ndim=4):
     return _contiguous(dy)
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
-    """2-D cross-correlation (PyTorch's F.conv2d). x (N, C, H, W),
-    w (F, C // groups, KH, KW), b (F,) or None -> y (N, F, OH, OW).
-    padding: int, (h, w), 'same' (stride 1) or 'valid'; dilation: int or
-    (h, w), the distance between kernel taps; groups: C and F split into
-    that many independent convolutions (groups = C is depthwise)."""
+def _conv_args(x, w, b, stride, padding, dilation, groups):
+    """conv2d's checked kernel arguments and y_shape."""
     x = _shapes.array(x, "x", 4)
     w = _shapes.array(w, "w", 4, x.dtype)
     _shapes.same_place(w, "w", x)
@@ -126,7 +134,16 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, b
     OH = _shapes.out_size(H, pads[0] + pads[1], EH, stride[0])
     OW = _shapes.out_size(W, pads[2] + pads[3], EW, stride[1])
     y_shape = (N, F, OH, OW)
-    args = (_contiguous(x), _contiguous(w), b, stride, pads, dilation, groups, y_shape)
+    return (_contiguous(x), _contiguous(w), b, stride, pads, dilation, groups, y_shape), y_shape
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """2-D cross-correlation (PyTorch's F.conv2d). x (N, C, H, W),
+    w (F, C // groups, KH, KW), b (F,) or None -> y (N, F, OH, OW).
+    padding: int, (h, w), 'same' (stride 1) or 'valid'; dilation: int or
+    (h, w), the distance between kernel taps; groups: C and F split into
+    that many independent convolutions (groups = C is depthwise)."""
+    args, y_shape = _conv_args(x, w, b, stride, padding, dilation, groups)
     return _forward("conv2d", backend, args, y_shape)
 
 
@@ -138,24 +155,32 @@ def conv2d_backward(dy, ctx):
 
 def _pool_args(x, kernel_size, stride, padding, ceil_mode, dilation=1):
     x = _shapes.array(x, "x", 4)
-    N, C, H, W = x.shape
-    kernel = _shapes.pair(kernel_size, "kernel_size", minimum=1)
-    stride = kernel if stride is None else _shapes.pair(stride, "stride", minimum=1)
-    pad = _shapes.pair(padding, "padding", minimum=0)
-    dil = _shapes.pair(dilation, "dilation", minimum=1)
-    ceil_mode = _shapes.flag(ceil_mode, "ceil_mode")
+    params, y_shape = _pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode, dilation)
+    return (_contiguous(x), *params), y_shape
+
+
+def _pool_geometry(shape, kernel_size, stride, padding, ceil_mode, dilation=1, prefix=""):
+    """A pooling of an input of ``shape``: (kernel, stride, pad, dil,
+    (OH, OW)) checked, and y_shape; errors name each argument with
+    ``prefix`` before it (the fused ops' pool_ arguments)."""
+    N, C, H, W = shape
+    kernel = _shapes.pair(kernel_size, prefix + "kernel_size", minimum=1)
+    stride = kernel if stride is None else _shapes.pair(stride, prefix + "stride", minimum=1)
+    pad = _shapes.pair(padding, prefix + "padding", minimum=0)
+    dil = _shapes.pair(dilation, prefix + "dilation", minimum=1)
+    ceil_mode = _shapes.flag(ceil_mode, prefix + "ceil_mode")
     if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
-        raise ValueError(f"padding must be at most half the kernel size: got padding={pad} "
-                         f"for kernel_size={kernel}")
+        raise ValueError(f"{prefix}padding must be at most half the kernel size: got "
+                         f"{prefix}padding={pad} for {prefix}kernel_size={kernel}")
     if not ceil_mode and dil == (1, 1):   # ceil mode keeps a window that starts inside
         _shapes.check_window_fits(H, W, (pad[0], pad[0], pad[1], pad[1]), *kernel,
-                                  "kernel_size")
+                                  prefix + "kernel_size")
     OH = _shapes.pool_out_size(H, pad[0], kernel[0], stride[0], ceil_mode, dil[0])
     OW = _shapes.pool_out_size(W, pad[1], kernel[1], stride[1], ceil_mode, dil[1])
     if min(OH, OW) < 1:
-        raise ValueError(f"kernel_size {kernel} with dilation {dil} spans more than the "
-                         f"padded input ({H + 2 * pad[0]}x{W + 2 * pad[1]}: input {H}x{W}, "
-                         f"padding {pad})")
+        raise ValueError(f"{prefix}kernel_size {kernel} with {prefix}dilation {dil} spans "
+                         f"more than the padded input ({H + 2 * pad[0]}x{W + 2 * pad[1]}: "
+                         f"input {H}x{W}, {prefix}padding {pad})")
     for n, k, s, p, d, o in zip((H, W), kernel, stride, pad, dil, (OH, OW)):
         # a dilated window starting in the padding can step over the whole
         # input (PyTorch returns -inf there with an argmax outside the input);
@@ -164,10 +189,10 @@ def _pool_args(x, kernel_size, stride, padding, ceil_mode, dilation=1):
             first = start + d * (-start // d + (-start % d > 0))   # first tap >= 0
             if first >= n or first > start + d * (k - 1):
                 raise ValueError(
-                    f"a pooling window holds no input element: kernel_size {kernel} with "
-                    f"dilation {dil} and padding {pad} steps over the {H}x{W} input from "
-                    f"the padding")
-    return (_contiguous(x), kernel, stride, pad, dil, (OH, OW)), (N, C, OH, OW)
+                    f"a pooling window holds no input element: {prefix}kernel_size "
+                    f"{kernel} with {prefix}dilation {dil} and {prefix}padding {pad} steps "
+                    f"over the {H}x{W} input from the padding")
+    return (kernel, stride, pad, dil, (OH, OW)), (N, C, OH, OW)
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -252,3 +277,97 @@ def relu_backward(dy, ctx):
     except that an inf or NaN in dy there gives NaN (PyTorch: 0)."""
     dy = _grad(dy, ctx, "relu", ndim=None)
     return get_module(ctx.backend).relu_backward(dy, ctx.saved)
+
+
+# ---------------------------------------------------------------- fused ops
+# conv2d -> relu and conv2d -> relu -> max_pool2d as one op each, with the
+# semantics of that composition exactly (ReLU's and max pooling's rules for
+# ties, zeros and NaN included). A backend that has the fused kernels
+# (``fastcnn.backend.fused_ops``) runs them; on any other the op runs the
+# unfused kernels one after the other on that same backend (``ctx.fused``
+# says which happened, ``ctx.backend`` where). Arguments are checked here,
+# all of them, before any kernel runs.
+
+class FusedContext(Context):
+    """A fused op's context: ``fused`` is True when the backend's fused
+    kernels ran, False when its unfused ones were composed."""
+
+    __slots__ = ("fused",)
+
+    def __init__(self, op, backend, saved, y_shape, dtype, fused):
+        super().__init__(op, backend, saved, y_shape, dtype)
+        self.fused = fused
+
+    def __repr__(self):
+        return super().__repr__()[:-1] + f" fused={self.fused}>"
+
+
+def _fused_backend(op, backend, conv_args, conv_shape):
+    """(name, module, whether it has op's fused kernels); auto chooses by the
+    convolution, which is most of the work."""
+    name = resolve(backend)
+    where = _shapes.array_module(conv_args[0])
+    if name == AUTO:
+        name = _auto.choose("conv2d", conv_args, conv_shape, where)
+    if where != array_module(name):
+        raise _place_error("x", where, name)
+    return name, get_module(name), op in fused_ops(name)
+
+
+def conv2d_relu_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *,
+                        backend=None):
+    """relu(conv2d(x, w, b, ...)) as one op: the arguments and the result of
+    conv2d_forward followed by relu_forward."""
+    args, y_shape = _conv_args(x, w, b, stride, padding, dilation, groups)
+    name, mod, fused = _fused_backend("conv2d_relu", backend, args, y_shape)
+    if fused:
+        y, saved = mod.conv2d_relu_forward(*args)
+    else:
+        z, conv_saved = mod.conv2d_forward(*args)
+        y, saved = mod.relu_forward(z)
+        saved = (conv_saved, saved)
+    return y, FusedContext("conv2d_relu", name, saved, y_shape, args[0].dtype, fused)
+
+
+def conv2d_relu_backward(dy, ctx):
+    """dy (N, F, OH, OW) -> dx, dw, db of conv2d_relu_forward."""
+    dy = _grad(dy, ctx, "conv2d_relu")
+    mod = get_module(ctx.backend)
+    if ctx.fused:
+        return mod.conv2d_relu_backward(dy, ctx.saved)
+    conv_saved, relu_saved = ctx.saved
+    return mod.conv2d_backward(mod.relu_backward(dy, relu_saved), conv_saved)
+
+
+def conv2d_relu_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
+                                   pool_kernel_size=2, pool_stride=None, pool_padding=0,
+                                   pool_dilation=1, pool_ceil_mode=False, *, backend=None):
+    """max_pool2d(relu(conv2d(x, w, b, stride, padding, dilation, groups)),
+    pool_kernel_size, pool_stride, pool_padding, pool_dilation,
+    pool_ceil_mode) as one op: the arguments of conv2d_forward, then
+    max_pool2d_forward's with pool_ before their names; the result is the
+    composition's, its ties, zeros and NaN included."""
+    args, conv_shape = _conv_args(x, w, b, stride, padding, dilation, groups)
+    pool, y_shape = _pool_geometry(conv_shape, pool_kernel_size, pool_stride, pool_padding,
+                                   pool_ceil_mode, pool_dilation, prefix="pool_")
+    name, mod, fused = _fused_backend("conv2d_relu_max_pool2d", backend, args, conv_shape)
+    if fused:
+        y, saved = mod.conv2d_relu_max_pool2d_forward(*args, *pool)
+    else:
+        z, conv_saved = mod.conv2d_forward(*args)
+        r, relu_saved = mod.relu_forward(z)
+        del z
+        y, pool_saved = mod.max_pool2d_forward(r, *pool)
+        saved = (conv_saved, relu_saved, pool_saved)
+    return y, FusedContext("conv2d_relu_max_pool2d", name, saved, y_shape, args[0].dtype, fused)
+
+
+def conv2d_relu_max_pool2d_backward(dy, ctx):
+    """dy (N, F, POH, POW) -> dx, dw, db of conv2d_relu_max_pool2d_forward."""
+    dy = _grad(dy, ctx, "conv2d_relu_max_pool2d")
+    mod = get_module(ctx.backend)
+    if ctx.fused:
+        return mod.conv2d_relu_max_pool2d_backward(dy, ctx.saved)
+    conv_saved, relu_saved, pool_saved = ctx.saved
+    dr = mod.max_pool2d_backward(dy, pool_saved)
+    return mod.conv2d_backward(mod.relu_backward(dr, relu_saved), conv_saved)

@@ -1,0 +1,100 @@
+"""How ``Sequential`` fuses its layers, and the switch that turns it off.
+
+A ``Sequential`` runs each ``Conv2d -> ReLU -> MaxPool2d`` and each other
+``Conv2d -> ReLU`` among its layers as one fused op
+(``fastcnn.ops.conv2d_relu_max_pool2d_forward``, ``conv2d_relu_forward``):
+the same numbers as the layers one by one, with less memory traffic on a
+backend that has the fused kernels. The layers stay the same objects
+(parameters, state_dict names, repr and checkpoints do not change); only
+how Sequential runs them does. Only these exact layer classes are fused: a
+subclass may change what its forward does.
+
+Fusion is on by default. Off, for teaching or to check the fused path
+against the plain one:
+
+    model.fuse = False                    # this Sequential, until set back
+    with fastcnn.nn.fusion(False):        # every Sequential, in this block
+        model.forward(x)                  #   (and this thread/context only)
+
+A forward records how it ran, so the backward that follows runs the same
+steps in reverse whatever the switch says by then.
+
+Deliberately not here: the arithmetic (``fastcnn.ops``), the layers
+(``layers.py``).
+"""
+import contextlib
+import contextvars
+
+from fastcnn import ops
+from fastcnn.nn.layers import Conv2d, MaxPool2d, ReLU
+
+_enabled = contextvars.ContextVar("fastcnn_nn_fusion", default=True)
+
+
+@contextlib.contextmanager
+def fusion(enabled):
+    """Fusion on (True) or off (False) for every Sequential run inside the
+    with-block; the previous setting is restored after, even on an error."""
+    token = _enabled.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _enabled.reset(token)
+
+
+def fusion_enabled():
+    """Whether Sequential fuses here (``fusion()``'s setting; default True)."""
+    return _enabled.get()
+
+
+class FusedStep:
+    """Conv2d -> ReLU (-> MaxPool2d) run as one op; its backward fills the
+    conv's gradients as Conv2d.backward would."""
+
+    __slots__ = ("layers", "conv", "pool", "_ctx")
+
+    def __init__(self, layers):
+        self.layers = layers
+        self.conv = layers[0]
+        self.pool = layers[2] if len(layers) == 3 else None
+        self._ctx = None
+
+    def forward(self, x):
+        conv = self.conv
+        b = None if conv.bias is None else conv.bias.data
+        args = (x, conv.weight.data, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if self.pool is None:
+            y, self._ctx = ops.conv2d_relu_forward(*args)
+        else:
+            y, self._ctx = ops.conv2d_relu_max_pool2d_forward(*args, *self.pool.op_args())
+        for layer in self.layers:      # no stale state of an earlier unfused forward
+            layer._saved = None
+        return y
+
+    def backward(self, dy):
+        ctx, self._ctx = self._ctx, None
+        if ctx is None:
+            raise RuntimeError("Conv2d.backward called without a preceding forward")
+        if self.pool is None:
+            dx, dw, db = ops.conv2d_relu_backward(dy, ctx)
+        else:
+            dx, dw, db = ops.conv2d_relu_max_pool2d_backward(dy, ctx)
+        self.conv.weight.grad = dw
+        if self.conv.bias is not None:
+            self.conv.bias.grad = db
+        return dx
+
+
+def plan(layers):
+    """The steps that run ``layers`` in order: a FusedStep for each
+    Conv2d, ReLU (, MaxPool2d) run, the layer itself otherwise."""
+    steps, i = [], 0
+    while i < len(layers):
+        if type(layers[i]) is Conv2d and i + 1 < len(layers) and type(layers[i + 1]) is ReLU:
+            n = 3 if i + 2 < len(layers) and type(layers[i + 2]) is MaxPool2d else 2
+            steps.append(FusedStep(layers[i:i + n]))
+            i += n
+        else:
+            steps.append(layers[i])
+            i += 1
+    return steps
