@@ -28,6 +28,7 @@ OPS = tuple(dict.fromkeys(k.rsplit("_", 1)[0] for k in KERNELS))
 TRAIN_BATCH = 64
 TRAIN_BATCHES = (16, 64, 256)               # float32; float64 at TRAIN_BATCH only
 INFERENCE_BATCHES = (1, 16, 64, 256, 1000)  # float32
+MOBILE_INFERENCE_BATCHES = (1, 64, 1000)    # float32
 
 
 class Case(NamedTuple):

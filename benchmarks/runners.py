@@ -4,7 +4,8 @@ An implementation is a fastcnn backend (``fastcnn.available_backends()`` at
 run time, so a new backend is a new row with no change here), or a reference
 module with the same functions (``op``, ``from_fastcnn``, ``sgd``,
 ``train_step``, ``predict``): ``torch`` (``torch_ref``, when PyTorch is
-installed) and ``tutorial``. Setup happens here, outside what is timed; the
+installed), ``onnxruntime`` (``onnx_ref``: inference only, its rows skip
+where ONNX Runtime or its exporter is not installed) and ``tutorial``. Setup happens here, outside what is timed; the
 callable does one op, one training step or one inference pass. A row that
 does not apply is skipped with the reason. Deliberately no timing:
 pytest-benchmark warms up, times and records.
@@ -19,14 +20,24 @@ from fastcnn import ops
 
 from benchmarks import common
 
-REFERENCES = {"torch": "benchmarks.torch_ref", "tutorial": "benchmarks.tutorial"}
+REFERENCES = {"torch": "benchmarks.torch_ref", "onnxruntime": "benchmarks.onnx_ref",
+              "tutorial": "benchmarks.tutorial"}
+INFERENCE_ONLY = {"onnxruntime": "ONNX Runtime is an inference engine: no training step"}
 
 
 def implementations():
     """Every row of a group: the available backends, then the references that can run here
     (torch is looked for, not imported: each process loads only what it times)."""
     torch = ("torch",) if importlib.util.find_spec("torch") else ()
-    return fastcnn.available_backends("numpy") + torch + ("tutorial",)
+    return fastcnn.available_backends("numpy") + torch + ("onnxruntime", "tutorial")
+
+
+def reference(impl):
+    """The reference module of ``impl``; its rows skip if what it needs is not installed."""
+    try:
+        return importlib.import_module(REFERENCES[impl])
+    except ImportError as e:
+        pytest.skip(f"{impl} needs {e.name}: pip install -e .[bench]")
 
 
 def make_op(impl, case, dtype, backward):
@@ -37,7 +48,7 @@ def make_op(impl, case, dtype, backward):
     args = common.op_args(case.layer, dtype)
     if impl in REFERENCES:
         try:
-            forward, grad = importlib.import_module(REFERENCES[impl]).op(case.op, x, *args)
+            forward, grad = reference(impl).op(case.op, x, *args)
         except NotImplementedError as e:
             pytest.skip(str(e))
     else:
@@ -58,17 +69,19 @@ def make_network(impl, dtype, batch, training, model="cnn"):
     cnn, mobile) on ``batch`` images."""
     if impl == "loops" and (training or batch > 1):
         pytest.skip("loops (the spec) runs the network only for inference on one image")
+    if training and impl in INFERENCE_ONLY:
+        pytest.skip(INFERENCE_ONLY[impl])
     from fastcnn.models import build
     x, y = common.mnist_batch(batch, dtype)
     model = build(model, dtype=dtype, seed=0)
     if impl in REFERENCES:
-        ref = importlib.import_module(REFERENCES[impl])
+        ref = reference(impl)
         try:
             net = ref.from_fastcnn(model)
         except NotImplementedError as e:
             pytest.skip(str(e))
-        opt = ref.sgd(net, lr=0.05, momentum=0.9)
         if training:
+            opt = ref.sgd(net, lr=0.05, momentum=0.9)
             return lambda: ref.train_step(net, opt, x, y)
         return lambda: ref.predict(net, x)
     from fastcnn.nn import SGD

@@ -3,8 +3,8 @@
 A training step is forward, softmax cross-entropy, backward and an SGD
 momentum update; inference is an eval-mode forward pass; the references run
 the same network with the same weights. The MNIST CNN runs at several
-batches, ``mobile`` (``fastcnn.models.mnist_mobile``) at 64; ``--batch B``
-times batch B only.
+batches, ``mobile`` (``fastcnn.models.mnist_mobile``) at 64 (and inference
+at 1 and 1000 too); ``--batch B`` times batch B only.
 A ``startup`` row times a fresh Python process that imports, builds the
 network and runs one training step, tuned as this one; a backend with a JIT
 (one with ``warmup``) is also timed with an empty NUMBA_CACHE_DIR, once.
@@ -25,7 +25,8 @@ IMPLS = runners.implementations()
 MOBILE = [("mobile", common.TRAIN_BATCH, "float32")]
 TRAIN = [("cnn", b, "float32") for b in common.TRAIN_BATCHES] + [
     ("cnn", common.TRAIN_BATCH, "float64")] + MOBILE
-INFER = [("cnn", b, "float32") for b in common.INFERENCE_BATCHES] + MOBILE
+INFER = [("cnn", b, "float32") for b in common.INFERENCE_BATCHES] + [
+    ("mobile", b, "float32") for b in common.MOBILE_INFERENCE_BATCHES]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = ("import sys; from benchmarks import tune; tune(); from benchmarks import runners; "
          "runners.make_network(sys.argv[1], 'float32', 64, True)()")
@@ -65,7 +66,8 @@ def first_step(impl, env=None):
 
 
 @pytest.mark.startup
-@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "loops"])
+@pytest.mark.parametrize("impl", [i for i in IMPLS
+                                  if i != "loops" and i not in runners.INFERENCE_ONLY])
 def test_first_step(benchmark, impl):
     benchmark.group = "first training step b64 float32, fresh process"
     benchmark.extra_info["impl"] = impl

@@ -123,6 +123,7 @@ def test_every_backend_and_reference_is_a_row():
     assert impls[:len(fastcnn.available_backends())] == fastcnn.available_backends()
     assert "tutorial" in impls
     assert ("torch" in impls) == (torch_ref is not None)
+    assert "onnxruntime" in impls       # skips its rows where it is not installed
 
 
 def test_network_flops_come_from_the_layers():
@@ -194,3 +195,40 @@ def test_torch_network_step_matches_fastcnn(model, dtype):
     assert set(state) == set(after)
     for key, want in after.items():
         close(state[key].numpy(), want, dtype)
+
+
+def _onnx_ref():
+    for name in ("torch", "onnxruntime", "onnx", "onnxscript"):
+        pytest.importorskip(name)
+    from benchmarks import onnx_ref
+    return onnx_ref
+
+
+@pytest.mark.parametrize("model", ["cnn", "mobile"])
+def test_onnxruntime_rows_match_fastcnn(model):
+    """The exported twin run by ONNX Runtime gives fastcnn's logits, at batches other than the
+    export's example batch too, with the suite's threads inside an op and one between ops."""
+    onnx_ref = _onnx_ref()
+    from fastcnn.models import build
+    net = build(model, dtype="float32", seed=3).eval()
+    session = onnx_ref.from_fastcnn(net)
+    options = session.session.get_session_options()
+    assert options.intra_op_num_threads == fastcnn.get_num_threads()
+    assert options.inter_op_num_threads == 1
+    rng = np.random.default_rng(7)
+    for batch in (1, 3):
+        x = rng.random((batch, 1, 28, 28)).astype("float32")
+        with fastcnn.use_backend("loops"):
+            want = net.forward(x)
+        got = onnx_ref.predict(session, x)
+        assert got.shape == want.shape and got.dtype == np.float32
+        close(got, want, "float32")
+
+
+def test_onnxruntime_refuses_what_it_cannot_run():
+    onnx_ref = _onnx_ref()
+    from fastcnn.models import build
+    with pytest.raises(NotImplementedError, match="float64"):
+        onnx_ref.from_fastcnn(build("cnn", dtype="float64", seed=0))
+    with pytest.raises(NotImplementedError, match="whole networks"):
+        onnx_ref.op("relu", np.zeros((1, 1), "float32"))
