@@ -169,6 +169,31 @@ def unpack_output(const floating[:, ::1] yF, const floating[::1] b,
                 dst[p] = src[p] + bias
 
 
+def unpack_output_relu(const floating[:, ::1] yF, const floating[::1] b,
+                       floating[:, :, :, ::1] y, unsigned char[:, :, :, ::1] mask):
+    """unpack_output with the ReLU applied on the way (relu's contract:
+    max(v, 0), a NaN stays, -0.0 becomes +0) and its mask [v > 0] written,
+    which the backward applies to dy."""
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], P = y.shape[2] * y.shape[3]
+    cdef Py_ssize_t item, n, f, p
+    cdef floating bias, v, zero = 0
+    cdef floating* dst
+    cdef unsigned char* m
+    cdef const floating* src
+    with nogil:
+        for item in range(N * F):
+            n = item // F
+            f = item % F
+            bias = b[f]
+            dst = &y[n, f, 0, 0]
+            m = &mask[n, f, 0, 0]
+            src = &yF[f, n * P]
+            for p in range(P):
+                v = src[p] + bias
+                dst[p] = v if not (v <= zero) else zero
+                m[p] = v > zero
+
+
 def pack_grad_output(const floating[:, :, :, ::1] dy, floating[:, ::1] dyF,
                      floating[::1] db):
     """dyF[f, n*P + oh*OW + ow] = dy[n, f, oh, ow] (NCHW to the column

@@ -24,6 +24,7 @@ order, one pass along a whole output row. The inner loops are then long,
 branch-free and vectorisable, unlike a loop over each 3x3 window.
 """
 from cython cimport floating
+from libc.math cimport INFINITY
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -68,6 +69,54 @@ cdef inline void _max_tap(floating* best, int* arg, const floating* src,
         arg[i] = <int>(idx0 + i * didx) if take else arg[i]
 
 
+cdef void _max_planes(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                      int[:, :, :, ::1] argmax,
+                      Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
+                      Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW,
+                      const Py_ssize_t* r, bint relu) noexcept nogil:
+    """max_forward's loop (r: _ranges for the columns); with relu, each
+    output row is then ReLU'd where it is in cache (max_relu_forward)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t item, n, c, oh, ow, kh, kw, ih, h0, first_h, lo, iw
+    cdef floating neg_inf = -INFINITY
+    cdef const Py_ssize_t* first_w = r + 2 * KW
+    cdef floating* yrow
+    cdef int* arow
+    for item in range(N * C):
+        n = item // C
+        c = item % C
+        for oh in range(OH):
+            h0 = oh * SH - PH
+            first_h = h0 if h0 >= 0 else h0 + DH * ((DH - 1 - h0) // DH)
+            yrow = &y[n, c, oh, 0]
+            arow = &argmax[n, c, oh, 0]
+            for ow in range(OW):
+                yrow[ow] = neg_inf
+                arow[ow] = <int>(first_h * W + first_w[ow])
+            for kh in range(KH):
+                ih = h0 + kh * DH
+                if ih < 0 or ih >= H:
+                    continue
+                for kw in range(KW):
+                    lo = r[kw]
+                    if lo < r[KW + kw]:
+                        iw = lo * SW - PW + kw * DW
+                        _max_tap(yrow + lo, arow + lo, &x[n, c, ih, iw], SW,
+                                 r[KW + kw] - lo, <int>(ih * W + iw), <int>SW)
+            if relu:
+                # the unfused ReLU's mask is 0 at a NaN too: a NaN stays
+                # (with its argmax, marked); any other maximum <= 0 becomes
+                # +0, marked at the window's first real element
+                for ow in range(OW):
+                    if not (yrow[ow] > 0):
+                        if yrow[ow] == yrow[ow]:
+                            yrow[ow] = 0
+                            arow[ow] = <int>(-(first_h * W + first_w[ow]) - 1)
+                        else:
+                            arow[ow] = -arow[ow] - 1
+
+
 def max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                 int[:, :, :, ::1] argmax,
                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
@@ -78,34 +127,28 @@ def max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
     The row of y itself holds the running maxima. It starts at -inf with
     argmax at the window's first real element, which is right even when
     every element is -inf."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t item, n, c, oh, ow, kh, kw, ih, h0, first_h, lo, iw
-    cdef floating neg_inf = -float("inf")
-    cdef Py_ssize_t* r = _ranges(KW, SW, PW, DW, W, OW)
-    cdef Py_ssize_t* first_w = r + 2 * KW
+    cdef Py_ssize_t* r = _ranges(KW, SW, PW, DW, x.shape[3], y.shape[3])
     try:
         with nogil:
-            for item in range(N * C):
-                n = item // C
-                c = item % C
-                for oh in range(OH):
-                    h0 = oh * SH - PH
-                    first_h = h0 if h0 >= 0 else h0 + DH * ((DH - 1 - h0) // DH)
-                    for ow in range(OW):
-                        y[n, c, oh, ow] = neg_inf
-                        argmax[n, c, oh, ow] = <int>(first_h * W + first_w[ow])
-                    for kh in range(KH):
-                        ih = h0 + kh * DH
-                        if ih < 0 or ih >= H:
-                            continue
-                        for kw in range(KW):
-                            lo = r[kw]
-                            if lo < r[KW + kw]:
-                                iw = lo * SW - PW + kw * DW
-                                _max_tap(&y[n, c, oh, lo], &argmax[n, c, oh, lo],
-                                         &x[n, c, ih, iw], SW, r[KW + kw] - lo,
-                                         <int>(ih * W + iw), <int>SW)
+            _max_planes(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW, r, 0)
+    finally:
+        free(r)
+
+
+def max_relu_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                     int[:, :, :, ::1] argmax,
+                     Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
+                     Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW):
+    """y = relu(max_forward(x)), which is max_forward(relu(x)) (relu is
+    monotone, and keeps a NaN), argmax as max_forward's, except that a
+    window the ReLU's mask stops is marked a -> -a - 1: one whose maximum is
+    <= 0 gives +0 with a the window's first real element (what the unfused
+    max pooling of the ReLU'd zeros picks), one with a NaN keeps the NaN
+    and its place (max_relu_backward)."""
+    cdef Py_ssize_t* r = _ranges(KW, SW, PW, DW, x.shape[3], y.shape[3])
+    try:
+        with nogil:
+            _max_planes(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW, r, 1)
     finally:
         free(r)
 
@@ -130,6 +173,37 @@ def max_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax
             _zero(plane, H * W)
             for i in range(OH * OW):
                 plane[arg[i]] += g[i]
+
+
+def max_relu_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
+                      floating[:, :, :, ::1] dx):
+    """The backward of max_relu_forward into dx, the input's gradient: as
+    max_backward where argmax >= 0; a killed window (argmax a < 0) adds
+    dy * 0 at -a - 1, which is what the unfused ReLU's mask makes of it
+    (0, or NaN for an inf or NaN in dy)."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t item, n, c, i
+    cdef int a
+    cdef floating v
+    cdef floating* plane
+    cdef const floating* g
+    cdef const int* arg
+    with nogil:
+        for item in range(N * C):
+            n = item // C
+            c = item % C
+            plane = &dx[n, c, 0, 0]
+            g = &dy[n, c, 0, 0]
+            arg = &argmax[n, c, 0, 0]
+            _zero(plane, H * W)
+            for i in range(OH * OW):
+                a = arg[i]
+                v = g[i]
+                if a >= 0:
+                    plane[a] += v
+                else:
+                    plane[-a - 1] += v * 0
 
 
 cdef inline Py_ssize_t _divisor(Py_ssize_t o, Py_ssize_t S, Py_ssize_t P, Py_ssize_t K,

@@ -36,7 +36,11 @@ left PL.
 import numpy as np
 from numba import njit
 
+from numba import types
+
 from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
+
+u8 = types.uint8
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -134,6 +138,28 @@ def unpack_output(yF, b, y, RP):
             base = n * L + oh * RP
             for ow in range(OW):
                 y[n, f, oh, ow] = yF[f, base + ow] + bf
+
+
+@kernel(lambda t: void(ro(t, 2), ro(t, 1), rw(t, 4), rw(u8, 4), i64))
+def unpack_output_relu(yF, b, y, mask, RP):
+    """unpack_output with the ReLU applied on the way (relu's contract:
+    max(v, 0), a NaN stays, -0.0 becomes +0) and its mask [v > 0] written,
+    which the backward applies to dy."""
+    N, F, OH, OW = y.shape
+    L = OH * RP
+    zero = np.zeros(1, y.dtype)[0]          # typed: an int 0 would widen the select
+    for i in range(N * F):
+        n = i // F
+        f = i - n * F
+        bf = b[f]
+        for oh in range(OH):
+            base = n * L + oh * RP
+            yrow = y[n, f, oh]
+            mrow = mask[n, f, oh]
+            for ow in range(OW):
+                v = yF[f, base + ow] + bf
+                yrow[ow] = zero if v <= zero else v
+                mrow[ow] = v > zero
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 2), rw(t, 1), i64))

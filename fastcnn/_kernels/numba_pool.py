@@ -146,6 +146,68 @@ def max_pool2d_backward(dy, argmax, dx):
 
 
 @njit(inline="always", **JIT_OPTIONS)
+def _relu_marks(y, argmax, W, SH, SW, PH, PW, DH, DW):
+    """ReLU one plane's pooled maxima (y, argmax (OH, OW)) and mark each
+    output the unfused ReLU's mask stops, argmax a -> -a - 1: a maximum
+    <= 0 becomes +0, marked at the window's first real element (what the
+    unfused max pooling of the ReLU'd zeros picks); a NaN stays, marked at
+    its own place."""
+    OH, OW = y.shape
+    for oh in range(OH):
+        first = _first_real(oh, SH, PH, DH) * W
+        for ow in range(OW):
+            v = y[oh, ow]
+            if not (v > 0):
+                if v == v:
+                    y[oh, ow] = 0
+                    argmax[oh, ow] = np.int32(-(first + _first_real(ow, SW, PW, DW)) - 1)
+                else:
+                    argmax[oh, ow] = -argmax[oh, ow] - 1
+
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3),
+                       i64, i64, i64, i64, i64, i64, i64, i64))
+def max_relu_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
+    """y = relu(max pooling of x), which is the max pooling of relu(x)
+    (relu is monotone and keeps a NaN); argmax as max_pool2d_forward's but
+    marked where the ReLU's mask stops the gradient (``_relu_marks``, read
+    by max_relu_pool2d_backward). Plane by plane: the pooling kernel (the
+    2x2 one where it applies), then the marks while the plane is in cache."""
+    NC, H, W = x.shape
+    _, OH, OW = y.shape
+    two = KH == KW == SH == SW == 2 and PH == PW == 0 and DH == DW == 1 \
+        and OH == H // 2 and OW == W // 2
+    for i in range(NC):
+        if two:
+            max_pool2d_forward_2x2(x[i:i + 1], y[i:i + 1], argmax[i:i + 1])
+        else:
+            max_pool2d_forward(x[i:i + 1], y[i:i + 1], argmax[i:i + 1],
+                               KH, KW, SH, SW, PH, PW, DH, DW)
+        _relu_marks(y[i], argmax[i], W, SH, SW, PH, PW, DH, DW)
+
+
+@kernel(lambda t: void(ro(t, 3), ro(i32, 3), rw(t, 2)))
+def max_relu_pool2d_backward(dy, argmax, dx):
+    """The backward of max_relu_pool2d_forward into the gradient of its
+    input: max_pool2d_backward's scatter where argmax >= 0; a marked
+    output (a < 0) adds dy * 0 at -a - 1, what the unfused ReLU's mask makes
+    of it (0, or NaN for an inf or NaN in dy)."""
+    NC, OH, OW = dy.shape
+    zero = np.zeros(1, dx.dtype)[0]
+    for i in range(NC):
+        dxi = dx[i]
+        dxi[:] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                a = argmax[i, oh, ow]
+                g = dy[i, oh, ow]
+                if a >= 0:
+                    dxi[a] += g
+                else:
+                    dxi[-a - 1] += g * zero
+
+
+@njit(inline="always", **JIT_OPTIONS)
 def _divisor(o, S, P, K, I, count_include_pad):
     """PyTorch's share of window o in the divisor along one dimension: the
     window clipped to the padded input [-P, I + P) (count_include_pad), or

@@ -67,7 +67,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastcnn.backends import _concurrent
+from fastcnn.backends import _concurrent, _relu
 from fastcnn.backends._workspace import outputs, workspace
 
 # Taps up to which the per-image column layout beats the whole-batch one,
@@ -180,23 +180,26 @@ def choose_path(k, g):
     return "batch"
 
 
-def forward(k, x, w, b, stride, padding, dilation, groups, y_shape):
-    """conv2d_forward of the kernel contract on kernel table k."""
+def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False):
+    """conv2d_forward of the kernel contract on kernel table k; with relu,
+    conv2d_relu_forward's: y = relu(conv), the ReLU applied where each path
+    has its output in cache, and saved holds the ReLU's mask [y > 0] too."""
     (N, C, H, W), (F, _, KH, KW), (_, _, OH, OW) = x.shape, w.shape, y_shape
     g = Geometry(N, C, H, W, F, KH, KW, *stride, *padding, OH, OW, *dilation, groups)
     path = choose_path(k, g)
+    mask = outputs.take(y_shape, np.uint8) if relu else None
     if path == "depthwise":
         # imported here: the direct depthwise driver is optional for a table
         from fastcnn.backends import _depthwise
         y, saved = _depthwise.forward(k.depthwise(), x, w, b, stride, padding, dilation,
                                       y_shape)
-        return y, (path, g, saved)
+        return y, _relu_after(k, y, (path, g, saved), mask)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
     y = outputs.take(y_shape, x.dtype)
     if path == "winograd":
-        return y, (path, g, k.winograd.forward(k, x, w, bias, y, g))
+        return y, _relu_after(k, y, (path, g, k.winograd.forward(k, x, w, bias, y, g)), mask)
     if path == "pointwise":
-        return y, (path, g, _pointwise_forward(g, x, w, b, y))
+        return y, _with_mask((path, g, _pointwise_forward(g, x, w, b, y, mask)), mask)
     src = _padded(x, g) if k.padded_input else x
     if path == "per_image":
         RP, fn = OW, _per_image_forward
@@ -209,13 +212,31 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape):
     wb[:, g.Kg] = bias
     wb = wb.reshape(g.G, g.Fg, g.Kg + 1)
     slices = _concurrent.slices(N, N * g.K * OH * RP)
-    cols = _map(lambda sl: fn(k, g, src[sl], wb, bias, y[sl], RP), slices)
-    return y, (path, g, (wb, list(zip(slices, cols)), RP))
+    cols = _map(lambda sl: fn(k, g, src[sl], wb, bias, y[sl], RP,
+                              None if mask is None else mask[sl]), slices)
+    return y, _with_mask((path, g, (wb, list(zip(slices, cols)), RP)), mask)
+
+
+def _with_mask(saved, mask):
+    """saved as the plain conv's, plus the ReLU's mask when there is one."""
+    return saved if mask is None else saved + (mask,)
+
+
+def _relu_after(k, y, saved, mask):
+    """The ReLU and its mask as a pass over y in place, for the paths that
+    do not apply it themselves (the Winograd and depthwise drivers)."""
+    if mask is None:
+        return saved
+    _relu._run(k.relu_forward, [y, y, mask])
+    return saved + (mask,)
 
 
 def backward(k, dy, saved):
-    """conv2d_backward of the kernel contract: (dx, dw, db)."""
-    path, g, data = saved
+    """conv2d_backward of the kernel contract: (dx, dw, db); for a forward
+    with relu, the ReLU's mask is applied to dy first."""
+    path, g, data = saved[:3]
+    if len(saved) > 3:
+        dy = _relu.backward(k.relu_backward, dy, saved[3])
     if path == "depthwise":
         from fastcnn.backends import _depthwise
         return _depthwise.backward(k.depthwise(), dy, data)
@@ -290,7 +311,7 @@ def _image_cols(g, b, dtype):
     return cols
 
 
-def _per_image_forward(k, g, src, wb, bias, y, RP):
+def _per_image_forward(k, g, src, wb, bias, y, RP, mask):
     # Block by block of images, so the columns stay in cache between the
     # im2col that writes them and the product that reads them; the chunk
     # keeps its input, not its columns, and the backward makes them again:
@@ -307,6 +328,8 @@ def _per_image_forward(k, g, src, wb, bias, y, RP):
         c = cols[:min(n, i0 + b) - i0]
         k.im2col(saved[i0:i0 + b], c[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
         np.matmul(wb, c, out=y4[i0:i0 + b])
+        if mask is not None:
+            _relu_block(y[i0:i0 + b], mask[i0:i0 + b])
     return saved
 
 
@@ -336,12 +359,22 @@ def _copy(a):
     return out
 
 
-def _batch_forward(k, g, src, wb, bias, y, RP):
+def _relu_block(y, mask):
+    """y = relu(y) in place and mask = [y > 0], for a block of y still in
+    cache: np.maximum is relu's contract (a NaN stays, -0.0 becomes +0)."""
+    np.maximum(y, 0, out=y)
+    np.greater(y, 0, out=mask.view(np.bool_))
+
+
+def _batch_forward(k, g, src, wb, bias, y, RP, mask):
     n, G, Kg, L = y.shape[0], g.G, g.Kg, g.OH * RP
     cols = workspace.take((G, Kg, n * L), y.dtype)
     k.im2col(src, cols.reshape(G, Kg, n, L), g, RP)
     yF = _gmatmul(wb[:, :, :Kg], cols, workspace.take((G, g.Fg, n * L), y.dtype))
-    k.unpack_output(yF.reshape(g.F, n * L), bias, y, RP)
+    if mask is None:
+        k.unpack_output(yF.reshape(g.F, n * L), bias, y, RP)
+    else:
+        k.unpack_output_relu(yF.reshape(g.F, n * L), bias, y, mask, RP)
     return cols
 
 
@@ -368,7 +401,7 @@ def _batch_backward(k, g, dy, wb, cols, RP, dx):
 # channels: the bias rides on it as in the per-image path (no pass over y
 # to add it, none over dy to sum db).
 
-def _pointwise_forward(g, x, w, b, y):
+def _pointwise_forward(g, x, w, b, y, mask):
     G, Fg, Cg, P = g.G, g.Fg, g.C // g.G, g.P
     wb = np.empty((G, Fg, Cg + 1), dtype=x.dtype)
     wb[:, :, :Cg] = w.reshape(G, Fg, Cg)
@@ -384,6 +417,8 @@ def _pointwise_forward(g, x, w, b, y):
         else:
             np.copyto(xs[:, :, :Cg], x[sl].reshape(n, G, Cg, P))
         np.matmul(wb, xs, out=y[sl].reshape(n, G, Fg, P))
+        if mask is not None:
+            _relu_block(y[sl], mask[sl])
         return xs
 
     slices = _concurrent.slices(g.N, g.N * (g.C + g.F) * P)

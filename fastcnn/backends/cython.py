@@ -67,6 +67,14 @@ class _ConvKernels:
     def pack_grad_output(dy, dyF, db, RP):
         cy_conv.pack_grad_output(dy, dyF, db)
 
+    # the fused conv+ReLU's: the batch path's epilogue, relu's loops
+    @staticmethod
+    def unpack_output_relu(yF, b, y, mask, RP):
+        cy_conv.unpack_output_relu(yF, b, y, mask)
+
+    relu_forward = staticmethod(cy_act.relu_forward)
+    relu_backward = staticmethod(cy_act.relu_backward)
+
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
     return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation, groups, y_shape)
@@ -143,6 +151,41 @@ def adaptive_max_pool2d_forward(x, output_size):
 
 
 adaptive_max_pool2d_backward = max_pool2d_backward   # the same argmax format
+
+
+# ---------------------------------------------------------------- fused
+# conv2d+ReLU: the conv driver with its ReLU epilogue. conv2d+ReLU+max-pool:
+# the plain conv into a temporary, then one pass that pools it, ReLUs the
+# pooled values and marks the outputs the ReLU stops (cy_pool's
+# max_relu_forward); the backward is one scatter into the conv's dy.
+
+def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, y_shape):
+    return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation, groups,
+                              y_shape, relu=True)
+
+
+def conv2d_relu_backward(dy, saved):
+    return _gemm_conv.backward(_ConvKernels, dy, saved)
+
+
+def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, conv_shape,
+                                   kernel, pool_stride, pool_padding, pool_dilation, out_hw):
+    _pooling.check_argmax_fits(*conv_shape[2:])
+    z, conv_saved = _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation,
+                                       groups, conv_shape)
+    y, argmax = _pooling.max_outputs(z, out_hw)
+    _concurrent.over_rows(cy_pool.max_relu_forward, [_planes(z), _planes(y), _planes(argmax)],
+                          (*kernel, *pool_stride, *pool_padding, *pool_dilation),
+                          y.size * kernel[0] * kernel[1])
+    return y, (conv_saved, conv_shape, argmax)
+
+
+def conv2d_relu_max_pool2d_backward(dy, saved):
+    conv_saved, conv_shape, argmax = saved
+    dz = outputs.take(conv_shape, dy.dtype)
+    _concurrent.over_rows(cy_pool.max_relu_backward, [_planes(dy), _planes(argmax), _planes(dz)],
+                          (), dz.size)
+    return _gemm_conv.backward(_ConvKernels, dz, conv_saved)
 
 
 # ---------------------------------------------------------------- relu

@@ -79,6 +79,19 @@ class _ConvKernels:
     def pack_grad_output(dy, dyF, db, RP):
         _conv.pack_grad_output(dy, dyF, db, RP)
 
+    # the fused conv+ReLU's: the batch path's epilogue, relu's loops
+    @staticmethod
+    def unpack_output_relu(yF, b, y, mask, RP):
+        _conv.unpack_output_relu(yF, b, y, mask, RP)
+
+    @staticmethod
+    def relu_forward(x, y, mask):
+        _act.relu_forward(x, y, mask)
+
+    @staticmethod
+    def relu_backward(dy, mask, dx):
+        _act.relu_backward(dy, mask, dx)
+
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
     _kernels()
@@ -176,6 +189,47 @@ def adaptive_max_pool2d_forward(x, output_size):
 
 
 adaptive_max_pool2d_backward = max_pool2d_backward   # the same argmax format
+
+
+# ------------------------------------------------------------------ fused ---
+# conv2d+ReLU: the conv driver with its ReLU epilogue. conv2d+ReLU+max-pool:
+# the plain conv into a temporary, then one pass that pools it, ReLUs the
+# pooled values and marks the outputs the ReLU stops (numba_pool's
+# max_relu_pool2d_forward); the backward is one scatter into the conv's dy.
+
+def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, y_shape):
+    _kernels()
+    return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation, groups,
+                              y_shape, relu=True)
+
+
+def conv2d_relu_backward(dy, saved):
+    _kernels()
+    return _gemm_conv.backward(_ConvKernels, dy, saved)
+
+
+def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, conv_shape,
+                                   kernel, pool_stride, pool_padding, pool_dilation, out_hw):
+    _kernels()
+    _pooling.check_argmax_fits(*conv_shape[2:])
+    z, conv_saved = _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation,
+                                       groups, conv_shape)
+    y, argmax = _pooling.max_outputs(z, out_hw)
+    _concurrent.over_rows(_pool.max_relu_pool2d_forward,
+                          [_planes(z), _planes(y), _planes(argmax)],
+                          (*kernel, *pool_stride, *pool_padding, *pool_dilation),
+                          y.size * kernel[0] * kernel[1])
+    return y, (conv_saved, conv_shape, argmax)
+
+
+def conv2d_relu_max_pool2d_backward(dy, saved):
+    _kernels()
+    conv_saved, conv_shape, argmax = saved
+    dz = outputs.take(conv_shape, dy.dtype)
+    _concurrent.over_rows(_pool.max_relu_pool2d_backward,
+                          [_planes(dy), _planes(argmax), _planes(dz, flat=True)], (),
+                          dz.size + dy.size)
+    return _gemm_conv.backward(_ConvKernels, dz, conv_saved)
 
 
 # ------------------------------------------------------------------ relu ---
