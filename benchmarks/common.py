@@ -157,8 +157,17 @@ def network_trace(model):
                                               (TRAIN_BATCH, 1, 28, 28))
 
 
+MATMUL_SIZES = (1024, 2048)     # the reference matmuls; the last is the peak GFLOP/s
+FLOPS_COUNTED = ("direct-convolution count: 2 flops per multiply-add of every convolution "
+                 "(depthwise and pointwise too) and dense layer at its weights' size, a "
+                 "backward as two forwards (dx and dW), so a training step is three forwards; "
+                 "bias, ReLU, pooling, the loss and the optimizer are not counted, and "
+                 "Winograd's fewer multiplications still count as direct ones")
+
+
 def network_work(batch, training, model="cnn"):
-    """GFLOP of one pass of an MNIST model (a training step: 3 forwards' worth) and images."""
+    """GFLOP of one pass of an MNIST model (a training step: 3 forwards' worth; what is counted:
+    ``FLOPS_COUNTED``) and images."""
     gflop = sum(work(layer, x, y, "float64").get("gflop", 0) for layer, x, y in
                 network_trace(model))
     return {"gflop": gflop * batch / TRAIN_BATCH * (3 if training else 1), "images": batch}

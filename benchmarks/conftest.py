@@ -82,6 +82,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         info["torch"] = f"{torch.__version__}, {torch.get_num_threads()} threads"
+    if "onnxruntime" in sys.modules:
+        ort = sys.modules["onnxruntime"]
+        info["onnxruntime"] = (f"{ort.__version__}, CPU execution provider, "
+                               f"{fastcnn.get_num_threads()} intra-op threads, 1 inter-op")
 
 
 @pytest.fixture(autouse=True)

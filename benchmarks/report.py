@@ -1,13 +1,15 @@
 """``python -m benchmarks.report [--quick] [--rounds R] [--no-tune] [--out DIR] [PYTEST ARGS]``:
 the pytest-benchmark suite, once per implementation in its own process, written up.
 
-Each implementation (each fastcnn backend, torch, tutorial, and numpy for
-the matmul reference) runs ``pytest benchmarks --impl IMPL`` in a fresh
+Each implementation (each fastcnn backend, torch, onnxruntime, tutorial, and
+numpy for the matmul references) runs ``pytest benchmarks --impl IMPL`` in a fresh
 process (``step.run_suite``): thread pools of different libraries in one
 process slow each other down, and a process has one OpenMP runtime. The
 processes run ``--rounds`` times, the order reversed each round, and every
 row keeps its round with the lowest median. The merged rows become
-``RESULTS.md``, ``layers.png`` and ``throughput.png``. Deliberately no timer
+``RESULTS.md`` (with each network's effective GFLOP/s against the measured
+matmul peak, and inference against ONNX Runtime), ``layers.png`` and
+``throughput.png``. Deliberately no timer
 and no claims of its own: every number is measured by the run that writes it.
 """
 import argparse
@@ -25,6 +27,7 @@ from benchmarks import common, runners, step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = "torch"
+BEST_PEER = "onnxruntime"       # inference only: the bar beyond PyTorch
 # enough rounds for a median and quartiles in about ten minutes on two cores
 TIMING = {"full": ["--benchmark-warmup=on", "--benchmark-warmup-iterations=3",
                    "--benchmark-min-rounds=5", "--benchmark-max-time=0.25",
@@ -84,22 +87,25 @@ def medians(rows):
 
 def table(rows):
     rates = [k for k in ("GFLOP/s", "GB/s", "images/s") if k in rows[0]["extra_info"]]
-    ref = medians(rows).get(REFERENCE)
+    ref, peer = medians(rows).get(REFERENCE), medians(rows).get(BEST_PEER)
+    vs = " | speed vs PyTorch |" + (" speed vs ONNX Runtime |" if peer else "")
     lines = ["| implementation | median ms | IQR ms | min ms | rounds | " + " | ".join(rates)
-             + " | speed vs PyTorch |", "|---|" + "---:|" * (len(rates) + 5)]
+             + vs, "|---|" + "---:|" * (len(rates) + 5 + bool(peer))]
     for r in rows:
         s, e = r["stats"], r["extra_info"]
         lines.append(f"| {e['impl']} | {ms(s['median'])} | {ms(s['q1'])}-{ms(s['q3'])} | "
                      f"{ms(s['min'])} | {s['rounds']} | " + " | ".join(
                          f"{e[k]:,.{0 if k == 'images/s' else 1}f}" for k in rates)
-                     + f" | {ratio(ref, s['median'])} |")
+                     + f" | {ratio(ref, s['median'])} |"
+                     + (f" {ratio(peer, s['median'])} |" if peer else ""))
     return lines + [""]
 
 
 def summary(groups, impls):
     """PyTorch's median over each implementation's: the networks, and in float32 the MNIST
-    layers and those of small CNNs (``common.SUMMARY_CASES``)."""
-    impls = [i for i in impls if i not in (REFERENCE, "numpy")]
+    layers and those of small CNNs (``common.SUMMARY_CASES``); then ONNX Runtime's over each
+    implementation's, for the inference rows it ran."""
+    every, impls = impls, [i for i in impls if i not in (REFERENCE, "numpy")]
     lines = ["| group | " + " | ".join(impls) + " |", "|---|" + "---:|" * len(impls)]
     for group, rows in groups.items():
         e, t = rows[0]["extra_info"], medians(rows)
@@ -107,8 +113,57 @@ def summary(groups, impls):
         if REFERENCE in t and ("batch" in e or summed):
             lines.append(f"| {group} | " + " | ".join(ratio(t[REFERENCE], t.get(i)) for i in impls)
                          + " |")
-    return lines + ["", "PyTorch's median time divided by the implementation's: above 1x is "
-                    "faster than PyTorch."]
+    lines += ["", "PyTorch's median time divided by the implementation's: above 1x is "
+              "faster than PyTorch."]
+    impls = [i for i in every if i not in (BEST_PEER, "numpy")]
+    peer = ["| group | " + " | ".join(impls) + " |", "|---|" + "---:|" * len(impls)]
+    for group, rows in groups.items():
+        t = medians(rows)
+        if BEST_PEER in t and "batch" in rows[0]["extra_info"]:
+            peer.append(f"| {group} | " + " | ".join(ratio(t[BEST_PEER], t.get(i)) for i in impls)
+                        + " |")
+    if len(peer) > 2:
+        lines += ["", "### Distance to ONNX Runtime (inference)", ""] + peer + [
+            "", "ONNX Runtime's median time divided by the implementation's (the exported PyTorch "
+            "twin on ORT's CPU execution provider): below 1x is slower than ONNX Runtime."]
+    return lines
+
+
+def peak(groups):
+    """{dtype: GFLOP/s} of the largest reference matmul (``common.MATMUL_SIZES``)."""
+    out = {}
+    for rows in groups.values():
+        for r in rows:
+            e = r["extra_info"]
+            if e["impl"] == "numpy" and e.get("n", 1024) == common.MATMUL_SIZES[-1]:
+                out[e["dtype"]] = e["GFLOP/s"]
+    return out
+
+
+def efficiency(groups, impls):
+    """The networks' effective GFLOP/s (``common.FLOPS_COUNTED`` over the median time) and
+    their share of the machine's measured matmul peak in the same dtype."""
+    peaks, impls = peak(groups), [i for i in impls if i != "numpy"]
+    lines = ["| group | " + " | ".join(impls) + " | matmul peak |", "|---|" + "---:|" * (
+        len(impls) + 1)]
+    for group, rows in groups.items():
+        e = rows[0]["extra_info"]
+        if "batch" not in e or "GFLOP/s" not in e:
+            continue
+        rate = {r["extra_info"]["impl"]: r["extra_info"]["GFLOP/s"] for r in rows}
+        top = peaks.get(e["dtype"])
+        cells = [f"{rate[i]:.1f}" + (f" ({100 * rate[i] / top:.0f}%)" if top else "")
+                 if i in rate else "" for i in impls]
+        lines.append(f"| {group} | " + " | ".join(cells) + " | "
+                     + (f"{top:.0f}" if top else "not run") + " |")
+    n = common.MATMUL_SIZES[-1]
+    return lines + ["", f"Effective GFLOP/s: the step's {common.FLOPS_COUNTED}; divided by the "
+                    "median time. In brackets, the share of the machine's measured peak: a "
+                    f"float32 (float64) {n}x{n} np.matmul with the suite's threads (the "
+                    f"`reference matmul {n}` rows). That peak is numpy's BLAS as this machine "
+                    "runs it (see OPENBLAS_CORETYPE above, which picks its kernels), not the "
+                    "CPU's: a library with wider kernels (ONNX Runtime's MLAS uses AVX-512 "
+                    "where the CPU has it) can pass 100%."]
 
 
 def machine(machines, groups):
@@ -116,13 +171,16 @@ def machine(machines, groups):
     m = next(iter(machines.values()), None)
     if m is None:
         return ["- no process reported"]
-    peaks = [f"{r['extra_info']['dtype']} {r['extra_info']['GFLOP/s']:.0f} GFLOP/s"
+    peaks = [f"{r['extra_info'].get('n', 1024)}^3 {r['extra_info']['dtype']} "
+             f"{r['extra_info']['GFLOP/s']:.0f} GFLOP/s"
              for rows in groups.values() for r in rows if r["extra_info"]["impl"] == "numpy"]
     return [f"- **cpu**: {m['cpu'].get('brand_raw')}, {m['cpu'].get('count')} CPUs, "
             f"{m['system']} {m['release']}",
-            "- **BLAS matmul 1024^3 (the reference matmul rows)**: " + ", ".join(peaks),
+            "- **BLAS matmul (the reference matmul rows)**: " + ", ".join(peaks),
             "- **PyTorch**: " + next((m["fastcnn"]["torch"] for m in machines.values()
                                      if "torch" in m["fastcnn"]), "not run"),
+            "- **ONNX Runtime**: " + next((m["fastcnn"]["onnxruntime"] for m in machines.values()
+                                          if "onnxruntime" in m["fastcnn"]), "not run"),
             "- **OpenBLAS environment**: " + ", ".join(
                 f"{k}={v}" for k, v in m["fastcnn"].get("openblas_env", {}).items()),
             "- **tune_runtime() in every process**: " + " / ".join(
@@ -144,6 +202,7 @@ def write_markdown(path, command, groups, impls, machines, skipped, failed, roun
          + " Other work on the machine makes single numbers noisy.", "", "## Machine", ""]
     L += machine(machines, groups)
     L += ["", "## Speed relative to PyTorch CPU", ""] + summary(groups, impls)
+    L += ["", "## Effective GFLOP/s of the networks", ""] + efficiency(groups, impls)
     L += ["", "![per-layer time](layers.png)", "", "![throughput](throughput.png)", "",
           "## Every group", "", "GFLOP/s counts 2 flops per multiply-add (a backward is two "
           "forwards); pooling and relu show GB/s of the least memory traffic (read the input, "

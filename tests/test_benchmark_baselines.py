@@ -232,3 +232,25 @@ def test_onnxruntime_refuses_what_it_cannot_run():
         onnx_ref.from_fastcnn(build("cnn", dtype="float64", seed=0))
     with pytest.raises(NotImplementedError, match="whole networks"):
         onnx_ref.op("relu", np.zeros((1, 1), "float32"))
+
+
+def _row(impl, median, **info):
+    return {"stats": {"median": median}, "extra_info": {"impl": impl, **info}}
+
+
+def test_report_sets_the_networks_against_the_matmul_peak_and_onnxruntime():
+    from benchmarks import report
+    n = common.MATMUL_SIZES[-1]
+    groups = {f"reference matmul {n} float32": [_row("numpy", 1.0, n=n, dtype="float32",
+                                                     **{"GFLOP/s": 200.0})],
+              "inference b1 float32": [
+                  _row("numba", 2e-3, batch=1, dtype="float32", **{"GFLOP/s": 50.0}),
+                  _row("torch", 4e-3, batch=1, dtype="float32", **{"GFLOP/s": 25.0}),
+                  _row("onnxruntime", 1e-3, batch=1, dtype="float32", **{"GFLOP/s": 100.0})]}
+    assert report.peak(groups) == {"float32": 200.0}
+    eff = [line for line in report.efficiency(groups, ["numba", "torch", "onnxruntime", "numpy"])
+           if line.startswith("| inference b1")]
+    assert eff == ["| inference b1 float32 | 50.0 (25%) | 25.0 (12%) | 100.0 (50%) | 200 |"]
+    text = "\n".join(report.summary(groups, ["numba", "torch", "onnxruntime", "numpy"]))
+    assert "| inference b1 float32 | 2.00x | 4.00x |" in text        # vs PyTorch
+    assert "| inference b1 float32 | 0.50x | 0.25x |" in text        # vs ONNX Runtime
