@@ -254,3 +254,20 @@ def test_report_sets_the_networks_against_the_matmul_peak_and_onnxruntime():
     text = "\n".join(report.summary(groups, ["numba", "torch", "onnxruntime", "numpy"]))
     assert "| inference b1 float32 | 2.00x | 4.00x |" in text        # vs PyTorch
     assert "| inference b1 float32 | 0.50x | 0.25x |" in text        # vs ONNX Runtime
+
+
+def test_profile_lists_every_part_of_the_step():
+    """``python -m benchmarks.profile`` (in a process of its own: it tunes the process)."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.profile", "im2col", "--batch", "2", "--repeats", "2",
+         "--no-fuse"], cwd=root, capture_output=True, text=True, check=True,
+        env=dict(os.environ, PYTHONPATH=root, FASTCNN_BENCH_THREADS="1")).stdout
+    from fastcnn.models import mnist_cnn
+    layers = mnist_cnn().layers
+    for i, layer in enumerate(layers):
+        for direction in ("forward ", "backward"):
+            assert f"{direction} {i} {type(layer).__name__} " in out
+    assert "loss (softmax cross-entropy)" in out and "optimizer (SGD momentum)" in out
+    assert "sum of the parts" in out and "1 threads" in out
