@@ -1,0 +1,473 @@
+"""Compiled tile transforms for Winograd F(4x4, 3x3), the cython backend's
+twin of ``numba_winograd.py``: same functions, same arguments, same shapes.
+
+    y_tile (4x4) = A^T [ (G g G^T) (.) (B^T d B) ] A      d: 6x6 input tile
+
+with the interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray,
+"Fast Algorithms for Convolutional Neural Networks", 2015):
+
+    B^T = [[4,  0, -5,  0, 1, 0],    G = [[ 1/4,     0,    0],    A^T = [[1, 1,  1, 1,  1, 0],
+           [0, -4, -4,  1, 1, 0],         [-1/6,  -1/6, -1/6],           [0, 1, -1, 2, -2, 0],
+           [0,  4, -4, -1, 1, 0],         [-1/6,   1/6, -1/6],           [0, 1,  1, 4,  4, 0],
+           [0, -2, -1,  2, 1, 0],         [1/24,  1/12,  1/6],           [0, 1, -1, 8, -8, 1]]
+           [0,  2, -1, -2, 1, 0],         [1/24, -1/12,  1/6],
+           [0,  4,  0, -5, 0, 1]]         [   0,     0,    1]]
+
+The sum over input channels of the 36 element-wise products is the driver's
+36 matmuls M[k] = U[k] @ V[k] (``fastcnn.backends._winograd``); these loops
+are the transforms around them and their adjoints (dM = A dY A^T,
+dd = B dV B^T, dg = G^T dU G). Element (i, j) of a 6x6 tile is k = 6*i + j.
+
+What this is: loops over typed memoryviews, fused float32/float64, GIL
+released, single-threaded (the driver runs batch chunks concurrently). The
+batch is the innermost, contiguous axis of every tile array, so each tile
+transform is two separable passes (rows, then columns) of short
+multiply-adds over rows of lanes: whole plane rows (WT*N lanes) in one
+pass, one tile's N lanes in the other. Those lane loops, one tile row per
+call, are C below, compiled twice where GCC or Clang can (x86-64 ELF:
+``target_clones``, as in cy_act): for AVX2 and for the portable baseline,
+the loader picking one for the CPU. With the wheel's SSE2 alone the input
+transform took about 2.8x as long, and the transforms together more than
+the products between them. The clones compute the same roundings (no FMA
+in either). Pointer arguments are ``restrict``: GCC then vectorises each
+loop without runtime overlap checks. The weight transforms compute in
+double (1/6 and 1/24 are not floats) and write U row by row: 36 stores
+8 KB apart per weight all fell into one L1 set.
+
+What this is not: no validation, no allocation visible to the caller and no
+choice of path or band width -- the driver decides; ``fastcnn.ops``
+validates. Non-finite inputs: the transforms subtract inputs, so an inf can
+give NaN where the direct sum is +-inf.
+
+Shapes: x (N, C, H, W), y/dy (N, F, OH, OW); TH = ceil(OH/4), TW = ceil(OW/4);
+padded planes xs (C, 4*TH+2, 4*TW+2, N); output planes ys/dys
+(F, 4*TH, 4*TW, N); band arrays V/dV (36, C, rows*TW, N), M/dM
+(36, F, rows*TW, N) for the tile rows th0 .. th0+rows-1; U/dU (36, F, Cg),
+w/dw (F, Cg, 3, 3).
+"""
+from cython cimport floating
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+
+cdef extern from *:
+    """
+    /* fastcnn: the Winograd F(4x4, 3x3) lane loops (see the module docstring).
+       Each primitive maps 6 (or 4) rows of len lanes, as apart, to 6 (or 4)
+       rows o, os apart; a tile-row function makes both passes of one tile row. */
+    #if defined(__x86_64__) && defined(__ELF__) && defined(__has_attribute)
+    #  if __has_attribute(target_clones)
+    #    define FASTCNN_CLONES __attribute__((target_clones("avx2", "default")))
+    #  endif
+    #endif
+    #ifndef FASTCNN_CLONES
+    #  define FASTCNN_CLONES
+    #endif
+    #define FASTCNN_WINO(T, S)                                                          \
+    /* o = B^T a */                                                                     \
+    static inline void fastcnn_bt6_##S(const T* restrict a, Py_ssize_t as,              \
+            T* restrict o, Py_ssize_t os, Py_ssize_t len) {                             \
+        const T *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as,              \
+                *a4 = a + 4 * as, *a5 = a + 5 * as;                                     \
+        T *o0 = o, *o1 = o + os, *o2 = o + 2 * os, *o3 = o + 3 * os,                    \
+          *o4 = o + 4 * os, *o5 = o + 5 * os;                                           \
+        Py_ssize_t n;                                                                   \
+        const T h5 = 0.5, h15 = 1.5, h25 = 2.5;                                         \
+        for (n = 0; n < len; n++)                                                       \
+            o0[n] = ((a0[n] + a4[n]) + h15 * (a3[n] - a1[n])) - (a2[n] + a2[n]);        \
+        for (n = 0; n < len; n++) o1[n] = ((a4[n] - a1[n]) + h5 * a2[n]) + h25 * a3[n]; \
+        for (n = 0; n < len; n++) o2[n] = ((a4[n] + a1[n]) - h25 * a2[n]) + h5 * a3[n]; \
+        for (n = 0; n < len; n++)                                                       \
+            o3[n] = ((a4[n] - a2[n]) + (a3[n] - a1[n])) + (a3[n] - a1[n]);              \
+        for (n = 0; n < len; n++) o4[n] = (a4[n] - a2[n]) + h5 * (a1[n] - a3[n]);       \
+        for (n = 0; n < len; n++)                                                       \
+            o5[n] = ((a1[n] + a5[n]) + h15 * (a4[n] - a2[n])) - (a3[n] + a3[n]);        \
+    }                                                                                   \
+    /* o += B a (the adjoint of bt6) */                                                 \
+    static inline void fastcnn_b6add_##S(const T* restrict a, Py_ssize_t as,            \
+            T* restrict o, Py_ssize_t os, Py_ssize_t len) {                             \
+        const T *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as,              \
+                *a4 = a + 4 * as, *a5 = a + 5 * as;                                     \
+        T *o0 = o, *o1 = o + os, *o2 = o + 2 * os, *o3 = o + 3 * os,                    \
+          *o4 = o + 4 * os, *o5 = o + 5 * os;                                           \
+        Py_ssize_t n;                                                                   \
+        const T h5 = 0.5, h15 = 1.5, h25 = 2.5;                                         \
+        for (n = 0; n < len; n++) o0[n] += a0[n];                                       \
+        for (n = 0; n < len; n++)                                                       \
+            o1[n] += ((a2[n] - a1[n]) + (a5[n] - (a3[n] + a3[n])))                      \
+                     + (h5 * a4[n] - h15 * a0[n]);                                      \
+        for (n = 0; n < len; n++)                                                       \
+            o2[n] += (h5 * a1[n] - h25 * a2[n]) - ((a0[n] + a0[n]) + (a3[n] + a4[n]))   \
+                     - h15 * a5[n];                                                     \
+        for (n = 0; n < len; n++)                                                       \
+            o3[n] += (h15 * a0[n] + h25 * a1[n]) + h5 * (a2[n] - a4[n])                 \
+                     + ((a3[n] - a5[n]) + (a3[n] - a5[n]));                             \
+        for (n = 0; n < len; n++)                                                       \
+            o4[n] += ((a0[n] + a1[n]) + (a2[n] + a3[n])) + (a4[n] + h15 * a5[n]);       \
+        for (n = 0; n < len; n++) o5[n] += a5[n];                                       \
+    }                                                                                   \
+    /* o = A^T a + bias */                                                              \
+    static inline void fastcnn_at4_##S(const T* restrict a, Py_ssize_t as,              \
+            T* restrict o, Py_ssize_t os, Py_ssize_t len, T bias) {                     \
+        const T *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as,              \
+                *a4 = a + 4 * as, *a5 = a + 5 * as;                                     \
+        T *o0 = o, *o1 = o + os, *o2 = o + 2 * os, *o3 = o + 3 * os;                    \
+        Py_ssize_t n;                                                                   \
+        for (n = 0; n < len; n++)                                                       \
+            o0[n] = (((a0[n] + a1[n]) + (a2[n] + a3[n])) + a4[n]) + bias;               \
+        const T h5 = 0.5, q25 = 0.25, e125 = 0.125;                                     \
+        for (n = 0; n < len; n++)                                                       \
+            o1[n] = ((a1[n] - a2[n]) + (h5 * a3[n] - (a4[n] + a4[n]))) + bias;          \
+        for (n = 0; n < len; n++)                                                       \
+            o2[n] = ((a1[n] + a2[n]) + (q25 * a3[n] + 4 * a4[n])) + bias;               \
+        for (n = 0; n < len; n++)                                                       \
+            o3[n] = (((a1[n] - a2[n]) + (e125 * a3[n] - 8 * a4[n])) + a5[n]) + bias;    \
+    }                                                                                   \
+    /* o = A a (the adjoint of at4) */                                                  \
+    static inline void fastcnn_a6_##S(const T* restrict a, Py_ssize_t as,               \
+            T* restrict o, Py_ssize_t os, Py_ssize_t len) {                             \
+        const T *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as;              \
+        T *o0 = o, *o1 = o + os, *o2 = o + 2 * os, *o3 = o + 3 * os,                    \
+          *o4 = o + 4 * os, *o5 = o + 5 * os;                                           \
+        Py_ssize_t n;                                                                   \
+        for (n = 0; n < len; n++) o0[n] = a0[n];                                        \
+        for (n = 0; n < len; n++) o1[n] = (a0[n] + a1[n]) + (a2[n] + a3[n]);            \
+        for (n = 0; n < len; n++) o2[n] = (a0[n] - a1[n]) + (a2[n] - a3[n]);            \
+        const T h5 = 0.5, q25 = 0.25, e125 = 0.125;                                     \
+        for (n = 0; n < len; n++)                                                       \
+            o3[n] = (a0[n] + h5 * a1[n]) + (q25 * a2[n] + e125 * a3[n]);                \
+        for (n = 0; n < len; n++)                                                       \
+            o4[n] = (a0[n] - (a1[n] + a1[n])) + (4 * a2[n] - 8 * a3[n]);                \
+        for (n = 0; n < len; n++) o5[n] = a3[n];                                        \
+    }                                                                                   \
+    /* V[:, p0 + tw] of one tile row: d its 6 plane rows (L = WT*N lanes each),    \
+       R scratch (6, L), V at tile p0 of element 0, KS apart per element */             \
+    static FASTCNN_CLONES void fastcnn_wino_in_row_##S(const T* d, Py_ssize_t L,        \
+            T* R, T* V, Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N) {                   \
+        Py_ssize_t i, tw;                                                               \
+        fastcnn_bt6_##S(d, L, R, L, L);                                                 \
+        for (i = 0; i < 6; i++)                                                         \
+            for (tw = 0; tw < TW; tw++)                                                 \
+                fastcnn_bt6_##S(R + i * L + 4 * tw * N, N, V + 6 * i * KS + tw * N, KS, N);\
+    }                                                                                   \
+    /* ys rows of one tile row from M at tile p0 of element 0 (KS apart per       \
+       element), S scratch (6 * 4, TW*N); y its first row, YL = 4*TW*N lanes */         \
+    static FASTCNN_CLONES void fastcnn_wino_out_row_##S(const T* M, Py_ssize_t KS,      \
+            T* S, T* y, Py_ssize_t YL, Py_ssize_t TW, Py_ssize_t N, T bias, int relu) { \
+        Py_ssize_t j, a, tw, n, L = TW * N;                                             \
+        const T zero = 0;                                                               \
+        for (j = 0; j < 6; j++)                                                         \
+            fastcnn_at4_##S(M + j * KS, 6 * KS, S + j * L, 6 * L, L, zero);             \
+        for (a = 0; a < 4; a++) {                                                       \
+            T* row = y + a * YL;                                                        \
+            for (tw = 0; tw < TW; tw++)                                                 \
+                fastcnn_at4_##S(S + 6 * a * L + tw * N, L, row + 4 * tw * N, N, N, bias);\
+            if (relu)                       /* NaN <= 0 is false: NaN stays */          \
+                for (n = 0; n < YL; n++) row[n] = !(row[n] <= zero) ? row[n] : zero;    \
+        }                                                                               \
+    }                                                                                   \
+    /* dM of one tile row from its 4 rows dy of YL = 4*TW*N lanes; K scratch       \
+       (6, YL); acc[0:YL] += the column sums of dy, in double */                        \
+    static FASTCNN_CLONES void fastcnn_wino_gout_row_##S(const T* dy, Py_ssize_t YL,    \
+            T* K, T* dM, Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N, double* acc) {     \
+        Py_ssize_t k, tw, n;                                                            \
+        const T *y0 = dy, *y1 = dy + YL, *y2 = dy + 2 * YL, *y3 = dy + 3 * YL;          \
+        for (n = 0; n < YL; n++)                                                        \
+            acc[n] += ((double)y0[n] + (double)y1[n]) + ((double)y2[n] + (double)y3[n]);\
+        fastcnn_a6_##S(dy, YL, K, YL, YL);                                              \
+        for (k = 0; k < 6; k++)                                                         \
+            for (tw = 0; tw < TW; tw++)                                                 \
+                fastcnn_a6_##S(K + k * YL + 4 * tw * N, N, dM + 6 * k * KS + tw * N, KS, N);\
+    }                                                                                   \
+    /* x's 6 plane rows (L = WT*N lanes) += B dV B^T of one tile row; E scratch    \
+       (6, L) */                                                                        \
+    static FASTCNN_CLONES void fastcnn_wino_gin_row_##S(const T* dV, Py_ssize_t KS,     \
+            T* E, T* x, Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) {                    \
+        Py_ssize_t i, tw;                                                               \
+        memset(E, 0, 6 * L * sizeof(T));                                                \
+        for (i = 0; i < 6; i++)                                                         \
+            for (tw = 0; tw < TW; tw++)                                                 \
+                fastcnn_b6add_##S(dV + 6 * i * KS + tw * N, KS, E + i * L + 4 * tw * N, N, N);\
+        fastcnn_b6add_##S(E, L, x, L, L);                                               \
+    }
+    FASTCNN_WINO(float, f32)
+    FASTCNN_WINO(double, f64)
+    """
+    void fastcnn_wino_in_row_f32(const float* d, Py_ssize_t L, float* R, float* V,
+                                 Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
+    void fastcnn_wino_in_row_f64(const double* d, Py_ssize_t L, double* R, double* V,
+                                 Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
+    void fastcnn_wino_out_row_f32(const float* M, Py_ssize_t KS, float* S, float* y,
+                                  Py_ssize_t YL, Py_ssize_t TW, Py_ssize_t N, float bias,
+                                  int relu) noexcept nogil
+    void fastcnn_wino_out_row_f64(const double* M, Py_ssize_t KS, double* S, double* y,
+                                  Py_ssize_t YL, Py_ssize_t TW, Py_ssize_t N, double bias,
+                                  int relu) noexcept nogil
+    void fastcnn_wino_gout_row_f32(const float* dy, Py_ssize_t YL, float* K, float* dM,
+                                   Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N,
+                                   double* acc) noexcept nogil
+    void fastcnn_wino_gout_row_f64(const double* dy, Py_ssize_t YL, double* K, double* dM,
+                                   Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N,
+                                   double* acc) noexcept nogil
+    void fastcnn_wino_gin_row_f32(const float* dV, Py_ssize_t KS, float* E, float* x,
+                                  Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
+    void fastcnn_wino_gin_row_f64(const double* dV, Py_ssize_t KS, double* E, double* x,
+                                  Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
+
+
+def pack_planes(const floating[:, :, :, :] x, floating[:, :, :, ::1] xs,
+                Py_ssize_t PT, Py_ssize_t PL):
+    """xs[c, ih+PT, iw+PL, n] = x[n, c, ih, iw], zero elsewhere: NCHW to
+    zero-padded planes with the batch innermost, one plane at a time (its
+    writes contiguous, the strided reads within L2)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t HT = xs.shape[1], WT = xs.shape[2]
+    cdef Py_ssize_t c, ih, iw, n
+    cdef floating* dst
+    with nogil:
+        for c in range(C):
+            memset(&xs[c, 0, 0, 0], 0, HT * WT * N * sizeof(floating))
+            for ih in range(H):
+                for iw in range(W):
+                    dst = &xs[c, ih + PT, iw + PL, 0]
+                    for n in range(N):
+                        dst[n] = x[n, c, ih, iw]
+
+
+def crop_planes(const floating[:, :, :, ::1] ys, floating[:, :, :, :] y,
+                Py_ssize_t PT, Py_ssize_t PL):
+    """y[n, f, oh, ow] = ys[f, oh+PT, ow+PL, n] for y's whole shape: planes
+    with the batch innermost back to NCHW (the inverse of pack_planes)."""
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t f, oh, ow, n
+    cdef const floating* src
+    with nogil:
+        for f in range(F):
+            for oh in range(OH):
+                for ow in range(OW):
+                    src = &ys[f, oh + PT, ow + PL, 0]
+                    for n in range(N):
+                        y[n, f, oh, ow] = src[n]
+
+
+cdef void* _alloc(Py_ssize_t nbytes) except NULL:
+    cdef void* p = malloc(nbytes if nbytes > 0 else 1)
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
+def input_transform(const floating[:, :, :, ::1] xs, floating[:, :, :, ::1] V,
+                    Py_ssize_t th0):
+    """V[:, c, (th-th0)*TW + tw, n] = B^T d B for the band of tile rows th0..
+    that V (36, C, rows*TW, N) holds; d is the 6x6 tile at rows 4th..,
+    cols 4tw.. of the padded plane xs[c]."""
+    cdef Py_ssize_t C = xs.shape[0], WT = xs.shape[2], N = xs.shape[3]
+    cdef Py_ssize_t TW = (WT - 2) // 4, P = V.shape[2]
+    cdef Py_ssize_t rows = P // TW, L = WT * N, KS = V.shape[1] * P * N
+    cdef Py_ssize_t c, r
+    cdef floating* R = <floating*>_alloc(6 * L * sizeof(floating))    # B^T d: (i, w, n)
+    try:
+        with nogil:
+            for c in range(C):
+                for r in range(rows):
+                    if floating is float:
+                        fastcnn_wino_in_row_f32(&xs[c, 4 * (th0 + r), 0, 0], L, R,
+                                                &V[0, c, r * TW, 0], KS, TW, N)
+                    else:
+                        fastcnn_wino_in_row_f64(&xs[c, 4 * (th0 + r), 0, 0], L, R,
+                                                &V[0, c, r * TW, 0], KS, TW, N)
+    finally:
+        free(R)
+
+
+def output_transform(const floating[:, :, :, ::1] M, const floating[::1] b,
+                     floating[:, :, :, ::1] ys, Py_ssize_t th0, int relu):
+    """ys[f, 4th+a, 4tw+c, n] = (A^T m A)[a, c] + b[f] for the band of tile
+    rows th0.. that M (36, F, rows*TW, N) holds (b None: no bias); relu != 0:
+    then max(v, 0), NaN kept (np.maximum). ys (F, 4*TH, 4*TW, N) keeps the
+    whole last tile (crop_planes drops what lies past the edge)."""
+    cdef Py_ssize_t F = ys.shape[0], W4 = ys.shape[2], N = ys.shape[3]
+    cdef Py_ssize_t TW = W4 // 4, P = M.shape[2]
+    cdef Py_ssize_t rows = P // TW, KS = M.shape[1] * P * N
+    cdef Py_ssize_t f, r
+    cdef bint has_bias = b is not None
+    cdef floating bf
+    cdef floating* S = <floating*>_alloc(24 * TW * N * sizeof(floating))   # A^T m: (a, j, tw, n)
+    try:
+        with nogil:
+            for f in range(F):
+                bf = b[f] if has_bias else 0
+                for r in range(rows):
+                    if floating is float:
+                        fastcnn_wino_out_row_f32(&M[0, f, r * TW, 0], KS, S,
+                                                 &ys[f, 4 * (th0 + r), 0, 0], W4 * N, TW, N,
+                                                 bf, relu)
+                    else:
+                        fastcnn_wino_out_row_f64(&M[0, f, r * TW, 0], KS, S,
+                                                 &ys[f, 4 * (th0 + r), 0, 0], W4 * N, TW, N,
+                                                 bf, relu)
+    finally:
+        free(S)
+
+
+def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::1] dM,
+                          double[::1] db, Py_ssize_t th0):
+    """dM[:, f, (th-th0)*TW + tw, n] = A dY A^T for the band of tile rows
+    th0.. that dM (36, F, rows*TW, N) holds, dY the 4x4 tile of the packed
+    gradient dys (F, 4*TH, 4*TW, N) (zero past the edge); db[f] += the
+    band's sum of those dY, in double lanes summed per channel at the end
+    (one scalar accumulator would be one serial chain of adds)."""
+    cdef Py_ssize_t F = dys.shape[0], W4 = dys.shape[2], N = dys.shape[3]
+    cdef Py_ssize_t TW = W4 // 4, P = dM.shape[2]
+    cdef Py_ssize_t rows = P // TW, L = W4 * N, KS = dM.shape[1] * P * N
+    cdef Py_ssize_t f, r, n
+    cdef double s0, s1
+    cdef floating* K = <floating*>_alloc(6 * L * sizeof(floating))    # A dY: (k, w, n)
+    cdef double* acc = <double*>_alloc(L * sizeof(double))
+    try:
+        with nogil:
+            for f in range(F):
+                memset(acc, 0, L * sizeof(double))
+                for r in range(rows):
+                    if floating is float:
+                        fastcnn_wino_gout_row_f32(&dys[f, 4 * (th0 + r), 0, 0], L, K,
+                                                  &dM[0, f, r * TW, 0], KS, TW, N, acc)
+                    else:
+                        fastcnn_wino_gout_row_f64(&dys[f, 4 * (th0 + r), 0, 0], L, K,
+                                                  &dM[0, f, r * TW, 0], KS, TW, N, acc)
+                s0 = 0
+                s1 = 0
+                n = 0
+                while n + 2 <= L:
+                    s0 += acc[n]
+                    s1 += acc[n + 1]
+                    n += 2
+                if n < L:
+                    s0 += acc[n]
+                db[f] += s0 + s1
+    finally:
+        free(K)
+        free(acc)
+
+
+def grad_input_transform(const floating[:, :, :, ::1] dV, floating[:, :, :, ::1] xs,
+                         Py_ssize_t th0):
+    """dd = B dV B^T per tile for the band of tile rows th0.. that dV
+    (36, C, rows*TW, N) holds, scatter-added into the padded planes xs[c]
+    (tiles overlap by two rows and columns); the planes are zeroed when th0
+    is 0, so the bands in order 0, 1, ... fill xs."""
+    cdef Py_ssize_t C = xs.shape[0], HT = xs.shape[1], WT = xs.shape[2], N = xs.shape[3]
+    cdef Py_ssize_t TW = (WT - 2) // 4, P = dV.shape[2]
+    cdef Py_ssize_t rows = P // TW, L = WT * N, KS = dV.shape[1] * P * N
+    cdef Py_ssize_t c, r
+    cdef floating* E = <floating*>_alloc(6 * L * sizeof(floating))    # dV B^T: (i, w, n)
+    try:
+        with nogil:
+            for c in range(C):
+                if th0 == 0:
+                    memset(&xs[c, 0, 0, 0], 0, HT * L * sizeof(floating))
+                for r in range(rows):
+                    if floating is float:
+                        fastcnn_wino_gin_row_f32(&dV[0, c, r * TW, 0], KS, E,
+                                                 &xs[c, 4 * (th0 + r), 0, 0], L, TW, N)
+                    else:
+                        fastcnn_wino_gin_row_f64(&dV[0, c, r * TW, 0], KS, E,
+                                                 &xs[c, 4 * (th0 + r), 0, 0], L, TW, N)
+    finally:
+        free(E)
+
+
+cdef inline void _g6(const double* a, Py_ssize_t sa, double* o, Py_ssize_t so,
+                     Py_ssize_t n) noexcept nogil:
+    """o = G a, lane by lane: rows a, a+sa, a+2sa to rows o .. o+5so (n lanes;
+    divisions, not products with rounded thirds and fifteenths)."""
+    cdef const double* a1 = a + sa
+    cdef const double* a2 = a + 2 * sa
+    cdef Py_ssize_t i
+    for i in range(n):
+        o[i] = a[i]
+    for i in range(n):
+        o[so + i] = (a[i] + a1[i] + a2[i]) / 3.0
+    for i in range(n):
+        o[2 * so + i] = (a1[i] - a[i] - a2[i]) / 3.0
+    for i in range(n):
+        o[3 * so + i] = -(16.0 * a[i] + 8.0 * a1[i] + 4.0 * a2[i]) / 15.0
+    for i in range(n):
+        o[4 * so + i] = (a[i] - 2.0 * a1[i] + 4.0 * a2[i]) / 15.0
+    for i in range(n):
+        o[5 * so + i] = a2[i]
+
+
+cdef inline void _gt3(const double* a, Py_ssize_t sa, double* o, Py_ssize_t so,
+                      Py_ssize_t n) noexcept nogil:
+    """o = G^T a, lane by lane: rows a .. a+5sa to rows o, o+so, o+2so."""
+    cdef const double* a1 = a + sa
+    cdef const double* a2 = a + 2 * sa
+    cdef const double* a3 = a + 3 * sa
+    cdef const double* a4 = a + 4 * sa
+    cdef const double* a5 = a + 5 * sa
+    cdef Py_ssize_t i
+    for i in range(n):
+        o[i] = a[i] + (a1[i] - a2[i]) / 3.0 + (a4[i] - 16.0 * a3[i]) / 15.0
+    for i in range(n):
+        o[so + i] = (a1[i] + a2[i]) / 3.0 - (8.0 * a3[i] + 2.0 * a4[i]) / 15.0
+    for i in range(n):
+        o[2 * so + i] = (a1[i] - a2[i]) / 3.0 + (4.0 * a4[i] - 4.0 * a3[i]) / 15.0 + a5[i]
+
+
+def weight_transform(const floating[:, :, :, :] w, floating[:, :, ::1] U):
+    """U[6i+j, f, c] = (G g G^T)[i, j] for g = w[f, c] (3x3; w (F, Cg, 3, 3)),
+    in double and rounded once. One output channel at a time, lanes over c:
+    U's 36 rows per weight are 8 KB apart on the MNIST conv2, and written
+    weight by weight they all fell into one L1 set."""
+    cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1]
+    cdef Py_ssize_t f, c, t, i, a
+    cdef double* g = <double*>_alloc(9 * Cg * sizeof(double))      # g[3kh+kw, c]
+    cdef double* T = <double*>_alloc(18 * Cg * sizeof(double))     # (G g)[i, a] at 3i+a
+    cdef double* u = <double*>_alloc(36 * Cg * sizeof(double))     # U[6i+j] for this f
+    try:
+        with nogil:
+            for f in range(F):
+                for c in range(Cg):
+                    for t in range(9):
+                        g[t * Cg + c] = w[f, c, t // 3, t % 3]
+                for a in range(3):
+                    _g6(g + a * Cg, 3 * Cg, T + a * Cg, 3 * Cg, Cg)
+                for i in range(6):
+                    _g6(T + 3 * i * Cg, Cg, u + 6 * i * Cg, Cg, Cg)
+                for i in range(36):
+                    for c in range(Cg):
+                        U[i, f, c] = <floating>u[i * Cg + c]
+    finally:
+        free(g)
+        free(T)
+        free(u)
+
+
+def weight_grad_transform(const floating[:, :, ::1] dU, floating[:, :, :, :] dw):
+    """dw[f, c] = G^T dU[:, f, c] G, dU[6i+j] the (i, j) element: the
+    adjoint of weight_transform, in double and rounded once, one output
+    channel at a time with lanes over c."""
+    cdef Py_ssize_t F = dw.shape[0], Cg = dw.shape[1]
+    cdef Py_ssize_t f, c, t, i, j
+    cdef double* d = <double*>_alloc(36 * Cg * sizeof(double))     # dU[6i+j] for this f
+    cdef double* T = <double*>_alloc(18 * Cg * sizeof(double))     # (G^T dU)[a, j] at 6a+j
+    cdef double* o = <double*>_alloc(9 * Cg * sizeof(double))      # dw[f, c, a, b] at 3a+b
+    try:
+        with nogil:
+            for f in range(F):
+                for i in range(36):
+                    for c in range(Cg):
+                        d[i * Cg + c] = dU[i, f, c]
+                for j in range(6):
+                    _gt3(d + j * Cg, 6 * Cg, T + j * Cg, 6 * Cg, Cg)
+                for i in range(3):
+                    _gt3(T + 6 * i * Cg, Cg, o + 3 * i * Cg, Cg, Cg)
+                for c in range(Cg):
+                    for t in range(9):
+                        dw[f, c, t // 3, t % 3] = <floating>o[t * Cg + c]
+    finally:
+        free(d)
+        free(T)
+        free(o)
