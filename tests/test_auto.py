@@ -161,7 +161,8 @@ def test_resumed_auto_run_replays_its_choices_and_ends_bit_for_bit(tmp_path, mon
     _rig(monkeypatch, original)
     whole, metrics = _fit()
     choices = fastcnn.auto_choices()
-    assert {c["op"] for c in choices} == {"conv2d", "max_pool2d", "relu"}
+    # the fused conv+ReLU+max-pool is chosen by its conv; relu is the dense layer's
+    assert {c["op"] for c in choices} == {"conv2d", "relu"}
     assert metrics["auto_choices"] == choices and metrics["backend"] == "auto"
     _auto.reset()
     _rig(monkeypatch, original)

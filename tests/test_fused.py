@@ -389,3 +389,24 @@ def test_only_the_exact_layer_classes_are_fused():
                           nn.Conv2d(2, 2, 3, **kw), nn.ReLU(), nn.Conv2d(2, 2, 1, **kw))
     model.forward(np.ones((1, 1, 12, 12)))
     assert _steps(model) == ["Conv2d", "MyReLU", "MaxPool2d", "Conv2d+ReLU", "Conv2d"]
+
+
+# -- crosscheck -------------------------------------------------------------------
+
+def test_crosscheck_runs_the_fused_model_and_catches_a_broken_fused_kernel(monkeypatch):
+    from fastcnn import crosscheck as cc
+    rng = np.random.default_rng(0)
+    x, labels = rng.standard_normal((8, 1, 28, 28)), rng.integers(0, 10, 8)
+    results = cc.crosscheck(BACKENDS, x, labels, steps=2, batch_size=4)
+    for r in results:
+        assert r.fuse and r.fused == fused_ops(r.backend)
+        assert r.worst.rel <= cc.DEFAULT_TOLERANCE["float64"], r.backend
+    for name in COMPILED:                   # off by 1e-6 in the fused kernel only
+        mod = get_module(name)
+        real = mod.conv2d_relu_max_pool2d_forward
+        monkeypatch.setattr(mod, "conv2d_relu_max_pool2d_forward",
+                            lambda *a, _real=real: (lambda y, s: (y * (1 + 1e-6), s))(*_real(*a)))
+        [r] = cc.crosscheck([name], x, labels, steps=1, batch_size=4)
+        assert r.worst.rel > cc.DEFAULT_TOLERANCE["float64"]
+        [r] = cc.crosscheck([name], x, labels, steps=1, batch_size=4, fuse=False)
+        assert r.worst.rel <= cc.DEFAULT_TOLERANCE["float64"] and r.fused == ()
