@@ -1,4 +1,5 @@
-"""Backend modules: one module per backend, the same twelve kernels in each.
+"""Backend modules: one module per backend, the same twelve kernels in each,
+and any of the fused ops.
 
 This package deliberately holds no dispatch logic (that is ``fastcnn.backend``)
 and no validation (that is ``fastcnn.ops``). It documents the contract every
@@ -66,6 +67,27 @@ The twelve functions (same names, same signatures in every backend)::
     adaptive_max_pool2d_backward(dy, saved)    -> dx
     relu_forward(x)                            -> (y, saved)
     relu_backward(dy, saved)                   -> dx
+
+Fused ops (optional; ``fastcnn.backend.fused_ops(name)`` lists the ones a
+backend has, as forward/backward pairs, and ``fastcnn.ops`` composes the
+others from the twelve kernels above on the same backend)::
+
+    conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, y_shape)
+                                               -> (y, saved)
+    conv2d_relu_backward(dy, saved)            -> (dx, dw, db)
+    conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups,
+                                   conv_shape, kernel, pool_stride, pool_padding,
+                                   pool_dilation, out_hw) -> (y, saved)
+    conv2d_relu_max_pool2d_backward(dy, saved) -> (dx, dw, db)
+
+Their results are those of the composition conv2d -> relu (-> max_pool2d)
+with the arguments above (conv_shape is the conv's y_shape, the pool's
+arguments as max_pool2d_forward's), exactly as the rules above make them:
+relu's +0 and NaN, max pooling's first-maximum ties, first NaN and padding,
+and in the backward relu's ``dy * [y > 0]`` (NaN for an inf or NaN dy where
+the ReLU stopped it). Since relu is monotone and keeps a NaN, relu(max(window))
+is max(relu(window)): the compiled backends pool the conv's output and ReLU
+only the pooled values (see ``cy_pool.max_relu_forward``).
 
 The compiled backends' pooling kernels take out_hw, the divisor rule and
 max's dilation themselves; ``backends/_pool_modes`` adapts im2col's
