@@ -173,7 +173,7 @@ def test_batch_chunks_run_concurrently_and_sum_dw_db(backend, path, monkeypatch)
     monkeypatch.setattr(_concurrent, "run", spy)
     monkeypatch.setattr(_concurrent, "WORK_PER_THREAD", 1)
     # 17 images: two Winograd chunks; groups where the path allows them
-    KH, groups = (1, 2) if path == "pointwise" else (3, 1) if path == "winograd" else (3, 2)
+    KH, groups = (1, 2) if path == "pointwise" else (3, 2)
     case = (17, 4, 6, 5, 4, KH, KH, 1, KH // 2, 1, groups, True)
     args = conv_inputs(case, np.float64)
     try:
@@ -228,8 +228,11 @@ def test_paths_chosen_by_shape(backend):
     assert choose(_g(64, 4, 3, 3, (1, 1))) == wino                    # K=36
     assert choose(_g(64, 32, 3, 3, (2, 2))) == im2col(288)
     assert choose(_g(64, 32, 5, 5, (1, 1))) == im2col(800)
-    assert choose(_g(64, 32, 3, 3, (1, 1), dilation=(2, 2))) == im2col(288)   # no Winograd
-    assert choose(_g(64, 64, 3, 3, (1, 1), F=64, groups=4)) == im2col(144)   # no Winograd
+    # Winograd runs dilated (phase by phase) and grouped 3x3 convs too
+    wino288 = "winograd" if k.winograd is not None else im2col(288)
+    wino144 = "winograd" if k.winograd is not None else im2col(144)
+    assert choose(_g(64, 32, 3, 3, (1, 1), dilation=(2, 2))) == wino288
+    assert choose(_g(64, 64, 3, 3, (1, 1), F=64, groups=4)) == wino144
     assert choose(_g(64, 8, 3, 3, (1, 1), groups=4)) == "per_image"    # Kg=18
     assert choose(_g(64, 64, 1, 1, (1, 1), F=128, pad=0)) == "pointwise"
     assert choose(_g(64, 64, 1, 1, (2, 2), F=128, pad=0, groups=2)) == "pointwise"
@@ -247,7 +250,7 @@ def test_forcing_a_path_that_cannot_run_is_an_error(backend):
     with _gemm_conv.forced_path("winograd"), pytest.raises(ValueError, match="winograd"):
         ops.conv2d_forward(x, w, b, 2, 1, backend=backend)
     with _gemm_conv.forced_path("winograd"), pytest.raises(ValueError, match="winograd"):
-        ops.conv2d_forward(x, w, b, 1, 1, 2, backend=backend)          # dilated
+        ops.conv2d_forward(x, w[:, :, :2, :2], b, 1, 1, backend=backend)   # 2x2
     with _gemm_conv.forced_path("pointwise"), pytest.raises(ValueError, match="pointwise"):
         ops.conv2d_forward(x, w, b, 1, 1, backend=backend)             # 3x3
     with _gemm_conv.forced_path("pointwise"), pytest.raises(ValueError, match="pointwise"):
@@ -282,3 +285,27 @@ def test_per_image_path_block_by_block(backend, monkeypatch):
         args = conv_inputs(case, np.float64)
         got, dy, _ = _run_forced(backend, "per_image", args)
         _check(got, _reference(args, dy), np.float64)
+
+
+WINO = [b for b in DRIVEN if _table(b).winograd is not None]
+
+
+@pytest.mark.parametrize("backend", WINO)
+def test_winograd_conv_relu_grouped_and_dilated(backend, monkeypatch):
+    # the fused conv+ReLU over the Winograd path, grouped and dilated
+    # shapes included, against loops' conv then ReLU
+    k = _table(backend)
+    calls = []
+    real = k.winograd.forward
+    monkeypatch.setattr(k.winograd, "forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    for case in (CASES[0], CASES[9], CASES[12], (9, 8, 9, 10, 8, 3, 3, 1, "same", 2, 4, True)):
+        args = conv_inputs(case, np.float64)
+        with _gemm_conv.forced_path("winograd"):
+            y, ctx = ops.conv2d_relu_forward(*args, backend=backend)
+        dy = np.random.default_rng(3).standard_normal(y.shape)
+        got = (y, *ops.conv2d_relu_backward(dy, ctx))
+        x, w, b, *rest = args
+        z, zctx = ops.conv2d_forward(x, w, b, *rest, backend="loops")
+        want = (np.maximum(z, 0), *ops.conv2d_backward(dy * (z > 0), zctx))
+        _check(got, want, np.float64)
+    assert len(calls) == 4

@@ -1,51 +1,74 @@
-"""Numba kernels for Winograd F(2x2, 3x3): 3x3 stride-1 convolution with
-2.25x fewer multiplications than im2col (Lavin & Gray, "Fast Algorithms for
-Convolutional Neural Networks", 2015).
+"""Numba kernels for Winograd F(4x4, 3x3): 3x3 stride-1 convolution from
+6x6 input tiles, 36 element-wise products per 4x4 output tile, 4x fewer
+multiplications than im2col in the products (Lavin & Gray, "Fast Algorithms
+for Convolutional Neural Networks", 2015).
 
-    y_tile (2x2) = A^T [ (G g G^T) (.) (B^T d B) ] A      d: 4x4 input tile
+    y_tile (4x4) = A^T [ (G g G^T) (.) (B^T d B) ] A      d: 6x6 input tile
 
-The sum over input channels of the 16 element-wise products is 16 matmuls
-M[k] = U[k] @ V[k] (``np.matmul`` on stacks, called by the driver
-``fastcnn.backends._winograd``); these
-kernels do the tile transforms around them. The backward pass is the exact
-adjoint of the forward: dM = A dY A^T, dU = dM V^T, dV = U^T dM,
-dd = B dV B^T (scatter-added: tiles overlap by 2), dg = G^T dU G. dx is thus
-the same 'full' correlation with the rotated weights that a second forward
-Winograd would compute, at the same cost, and dw comes out of dM for one
-more matmul (205 MFLOP on the MNIST conv2 instead of im2col's 462). The
-weight transforms (G g G^T, G^T dU G) are small kernels at the end
-of this module.
+Interpolation points 0, 1, -1, 1/2, -2 and infinity (Barabasz et al., "Error
+analysis and improving the accuracy of Winograd convolution", 2020): against
+a float64 direct convolution their float32 error is about a third of the
+classic 0, +-1, +-2, inf set's and of 0, +-1, +-1/2, inf (tests/test_winograd.py
+measures it). With those points:
 
-Layout: the batch is the innermost axis of every tile array (tile index
-t = p*N + n, p = th*TW + tw), so each transform is a handful of adds over
-rows of N contiguous lanes, which LLVM vectorises. Two things it needs, both
-measured on the MNIST conv2 (input transform, one thread: 0.28 ms here,
-4.7 ms with the whole 4x4 tile in one loop body):
-  * one store per innermost loop (or a few from one source): with 16 loads
-    and 16 stores in one body the runtime alias checks exceed LLVM's budget
-    and the loop stays scalar - so each transform is two separable passes
-    (rows, then columns) through a small scratch;
+    B^T = [[1, -3/2,   -2,  3/2,   1, 0],     G = [[    1,     0,    0],
+           [0,   -1,  1/2,  5/2,   1, 0],          [  1/3,   1/3,  1/3],
+           [0,    1, -5/2,  1/2,   1, 0],          [ -1/3,   1/3, -1/3],
+           [0,   -2,   -1,    2,   1, 0],          [-16/15, -8/15, -4/15],
+           [0,  1/2,   -1, -1/2,   1, 0],          [ 1/15, -2/15,  4/15],
+           [0,    1, -3/2,   -2, 3/2, 1]]          [    0,     0,    1]]
+    A^T = [[1, 1,  1,   1,  1, 0],
+           [0, 1, -1, 1/2, -2, 0],
+           [0, 1,  1, 1/4,  4, 0],
+           [0, 1, -1, 1/8, -8, 1]]
+
+B^T and A^T hold only powers of two and halves: the data transforms round
+no more than their adds; the thirds and fifteenths are in G, applied once per
+weight in float64 (weight_transform, weight_grad_transform).
+
+The sum over input channels of the 36 element-wise products is 36 matmuls
+M[k] = U[k] @ V[k] per group (``np.matmul`` on stacks, called by the driver
+``fastcnn.backends._winograd``); these kernels do the tile transforms around
+them. The backward pass is the exact adjoint of the forward:
+dM = A dY A^T, dU = dM V^T, dV = U^T dM, dd = B dV B^T (scatter-added:
+tiles overlap by 2), dg = G^T dU G.
+
+Layout: the batch is the innermost axis of every tile array (tile p =
+th*TW + tw, then sample n), so each transform is a handful of adds over
+rows of N contiguous lanes, which LLVM vectorises. Two things it needs:
+  * one store per innermost loop: with many loads and stores in one body
+    the runtime alias checks exceed LLVM's budget and the loop stays scalar
+    - so each transform is two separable passes (rows, then columns)
+    through a small scratch;
   * the innermost index is the bare loop variable: ``a[i, j, n]``, never
     ``a[o + n]`` (Numba's negative-index wraparound on a computed index
     blocks vectorisation).
-NCHW arrays are transposed to and from planes with the batch innermost
-(pack_planes, crop_planes) in one pass each. The transforms work on bands
-of whole tile rows (th0.. as many rows as the band array holds), so the
-driver can keep a band's products in cache between matmul and transform.
+Constants are typed as the array's float (a float64 literal would widen a
+float32 loop). NCHW arrays are transposed to and from planes with the batch
+innermost (pack_planes, crop_planes) in one pass each. The transforms work
+on bands of whole tile rows (th0.. as many rows as the band array holds), so
+the driver can keep a band's products in cache between matmul and transform.
+
+Shapes (the contract shared with the cython kernels,
+/work/notes/WINOGRAD_CONTRACT.md): x (N, C, H, W), y/dy (N, F, OH, OW);
+TH = ceil(OH/4), TW = ceil(OW/4) tiles per plane; padded input planes
+xs (C, HT, WT, N), HT = 4*TH+2, WT = 4*TW+2 (zero outside x); output planes
+ys/dys (F, 4*TH, 4*TW, N); band arrays V/dV (36, C, rows*TW, N),
+M/dM (36, F, rows*TW, N); U/dU (36, F, Cg); element (i, j) of a 6x6 tile at
+k = 6*i + j. Padding top PT, left PL (any: the planes hold every padded row
+and column).
+
+grad_input_transform scatter-adds into xs and zeroes each plane itself when
+th0 == 0: the driver runs the bands of a chunk in order from th0 = 0.
 
 Non-finite inputs: the transforms subtract inputs, so an inf can give NaN
-where the direct sum is +-inf.
+where the direct sum is +-inf; a NaN spreads to the whole 4x4 tile (6x6
+for dx). relu in output_transform keeps NaN (np.maximum(NaN, 0) is NaN).
 
 Threads: every kernel is single-threaded; the driver runs chunks of the
-batch concurrently (``fastcnn.backends._winograd``).
-
-Shapes: x (N, C, H, W), y/dy (N, F, OH, OW); TH = ceil(OH/2), TW = ceil(OW/2)
-tiles per plane, P = TH*TW; padded input planes xs (C, HT, WT, N) with
-HT = 2*TH+2 >= H+PT+PB, WT = 2*TW+2; output planes ys/dys (F, 2*TH, 2*TW, N);
-band arrays V/dV (16, C, rows*TW, N), M/dM (16, F, rows*TW, N); element
-(i, j) of a 4x4 tile at k = 4*i + j. Padding top PT, left PL (any: the
-planes hold every padded row and column). This module deliberately chooses
-nothing: the driver decides when Winograd applies and how wide a band is.
+batch concurrently. This module deliberately chooses nothing: the driver
+decides when Winograd applies, how wide a band is and how groups and
+dilation map onto these kernels.
 """
 import numpy as np
 from numba import types
@@ -56,213 +79,342 @@ from fastcnn._kernels.numba_common import i64, kernel, ro, rw, void
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64))
 def pack_planes(x, xs, PT, PL):
     """xs[c, ih+PT, iw+PL, n] = x[n, c, ih, iw], zero elsewhere: NCHW to
-    zero-padded planes with the batch innermost. One pass over whole planes:
-    transposing band by band inside the transforms touched every plane's
-    cache lines once per band (MNIST conv2, one thread: 2.7 ms for dy's side
-    of the backward that way, 0.7 + 0.85 ms as pack + transform)."""
+    zero-padded planes with the batch innermost (also packs dy into dys
+    with PT = PL = 0). Row by row through an (N, W) tile in L1: x's rows are
+    read whole, the planes' rows written contiguously; reading x one
+    element per image instead strides by C*H*W, which at power-of-two
+    plane sizes lands every image's line in one cache set."""
     N, C, H, W = x.shape
+    tmp = np.empty((N, W), dtype=xs.dtype)
     for c in range(C):
         plane = xs[c]
         plane[:] = 0
-        for ih in range(H):         # writes contiguous; the strided reads stay in L2
+        for ih in range(H):
+            for n in range(N):
+                src = x[n, c, ih]
+                t = tmp[n]
+                for iw in range(W):
+                    t[iw] = src[iw]
+            row = plane[ih + PT]
             for iw in range(W):
+                dst = row[iw + PL]
                 for n in range(N):
-                    plane[ih + PT, iw + PL, n] = x[n, c, ih, iw]
+                    dst[n] = tmp[n, iw]
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), i64))
 def input_transform(xs, V, th0):
     """V[:, c, p, n] = B^T d B for the band of tile rows th0.. that V
-    (16, C, rows*TW, N) holds; d is the 4x4 tile of sample n, channel c at
-    rows 2th.., cols 2tw.. of the padded plane xs[c]."""
+    (36, C, rows*TW, N) holds; d is the 6x6 tile of sample n, channel c at
+    rows 4th.., cols 4tw.. of the padded plane xs[c]."""
     C, HT, WT, N = xs.shape
-    TW = (WT - 2) // 2
+    TW = (WT - 2) // 4
+    k = np.empty(3, dtype=V.dtype)
+    k[0], k[1], k[2] = 0.5, 1.5, 2.5
+    h5, h15, h25 = k[0], k[1], k[2]
+    R = np.empty((6, WT, N), dtype=V.dtype)         # B^T d for one tile row
     for c in range(C):
         plane = xs[c]
-        R = np.empty((4, WT, N), dtype=V.dtype)     # B^T d for one tile row
         for r in range(V.shape[2] // TW):
-            h = 2 * (th0 + r)
+            h = 4 * (th0 + r)
+            d0, d1, d2, d3, d4, d5 = (plane[h], plane[h + 1], plane[h + 2], plane[h + 3],
+                                      plane[h + 4], plane[h + 5])
             for w in range(WT):
                 for n in range(N):
-                    R[0, w, n] = plane[h, w, n] - plane[h + 2, w, n]
+                    R[0, w, n] = d0[w, n] - h15 * d1[w, n] - (d2[w, n] + d2[w, n]) \
+                        + h15 * d3[w, n] + d4[w, n]
                 for n in range(N):
-                    R[1, w, n] = plane[h + 1, w, n] + plane[h + 2, w, n]
+                    R[1, w, n] = h5 * d2[w, n] - d1[w, n] + h25 * d3[w, n] + d4[w, n]
                 for n in range(N):
-                    R[2, w, n] = plane[h + 2, w, n] - plane[h + 1, w, n]
+                    R[2, w, n] = d1[w, n] - h25 * d2[w, n] + h5 * d3[w, n] + d4[w, n]
                 for n in range(N):
-                    R[3, w, n] = plane[h + 1, w, n] - plane[h + 3, w, n]
-            for i in range(4):
+                    R[3, w, n] = (d3[w, n] - d1[w, n]) + (d3[w, n] - d1[w, n]) \
+                        - d2[w, n] + d4[w, n]
+                for n in range(N):
+                    R[4, w, n] = h5 * (d1[w, n] - d3[w, n]) - d2[w, n] + d4[w, n]
+                for n in range(N):
+                    R[5, w, n] = d1[w, n] - h15 * d2[w, n] - (d3[w, n] + d3[w, n]) \
+                        + h15 * d4[w, n] + d5[w, n]
+            for i in range(6):
+                Ri = R[i]
                 for tw in range(TW):
                     p = r * TW + tw
-                    w = 2 * tw
+                    w = 4 * tw
+                    e0, e1, e2, e3, e4, e5 = Ri[w], Ri[w + 1], Ri[w + 2], Ri[w + 3], Ri[w + 4], Ri[w + 5]
                     for n in range(N):
-                        V[4 * i, c, p, n] = R[i, w, n] - R[i, w + 2, n]
+                        V[6 * i, c, p, n] = e0[n] - h15 * e1[n] - (e2[n] + e2[n]) \
+                            + h15 * e3[n] + e4[n]
                     for n in range(N):
-                        V[4 * i + 1, c, p, n] = R[i, w + 1, n] + R[i, w + 2, n]
+                        V[6 * i + 1, c, p, n] = h5 * e2[n] - e1[n] + h25 * e3[n] + e4[n]
                     for n in range(N):
-                        V[4 * i + 2, c, p, n] = R[i, w + 2, n] - R[i, w + 1, n]
+                        V[6 * i + 2, c, p, n] = e1[n] - h25 * e2[n] + h5 * e3[n] + e4[n]
                     for n in range(N):
-                        V[4 * i + 3, c, p, n] = R[i, w + 1, n] - R[i, w + 3, n]
+                        V[6 * i + 3, c, p, n] = (e3[n] - e1[n]) + (e3[n] - e1[n]) - e2[n] + e4[n]
+                    for n in range(N):
+                        V[6 * i + 4, c, p, n] = h5 * (e1[n] - e3[n]) - e2[n] + e4[n]
+                    for n in range(N):
+                        V[6 * i + 5, c, p, n] = e1[n] - h15 * e2[n] - (e3[n] + e3[n]) \
+                            + h15 * e4[n] + e5[n]
 
 
-@kernel(lambda t: void(ro(t, 4), ro(t, 1), rw(t, 4), i64))
-def output_transform(M, b, ys, th0):
-    """ys[f, 2th+a, 2tw+b, n] = (A^T m A)[a, b] + bias[f] for the band of
-    tile rows th0.. that M (16, F, rows*TW, N) holds; ys (F, 2*TH, 2*TW, N)
-    keeps the whole last tile (crop_planes drops what lies past the edge)."""
-    F, _, OW2, N = ys.shape
-    TW = OW2 // 2
+@kernel(lambda t: void(ro(t, 4), ro(t, 1), rw(t, 4), i64, i64))
+def output_transform(M, b, ys, th0, relu):
+    """ys[f, 4th+a, 4tw+c, n] = (A^T m A)[a, c] + b[f] for the band of tile
+    rows th0.. that M (36, F, rows*TW, N) holds, then max(v, 0) if relu
+    (NaN kept); ys (F, 4*TH, 4*TW, N) keeps the whole last tile
+    (crop_planes drops what lies past the edge)."""
+    F, _, OW4, N = ys.shape
+    TW = OW4 // 4
+    k = np.empty(6, dtype=ys.dtype)
+    k[0], k[1], k[2], k[3], k[4], k[5] = 0.5, 0.25, 0.125, 4.0, 8.0, 0.0
+    h5, q25, e125, four, eight, zero = k[0], k[1], k[2], k[3], k[4], k[5]
+    S = np.empty((4, 6, TW, N), dtype=ys.dtype)    # A^T m: (row a, col j, tile)
     for f in range(F):
         bf = b[f]
-        S = np.empty((2, 4, TW, N), dtype=ys.dtype)   # A^T m: (row a, col j, tile)
         for r in range(M.shape[2] // TW):
-            for j in range(4):
+            for j in range(6):
                 for tw in range(TW):
                     p = r * TW + tw
+                    m0, m1, m2 = M[j, f, p], M[6 + j, f, p], M[12 + j, f, p]
+                    m3, m4, m5 = M[18 + j, f, p], M[24 + j, f, p], M[30 + j, f, p]
                     for n in range(N):
-                        S[0, j, tw, n] = M[j, f, p, n] + M[4 + j, f, p, n] + M[8 + j, f, p, n]
+                        S[0, j, tw, n] = m0[n] + (m1[n] + m2[n]) + (m3[n] + m4[n])
                     for n in range(N):
-                        S[1, j, tw, n] = M[4 + j, f, p, n] - M[8 + j, f, p, n] - M[12 + j, f, p, n]
-            oh = 2 * (th0 + r)
-            for a in range(2):
+                        S[1, j, tw, n] = (m1[n] - m2[n]) + h5 * m3[n] - (m4[n] + m4[n])
+                    for n in range(N):
+                        S[2, j, tw, n] = (m1[n] + m2[n]) + q25 * m3[n] + four * m4[n]
+                    for n in range(N):
+                        S[3, j, tw, n] = (m1[n] - m2[n]) + e125 * m3[n] - eight * m4[n] + m5[n]
+            oh = 4 * (th0 + r)
+            for a in range(4):
+                out = ys[f, oh + a]
                 for tw in range(TW):
+                    s0, s1, s2 = S[a, 0, tw], S[a, 1, tw], S[a, 2, tw]
+                    s3, s4, s5 = S[a, 3, tw], S[a, 4, tw], S[a, 5, tw]
+                    w = 4 * tw
+                    o0, o1, o2, o3 = out[w], out[w + 1], out[w + 2], out[w + 3]
                     for n in range(N):
-                        ys[f, oh + a, 2 * tw, n] = S[a, 0, tw, n] + S[a, 1, tw, n] + S[a, 2, tw, n] + bf
+                        o0[n] = s0[n] + (s1[n] + s2[n]) + (s3[n] + s4[n]) + bf
                     for n in range(N):
-                        ys[f, oh + a, 2 * tw + 1, n] = S[a, 1, tw, n] - S[a, 2, tw, n] - S[a, 3, tw, n] + bf
+                        o1[n] = (s1[n] - s2[n]) + h5 * s3[n] - (s4[n] + s4[n]) + bf
+                    for n in range(N):
+                        o2[n] = (s1[n] + s2[n]) + q25 * s3[n] + four * s4[n] + bf
+                    for n in range(N):
+                        o3[n] = (s1[n] - s2[n]) + e125 * s3[n] - eight * s4[n] + s5[n] + bf
+                    if relu:
+                        for n in range(N):      # NaN <= 0 is False: NaN stays
+                            v = o0[n]
+                            o0[n] = zero if v <= zero else v
+                        for n in range(N):
+                            v = o1[n]
+                            o1[n] = zero if v <= zero else v
+                        for n in range(N):
+                            v = o2[n]
+                            o2[n] = zero if v <= zero else v
+                        for n in range(N):
+                            v = o3[n]
+                            o3[n] = zero if v <= zero else v
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(types.float64, 1), i64))
 def grad_output_transform(dys, dM, db, th0):
     """dM[:, f, p, n] = A dY A^T for the band of tile rows th0.. that dM
-    (16, F, rows*TW, N) holds, dY the 2x2 tile of the packed gradient dys
-    (F, 2*TH, 2*TW, N) (zero past the edge), and db[f] += the band's sum of
+    (36, F, rows*TW, N) holds, dY the 4x4 tile of the packed gradient dys
+    (F, 4*TH, 4*TW, N) (zero past the edge), and db[f] += the band's sum of
     dy[:, f] (float64)."""
-    F, _, OW2, N = dys.shape
-    TW = OW2 // 2
+    F, _, OW4, N = dys.shape
+    TW = OW4 // 4
+    k = np.empty(5, dtype=dM.dtype)
+    k[0], k[1], k[2], k[3], k[4] = 0.5, 0.25, 0.125, 4.0, 8.0
+    h5, q25, e125, four, eight = k[0], k[1], k[2], k[3], k[4]
+    K = np.empty((6, OW4, N), dtype=dM.dtype)   # A dY for one tile row
+    # db in float64 lanes: a scalar accumulator is one serial chain of adds
+    acc = np.zeros(N, dtype=np.float64)
     for f in range(F):
-        # db in float64 lanes: a scalar accumulator is one serial chain of adds
-        acc = np.zeros(N, dtype=np.float64)
-        K = np.empty((4, OW2, N), dtype=dM.dtype)   # A dY for one tile row
+        acc[:] = 0
         for r in range(dM.shape[2] // TW):
-            oh = 2 * (th0 + r)
-            for w in range(OW2):
+            oh = 4 * (th0 + r)
+            d0, d1, d2, d3 = dys[f, oh], dys[f, oh + 1], dys[f, oh + 2], dys[f, oh + 3]
+            for w in range(OW4):
                 for n in range(N):
-                    acc[n] += dys[f, oh, w, n]
-                    acc[n] += dys[f, oh + 1, w, n]
+                    acc[n] += (d0[w, n] + d1[w, n]) + (d2[w, n] + d3[w, n])
                 for n in range(N):
-                    K[0, w, n] = dys[f, oh, w, n]
+                    K[0, w, n] = d0[w, n]
                 for n in range(N):
-                    K[1, w, n] = dys[f, oh, w, n] + dys[f, oh + 1, w, n]
+                    K[1, w, n] = (d0[w, n] + d1[w, n]) + (d2[w, n] + d3[w, n])
                 for n in range(N):
-                    K[2, w, n] = dys[f, oh, w, n] - dys[f, oh + 1, w, n]
+                    K[2, w, n] = (d0[w, n] - d1[w, n]) + (d2[w, n] - d3[w, n])
                 for n in range(N):
-                    K[3, w, n] = -dys[f, oh + 1, w, n]
-            for i in range(4):
+                    K[3, w, n] = d0[w, n] + h5 * d1[w, n] + q25 * d2[w, n] + e125 * d3[w, n]
+                for n in range(N):
+                    K[4, w, n] = d0[w, n] - (d1[w, n] + d1[w, n]) + four * d2[w, n] \
+                        - eight * d3[w, n]
+                for n in range(N):
+                    K[5, w, n] = d3[w, n]
+            for i in range(6):
+                Ki = K[i]
                 for tw in range(TW):
                     p = r * TW + tw
-                    w = 2 * tw
+                    w = 4 * tw
+                    c0, c1, c2, c3 = Ki[w], Ki[w + 1], Ki[w + 2], Ki[w + 3]
                     for n in range(N):
-                        dM[4 * i, f, p, n] = K[i, w, n]
+                        dM[6 * i, f, p, n] = c0[n]
                     for n in range(N):
-                        dM[4 * i + 1, f, p, n] = K[i, w, n] + K[i, w + 1, n]
+                        dM[6 * i + 1, f, p, n] = (c0[n] + c1[n]) + (c2[n] + c3[n])
                     for n in range(N):
-                        dM[4 * i + 2, f, p, n] = K[i, w, n] - K[i, w + 1, n]
+                        dM[6 * i + 2, f, p, n] = (c0[n] - c1[n]) + (c2[n] - c3[n])
                     for n in range(N):
-                        dM[4 * i + 3, f, p, n] = -K[i, w + 1, n]
+                        dM[6 * i + 3, f, p, n] = c0[n] + h5 * c1[n] + q25 * c2[n] + e125 * c3[n]
+                    for n in range(N):
+                        dM[6 * i + 4, f, p, n] = c0[n] - (c1[n] + c1[n]) + four * c2[n] \
+                            - eight * c3[n]
+                    for n in range(N):
+                        dM[6 * i + 5, f, p, n] = c3[n]
         db[f] += acc.sum()
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), i64))
 def grad_input_transform(dV, xs, th0):
     """dd = B dV B^T per tile for the band of tile rows th0.. that dV
-    (16, C, rows*TW, N) holds, scatter-added into the padded planes xs[c]
-    (tiles overlap by two rows and columns; the planes are zeroed when th0
-    is 0)."""
+    (36, C, rows*TW, N) holds, scatter-added into the padded planes xs[c]
+    (tiles overlap by two rows and columns; each plane is zeroed here when
+    th0 is 0)."""
     C, HT, WT, N = xs.shape
-    TW = (WT - 2) // 2
+    TW = (WT - 2) // 4
+    k = np.empty(3, dtype=xs.dtype)
+    k[0], k[1], k[2] = 0.5, 1.5, 2.5
+    h5, h15, h25 = k[0], k[1], k[2]
+    E = np.empty((6, WT, N), dtype=xs.dtype)     # dV B for one tile row
     for c in range(C):
         plane = xs[c]
         if th0 == 0:
             plane[:] = 0
-        E = np.empty((4, WT, N), dtype=xs.dtype)     # dV B^T for one tile row
         for r in range(dV.shape[2] // TW):
             E[:] = 0
-            for i in range(4):
+            for i in range(6):
+                Ei = E[i]
                 for tw in range(TW):
                     p = r * TW + tw
-                    w = 2 * tw
+                    w = 4 * tw
+                    v0, v1, v2 = dV[6 * i, c, p], dV[6 * i + 1, c, p], dV[6 * i + 2, c, p]
+                    v3, v4, v5 = dV[6 * i + 3, c, p], dV[6 * i + 4, c, p], dV[6 * i + 5, c, p]
+                    g0, g1, g2 = Ei[w], Ei[w + 1], Ei[w + 2]
+                    g3, g4, g5 = Ei[w + 3], Ei[w + 4], Ei[w + 5]
                     for n in range(N):
-                        E[i, w, n] += dV[4 * i, c, p, n]
+                        g0[n] += v0[n]
                     for n in range(N):
-                        E[i, w + 1, n] += dV[4 * i + 1, c, p, n] - dV[4 * i + 2, c, p, n] + dV[4 * i + 3, c, p, n]
+                        g1[n] += (v2[n] - v1[n]) - h15 * v0[n] - (v3[n] + v3[n]) \
+                            + h5 * v4[n] + v5[n]
                     for n in range(N):
-                        E[i, w + 2, n] += dV[4 * i + 1, c, p, n] + dV[4 * i + 2, c, p, n] - dV[4 * i, c, p, n]
+                        g2[n] += h5 * v1[n] - (v0[n] + v0[n]) - h25 * v2[n] - v3[n] - v4[n] \
+                            - h15 * v5[n]
                     for n in range(N):
-                        E[i, w + 3, n] -= dV[4 * i + 3, c, p, n]
-            h = 2 * (th0 + r)
+                        g3[n] += h15 * v0[n] + h25 * v1[n] + h5 * v2[n] + (v3[n] + v3[n]) \
+                            - h5 * v4[n] - (v5[n] + v5[n])
+                    for n in range(N):
+                        g4[n] += (v0[n] + v1[n]) + (v2[n] + v3[n]) + v4[n] + h15 * v5[n]
+                    for n in range(N):
+                        g5[n] += v5[n]
+            h = 4 * (th0 + r)
+            e0, e1, e2, e3, e4, e5 = E[0], E[1], E[2], E[3], E[4], E[5]
+            p0, p1, p2 = plane[h], plane[h + 1], plane[h + 2]
+            p3, p4, p5 = plane[h + 3], plane[h + 4], plane[h + 5]
             for w in range(WT):
                 for n in range(N):
-                    plane[h, w, n] += E[0, w, n]
+                    p0[w, n] += e0[w, n]
                 for n in range(N):
-                    plane[h + 1, w, n] += E[1, w, n] - E[2, w, n] + E[3, w, n]
+                    p1[w, n] += (e2[w, n] - e1[w, n]) - h15 * e0[w, n] - (e3[w, n] + e3[w, n]) \
+                        + h5 * e4[w, n] + e5[w, n]
                 for n in range(N):
-                    plane[h + 2, w, n] += E[1, w, n] + E[2, w, n] - E[0, w, n]
+                    p2[w, n] += h5 * e1[w, n] - (e0[w, n] + e0[w, n]) - h25 * e2[w, n] \
+                        - e3[w, n] - e4[w, n] - h15 * e5[w, n]
                 for n in range(N):
-                    plane[h + 3, w, n] -= E[3, w, n]
+                    p3[w, n] += h15 * e0[w, n] + h25 * e1[w, n] + h5 * e2[w, n] \
+                        + (e3[w, n] + e3[w, n]) - h5 * e4[w, n] - (e5[w, n] + e5[w, n])
+                for n in range(N):
+                    p4[w, n] += (e0[w, n] + e1[w, n]) + (e2[w, n] + e3[w, n]) + e4[w, n] \
+                        + h15 * e5[w, n]
+                for n in range(N):
+                    p5[w, n] += e5[w, n]
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64))
 def crop_planes(xs, dx, PT, PL):
     """dx[n, c, ih, iw] = xs[c, ih+PT, iw+PL, n]: planes with the batch
-    innermost back to NCHW (the inverse of pack_planes)."""
+    innermost back to NCHW (the inverse of pack_planes), row by row through
+    an (N, W) tile in L1, as there."""
     N, C, H, W = dx.shape
+    tmp = np.empty((N, W), dtype=dx.dtype)
     for c in range(C):
-        for ih in range(H):         # reads contiguous (one plane at a time)
+        for ih in range(H):
+            row = xs[c, ih + PT]
             for iw in range(W):
+                src = row[iw + PL]
                 for n in range(N):
-                    dx[n, c, ih, iw] = xs[c, ih + PT, iw + PL, n]
+                    tmp[n, iw] = src[n]
+            for n in range(N):
+                dst = dx[n, c, ih]
+                t = tmp[n]
+                for iw in range(W):
+                    dst[iw] = t[iw]
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 3)))
 def weight_transform(w, U):
-    """U[4i+j, f, c] = (G g G^T)[i, j] for g = w[f, c] (3x3), with
-    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-    (2048 tiny products on the MNIST conv2: 350 us as an einsum, a few here)."""
-    F, C = w.shape[0], w.shape[1]
-    T = np.empty((4, 3), dtype=U.dtype)          # G g: rows of the product
+    """U[6i+j, f, c] = (G g G^T)[i, j] for g = w[f, c] (3x3; w (F, Cg, 3, 3)),
+    in float64 and rounded once. One filter at a time through a (36, Cg)
+    scratch, so U is written in rows: storing the 36 elements of one (f, c)
+    strides by F*Cg, which at power-of-two sizes keeps hitting one cache set."""
+    F, Cg = w.shape[0], w.shape[1]
+    third, fifteenth = 1.0 / 3.0, 1.0 / 15.0
+    T = np.empty((6, 3), dtype=np.float64)          # G g
+    Uf = np.empty((36, Cg), dtype=np.float64)
     for f in range(F):
-        for c in range(C):
-            g = w[f, c]
+        for c in range(Cg):
             for b in range(3):
-                T[0, b] = g[0, b]
-                T[1, b] = 0.5 * (g[0, b] + g[1, b] + g[2, b])
-                T[2, b] = 0.5 * (g[0, b] - g[1, b] + g[2, b])
-                T[3, b] = g[2, b]
-            for i in range(4):
-                U[4 * i, f, c] = T[i, 0]
-                U[4 * i + 1, f, c] = 0.5 * (T[i, 0] + T[i, 1] + T[i, 2])
-                U[4 * i + 2, f, c] = 0.5 * (T[i, 0] - T[i, 1] + T[i, 2])
-                U[4 * i + 3, f, c] = T[i, 2]
+                g0, g1, g2 = np.float64(w[f, c, 0, b]), np.float64(w[f, c, 1, b]), \
+                    np.float64(w[f, c, 2, b])
+                T[0, b] = g0
+                T[1, b] = (g0 + g1 + g2) * third
+                T[2, b] = (g1 - g0 - g2) * third
+                T[3, b] = -(16.0 * g0 + 8.0 * g1 + 4.0 * g2) * fifteenth
+                T[4, b] = (g0 - 2.0 * g1 + 4.0 * g2) * fifteenth
+                T[5, b] = g2
+            for i in range(6):
+                g0, g1, g2 = T[i, 0], T[i, 1], T[i, 2]
+                Uf[6 * i, c] = g0
+                Uf[6 * i + 1, c] = (g0 + g1 + g2) * third
+                Uf[6 * i + 2, c] = (g1 - g0 - g2) * third
+                Uf[6 * i + 3, c] = -(16.0 * g0 + 8.0 * g1 + 4.0 * g2) * fifteenth
+                Uf[6 * i + 4, c] = (g0 - 2.0 * g1 + 4.0 * g2) * fifteenth
+                Uf[6 * i + 5, c] = g2
+        for k in range(36):
+            for c in range(Cg):
+                U[k, f, c] = Uf[k, c]
 
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 4)))
 def weight_grad_transform(dU, dw):
-    """dw[f, c] = G^T dU[:, f, c] G, dU[4i+j] the (i, j) element: the
-    adjoint of weight_transform."""
-    F, C = dw.shape[0], dw.shape[1]
-    T = np.empty((3, 4), dtype=dw.dtype)         # G^T dU
+    """dw[f, c] = G^T dU[:, f, c] G, dU[6i+j] the (i, j) element: the
+    adjoint of weight_transform, in float64 and rounded once; dU read in
+    rows of one filter, as there."""
+    F, Cg = dw.shape[0], dw.shape[1]
+    third, fifteenth = 1.0 / 3.0, 1.0 / 15.0
+    T = np.empty((3, 6), dtype=np.float64)         # G^T dU
+    dUf = np.empty((36, Cg), dtype=np.float64)
     for f in range(F):
-        for c in range(C):
-            for j in range(4):
-                d0 = dU[j, f, c]
-                d1 = dU[4 + j, f, c]
-                d2 = dU[8 + j, f, c]
-                d3 = dU[12 + j, f, c]
-                T[0, j] = d0 + 0.5 * (d1 + d2)
-                T[1, j] = 0.5 * (d1 - d2)
-                T[2, j] = 0.5 * (d1 + d2) + d3
+        for k in range(36):
+            for c in range(Cg):
+                dUf[k, c] = dU[k, f, c]
+        for c in range(Cg):
+            for j in range(6):
+                d0, d1, d2 = dUf[j, c], dUf[6 + j, c], dUf[12 + j, c]
+                d3, d4, d5 = dUf[18 + j, c], dUf[24 + j, c], dUf[30 + j, c]
+                T[0, j] = d0 + (d1 - d2) * third + (d4 - 16.0 * d3) * fifteenth
+                T[1, j] = (d1 + d2) * third - (8.0 * d3 + 2.0 * d4) * fifteenth
+                T[2, j] = (d1 - d2) * third + (4.0 * d4 - 4.0 * d3) * fifteenth + d5
             for a in range(3):
-                dw[f, c, a, 0] = T[a, 0] + 0.5 * (T[a, 1] + T[a, 2])
-                dw[f, c, a, 1] = 0.5 * (T[a, 1] - T[a, 2])
-                dw[f, c, a, 2] = 0.5 * (T[a, 1] + T[a, 2]) + T[a, 3]
+                d0, d1, d2, d3, d4, d5 = T[a, 0], T[a, 1], T[a, 2], T[a, 3], T[a, 4], T[a, 5]
+                dw[f, c, a, 0] = d0 + (d1 - d2) * third + (d4 - 16.0 * d3) * fifteenth
+                dw[f, c, a, 1] = (d1 + d2) * third - (8.0 * d3 + 2.0 * d4) * fifteenth
+                dw[f, c, a, 2] = (d1 - d2) * third + (4.0 * d4 - 4.0 * d3) * fifteenth + d5

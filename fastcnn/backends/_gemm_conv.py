@@ -18,9 +18,9 @@ Paths (``choose_path``; ``forced_path`` overrides it, for tests):
     saves its input and the backward makes the columns again. Direct fused
     loops were measured and lost even on the 1->32 channel first MNIST
     layer, so there are none.
-  * "winograd", for a backend whose table has it (numba): 3x3 stride 1,
-    no dilation, one group, with more taps and a batch of at least its
-    MIN_BATCH (``backends/_winograd``).
+  * "winograd", for a backend whose table has it: 3x3 stride 1 (any
+    padding, dilation and groups), with more taps than the per-image path
+    takes and a batch of at least its MIN_BATCH (``backends/_winograd``).
   * "batch" otherwise: columns (K, n*L) and one large product per group
     and pass, y and dy transposed by layout kernels that fuse in the bias
     add and db. A backend that reads a padded input runs stride-1 columns
@@ -47,6 +47,7 @@ The kernel table ``k`` (one object per backend):
                        zero row, planes flattened (N, C, (HP+1)*WP); False:
                        they read x itself and clip at its borders
     winograd           the Winograd driver module, or None
+    winograd_kernels() (with winograd) its tile-transform kernel module
     per_image_max_taps (optional) Kg up to which the per-image path is
                        chosen; PER_IMAGE_MAX_TAPS if absent
     depthwise()        the direct depthwise kernel module, or None (the

@@ -1,97 +1,153 @@
-"""The Winograd F(2x2, 3x3) conv2d path around the kernels in
-``fastcnn/_kernels/numba_winograd.py``: 16 batched matmuls over transformed
-4x4 tiles for the forward, dx and dw alike (Lavin & Gray 2015; the
-transforms and their adjoints are documented with the kernels).
+"""The Winograd F(4x4, 3x3) conv2d path both compiled backends share: 36
+batched matmuls over transformed 6x6 tiles for the forward, dx and dw alike
+(Lavin & Gray 2015), around a backend's tile-transform kernels
+(``k.winograd_kernels()``: ``fastcnn/_kernels/numba_winograd.py`` or the
+cython module to the same contract; the transforms, their adjoints and the
+interpolation points are documented there).
 
 ``_gemm_conv`` takes this path, for a kernel table whose ``winograd`` is
-this module, on 3x3 stride-1 convolutions (undilated, one group) with more
-taps than its per-image path and at least MIN_BATCH images. Measured
-against the whole-batch im2col path (fwd+bwd, float32, one thread, CPU
-time): MNIST conv2 (64x32->64, 14x14) 13.1 vs 29.1 ms (torch 14.5); the
-batch-innermost tile layout needs enough lanes: batch 8 1.4x faster,
-batch 4 0.9x, batch 1 0.4x.
+this module, on 3x3 stride-1 convolutions with enough taps and images
+(``choose_path``). Groups: U is (36, F, C/G) and each band's products are
+one 4-D batched matmul over (36, G, F/G, C/G) @ (36, G, C/G, L), no loop
+over groups. Dilation (stride 1): a dilated 3x3 convolution is DH*DW
+undilated ones on the phase sub-grids: output phase (r, s) =
+y[:, :, r::DH, s::DW] reads only input phase (a, b) = ((r - PT) mod DH,
+(s - PL) mod DW) = x[:, :, a::DH, b::DW], with its own padding; the phases
+run one after another, each copied to and from contiguous arrays.
 
 Chunks of the batch run concurrently on fastcnn's pool, one per core,
-each with single-threaded BLAS and kernels (``backends/_concurrent``),
-where OpenBLAS splitting dozens of small products and a kernel thread pool
-waking for short loops kept both cores half idle. U and V, saved for the
+each with single-threaded BLAS and kernels (``backends/_concurrent``). The
+batch is the innermost axis of the tile arrays, so a chunk needs enough
+images to fill the vector lanes (MIN_BATCH). U and V, saved for the
 backward, are derived from w and x: a caller changing them in place after
-the forward changes nothing.
+the forward changes nothing. relu: the forward's output transform applies
+max(v, 0) after the bias (the fused conv+ReLU); the backward is the
+convolution's alone (the caller masks dy).
 
 Deliberately not here: the im2col paths and the choice between paths
-(``_gemm_conv``), argument checks (``fastcnn.ops``).
+(``_gemm_conv``), argument checks (``fastcnn.ops``), loops over elements
+(the kernel modules).
 """
 import numpy as np
 
 from fastcnn.backends import _concurrent
+from fastcnn.backends._gemm_conv import Geometry
 from fastcnn.backends._workspace import outputs, workspace
 
 MIN_BATCH = 8
-# Images per pass: the transformed tiles of a chunk stay in cache (MNIST
-# conv2 forward at batch 1000, two threads: 123 ms in one pass).
+# Images per pass: the transformed tiles of a chunk stay in cache.
 CHUNK = 64
-# Tiles per band: transforms and matmuls run band by band over whole tile
-# rows, so a band's (16, F, tiles) products stay in cache between the kernel
-# or matmul that writes them and the one that reads them (MNIST conv2, one
-# thread, bands of one tile row against one band: fwd+bwd 17.7 -> 16.0 ms;
-# 1024 tiles and more were slower).
+# Tile lanes (tiles x images) per band: transforms and matmuls run band by
+# band over whole tile rows (at least one), so a band's (36, F, lanes)
+# products stay in cache between the kernel or matmul that writes them and
+# the one that reads them.
 BAND_TILES = 256
-
-_wino = None
-
-
-def _kernels():
-    global _wino
-    if _wino is None:
-        from fastcnn._kernels import numba_winograd
-        _wino = numba_winograd
-    return _wino
 
 
 def applies(g):
-    """Whether geometry g is a convolution this path computes."""
-    return g.KH == g.KW == 3 and g.SH == g.SW == 1 and g.DH == g.DW == 1 and g.G == 1
+    """Whether geometry g is a convolution this path computes: 3x3, stride
+    1, any dilation, padding and groups."""
+    return g.KH == g.KW == 3 and g.SH == g.SW == 1
 
 
-def forward(k, x, w, b, y, g):
-    """y = conv(x, w) + b, chunks of the batch concurrently; returns what
-    backward needs: U and, per chunk, its transformed input and bands."""
-    wino = _kernels()
-    U = np.empty((16, g.F, g.C), dtype=x.dtype)
+def forward(k, x, w, b, y, g, relu=False):
+    """y = conv(x, w) + b (then max(., 0) if relu), chunks of the batch
+    concurrently, phase by phase if dilated; returns what backward needs:
+    U and, per phase, its geometry and its chunks' transformed inputs."""
+    wino = k.winograd_kernels()
+    U = np.empty((36, g.F, g.C // g.G), dtype=x.dtype)
     wino.weight_transform(w, U)
-    slices = _chunks(g.N, _concurrent.num_threads())
-    saved = _concurrent.run(lambda sl: _forward_chunk(x[sl], U, b, y[sl], g), slices)
-    return U, list(zip(slices, saved))
+    if g.DH == g.DW == 1:
+        return U, [(None, g, _forward_chunks(wino, x, U, b, y, g, relu))]
+    phases = []
+    for ph in _phases(g):
+        gp, rows, cols = ph
+        xp = _copy(x[:, :, rows[0]::g.DH, cols[0]::g.DW])
+        yp = workspace.take((g.N, g.F, gp.OH, gp.OW), x.dtype)
+        phases.append((ph, gp, _forward_chunks(wino, xp, U, b, yp, gp, relu)))
+        y[:, :, rows[1]::g.DH, cols[1]::g.DW] = yp
+    return U, phases
 
 
 def backward(k, dy, g, saved):
-    """The exact adjoint of forward, chunk by chunk (concurrently): dx per
-    chunk, dU and db summed over the chunks, then dw = G^T dU G."""
-    wino = _kernels()
-    U, chunks = saved
+    """The exact adjoint of forward (without relu), chunk by chunk
+    (concurrently) and phase by phase: dx per chunk, dU and db summed over
+    chunks and phases, then dw = G^T dU G."""
+    wino = k.winograd_kernels()
+    U, phases = saved
     dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype)
-
-    def chunk(item):
-        sl, (V, bands) = item
-        dU = np.zeros((16, g.F, g.C), dtype=dy.dtype)
-        db = np.zeros(g.F, dtype=np.float64)
-        _backward_chunk(dy[sl], U, V, bands, g, dx[sl], dU, db)
-        return dU, db
-
-    parts = _concurrent.run(chunk, chunks)
-    dU, db = parts[0]
-    for dU_c, db_c in parts[1:]:
-        dU += dU_c
-        db += db_c
-    dw = outputs.take((g.F, g.C, 3, 3), dy.dtype)
+    if len(phases) < g.DH * g.DW:
+        dx.fill(0)          # input phases that reach no output
+    dU = np.zeros_like(U)
+    db = np.zeros(g.F, dtype=np.float64)
+    for ph, gp, chunks in phases:
+        if ph is None:
+            _backward_chunks(wino, dy, U, chunks, gp, dx, dU, db)
+            continue
+        _, rows, cols = ph
+        dyp = _copy(dy[:, :, rows[1]::g.DH, cols[1]::g.DW])
+        dxp = workspace.take((g.N, g.C, gp.H, gp.W), dy.dtype)
+        _backward_chunks(wino, dyp, U, chunks, gp, dxp, dU, db)
+        dx[:, :, rows[0]::g.DH, cols[0]::g.DW] = dxp
+    dw = outputs.take((g.F, g.C // g.G, 3, 3), dy.dtype)
     wino.weight_grad_transform(dU, dw)
     return dx, dw, db.astype(dy.dtype)
+
+
+def _phases(g):
+    """(geometry, (a, r), (b, s)) per output phase (r, s) that has outputs:
+    the undilated convolution of input phase (a, b) = x[:, :, a::DH, b::DW]
+    that gives y[:, :, r::DH, s::DW]."""
+    def axis(size, pad, out, d):
+        for r in range(min(d, out)):
+            a = (r - pad) % d
+            n_in = len(range(a, size, d))
+            n_out = len(range(r, out, d))
+            lead = (a + pad - r) // d          # zero rows before the phase's first
+            yield (a, r), n_in, lead, n_out + 2 - n_in - lead, n_out
+
+    for rows, H, PT, PB, OH in axis(g.H, g.PT, g.OH, g.DH):
+        for cols, W, PL, PR, OW in axis(g.W, g.PL, g.OW, g.DW):
+            yield (Geometry(g.N, g.C, H, W, g.F, 3, 3, 1, 1, PT, PB, PL, PR, OH, OW,
+                            1, 1, g.G), rows, cols)
+
+
+def _copy(a):
+    """A C-contiguous copy of the view a, in the workspace."""
+    out = workspace.take(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
+
+
+def _forward_chunks(wino, x, U, b, y, g, relu):
+    slices = _chunks(g.N, _concurrent.num_threads())
+    saved = _concurrent.run(lambda sl: _forward_chunk(wino, x[sl], U, b, y[sl], g, relu),
+                            slices)
+    return list(zip(slices, saved))
+
+
+def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db):
+    def chunk(item):
+        sl, (V, bands) = item
+        dU_c = np.zeros_like(dU)
+        db_c = np.zeros(g.F, dtype=np.float64)
+        _backward_chunk(wino, dy[sl], U, V, bands, g, dx[sl], dU_c, db_c)
+        return dU_c, db_c
+
+    for dU_c, db_c in _concurrent.run(chunk, chunks):
+        dU += dU_c
+        db += db_c
 
 
 def _chunks(N, threads):
     """Batch slices: at most CHUNK images each, at least one per thread
     while each keeps MIN_BATCH images, balanced."""
     return _concurrent.batch_slices(N, max(-(-N // CHUNK), min(threads, N // MIN_BATCH)))
+
+
+def _tiles(g):
+    """(TH, TW): 4x4 output tiles per column and per row."""
+    return (g.OH + 3) // 4, (g.OW + 3) // 4
 
 
 def _bands(TH, TW, N):
@@ -101,51 +157,52 @@ def _bands(TH, TW, N):
 
 
 def _band_buffer(rows, K, TW, N, dtype):
-    """A contiguous (16, K, rows*TW, N) scratch array for one band: views of
+    """A contiguous (36, K, rows*TW, N) scratch array for one band: views of
     one flat workspace array, so the last, shorter band is contiguous too."""
-    flat = workspace.take((16 * K * rows * TW * N,), dtype)
-    return lambda r: flat[:16 * K * r * TW * N].reshape(16, K, r * TW, N)
+    flat = workspace.take((36 * K * rows * TW * N,), dtype)
+    return lambda r: flat[:36 * K * r * TW * N].reshape(36, K, r * TW, N)
 
 
 def _band(V, th0, th1, C, TW, N):
-    """Band (th0, th1) of the saved V: (16, C, (th1-th0)*TW, N), contiguous."""
-    return V[16 * C * th0 * TW * N:16 * C * th1 * TW * N].reshape(16, C, (th1 - th0) * TW, N)
+    """Band (th0, th1) of the saved V: (36, C, (th1-th0)*TW, N), contiguous."""
+    return V[36 * C * th0 * TW * N:36 * C * th1 * TW * N].reshape(36, C, (th1 - th0) * TW, N)
 
 
-def _forward_chunk(x, U, b, y, g):
+def _forward_chunk(wino, x, U, b, y, g, relu):
     """One chunk of the batch (x and y C-contiguous slices): returns what
     its backward needs (the transformed input V and the bands)."""
-    wino = _wino
-    N, C, F = x.shape[0], g.C, g.F
-    TH, TW = (g.OH + 1) // 2, (g.OW + 1) // 2
-    xs = workspace.take((C, 2 * TH + 2, 2 * TW + 2, N), x.dtype)
+    N, C, F, G = x.shape[0], g.C, g.F, g.G
+    TH, TW = _tiles(g)
+    U4 = U.reshape(36, G, F // G, C // G)
+    xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), x.dtype)
     wino.pack_planes(x, xs, g.PT, g.PL)
-    # V band by band, each band contiguous (16, C, rows*TW, N): saved for dw
-    V = workspace.take((16 * C * TH * TW * N,), x.dtype)
+    # V band by band, each band contiguous (36, C, rows*TW, N): saved for dw
+    V = workspace.take((36 * C * TH * TW * N,), x.dtype)
     bands = _bands(TH, TW, N)
     band_M = _band_buffer(bands[0][1], F, TW, N, x.dtype)
-    ys = workspace.take((F, 2 * TH, 2 * TW, N), x.dtype)
+    ys = workspace.take((F, 4 * TH, 4 * TW, N), x.dtype)
     for th0, th1 in bands:
         L = (th1 - th0) * TW * N
         Vb = _band(V, th0, th1, C, TW, N)
         wino.input_transform(xs, Vb, th0)
         M = band_M(th1 - th0)
-        np.matmul(U, Vb.reshape(16, C, L), out=M.reshape(16, F, L))
-        wino.output_transform(M, b, ys, th0)
+        np.matmul(U4, Vb.reshape(36, G, C // G, L), out=M.reshape(36, G, F // G, L))
+        wino.output_transform(M, b, ys, th0, int(relu))
     wino.crop_planes(ys, y, 0, 0)
     return V, bands
 
 
-def _backward_chunk(dy, U, V, bands, g, dx, dU, db):
+def _backward_chunk(wino, dy, U, V, bands, g, dx, dU, db):
     """One chunk, band by band: dM, then dU += dM V^T and dV = U^T dM,
     scatter-added into the chunk's dx; db += the chunk's sum of dy."""
-    wino = _wino
-    N, C, F = dy.shape[0], g.C, g.F
-    TH, TW = (g.OH + 1) // 2, (g.OW + 1) // 2
-    dU_band = np.empty_like(dU)
-    UT = U.transpose(0, 2, 1)
-    xs = workspace.take((C, 2 * TH + 2, 2 * TW + 2, N), dy.dtype)
-    dys = workspace.take((F, 2 * TH, 2 * TW, N), dy.dtype)
+    N, C, F, G = dy.shape[0], g.C, g.F, g.G
+    Cg, Fg = C // G, F // G
+    TH, TW = _tiles(g)
+    dU4 = dU.reshape(36, G, Fg, Cg)
+    dU_band = np.empty_like(dU4)
+    UT = U.reshape(36, G, Fg, Cg).transpose(0, 1, 3, 2)
+    xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), dy.dtype)
+    dys = workspace.take((F, 4 * TH, 4 * TW, N), dy.dtype)
     wino.pack_planes(dy, dys, 0, 0)
     band_dM = _band_buffer(bands[0][1], F, TW, N, dy.dtype)
     band_dV = _band_buffer(bands[0][1], C, TW, N, dy.dtype)
@@ -154,11 +211,11 @@ def _backward_chunk(dy, U, V, bands, g, dx, dU, db):
         L = r * TW * N
         dM = band_dM(r)
         wino.grad_output_transform(dys, dM, db, th0)
-        dM3 = dM.reshape(16, F, L)
-        Vb = _band(V, th0, th1, C, TW, N).reshape(16, C, L)
-        np.matmul(dM3, Vb.transpose(0, 2, 1), out=dU_band)
-        dU += dU_band
+        dM4 = dM.reshape(36, G, Fg, L)
+        Vb = _band(V, th0, th1, C, TW, N).reshape(36, G, Cg, L)
+        np.matmul(dM4, Vb.transpose(0, 1, 3, 2), out=dU_band)
+        dU4 += dU_band
         dV = band_dV(r)
-        np.matmul(UT, dM3, out=dV.reshape(16, C, L))
+        np.matmul(UT, dM4, out=dV.reshape(36, G, Cg, L))
         wino.grad_input_transform(dV, xs, th0)
     wino.crop_planes(xs, dx, g.PT, g.PL)

@@ -5,8 +5,8 @@ and ``numba_act.py``.
 conv2d is the shared GEMM driver (``backends/_gemm_conv``) over this
 backend's kernel table (``_ConvKernels``): im2col from a zero-padded copy
 of x, so no loop tests bounds and stride-1 columns run over the padded
-width; plus the Winograd F(2x2, 3x3) path (``backends/_winograd``), which
-only this backend has. Pooling and relu call their kernels directly.
+width; plus the Winograd F(4x4, 3x3) path (``backends/_winograd``) over
+``numba_winograd``. Pooling and relu call their kernels directly.
 
 Threads: every kernel is compiled single-threaded (no ``parallel``), so
 Numba's threading layer never starts: no GNU OpenMP or TBB team in the
@@ -53,6 +53,14 @@ class _ConvKernels:
     """The kernel table the shared conv driver calls (see _gemm_conv)."""
     padded_input = True
     winograd = _winograd
+
+    @staticmethod
+    def winograd_kernels():
+        """The Winograd F(4x4, 3x3) tile transforms (see _winograd),
+        compiled or loaded from the cache on the first Winograd conv."""
+        _kernels()
+        from fastcnn._kernels import numba_winograd
+        return numba_winograd
 
     @staticmethod
     def depthwise():

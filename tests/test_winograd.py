@@ -1,0 +1,204 @@
+"""The Winograd F(4x4, 3x3) conv path's numerical error, on every backend
+whose kernel table has one: y, dx, dw and db in float32 and float64 against
+a float64 direct convolution (an einsum per tap, independent of every
+backend), as max |err| / max |ref| per array: float32 <= 1e-4, float64
+<= 1e-9. Shapes: output sizes not divisible by 4, padding 0/1/2, unequal
+and 'same', C and F of 1, batch 1 and several chunks, groups 1/2/4/C,
+dilation (the phase sub-grids), the fused ReLU, non-finite inputs; the
+inputs are never changed.
+
+Deliberately not here: which path a shape chooses and the other paths
+(tests/test_conv_paths.py), speed.
+"""
+import numpy as np
+import pytest
+
+from fastcnn import ops
+from fastcnn.backend import get_module
+from fastcnn.backends import _gemm_conv
+
+from cases import BACKENDS
+
+
+def _table(name):
+    return getattr(get_module(name), "_ConvKernels", None)
+
+
+WINO_BACKENDS = [b for b in BACKENDS if getattr(_table(b), "winograd", None) is not None]
+BOUND = {np.float32: 1e-4, np.float64: 1e-9}
+
+# (N, C, H, W, F, padding, dilation, groups)
+CASES = [
+    (2, 3, 7, 9, 4, 1, 1, 1),             # OH, OW = 7, 9: partial last tiles
+    (1, 1, 5, 5, 1, 0, 1, 1),             # C = F = 1, batch 1, no padding
+    (3, 4, 6, 11, 5, 2, 1, 1),            # padding 2
+    (2, 3, 10, 6, 2, (0, 2), 1, 1),       # unequal padding
+    (2, 2, 9, 10, 3, "same", 1, 1),
+    (1, 2, 2, 3, 2, 2, 1, 1),             # input smaller than a tile
+    (19, 8, 14, 13, 16, 1, 1, 1),         # batch over MIN_BATCH: chunks
+    (9, 32, 14, 14, 64, 1, 1, 1),         # the MNIST conv2 shape: 288 taps per output
+    (3, 4, 10, 9, 6, 1, 1, 2),            # groups 2
+    (10, 8, 9, 7, 8, 1, 1, 4),            # groups 4
+    (2, 4, 6, 7, 4, 1, 1, 4),             # groups = C
+    (2, 3, 7, 6, 6, 0, 1, 3),             # groups = C, channel multiplier 2
+    (3, 3, 11, 10, 4, 2, 2, 1),           # dilation 2: four phases
+    (2, 4, 9, 13, 4, (1, 3), (2, 3), 2),  # unequal dilation and padding, groups
+    (2, 2, 12, 11, 3, "same", 3, 1),      # 'same' over a dilated kernel
+    (2, 2, 3, 4, 2, 2, 3, 1),             # dilation past the input: phases without outputs
+]
+
+
+def _pads(padding, dilation):
+    """(PT, PB, PL, PR) as fastcnn.ops computes them for a 3x3 kernel."""
+    (DH, DW) = (dilation, dilation) if isinstance(dilation, int) else dilation
+    if padding == "same":
+        return DH, DH, DW, DW
+    PH, PW = (padding, padding) if isinstance(padding, int) else padding
+    return PH, PH, PW, PW
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def direct(x, w, b, pads, dilation, groups):
+    """float64 y of the direct convolution, one einsum per tap."""
+    (N, C, H, W), F = x.shape, w.shape[0]
+    PT, PB, PL, PR = pads
+    DH, DW = dilation
+    G = groups
+    xp = np.pad(x, ((0, 0), (0, 0), (PT, PB), (PL, PR)))
+    OH, OW = xp.shape[2] - 2 * DH, xp.shape[3] - 2 * DW
+    y = np.zeros((N, G, F // G, OH, OW))
+    for i in range(3):
+        for j in range(3):
+            xs = xp[:, :, i * DH:i * DH + OH, j * DW:j * DW + OW].reshape(N, G, C // G, OH, OW)
+            y += np.einsum("ngchw,gfc->ngfhw", xs, w[:, :, i, j].reshape(G, F // G, C // G))
+    return y.reshape(N, F, OH, OW) + b[None, :, None, None]
+
+
+def direct_backward(x, w, dy, pads, dilation, groups):
+    """float64 (dx, dw, db) of the direct convolution: the einsums' adjoints."""
+    (N, C, H, W), F = x.shape, w.shape[0]
+    PT, PB, PL, PR = pads
+    DH, DW = dilation
+    G = groups
+    xp = np.pad(x, ((0, 0), (0, 0), (PT, PB), (PL, PR)))
+    OH, OW = dy.shape[2:]
+    dxp = np.zeros_like(xp)
+    dw = np.zeros(w.shape)
+    dy5 = dy.reshape(N, G, F // G, OH, OW)
+    for i in range(3):
+        for j in range(3):
+            sl = np.s_[:, :, i * DH:i * DH + OH, j * DW:j * DW + OW]
+            xs = xp[sl].reshape(N, G, C // G, OH, OW)
+            wij = w[:, :, i, j].reshape(G, F // G, C // G)
+            dxp[sl] += np.einsum("ngfhw,gfc->ngchw", dy5, wij).reshape(N, C, OH, OW)
+            dw[:, :, i, j] = np.einsum("ngfhw,ngchw->gfc", dy5, xs).reshape(F, C // G)
+    return dxp[:, :, PT:PT + H, PL:PL + W], dw, dy.sum(axis=(0, 2, 3))
+
+
+def _inputs(case, dtype, seed=0):
+    N, C, H, W, F, padding, dilation, groups = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    return x, w, b
+
+
+def relative_errors(backend, case, dtype):
+    """{name: max |err| / max |ref|} of the Winograd path's y, dx, dw, db;
+    checks on the way that the path ran, dtypes and that inputs are unchanged."""
+    N, C, H, W, F, padding, dilation, groups = case
+    x, w, b = _inputs(case, dtype)
+    copies = [a.copy() for a in (x, w, b)]
+    with _gemm_conv.forced_path("winograd"):
+        y, ctx = ops.conv2d_forward(x, w, b, 1, padding, dilation, groups, backend=backend)
+    assert ctx.saved[0] == "winograd"
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    dy_copy = dy.copy()
+    got = (y, *ops.conv2d_backward(dy, ctx))
+    for a, c in zip((x, w, b, dy), (*copies, dy_copy)):
+        np.testing.assert_array_equal(a, c)          # inputs unchanged
+    pads, dil = _pads(padding, _pair(dilation)), _pair(dilation)
+    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
+    want = (direct(*f64[:3], pads, dil, groups),
+            *direct_backward(f64[0], f64[1], f64[3], pads, dil, groups))
+    errors = {}
+    for name, g_, e in zip(("y", "dx", "dw", "db"), got, want):
+        assert g_.dtype == dtype and g_.shape == e.shape, name
+        errors[name] = float(np.abs(g_ - e).max() / max(np.abs(e).max(), 1e-300))
+    return errors
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+@pytest.mark.parametrize("backend", WINO_BACKENDS)
+def test_winograd_error_against_float64_direct_convolution(backend, case, dtype):
+    errors = relative_errors(backend, case, dtype)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= BOUND[dtype], f"{worst}: {errors}"
+
+
+def test_some_backend_has_winograd():
+    # the harness must not pass by running on nothing: numba has the path
+    if "numba" in BACKENDS:
+        assert "numba" in WINO_BACKENDS
+
+
+def _geometry(x, w, padding, dilation, groups):
+    (N, C, H, W), F = x.shape, w.shape[0]
+    PT, PB, PL, PR = _pads(padding, _pair(dilation))
+    DH, DW = _pair(dilation)
+    OH, OW = H + PT + PB - 2 * DH, W + PL + PR - 2 * DW
+    return _gemm_conv.Geometry(N, C, H, W, F, 3, 3, 1, 1, PT, PB, PL, PR, OH, OW,
+                               DH, DW, groups)
+
+
+def _driver_forward(backend, x, w, b, padding, dilation, groups, relu):
+    """y from the Winograd driver itself, with the fused ReLU or not."""
+    k = _table(backend)
+    g = _geometry(x, w, padding, dilation, groups)
+    y = np.empty((g.N, g.F, g.OH, g.OW), dtype=x.dtype)
+    k.winograd.forward(k, x, w, b, y, g, relu=relu)
+    return y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[9], CASES[12]],
+                         ids=["plain", "chunks", "groups", "dilated"])
+@pytest.mark.parametrize("backend", WINO_BACKENDS)
+def test_fused_relu_is_max_of_the_convolution_and_zero(backend, case, dtype):
+    N, C, H, W, F, padding, dilation, groups = case
+    x, w, b = _inputs(case, dtype)
+    y = _driver_forward(backend, x, w, b, padding, dilation, groups, relu=True)
+    f64 = [a.astype(np.float64) for a in (x, w, b)]
+    ref = np.maximum(direct(*f64, _pads(padding, _pair(dilation)), _pair(dilation), groups), 0)
+    assert y.min() >= 0 and (y == 0).any()
+    assert np.abs(y - ref).max() / np.abs(ref).max() <= BOUND[dtype]
+    # exactly the unfused output's ReLU: same products, same rounding
+    plain = _driver_forward(backend, x, w, b, padding, dilation, groups, relu=False)
+    np.testing.assert_array_equal(y, np.maximum(plain, 0))
+
+
+@pytest.mark.parametrize("backend", WINO_BACKENDS)
+def test_non_finite_inputs(backend):
+    # Stated behaviour: an output the direct convolution makes NaN or +-inf
+    # is non-finite here too (the transforms subtract, so inf may come out
+    # as NaN, and a NaN spreads to its whole tile); the fused ReLU keeps
+    # every NaN (np.maximum's semantics); the images of a batch share lanes
+    # but never values, so the other images stay finite and exact.
+    case = (9, 3, 9, 10, 4, 1, 1, 1)
+    x, w, b = _inputs(case, np.float64)
+    x[0, 1, 4, 5] = np.nan
+    x[1, 2, 0, 0] = np.inf
+    ref = direct(x, w, b, (1, 1, 1, 1), (1, 1), 1)
+    y = _driver_forward(backend, x, w, b, 1, 1, 1, relu=False)
+    yr = _driver_forward(backend, x, w, b, 1, 1, 1, relu=True)
+    assert not np.isfinite(y[~np.isfinite(ref)]).any()
+    np.testing.assert_array_equal(np.isnan(yr), np.isnan(y))
+    assert (yr[~np.isnan(yr)] >= 0).all()
+    rest = slice(2, None)
+    assert np.isfinite(y[rest]).all()
+    assert np.abs(y[rest] - ref[rest]).max() / np.abs(ref[rest]).max() <= BOUND[np.float64]
