@@ -48,14 +48,28 @@ _lock = threading.RLock()
 
 def _frozen(value):
     """JSON lists -> hashable tuples, recursively."""
+    if type(value) is tuple:
+        # the ops' own arguments (stride, padding, ...) are flat tuples of ints already: the
+        # key of every 'auto' call is built from them, so they skip the recursion
+        for v in value:
+            if type(v) is not int:
+                break
+        else:
+            return value
     return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _key(op, args):
-    shapes = tuple(a.shape if isinstance(a, np.ndarray) else None
-                   for a in args if a is None or isinstance(a, np.ndarray))
-    params = tuple(_frozen(a) for a in args if a is not None and not isinstance(a, np.ndarray))
-    return (op, shapes, args[0].dtype.name, params, _threads.get_num_threads())
+    """(op, the arrays' shapes (None: no bias), dtype, the other arguments, threads)."""
+    shapes, params = [], []
+    for a in args:
+        if a is None:
+            shapes.append(None)
+        elif isinstance(a, np.ndarray):
+            shapes.append(a.shape)
+        else:
+            params.append(_frozen(a))
+    return (op, tuple(shapes), args[0].dtype.name, tuple(params), _threads.get_num_threads())
 
 
 def _record(key, backend):

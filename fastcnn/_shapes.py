@@ -17,12 +17,17 @@ MAX_PARAM = 2**31 - 1
 
 
 def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+    # a plain int first: the ABC check below costs more than the rest of a small op's checks
+    return type(v) is int or (isinstance(v, numbers.Integral)
+                              and not isinstance(v, (bool, np.bool_)))
 
 
 def pair(value, name, *, minimum):
     """An int or an (h, w) pair of ints, each >= minimum -> (h, w)."""
-    if _is_int(value):
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int \
+            and type(value[1]) is int:
+        hw = value      # what the layers pass on every call: already an (h, w) of ints
+    elif _is_int(value):
         hw = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
         hw = (int(value[0]), int(value[1]))
@@ -39,6 +44,8 @@ def pair(value, name, *, minimum):
 def array_module(a):
     """'cupy' for a cupy.ndarray, 'numpy' for a numpy.ndarray, else None.
     Never imports CuPy: a CuPy array exists only once something imported it."""
+    if type(a) is np.ndarray:
+        return "numpy"
     cupy = sys.modules.get("cupy")
     if cupy is not None and isinstance(a, cupy.ndarray):
         return "cupy"

@@ -32,7 +32,6 @@ it holds in every Python thread).
 Deliberately not here: deciding what a piece is (the drivers do), and any
 change to BLAS outside a call of ``run`` or ``matmul``.
 """
-import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -96,16 +95,29 @@ def _leave():
             _saved_blas = None
 
 
-@contextlib.contextmanager
-def single_threaded_blas():
-    """BLAS at one thread inside the block (what ``run`` does around its
-    pieces), for work on the calling thread that may still call ``run`` or
-    ``matmul``."""
-    _enter()
-    try:
-        yield
-    finally:
+class _SingleThreadedBlas:
+    """The context manager of ``single_threaded_blas``: a class, not a
+    generator, because small ops enter it several times per call and a
+    generator-based one costs several times as much as the work it guards
+    there. Reentrant and shared: its state is the module's ``_active``."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        _enter()
+
+    def __exit__(self, *exc):
         _leave()
+
+
+_SINGLE_THREADED_BLAS = _SingleThreadedBlas()
+
+
+def single_threaded_blas():
+    """BLAS at one thread inside the with-block (what ``run`` does around
+    its pieces), for work on the calling thread that may still call ``run``
+    or ``matmul``."""
+    return _SINGLE_THREADED_BLAS
 
 
 def _pool(workers):
@@ -240,6 +252,12 @@ def over_rows(kernel, arrays, params=(), work=0, per_thread=None):
     """kernel(*(a[sl] for a in arrays), *params) over slices sl of the
     arrays' first axis (one length for all: image planes, or elements of a
     flat array), one slice per thread that ``work`` earns, concurrently."""
+    global most_threads
+    if work < 2 * (per_thread or WORK_PER_THREAD):
+        # one thread's worth (threads_for's rule): no split to plan, no slices to cut
+        most_threads = max(most_threads, 1)
+        kernel(*arrays, *params)
+        return
     parts = slices(arrays[0].shape[0], work, per_thread)
     if len(parts) == 1:
         kernel(*arrays, *params)
