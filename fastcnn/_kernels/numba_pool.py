@@ -175,15 +175,55 @@ def max_relu_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
     2x2 one where it applies), then the marks while the plane is in cache."""
     NC, H, W = x.shape
     _, OH, OW = y.shape
-    two = KH == KW == SH == SW == 2 and PH == PW == 0 and DH == DW == 1 \
-        and OH == H // 2 and OW == W // 2
     for i in range(NC):
-        if two:
-            max_pool2d_forward_2x2(x[i:i + 1], y[i:i + 1], argmax[i:i + 1])
-        else:
-            max_pool2d_forward(x[i:i + 1], y[i:i + 1], argmax[i:i + 1],
-                               KH, KW, SH, SW, PH, PW, DH, DW)
+        max_pool2d_forward(x[i:i + 1], y[i:i + 1], argmax[i:i + 1],
+                           KH, KW, SH, SW, PH, PW, DH, DW)
         _relu_marks(y[i], argmax[i], W, SH, SW, PH, PW, DH, DW)
+
+
+@kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3)))
+def max_relu_pool2d_forward_2x2(x, y, argmax):
+    """max_relu_pool2d_forward for kernel 2, stride 2, no padding: each
+    output row as max_pool2d_forward_2x2 computes it, then the ReLU and the
+    marks as selects over that row while it is in cache (a window's first
+    real element is its top left). One loop doing both was slower: LLVM no
+    longer vectorised it."""
+    NC, H, W = x.shape
+    _, OH, OW = y.shape
+    zero = np.zeros(1, y.dtype)[0]
+    for i in range(NC):
+        xi = x[i]
+        for oh in range(OH):
+            top = xi[2 * oh]
+            bot = xi[2 * oh + 1]
+            yrow = y[i, oh]
+            arow = argmax[i, oh]
+            for ow in range(OW):
+                first = 2 * oh * W + 2 * ow
+                best = top[2 * ow]
+                where = first
+                v = top[2 * ow + 1]
+                take = (v > best) | ((v != v) & (best == best))
+                best = v if take else best
+                where = first + 1 if take else where
+                v = bot[2 * ow]
+                take = (v > best) | ((v != v) & (best == best))
+                best = v if take else best
+                where = first + W if take else where
+                v = bot[2 * ow + 1]
+                take = (v > best) | ((v != v) & (best == best))
+                best = v if take else best
+                where = first + W + 1 if take else where
+                yrow[ow] = best
+                arow[ow] = where
+            for ow in range(OW):
+                best = yrow[ow]
+                where = arow[ow]
+                pos = best > zero
+                nan = best != best
+                yrow[ow] = best if pos | nan else zero
+                marked = -(where if nan else np.int32(2 * oh * W + 2 * ow)) - 1
+                arow[ow] = where if pos else marked
 
 
 @kernel(lambda t: void(ro(t, 3), ro(i32, 3), rw(t, 2)))

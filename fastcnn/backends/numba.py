@@ -223,10 +223,14 @@ def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, c
     z, conv_saved = _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation,
                                        groups, conv_shape)
     y, argmax = _pooling.max_outputs(z, out_hw)
-    _concurrent.over_rows(_pool.max_relu_pool2d_forward,
-                          [_planes(z), _planes(y), _planes(argmax)],
-                          (*kernel, *pool_stride, *pool_padding, *pool_dilation),
-                          y.size * kernel[0] * kernel[1])
+    planes = [_planes(z), _planes(y), _planes(argmax)]
+    work = y.size * kernel[0] * kernel[1]
+    if kernel == pool_stride == (2, 2) and pool_padding == (0, 0) \
+            and pool_dilation == (1, 1) and out_hw == (conv_shape[2] // 2, conv_shape[3] // 2):
+        _concurrent.over_rows(_pool.max_relu_pool2d_forward_2x2, planes, (), work)
+    else:
+        _concurrent.over_rows(_pool.max_relu_pool2d_forward, planes,
+                              (*kernel, *pool_stride, *pool_padding, *pool_dilation), work)
     return y, (conv_saved, conv_shape, argmax)
 
 
