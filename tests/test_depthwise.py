@@ -6,10 +6,12 @@ Cases: channel multipliers 1-3, strides 1, 2, 3 and (2, 1), dilations 1-3,
 no, symmetric and asymmetric padding, odd sizes, KH != KW, 1x1, batch 1,
 planes narrower and wider than the kernels' flat-run threshold, and
 batches split into several pieces (images and channels), float64 to
-1e-9 and float32 to 1e-4. Also: an inf in x that some taps never meet
-leaves their dw finite (the flat dw runs meet it in a garbage column), the inputs are never modified, and the
-backward computes with the x and w the forward saw after the caller has
-overwritten them.
+1e-9 and float32 to 1e-4; the Cython kernels' portable (non-AVX2) code
+too. Also: the forward's relu epilogue against loops' conv then
+np.maximum (NaN kept, -0 and negatives to +0); an inf in x that some taps
+never meet leaves their dw finite (the flat dw runs meet it in a garbage
+column), the inputs are never modified, and the backward computes with
+the x and w the forward saw after the caller has overwritten them.
 """
 import os
 
@@ -223,3 +225,67 @@ def test_inf_in_x_only_reaches_the_taps_that_meet_it(kern, stride, dtype):
     assert not np.isfinite(got[2][2:4, :, :, :2]).all()
     np.testing.assert_allclose(got[2], want[2], rtol=TOL[dtype], atol=TOL[dtype] * 10)
     np.testing.assert_allclose(got[3], want[3], rtol=TOL[dtype], atol=TOL[dtype] * 10)
+
+
+RELU_CASES = [CASES[i] for i in (0, 1, 3, 6, 13, 14, 16, 17)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", RELU_CASES, ids=[IDS[CASES.index(c)] for c in RELU_CASES])
+def test_relu_epilogue_against_loops(kern, case, dtype):
+    """relu=True: y is np.maximum(conv, 0); the backward is the conv's own
+    (it takes the conv output's dy, as without relu)."""
+    x, w, b, dy, stride, pad, dil, y_shape = _problem(case, dtype)
+    want = _loops(x, w, b, dy, stride, pad, dil, y_shape)
+    y, saved = _depthwise.forward(kern, x, w, b, stride, pad, dil, y_shape, relu=True)
+    assert (y < 0).sum() == 0 and (y == 0).sum() > 0
+    got = (y.copy(), *_depthwise.backward(kern, dy, saved))
+    _check(got, (np.maximum(want[0], 0), *want[1:]), dtype)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relu_epilogue_nan_and_signed_zero(kern, stride, dtype):
+    """A NaN output stays NaN (np.maximum), and outputs of -0.0 and below
+    come out as +0.0."""
+    N, C, H, W = 2, 3, 9, 10
+    x = np.random.default_rng(5).standard_normal((N, C, H, W)).astype(dtype)
+    x[1, 2, 4, 5] = np.nan
+    w = np.ones((C, 1, 3, 3), dtype=dtype)
+    w[0] = -1.0                               # channel 0: -sum of x's window
+    b = np.zeros(C, dtype=dtype)
+    x[0, 1] = -0.0                            # channel 1 of image 0: -0.0 everywhere
+    y_shape = (N, C, _out(H, 3, stride, 1, 1, 1), _out(W, 3, stride, 1, 1, 1))
+    y, _ = _depthwise.forward(kern, x, w, b, (stride, stride), (1, 1, 1, 1), (1, 1), y_shape,
+                              relu=True)
+    plain, _ = _depthwise.forward(kern, x, w, b, (stride, stride), (1, 1, 1, 1), (1, 1),
+                                  y_shape)
+    want = np.maximum(plain, 0)
+    assert np.isnan(want).sum() > 0
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_array_equal(y[~np.isnan(y)], want[~np.isnan(want)])
+    assert not np.signbit(y[~np.isnan(y)]).any()
+    assert (y[0, 1] == 0).all() and (plain[0, 1] == 0).all()
+
+
+@pytest.fixture
+def cython_baseline():
+    """The Cython kernels on their portable code path (no AVX2), put back
+    to the CPU's best after the test."""
+    cy = pytest.importorskip("fastcnn._kernels.cy_depthwise")
+    before = cy.simd()
+    assert cy.simd(0) == 0
+    yield cy
+    assert cy.simd(before) == before
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 1, 2, 6, 14, 16, 17)])
+def test_cython_portable_code(cython_baseline, case, dtype, relu):
+    x, w, b, dy, stride, pad, dil, y_shape = _problem(case, dtype)
+    want = _loops(x, w, b, dy, stride, pad, dil, y_shape)
+    y, saved = _depthwise.forward(cython_baseline, x, w, b, stride, pad, dil, y_shape,
+                                  relu=relu)
+    got = (y.copy(), *_depthwise.backward(cython_baseline, dy, saved))
+    _check(got, (np.maximum(want[0], 0) if relu else want[0], *want[1:]), dtype)

@@ -27,22 +27,37 @@ rows of 7 or 14 that leave the vector lanes idle. Wider planes go row by
 row, where the copy would cost more than the short rows lose.
 
 Backward: dw and db per tap as one dot product over the run of OH*WQ, dy
-copied into dyw at pitch WQ with zero garbage columns (eight float partial
-sums, added in double at most every 256 elements; a NaN from a garbage
-column times an inf of x sends that plane back to sums over the valid
-columns). dx for stride 1 is a gather, the correlation of zero-padded dy
-with the flipped filters: one store per dx element, flat runs for narrow
-planes as in the forward. For larger strides it is a scatter in the phase
-layout, each tap one run over the whole plane of dyw, then cropped back
-to dx. The scratch planes of dy are zeroed once per call: each plane
-writes only where dy goes.
+copied once per plane to pitch WQ with zero garbage columns (float
+partial sums, added in double at most every 64 terms a lane; a NaN from a
+garbage column times an inf of x sends that plane back to sums over the
+valid columns). dx for stride 1 is a gather, the correlation of
+zero-padded dy with the flipped filters: one store per dx element, flat
+runs for narrow planes as in the forward; the same copy of dy serves it
+(see backward). For larger strides it is a scatter in the phase layout,
+each tap one run over the whole plane of dy, then cropped back to dx. The
+scratch planes of dy are zeroed once per call: each plane writes only
+where dy goes. The forward's ``relu`` puts each output plane through
+ReLU (np.maximum(y, 0): NaN stays, +0 for the rest <= 0) while it is in
+cache, for the fused conv+ReLU.
 
-What this is: typed loops over memoryviews, fused float32/float64, run
-with the GIL released, single-threaded, over a block of images [n0, n1)
+3x3 filters (all of MobileNet's depthwise convs) run C loops (the extern
+block below): the forward's nine taps in one pass, dw's nine dot products
+and db in one pass over dy (ten vector sums), the stride-1 gather and the
+strided scatter, and stride 2's column split. They are written with GCC's
+vector extensions and compiled twice on x86-64: for AVX2 + FMA and for the
+portable SSE2 baseline, chosen at the first call from what the CPU has
+(``simd()`` says which; a test runs both). The portable wheel flags alone
+gave SSE2 without FMA, at about half the speed. Rows end with one vector
+that overlaps the one before (rewriting the same values), so only rows
+narrower than a vector go flat. Other filter sizes keep the typed loops.
+
+What this is: typed loops over memoryviews and the C loops above, fused
+float32/float64, run with the GIL released, single-threaded, over a block of images [n0, n1)
 and channels [c0, c1): the driver (``fastcnn.backends._depthwise``) runs
 blocks concurrently on fastcnn's pool. ``numba_depthwise.py`` has the
 same kernels with the same arguments. What this is not: no validation, no
-allocation beyond a table of tap offsets (and of dw sums), no threads.
+allocation beyond a table of tap offsets (and of dw sums), no threads, no
+AVX-512 (not assumed of users' CPUs).
 
 Shapes: x/dx (N, C, H, W), w (F, KH, KW), b (F,), y/dy (N, F, OH, OW);
 stride (SH, SW), dilation (DH, DW), top/left padding PT, PL (bottom/right
@@ -52,6 +67,322 @@ from cython cimport floating
 from libc.stdlib cimport free, malloc
 
 from fastcnn._kernels._rows cimport _hi, _lo, _zero
+
+
+cdef extern from *:
+    """
+    /* fastcnn depthwise: the 3x3 loops (see the module docstring). */
+    #include <string.h>
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    #  define FASTCNN_DW_X86 1
+    #endif
+    #if defined(__GNUC__)
+    #  define FASTCNN_DW_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof v_); v_; })
+    #  define FASTCNN_DW_ST(p, v) do { __typeof__(v) s_ = (v); memcpy((p), &s_, sizeof s_); } while (0)
+    #  define FASTCNN_DW_SPLAT(V, s) ((V){0} + (s))
+    /* np.maximum(s, 0): NaN <= 0 is false, so NaN stays; the rest of <= 0 -> +0 */
+    #  define FASTCNN_DW_RELU(V, VI, s) ((V)((VI)(s) & ~(VI)((s) <= FASTCNN_DW_SPLAT(V, 0))))
+    #else
+    #  define FASTCNN_DW_LD(V, p) (*(p))
+    #  define FASTCNN_DW_ST(p, v) (*(p) = (v))
+    #  define FASTCNN_DW_SPLAT(V, s) ((V)(s))
+    #  define FASTCNN_DW_RELU(V, VI, s) (!((s) <= 0) ? (s) : (V)0)
+    #endif
+
+    #define FASTCNN_DW_KERNELS(T, S, V, VI, L, ATTR)                                      \\
+    /* out[i*op + j] (mode 0) = bias + sum_t w[t] * x[i*ip + offs[t] + j], (mode 1)   \\
+       the same through ReLU, (mode 2) += the sum; i < rows, j < n */                 \\
+    static ATTR void fastcnn_dw_taps9_##S(const T* x, const Py_ssize_t* offs,        \\
+            const T* w, T bias, T* out, Py_ssize_t rows, Py_ssize_t n,                \\
+            Py_ssize_t ip, Py_ssize_t op, int mode) {                                 \\
+        const V w0 = FASTCNN_DW_SPLAT(V, w[0]), w1 = FASTCNN_DW_SPLAT(V, w[1]);       \\
+        const V w2 = FASTCNN_DW_SPLAT(V, w[2]), w3 = FASTCNN_DW_SPLAT(V, w[3]);       \\
+        const V w4 = FASTCNN_DW_SPLAT(V, w[4]), w5 = FASTCNN_DW_SPLAT(V, w[5]);       \\
+        const V w6 = FASTCNN_DW_SPLAT(V, w[6]), w7 = FASTCNN_DW_SPLAT(V, w[7]);       \\
+        const V w8 = FASTCNN_DW_SPLAT(V, w[8]), vb = FASTCNN_DW_SPLAT(V, bias);       \\
+        const Py_ssize_t o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3];      \\
+        const Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7];      \\
+        const Py_ssize_t o8 = offs[8];                                                \\
+        Py_ssize_t i, j;                                                              \\
+        for (i = 0; i < rows; i++) {                                                  \\
+            const T* r = x + i * ip;                                                  \\
+            T* o = out + i * op;                                                      \\
+            /* one pointer per tap: no offsets reloaded in the loop */                \\
+            const T *p0 = r + o0, *p1 = r + o1, *p2 = r + o2, *p3 = r + o3;           \\
+            const T *p4 = r + o4, *p5 = r + o5, *p6 = r + o6, *p7 = r + o7;           \\
+            const T *p8 = r + o8;                                                     \\
+            j = 0;                                                                    \\
+            for (;;) {                                                                \\
+                if (j + L > n) {                                                      \\
+                    /* the tail: one more vector ending at n, over lanes already  */  \\
+                    /* written (the same values again), unless they add up        */  \\
+                    if (mode == 2 || n < L || j >= n)                                 \\
+                        break;                                                        \\
+                    j = n - L;                                                        \\
+                }                                                                     \\
+                V s = ((vb + (w0 * FASTCNN_DW_LD(V, p0 + j)                            \\
+                              + w1 * FASTCNN_DW_LD(V, p1 + j)                          \\
+                              + w2 * FASTCNN_DW_LD(V, p2 + j)))                        \\
+                       + (w3 * FASTCNN_DW_LD(V, p3 + j)                                \\
+                          + w4 * FASTCNN_DW_LD(V, p4 + j)                              \\
+                          + w5 * FASTCNN_DW_LD(V, p5 + j)))                            \\
+                      + (w6 * FASTCNN_DW_LD(V, p6 + j)                                 \\
+                         + w7 * FASTCNN_DW_LD(V, p7 + j)                               \\
+                         + w8 * FASTCNN_DW_LD(V, p8 + j));                             \\
+                if (mode == 1)                                                        \\
+                    s = FASTCNN_DW_RELU(V, VI, s);                                    \\
+                else if (mode == 2)                                                   \\
+                    s += FASTCNN_DW_LD(V, o + j);                                     \\
+                FASTCNN_DW_ST(o + j, s);                                              \\
+                j += L;                                                               \\
+            }                                                                         \\
+            for (; j < n; j++) {                                                      \\
+                T s = ((bias + (w[0] * p0[j] + w[1] * p1[j] + w[2] * p2[j]))          \\
+                       + (w[3] * p3[j] + w[4] * p4[j] + w[5] * p5[j]))                \\
+                      + (w[6] * p6[j] + w[7] * p7[j] + w[8] * p8[j]);                 \\
+                if (mode == 1)                                                        \\
+                    s = !(s <= 0) ? s : (T)0;                                         \\
+                else if (mode == 2)                                                   \\
+                    s += o[j];                                                        \\
+                o[j] = s;                                                             \\
+            }                                                                         \\
+        }                                                                             \\
+    }                                                                                 \\
+    /* sums[t] += sum_j dy[j] * x[offs[t] + j] (t < 9), sums[9] += sum_j dy[j], */   \\
+    /* j < n: one pass, ten vector sums, each over at most 64 terms a lane     */    \\
+    /* before it is added in double */                                               \\
+    static ATTR void fastcnn_dw_dots9_##S(const T* dy, const T* x,                    \\
+            const Py_ssize_t* offs, Py_ssize_t n, double* sums) {                     \\
+        const Py_ssize_t o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3];      \\
+        const Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7];      \\
+        const Py_ssize_t o8 = offs[8];                                                \\
+        const T *p0 = x + o0, *p1 = x + o1, *p2 = x + o2, *p3 = x + o3;               \\
+        const T *p4 = x + o4, *p5 = x + o5, *p6 = x + o6, *p7 = x + o7;               \\
+        const T *p8 = x + o8;                                                         \\
+        Py_ssize_t j = 0, e, l;                                                       \\
+        while (j + L <= n) {                                                          \\
+            V a[10];                                                                  \\
+            for (l = 0; l < 10; l++)                                                  \\
+                a[l] = FASTCNN_DW_SPLAT(V, 0);                                        \\
+            e = j + 64 * L < n ? j + 64 * L : n;                                      \\
+            for (; j + L <= e; j += L) {                                              \\
+                const V d = FASTCNN_DW_LD(V, dy + j);                                 \\
+                a[0] += d * FASTCNN_DW_LD(V, p0 + j);                                 \\
+                a[1] += d * FASTCNN_DW_LD(V, p1 + j);                                 \\
+                a[2] += d * FASTCNN_DW_LD(V, p2 + j);                                 \\
+                a[3] += d * FASTCNN_DW_LD(V, p3 + j);                                 \\
+                a[4] += d * FASTCNN_DW_LD(V, p4 + j);                                 \\
+                a[5] += d * FASTCNN_DW_LD(V, p5 + j);                                 \\
+                a[6] += d * FASTCNN_DW_LD(V, p6 + j);                                 \\
+                a[7] += d * FASTCNN_DW_LD(V, p7 + j);                                 \\
+                a[8] += d * FASTCNN_DW_LD(V, p8 + j);                                 \\
+                a[9] += d;                                                            \\
+            }                                                                         \\
+            for (l = 0; l < 10; l++)                                                  \\
+                sums[l] += fastcnn_dw_hsum_##S(a[l]);                                 \\
+        }                                                                             \\
+        for (; j < n; j++) {                                                          \\
+            const T d = dy[j];                                                        \\
+            sums[0] += d * x[o0 + j]; sums[1] += d * x[o1 + j];                       \\
+            sums[2] += d * x[o2 + j]; sums[3] += d * x[o3 + j];                       \\
+            sums[4] += d * x[o4 + j]; sums[5] += d * x[o5 + j];                       \\
+            sums[6] += d * x[o6 + j]; sums[7] += d * x[o7 + j];                       \\
+            sums[8] += d * x[o8 + j]; sums[9] += d;                                   \\
+        }                                                                             \\
+    }                                                                                 \\
+    /* dx[offs[t] + j] += w[t] * dy[j], t < taps, j < n: the strided scatter */       \\
+    static ATTR void fastcnn_dw_scatter_##S(const T* dy, const T* w, T* dx,           \\
+            const Py_ssize_t* offs, Py_ssize_t taps, Py_ssize_t n) {                  \\
+        Py_ssize_t t, j;                                                              \\
+        for (t = 0; t < taps; t++) {                                                  \\
+            T* d = dx + offs[t];                                                      \\
+            const V wv = FASTCNN_DW_SPLAT(V, w[t]);                                   \\
+            for (j = 0; j + L <= n; j += L)                                           \\
+                FASTCNN_DW_ST(d + j, FASTCNN_DW_LD(V, d + j)                          \\
+                                     + wv * FASTCNN_DW_LD(V, dy + j));                \\
+            for (; j < n; j++)                                                        \\
+                d[j] += w[t] * dy[j];                                                 \\
+        }                                                                             \\
+    }                                                                                 \\
+    /* stride 2: a[q] = img[2q], b[q] = img[2q+1] (to_img 0), or back (1) */         \\
+    static ATTR void fastcnn_dw_split2_##S(T* img, T* a, T* b, Py_ssize_t W,          \\
+                                           int to_img) {                              \\
+        Py_ssize_t q, half = W / 2;                                                   \\
+        if (to_img) {                                                                 \\
+            for (q = 0; q < half; q++) {                                              \\
+                img[2 * q] = a[q];                                                    \\
+                img[2 * q + 1] = b[q];                                                \\
+            }                                                                         \\
+            if (W % 2)                                                                \\
+                img[W - 1] = a[half];                                                 \\
+        } else {                                                                      \\
+            for (q = 0; q < half; q++) {                                              \\
+                a[q] = img[2 * q];                                                    \\
+                b[q] = img[2 * q + 1];                                                \\
+            }                                                                         \\
+            if (W % 2)                                                                \\
+                a[half] = img[W - 1];                                                 \\
+        }                                                                             \\
+    }
+
+    /* the lanes of v added in double */
+    #define FASTCNN_DW_HSUM_DEF(S, V, L, ATTR)                                            \\
+    static inline ATTR double fastcnn_dw_hsum_##S(V v) {                               \\
+        double s = 0;                                                                 \\
+        int l;                                                                        \\
+        for (l = 0; l < L; l++)                                                       \\
+            s += FASTCNN_DW_LANE(v, l);                                               \\
+        return s;                                                                     \\
+    }
+
+    #if defined(__GNUC__)
+    #  define FASTCNN_DW_LANE(v, l) ((v)[l])
+    #else
+    #  define FASTCNN_DW_LANE(v, l) (v)
+    #endif
+
+    #if defined(FASTCNN_DW_X86)
+    /* AVX2 + FMA (256-bit vectors) and the SSE2 baseline (128-bit), the
+       first used where the CPU has both (checked once, at the first call) */
+    typedef float fastcnn_f8 __attribute__((vector_size(32)));
+    typedef int fastcnn_i8 __attribute__((vector_size(32)));
+    typedef double fastcnn_d4 __attribute__((vector_size(32)));
+    typedef long long fastcnn_l4 __attribute__((vector_size(32)));
+    typedef float fastcnn_f4 __attribute__((vector_size(16)));
+    typedef int fastcnn_i4 __attribute__((vector_size(16)));
+    typedef double fastcnn_d2 __attribute__((vector_size(16)));
+    typedef long long fastcnn_l2 __attribute__((vector_size(16)));
+    #  define FASTCNN_DW_AVX __attribute__((target("avx2,fma")))
+    FASTCNN_DW_HSUM_DEF(f32_avx, fastcnn_f8, 8, FASTCNN_DW_AVX)
+    FASTCNN_DW_HSUM_DEF(f64_avx, fastcnn_d4, 4, FASTCNN_DW_AVX)
+    FASTCNN_DW_HSUM_DEF(f32_base, fastcnn_f4, 4, )
+    FASTCNN_DW_HSUM_DEF(f64_base, fastcnn_d2, 2, )
+    FASTCNN_DW_KERNELS(float, f32_avx, fastcnn_f8, fastcnn_i8, 8, FASTCNN_DW_AVX)
+    FASTCNN_DW_KERNELS(double, f64_avx, fastcnn_d4, fastcnn_l4, 4, FASTCNN_DW_AVX)
+    FASTCNN_DW_KERNELS(float, f32_base, fastcnn_f4, fastcnn_i4, 4, )
+    FASTCNN_DW_KERNELS(double, f64_base, fastcnn_d2, fastcnn_l2, 2, )
+    static int fastcnn_dw_avx = -1;
+    /* want < 0: the level in use (1: AVX2 + FMA); 0: use the baseline from
+       now on; 1: AVX2 + FMA again where the CPU has them */
+    static int fastcnn_dw_simd(int want) {
+        if (fastcnn_dw_avx < 0 || want > 0) {
+            __builtin_cpu_init();
+            fastcnn_dw_avx = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        }
+        if (want == 0)
+            fastcnn_dw_avx = 0;
+        return fastcnn_dw_avx;
+    }
+    #  define FASTCNN_DW_PICK(NAME, S, ARGS) \\
+        (fastcnn_dw_avx > 0 || (fastcnn_dw_avx < 0 && fastcnn_dw_simd(-1)) \\
+         ? NAME##_##S##_avx ARGS : NAME##_##S##_base ARGS)
+    #else
+    /* elsewhere: one build, 128-bit vectors where the compiler has them */
+    #  if defined(__GNUC__)
+    typedef float fastcnn_f4 __attribute__((vector_size(16)));
+    typedef int fastcnn_i4 __attribute__((vector_size(16)));
+    typedef double fastcnn_d2 __attribute__((vector_size(16)));
+    typedef long long fastcnn_l2 __attribute__((vector_size(16)));
+    FASTCNN_DW_HSUM_DEF(f32_base, fastcnn_f4, 4, )
+    FASTCNN_DW_HSUM_DEF(f64_base, fastcnn_d2, 2, )
+    FASTCNN_DW_KERNELS(float, f32_base, fastcnn_f4, fastcnn_i4, 4, )
+    FASTCNN_DW_KERNELS(double, f64_base, fastcnn_d2, fastcnn_l2, 2, )
+    #  else
+    FASTCNN_DW_HSUM_DEF(f32_base, float, 1, )
+    FASTCNN_DW_HSUM_DEF(f64_base, double, 1, )
+    FASTCNN_DW_KERNELS(float, f32_base, float, float, 1, )
+    FASTCNN_DW_KERNELS(double, f64_base, double, double, 1, )
+    #  endif
+    static int fastcnn_dw_simd(int want) { (void)want; return 0; }
+    #  define FASTCNN_DW_PICK(NAME, S, ARGS) NAME##_##S##_base ARGS
+    #endif
+
+    static void fastcnn_dw_taps9_f32(const float* x, const Py_ssize_t* offs, const float* w,
+            float bias, float* out, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ip,
+            Py_ssize_t op, int mode) {
+        FASTCNN_DW_PICK(fastcnn_dw_taps9, f32, (x, offs, w, bias, out, rows, n, ip, op, mode));
+    }
+    static void fastcnn_dw_taps9_f64(const double* x, const Py_ssize_t* offs, const double* w,
+            double bias, double* out, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ip,
+            Py_ssize_t op, int mode) {
+        FASTCNN_DW_PICK(fastcnn_dw_taps9, f64, (x, offs, w, bias, out, rows, n, ip, op, mode));
+    }
+    static void fastcnn_dw_dots9_f32(const float* dy, const float* x, const Py_ssize_t* offs,
+            Py_ssize_t n, double* sums) {
+        FASTCNN_DW_PICK(fastcnn_dw_dots9, f32, (dy, x, offs, n, sums));
+    }
+    static void fastcnn_dw_dots9_f64(const double* dy, const double* x, const Py_ssize_t* offs,
+            Py_ssize_t n, double* sums) {
+        FASTCNN_DW_PICK(fastcnn_dw_dots9, f64, (dy, x, offs, n, sums));
+    }
+    static void fastcnn_dw_scatter_f32(const float* dy, const float* w, float* dx,
+            const Py_ssize_t* offs, Py_ssize_t taps, Py_ssize_t n) {
+        FASTCNN_DW_PICK(fastcnn_dw_scatter, f32, (dy, w, dx, offs, taps, n));
+    }
+    static void fastcnn_dw_scatter_f64(const double* dy, const double* w, double* dx,
+            const Py_ssize_t* offs, Py_ssize_t taps, Py_ssize_t n) {
+        FASTCNN_DW_PICK(fastcnn_dw_scatter, f64, (dy, w, dx, offs, taps, n));
+    }
+    static void fastcnn_dw_split2_f32(float* img, float* a, float* b, Py_ssize_t W,
+            int to_img) {
+        FASTCNN_DW_PICK(fastcnn_dw_split2, f32, (img, a, b, W, to_img));
+    }
+    static void fastcnn_dw_split2_f64(double* img, double* a, double* b, Py_ssize_t W,
+            int to_img) {
+        FASTCNN_DW_PICK(fastcnn_dw_split2, f64, (img, a, b, W, to_img));
+    }
+    """
+    void fastcnn_dw_split2_f32(float* img, float* a, float* b, Py_ssize_t W, int to_img) nogil
+    void fastcnn_dw_split2_f64(double* img, double* a, double* b, Py_ssize_t W,
+                               int to_img) nogil
+    int fastcnn_dw_simd(int want) nogil
+    void fastcnn_dw_taps9_f32(const float* x, const Py_ssize_t* offs, const float* w,
+                              float bias, float* out, Py_ssize_t rows, Py_ssize_t n,
+                              Py_ssize_t ip, Py_ssize_t op, int mode) nogil
+    void fastcnn_dw_taps9_f64(const double* x, const Py_ssize_t* offs, const double* w,
+                              double bias, double* out, Py_ssize_t rows, Py_ssize_t n,
+                              Py_ssize_t ip, Py_ssize_t op, int mode) nogil
+    void fastcnn_dw_dots9_f32(const float* dy, const float* x, const Py_ssize_t* offs,
+                              Py_ssize_t n, double* sums) nogil
+    void fastcnn_dw_dots9_f64(const double* dy, const double* x, const Py_ssize_t* offs,
+                              Py_ssize_t n, double* sums) nogil
+    void fastcnn_dw_scatter_f32(const float* dy, const float* w, float* dx,
+                                const Py_ssize_t* offs, Py_ssize_t taps, Py_ssize_t n) nogil
+    void fastcnn_dw_scatter_f64(const double* dy, const double* w, double* dx,
+                                const Py_ssize_t* offs, Py_ssize_t taps, Py_ssize_t n) nogil
+
+
+cdef inline void _taps9(const floating* x, const Py_ssize_t* offs, const floating* w,
+                        floating bias, floating* out, Py_ssize_t rows, Py_ssize_t n,
+                        Py_ssize_t ip, Py_ssize_t op, int mode) noexcept nogil:
+    if floating is float:
+        fastcnn_dw_taps9_f32(x, offs, w, bias, out, rows, n, ip, op, mode)
+    else:
+        fastcnn_dw_taps9_f64(x, offs, w, bias, out, rows, n, ip, op, mode)
+
+
+cdef inline void _dots9(const floating* dy, const floating* x, const Py_ssize_t* offs,
+                        Py_ssize_t n, double* sums) noexcept nogil:
+    if floating is float:
+        fastcnn_dw_dots9_f32(dy, x, offs, n, sums)
+    else:
+        fastcnn_dw_dots9_f64(dy, x, offs, n, sums)
+
+
+cdef inline void _scatter(const floating* dy, const floating* w, floating* dx,
+                          const Py_ssize_t* offs, Py_ssize_t taps, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastcnn_dw_scatter_f32(dy, w, dx, offs, taps, n)
+    else:
+        fastcnn_dw_scatter_f64(dy, w, dx, offs, taps, n)
+
+
+def simd(level=None):
+    """The vector code the 3x3 loops run: 1 for AVX2 + FMA, 0 for the
+    portable baseline. ``simd(0)`` makes them use the baseline from now on
+    and ``simd(1)`` AVX2 + FMA again where the CPU has them (for tests
+    that cover both)."""
+    return fastcnn_dw_simd(-1 if level is None else (1 if level else 0))
 
 
 cdef struct Geo:
@@ -107,23 +438,15 @@ cdef void _image_row(floating* prow, floating* img, Geo g, bint to_img) noexcept
             for q in range(W):
                 a[q] = img[q]
     elif SW == 2:
-        # both image columns of a pair in one loop: the compiler vectorises
-        # it with shuffles. Column 2q + e sits in phase (e + PL) % 2 at
-        # q + (e + PL) // 2.
+        # both image columns of a pair in one loop, which the compiler
+        # vectorises with shuffles (in C above, for AVX2). Column 2q + e
+        # sits in phase (e + PL) % 2 at q + (e + PL) // 2.
         a = prow + (PL % 2) * g.BS + PL // 2
         b = prow + ((PL + 1) % 2) * g.BS + (PL + 1) // 2
-        if to_img:
-            for q in range(half):
-                img[2 * q] = a[q]
-                img[2 * q + 1] = b[q]
-            if W % 2:
-                img[W - 1] = a[half]
+        if floating is float:
+            fastcnn_dw_split2_f32(img, a, b, W, to_img)
         else:
-            for q in range(half):
-                a[q] = img[2 * q]
-                b[q] = img[2 * q + 1]
-            if W % 2:
-                a[half] = img[W - 1]
+            fastcnn_dw_split2_f64(img, a, b, W, to_img)
     else:
         for p in range(SW):
             # phase column k is padded column p + SW*k, image column p + SW*k - PL
@@ -139,7 +462,21 @@ cdef void _image_row(floating* prow, floating* img, Geo g, bint to_img) noexcept
 
 cdef void _pad_plane(const floating* x, floating* xp, Geo g) noexcept nogil:
     """One plane x (H, W) into its phase-layout plane xp (PS,)."""
-    cdef Py_ssize_t ih
+    cdef Py_ssize_t ih, iw, WQ = g.WQ, W = g.W, PL = g.PL
+    cdef floating* r
+    if g.SH == 1 and g.SW == 1:
+        # each element written once: the padding around the rows, the rows
+        _zero(xp, g.PT * WQ)
+        for ih in range(g.H):
+            r = xp + (ih + g.PT) * WQ
+            for iw in range(PL):
+                r[iw] = 0
+            for iw in range(W):
+                r[PL + iw] = x[ih * W + iw]
+            for iw in range(PL + W, WQ):
+                r[iw] = 0
+        _zero(xp + (g.PT + g.H) * WQ, g.PS - (g.PT + g.H) * WQ)
+        return
     _zero(xp, g.PS)
     for ih in range(g.H):
         _image_row(xp + _row(ih + g.PT, g), <floating*>x + ih * g.W, g, 0)
@@ -151,56 +488,59 @@ cdef enum:
     # short for the vector lanes. Wider rows vectorise well as they are,
     # and there the copy out would cost more than the short rows lose.
     FLAT_BELOW = 17
+    # the 3x3 loops end a row with one vector over lanes already written,
+    # so only rows narrower than a vector of floats go flat
+    FLAT_BELOW_9 = 8
+
+
+cdef inline bint _flat(Geo g, Py_ssize_t width) noexcept nogil:
+    """Whether planes of rows of ``width`` are computed as flat runs."""
+    return width < (FLAT_BELOW_9 if g.T == 9 else FLAT_BELOW)
+
+
+cdef inline void _put_rows_pitch(const floating* src, floating* dst, Py_ssize_t rows,
+                                 Py_ssize_t cols, Py_ssize_t pitch) noexcept nogil:
+    """dst[i*cols + j] = src[i*pitch + j]: a flat run's valid columns out."""
+    cdef Py_ssize_t i, j
+    for i in range(rows):
+        for j in range(cols):
+            dst[i * cols + j] = src[i * pitch + j]
 
 
 cdef void _forward_plane(const floating* xp, const floating* w, const floating* b,
                          floating* y, floating* yq, const Py_ssize_t* offs,
-                         Geo g) noexcept nogil:
+                         Geo g, bint relu) noexcept nogil:
     """The M output planes y (M, OH, OW) of one phase-layout plane xp,
-    filters w (M, KH, KW), bias b (M,). Narrow planes (OW < FLAT_BELOW)
-    are computed over the flat run yq (OH*WQ,) at row pitch WQ - one long
+    filters w (M, KH, KW), bias b (M,), relu: through ReLU as np.maximum
+    (NaN stays NaN, +0 for the rest <= 0). Narrow planes (see _flat) are
+    computed over the flat run yq (OH*WQ,) at row pitch WQ - one long
     unit-stride loop instead of OH short rows - and their OW valid columns
-    per row copied out; wider ones row by row straight into y."""
+    per row copied out; wider ones row by row straight into y. 3x3 filters
+    run the C loops above."""
     cdef Py_ssize_t OH = g.OH, OW = g.OW, WQ = g.WQ, T = g.T
     cdef Py_ssize_t m, i, j, t, rows, n, pitch
-    cdef bint flat = OW < FLAT_BELOW
-    cdef floating bias, wv, w0, w1, w2, w3, w4, w5, w6, w7, w8
+    cdef bint flat = _flat(g, OW)
+    cdef floating v
+    cdef floating bias, wv
     cdef floating* yr
     cdef floating* out
     cdef const floating* xr
-    cdef const floating* x0
-    cdef const floating* x1
-    cdef const floating* x2
-    cdef const floating* x3
-    cdef const floating* x4
-    cdef const floating* x5
-    cdef const floating* x6
-    cdef const floating* x7
-    cdef const floating* x8
     # rows of n outputs at output pitch `pitch`, input pitch WQ
     rows, n, pitch = OH, OW, OW
     if flat:
         rows, n, pitch = 1, OH * WQ, 0
     for m in range(g.M):
         bias = b[m]
-        out = yq if flat else y + m * OH * OW
         if T == 9:
-            w0, w1, w2 = w[m * 9 + 0], w[m * 9 + 1], w[m * 9 + 2]
-            w3, w4, w5 = w[m * 9 + 3], w[m * 9 + 4], w[m * 9 + 5]
-            w6, w7, w8 = w[m * 9 + 6], w[m * 9 + 7], w[m * 9 + 8]
+            if flat:
+                _taps9(xp, offs, w + m * 9, bias, yq, 1, OH * WQ, 0, 0, relu)
+                _put_rows_pitch(yq, y + m * OH * OW, OH, OW, WQ)
+            else:
+                _taps9(xp, offs, w + m * 9, bias, y + m * OH * OW, OH, OW, WQ, OW, relu)
+            continue
+        out = yq if flat else y + m * OH * OW
         for i in range(rows):
             yr = out + i * pitch
-            if T == 9:
-                # all nine taps in one pass: one store per output
-                xr = xp + i * WQ
-                x0, x1, x2 = xr + offs[0], xr + offs[1], xr + offs[2]
-                x3, x4, x5 = xr + offs[3], xr + offs[4], xr + offs[5]
-                x6, x7, x8 = xr + offs[6], xr + offs[7], xr + offs[8]
-                for j in range(n):
-                    yr[j] = ((bias + (w0 * x0[j] + w1 * x1[j] + w2 * x2[j]))
-                             + (w3 * x3[j] + w4 * x4[j] + w5 * x5[j])
-                             + (w6 * x6[j] + w7 * x7[j] + w8 * x8[j]))
-                continue
             for j in range(n):
                 yr[j] = bias
             for t in range(T):
@@ -209,21 +549,22 @@ cdef void _forward_plane(const floating* xp, const floating* w, const floating* 
                 for j in range(n):
                     yr[j] += wv * xr[j]
         if flat:
-            for i in range(OH):
-                yr = y + (m * OH + i) * OW
-                xr = yq + i * WQ
-                for j in range(OW):
-                    yr[j] = xr[j]
+            _put_rows_pitch(yq, y + m * OH * OW, OH, OW, WQ)
+        if relu:
+            yr = y + m * OH * OW
+            for j in range(OH * OW):
+                v = yr[j]
+                yr[j] = v if not (v <= 0) else 0
 
 
 def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] w,
             const floating[::1] b, floating[:, :, :, ::1] xp, floating[:, :, :, ::1] y,
             floating[::1] yq, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t c0, Py_ssize_t c1,
             Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t DH, Py_ssize_t DW,
-            Py_ssize_t PT, Py_ssize_t PL):
+            Py_ssize_t PT, Py_ssize_t PL, bint relu=False):
     """For images [n0, n1) and channels [c0, c1): xp[n, c] = x[n, c] in the
-    phase layout and y[n, c*M:(c+1)*M] = its depthwise convolution.
-    Scratch: yq (OH*WQ,)."""
+    phase layout and y[n, c*M:(c+1)*M] = its depthwise convolution (relu:
+    through ReLU, np.maximum(y, 0)). Scratch: yq (OH*WQ,)."""
     cdef Geo g = _geo(x.shape[1], w.shape[0], w.shape[1], w.shape[2], x.shape[2],
                       x.shape[3], y.shape[2], y.shape[3], SH, SW, DH, DW, PT, PL,
                       xp.shape[2], xp.shape[3])
@@ -235,7 +576,7 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] w,
                 for c in range(c0, c1):
                     _pad_plane(&x[n, c, 0, 0], &xp[n, c, 0, 0], g)
                     _forward_plane(&xp[n, c, 0, 0], &w[c * g.M, 0, 0], &b[c * g.M],
-                                   &y[n, c * g.M, 0, 0], &yq[0], offs, g)
+                                   &y[n, c * g.M, 0, 0], &yq[0], offs, g, relu)
     finally:
         free(offs)
 
@@ -325,13 +666,20 @@ cdef bint _grad_weights(const floating* dyw, const floating* xp, double* dw, dou
     valid columns."""
     cdef Py_ssize_t T = g.T, L = g.OH * g.WQ
     cdef Py_ssize_t t
+    if T == 9:
+        # the nine taps and db in one pass (sums has room for ten)
+        for t in range(10):
+            sums[t] = 0
+        _dots9(dyw, xp, offs, L, sums)
+    else:
+        for t in range(T):
+            sums[t] = _dot(dyw, xp + offs[t], L)
     for t in range(T):
-        sums[t] = _dot(dyw, xp + offs[t], L)
         if sums[t] != sums[t]:
             return False
     for t in range(T):
         dw[t] += sums[t]
-    db[0] += _dot(dyw, <const floating*>NULL, L)
+    db[0] += sums[9] if T == 9 else _dot(dyw, <const floating*>NULL, L)
     return True
 
 
@@ -341,45 +689,32 @@ cdef void _grad_input_s1(const floating* w, const floating* dyp, floating* dq,
     correlation of dy, zero-padded into dyp (RH, RC) with A = (KH-1)*DH rows
     above and B = (KW-1)*DW columns left, with the flipped filter w (KH, KW):
     dx[ih, iw] = sum_{kh,kw} w[kh, kw] * dyp[ih+PT+A - kh*DH, iw+PL+B - kw*DW],
-    written if first, else added. Narrow planes (W < FLAT_BELOW) go to the
+    written if first, else added. Narrow planes (see _flat) go to the
     flat run dq (H*RC,) at row pitch RC (see _forward_plane), which the
     caller copies out; wider ones row by row into dx."""
     cdef Py_ssize_t KH = g.KH, KW = g.KW, DW = g.DW
     cdef Py_ssize_t A = (g.KH - 1) * g.DH, B = (g.KW - 1) * g.DW
     cdef Py_ssize_t i, j, kh, kw, rows, n, pitch
-    cdef bint flat = g.W < FLAT_BELOW
-    cdef floating wv, w0, w1, w2, w3, w4, w5, w6, w7, w8
+    cdef bint flat = _flat(g, g.W)
+    cdef Py_ssize_t offs[9]
+    cdef floating wv
     cdef const floating* c
     cdef const floating* r0
-    cdef const floating* r1
-    cdef const floating* r2
     cdef floating* out = dq if flat else dx
     cdef floating* d
     rows, n, pitch = g.H, g.W, g.W
     if flat:
         rows, n, pitch = 1, g.H * RC, 0
     if KH == 3 and KW == 3:
-        w0, w1, w2 = w[0], w[1], w[2]
-        w3, w4, w5 = w[3], w[4], w[5]
-        w6, w7, w8 = w[6], w[7], w[8]
+        # tap (kh, kw) of dx[0, 0] sits at offs[kh*3 + kw] in dyp
+        for kh in range(3):
+            for kw in range(3):
+                offs[kh * 3 + kw] = (g.PT + A - kh * g.DH) * RC + g.PL + B - kw * DW
+        _taps9(dyp, offs, w, 0, out, rows, n, RC, pitch, 0 if first else 2)
+        return
     for i in range(rows):
         d = out + i * pitch
         c = dyp + (i + g.PT + A) * RC + g.PL + B     # tap (0, 0)
-        if KH == 3 and KW == 3:
-            r0 = c
-            r1 = c - g.DH * RC
-            r2 = r1 - g.DH * RC
-            if first:
-                for j in range(n):
-                    d[j] = ((w0 * r0[j] + w1 * r0[j - DW] + w2 * r0[j - 2 * DW])
-                            + (w3 * r1[j] + w4 * r1[j - DW] + w5 * r1[j - 2 * DW])
-                            + (w6 * r2[j] + w7 * r2[j - DW] + w8 * r2[j - 2 * DW]))
-            else:
-                for j in range(n):
-                    d[j] += ((w0 * r0[j] + w1 * r0[j - DW] + w2 * r0[j - 2 * DW])
-                             + (w3 * r1[j] + w4 * r1[j - DW] + w5 * r1[j - 2 * DW])
-                             + (w6 * r2[j] + w7 * r2[j - DW] + w8 * r2[j - 2 * DW]))
-            continue
         if first:
             _zero(d, n)
         for kh in range(KH):
@@ -397,15 +732,7 @@ cdef void _grad_input_strided(const floating* dyw, const floating* w, floating* 
     they add nothing) with the filter w (KH*KW,) scattered into the
     phase-layout plane dxp (PS,), each tap one run of OH*WQ. The caller
     crops dxp to dx."""
-    cdef Py_ssize_t L = g.OH * g.WQ
-    cdef Py_ssize_t j, t
-    cdef floating wv
-    cdef floating* d
-    for t in range(g.T):
-        d = dxp + offs[t]
-        wv = w[t]
-        for j in range(L):
-            d[j] += wv * dyw[j]
+    _scatter(dyw, w, dxp, offs, g.T, g.OH * g.WQ)
 
 
 cdef inline void _put_rows(const floating* src, floating* dst, Py_ssize_t rows,
@@ -427,21 +754,27 @@ def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
     """For images [n0, n1) and channels [c0, c1): dx[n, c] (written), and
     dw[f] (F, KH*KW), db[f] = their sums over images n0..n1-1 (written) for
     the filters f of those channels. xp is the forward's phase layout.
-    Scratch: acc ((KH*KW + 1) * OW,), dyw (OH*WQ,); for strides > 1
-    dxp (one plane of xp); for stride 1 dyp (RH, RC) and dq (H*RC,) with
-    RH >= (KH-1)*DH + max(OH, H+PT+1), RC >= (KW-1)*DW + max(OW, W+PL)."""
+    Scratch: acc ((KH*KW + 1) * OW,); for strides > 1 dyw (OH*WQ,) and
+    dxp (one plane of xp); for stride 1 dyp (RH, WQ) and dq (H*WQ,) with
+    RH >= (KH-1)*DH + max(OH + 1, H+PT+1). Stride 1 needs one copy of dy:
+    at the pitch WQ of xp, dy's rows in dyp start at column B = (KW-1)*DW
+    and end at the row's end (OW = WQ - B), so the B zero columns that pad
+    the next row on the left are also the zero garbage columns of dy at
+    pitch WQ (&dyp[A, B] is dyw), and the gather's reads past a row's end
+    land in them too."""
     cdef Geo g = _geo(dx.shape[1], w.shape[0], w.shape[1], w.shape[2], dx.shape[2],
                       dx.shape[3], dy.shape[2], dy.shape[3], SH, SW, DH, DW, PT, PL,
                       xp.shape[2], xp.shape[3])
     cdef Py_ssize_t RH = dyp.shape[0], RC = dyp.shape[1], M = g.M
     cdef Py_ssize_t A = (g.KH - 1) * g.DH, B = (g.KW - 1) * g.DW
     cdef Py_ssize_t* offs = _tap_offsets(g)
-    cdef double* sums = <double*>malloc(g.T * sizeof(double))
+    cdef double* sums = <double*>malloc(max(g.T, 10) * sizeof(double))
     cdef Py_ssize_t n, c, f, t, m, ih, iw
     cdef bint s1 = SH == 1 and SW == 1
     cdef const floating* dym
     cdef const floating* xpl
     cdef floating* dxr
+    cdef floating* dyrun = &dyp[A, B] if s1 else &dyw[0]
     try:
         if sums == NULL:
             raise MemoryError()
@@ -452,9 +785,10 @@ def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
                     dw[f, t] = 0
             # zero once: the planes below overwrite only where dy goes, so
             # the garbage columns and the padding stay zero
-            _zero(&dyw[0], g.OH * g.WQ)
             if s1:
                 _zero(&dyp[0, 0], RH * RC)
+            else:
+                _zero(&dyw[0], g.OH * g.WQ)
             # images outer: the planes of a block are read in memory order
             for n in range(n0, n1):
                 for c in range(c0, c1):
@@ -462,11 +796,10 @@ def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
                     for m in range(M):
                         f = c * M + m
                         dym = &dy[n, f, 0, 0]
-                        _put_rows(dym, &dyw[0], g.OH, g.OW, g.WQ)
-                        if not _grad_weights(&dyw[0], xpl, &dw[f, 0], &db[f], sums, offs, g):
+                        _put_rows(dym, dyrun, g.OH, g.OW, g.WQ)
+                        if not _grad_weights(dyrun, xpl, &dw[f, 0], &db[f], sums, offs, g):
                             _grad_weights_rows(dym, xpl, &acc[0], &dw[f, 0], &db[f], offs, g)
                         if s1:
-                            _put_rows(dym, &dyp[A, B], g.OH, g.OW, RC)
                             _grad_input_s1(&w[f, 0, 0], &dyp[0, 0], &dq[0], &dx[n, c, 0, 0],
                                            RC, m == 0, g)
                         else:
@@ -477,7 +810,7 @@ def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
                         dxr = &dx[n, c, ih, 0]
                         if not s1:
                             _image_row(&dxp[0] + _row(ih + g.PT, g), dxr, g, 1)
-                        elif g.W < FLAT_BELOW:
+                        elif _flat(g, g.W):
                             for iw in range(g.W):
                                 dxr[iw] = dq[ih * RC + iw]
     finally:

@@ -1,8 +1,10 @@
-"""Numba kernels for the direct depthwise convolution, forward and backward:
-the same kernels, arguments, phase layout and loop structure as
-``cy_depthwise.pyx`` (whose header states the formula, the layout and why),
-driven by ``fastcnn.backends._depthwise``. Every kernel is single-threaded
-and works on a block of images [n0, n1) and channels [c0, c1).
+"""Numba kernels for the direct depthwise convolution, forward (with its
+optional ReLU epilogue) and backward: the same kernels, arguments and
+phase layout as ``cy_depthwise.pyx`` (whose header states the formula,
+the layout and why), driven by ``fastcnn.backends._depthwise``; loops
+written for LLVM's vectoriser (which targets the CPU it runs on) where
+cy_depthwise has C vector loops. Every kernel is single-threaded and works
+on a block of images [n0, n1) and channels [c0, c1).
 
 Planes are handled as flat rows, and every inner loop indexes a view by
 its loop counter alone: a computed index keeps Numba's negative-index
@@ -78,6 +80,13 @@ def _merge2(a, b, img):
 
 
 @njit(inline="always", **JIT_OPTIONS)
+def _fill(dst):
+    """dst[:] = 0, as a loop."""
+    for q in range(dst.shape[0]):
+        dst[q] = 0
+
+
+@njit(inline="always", **JIT_OPTIONS)
 def _copy(src, dst):
     """dst[:n] = src, n = len(src)."""
     for q in range(src.shape[0]):
@@ -118,10 +127,12 @@ def _to_image(plane, start, img, SW, PL, BS, WQ):
 
 
 @njit(**JIT_OPTIONS)
-def _forward_plane(xq, wf, bias, yf, yq, offs, WQ):
+def _forward_plane(xq, wf, bias, yf, yq, offs, WQ, relu):
     """One output plane yf (OH, OW) of the flat phase-layout plane xq,
     filter wf (KH*KW,): narrow planes (OW < FLAT_BELOW) as one flat run yq
-    (OH*WQ,) at row pitch WQ, then copied out; wider ones row by row."""
+    (OH*WQ,) at row pitch WQ, then copied out; wider ones row by row.
+    relu: through ReLU as np.maximum (NaN stays NaN, +0 for the rest <= 0),
+    a pass over the plane while it is in cache."""
     OH, OW = yf.shape
     T = wf.shape[0]
     flat = OW < FLAT_BELOW
@@ -151,14 +162,25 @@ def _forward_plane(xq, wf, bias, yf, yq, offs, WQ):
     if flat:
         for i in range(OH):
             _copy(yq[i * WQ:i * WQ + OW], yf[i])
+    if relu:
+        for i in range(OH):
+            _relu(yf[i])
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _relu(r):
+    """r = np.maximum(r, 0) in place: NaN <= 0 is false, so NaN stays."""
+    for j in range(r.shape[0]):
+        v = r[j]
+        r[j] = v if not (v <= 0) else 0.0
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 1), rw(t, 4), rw(t, 4), rw(t, 1),
-                       i64, i64, i64, i64, i64, i64, i64, i64, i64, i64))
-def forward(x, w, b, xp, y, yq, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
+                       i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, types.boolean))
+def forward(x, w, b, xp, y, yq, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL, relu):
     """For images [n0, n1) and channels [c0, c1): xp[n, c] = x[n, c] in the
-    phase layout and y[n, c*M:(c+1)*M] = its depthwise convolution.
-    Scratch: yq (OH*WQ,)."""
+    phase layout and y[n, c*M:(c+1)*M] = its depthwise convolution (relu:
+    through ReLU). Scratch: yq (OH*WQ,)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     F, KH, KW = w.shape
     rows, WQ = xp.shape[2], xp.shape[3]
@@ -169,8 +191,18 @@ def forward(x, w, b, xp, y, yq, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
     for n in range(n0, n1):
         for c in range(c0, c1):
             xq = xp[n, c].reshape(-1)
-            xq[:] = 0
-            for ih in range(H):
+            if SH == 1 and SW == 1:
+                # each element written once: the padding around the rows, the rows
+                _fill(xq[:PT * WQ])
+                for ih in range(H):
+                    r = xq[(ih + PT) * WQ:(ih + PT + 1) * WQ]
+                    _fill(r[:PL])
+                    _copy(x[n, c, ih], r[PL:])
+                    _fill(r[PL + W:])
+                _fill(xq[(PT + H) * WQ:])
+            else:
+                _fill(xq)
+            for ih in range(H if SH != 1 or SW != 1 else 0):
                 # strides 1 and 2 in loops of their own: the copy loops in
                 # a helper that branches on a stride vectorise worse
                 start = _row(ih + PT, SH, SW, BS, WQ)
@@ -183,7 +215,7 @@ def forward(x, w, b, xp, y, yq, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL):
                     _to_plane(x[n, c, ih], xq, start, SW, PL, BS, WQ)
             for m in range(M):
                 f = c * M + m
-                _forward_plane(xq, w[f].reshape(-1), b[f], y[n, f], yq, offs, WQ)
+                _forward_plane(xq, w[f].reshape(-1), b[f], y[n, f], yq, offs, WQ, relu)
 
 
 @njit(**JIT_OPTIONS)
@@ -382,9 +414,10 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
     """For images [n0, n1) and channels [c0, c1): dx[n, c] (written), and
     dw[f] (F, KH*KW), db[f] = their sums over images n0..n1-1 (written) for
     the filters f of those channels. xp is the forward's phase layout.
-    Scratch: acc ((KH*KW + 1) * OW,), dyw (OH*WQ,); for strides > 1 dxp
-    (one plane of xp); for stride 1 dyp (RH, RC) and dq (H*RC,) with
-    RH >= (KH-1)*DH + max(OH, H+PT+1), RC >= (KW-1)*DW + max(OW, W+PL)."""
+    Scratch: acc ((KH*KW + 1) * OW,); for strides > 1 dyw (OH*WQ,) and
+    dxp (one plane of xp); for stride 1 dyp (RH, WQ) and dq (H*WQ,) with
+    RH >= (KH-1)*DH + max(OH + 1, H+PT+1): one copy of dy, at pitch WQ,
+    serves the dw runs and the dx gather (see cy_depthwise.backward)."""
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     F, KH, KW = w.shape
     rows, WQ = xp.shape[2], xp.shape[3]
@@ -404,9 +437,12 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
             dw[f, t] = 0
     # zero once: the planes below overwrite only where dy goes, so the
     # garbage columns and the padding stay zero
-    dyw[:] = 0
     if s1:
-        dpf[:] = 0
+        _fill(dpf)
+        dyrun = dpf[A * RC + B:]
+    else:
+        _fill(dyw)
+        dyrun = dyw[0:]
     # images outer: the planes of a block are read in memory order
     for n in range(n0, n1):
         for c in range(c0, c1):
@@ -415,14 +451,13 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
                 f = c * M + m
                 dyf = dy[n, f]
                 wf = w[f].reshape(-1)
-                _put_rows(dyf, dyw, WQ)
+                _put_rows(dyf, dyrun, WQ)
                 # wide planes: rows of partial sums, which LLVM vectorises
                 # better than the eight sums of _dot
-                if OW >= FLAT_BELOW or not _grad_weights(dyw, xq, dw[f], db, f, sums, offs,
+                if OW >= FLAT_BELOW or not _grad_weights(dyrun, xq, dw[f], db, f, sums, offs,
                                                          L):
                     _grad_weights_rows(dyf, xq, acc, dw[f], db, f, offs, WQ)
                 if s1:
-                    _put_rows(dyf, dpf[A * RC + B:], RC)
                     # `first` as a constant: a run-time flag keeps LLVM from
                     # vectorising the gather
                     if m == 0:
@@ -431,8 +466,8 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
                         _grad_input_s1(w[f], dyp, dq, dx[n, c], DH, DW, PT, PL, False)
                 else:
                     if m == 0:
-                        dxp[:] = 0
-                    _grad_input_strided(dyw, wf, dxp, offs, L)
+                        _fill(dxp)
+                    _grad_input_strided(dyrun, wf, dxp, offs, L)
             for ih in range(H):
                 if s1:
                     if W < FLAT_BELOW:

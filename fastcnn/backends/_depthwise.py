@@ -23,6 +23,10 @@ even if the caller changed x or w in place since. dw and db are summed
 in float64 and rounded once. Each piece takes its own scratch (the flat
 output run, the dy planes at the kernels' pitches) from the workspace.
 
+``relu=True`` (the fused conv+ReLU op) has the kernels put each output
+plane through ReLU while it is in cache; the backward is unchanged: it
+takes the gradient of the conv's output, which the caller has masked.
+
 Deliberately not here: argument checks and output sizes (``fastcnn.ops``),
 the choice of this path (``_gemm_conv``), loops over elements
 (``fastcnn/_kernels``).
@@ -59,9 +63,12 @@ def _run(fn, blocks):
         _concurrent.run(fn, blocks)
 
 
-def forward(kern, x, w, b, stride, padding, dilation, y_shape):
+def forward(kern, x, w, b, stride, padding, dilation, y_shape, relu=False):
     """conv2d_forward of the kernel contract for groups == C on kernel
-    module ``kern``: (y, saved)."""
+    module ``kern``: (y, saved). relu: y through ReLU as np.maximum(y, 0)
+    (NaN stays NaN, +0 for the rest <= 0), in the kernels' pass over each
+    plane; the backward still takes the gradient of the conv's own output
+    (the caller masks it)."""
     (N, C, H, W), (F, _, KH, KW) = x.shape, w.shape
     (SH, SW), (PT, PB, PL, PR), (DH, DW) = stride, padding, dilation
     HQ, WQ = -(-(H + PT + PB) // SH), -(-(W + PL + PR) // SW)
@@ -74,7 +81,8 @@ def forward(kern, x, w, b, stride, padding, dilation, y_shape):
     L = y_shape[2] * WQ
 
     def piece(blk):
-        kern.forward(x, w3, bias, xp, y, workspace.take((L,), x.dtype), *blk, *params)
+        kern.forward(x, w3, bias, xp, y, workspace.take((L,), x.dtype), *blk, *params,
+                     bool(relu))
 
     _run(piece, blocks)
     return y, _Saved(x.shape, w3, xp, blocks, params)
@@ -92,22 +100,23 @@ def backward(kern, dy, saved):
     image_ranges = sorted({blk[:2] for blk in saved.blocks})
     dw_parts = np.empty((len(image_ranges), F, KH * KW))
     db_parts = np.empty((len(image_ranges), F))
-    # the kernels' scratch (see cy_depthwise.backward): partial sums, dy at
-    # the pitch WQ of xp; a plane of xp for strides > 1; for stride 1 the
-    # zero-padded dy plane and dx at its pitch
-    A, B = (KH - 1) * DH, (KW - 1) * DW
+    # the kernels' scratch (see cy_depthwise.backward): partial sums; for
+    # strides > 1 dy at the pitch WQ of xp and a plane of xp; for stride 1
+    # the zero-padded dy plane at pitch WQ and dx at that pitch
+    A = (KH - 1) * DH
     stride1 = (SH, SW) == (1, 1)
     acc_shape = ((KH * KW + 1) * OW,)
     dxp_shape = (1,) if stride1 else (saved.xp.shape[2] * WQ,)
-    dyp_shape = (A + max(OH, H + PT + 1), B + max(OW, W + PL)) if stride1 else (1, 1)
-    dq_shape = (H * dyp_shape[1],) if stride1 else (1,)
+    dyw_shape = (1,) if stride1 else (OH * WQ,)
+    dyp_shape = (A + max(OH + 1, H + PT + 1), WQ) if stride1 else (1, 1)
+    dq_shape = (H * WQ,) if stride1 else (1,)
 
     def piece(blk):
         r = image_ranges.index(blk[:2])
         take = workspace.take
         kern.backward(dy, saved.w, saved.xp, dx, dw_parts[r], db_parts[r],
                       take(acc_shape, dy.dtype), take(dxp_shape, dy.dtype),
-                      take((OH * WQ,), dy.dtype), take(dyp_shape, dy.dtype),
+                      take(dyw_shape, dy.dtype), take(dyp_shape, dy.dtype),
                       take(dq_shape, dy.dtype), *blk, *saved.params)
 
     _run(piece, saved.blocks)
