@@ -198,7 +198,11 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False):
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
     y = outputs.take(y_shape, x.dtype)
     if path == "winograd":
-        return y, _relu_after(k, y, (path, g, k.winograd.forward(k, x, w, bias, y, g)), mask)
+        # the ReLU in the Winograd output transform; the mask a pass after
+        saved = (path, g, k.winograd.forward(k, x, w, bias, y, g, relu))
+        if mask is not None:
+            _relu._run(_positive, [y, mask])
+        return y, _with_mask(saved, mask)
     if path == "pointwise":
         return y, _with_mask((path, g, _pointwise_forward(g, x, w, b, y, mask)), mask)
     src = _padded(x, g) if k.padded_input else x
@@ -223,9 +227,14 @@ def _with_mask(saved, mask):
     return saved if mask is None else saved + (mask,)
 
 
+def _positive(y, mask):
+    """mask = [y > 0], for a y the ReLU was applied to already."""
+    np.greater(y, 0, out=mask.view(np.bool_))
+
+
 def _relu_after(k, y, saved, mask):
-    """The ReLU and its mask as a pass over y in place, for the paths that
-    do not apply it themselves (the Winograd and depthwise drivers)."""
+    """The ReLU and its mask as a pass over y in place, for the path that
+    does not apply it itself (the depthwise driver)."""
     if mask is None:
         return saved
     _relu._run(k.relu_forward, [y, y, mask])
