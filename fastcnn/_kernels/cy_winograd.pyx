@@ -167,13 +167,16 @@ cdef extern from *:
         }                                                                               \
     }                                                                                   \
     /* dM of one tile row from its 4 rows dy of YL = 4*TW*N lanes; K scratch       \
-       (6, YL); acc[0:YL] += the column sums of dy, in double */                        \
+       (6, YL); acc[0:N] += the sums of dy per image, in double */                      \
     static FASTCNN_CLONES void fastcnn_wino_gout_row_##S(const T* dy, Py_ssize_t YL,    \
-            T* K, T* dM, Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N, double* acc) {     \
-        Py_ssize_t k, tw, n;                                                            \
+            T* K, T* dM, Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N,                    \
+            double* restrict acc) {                                                     \
+        Py_ssize_t k, tw, n, w;                                                         \
         const T *y0 = dy, *y1 = dy + YL, *y2 = dy + 2 * YL, *y3 = dy + 3 * YL;          \
-        for (n = 0; n < YL; n++)                                                        \
-            acc[n] += ((double)y0[n] + (double)y1[n]) + ((double)y2[n] + (double)y3[n]);\
+        for (w = 0; w < YL; w += N)                                                     \
+            for (n = 0; n < N; n++)                                                     \
+                acc[n] += ((double)y0[w + n] + (double)y1[w + n])                       \
+                          + ((double)y2[w + n] + (double)y3[w + n]);                    \
         fastcnn_a6_##S(dy, YL, K, YL, YL);                                              \
         for (k = 0; k < 6; k++)                                                         \
             for (tw = 0; tw < TW; tw++)                                                 \
@@ -215,39 +218,51 @@ cdef extern from *:
                                   Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
 
 
+# Images per block of the layout changes: the transposes move a block's
+# lanes of one element (a cache line of float32s in the planes) together,
+# so the NCHW side is BLOCK rows streamed in step, not one store or load per
+# image 50 KB apart (a new page for each image, element by element).
+DEF BLOCK = 16
+
+
 def pack_planes(const floating[:, :, :, :] x, floating[:, :, :, ::1] xs,
                 Py_ssize_t PT, Py_ssize_t PL):
     """xs[c, ih+PT, iw+PL, n] = x[n, c, ih, iw], zero elsewhere: NCHW to
-    zero-padded planes with the batch innermost, one plane at a time (its
-    writes contiguous, the strided reads within L2)."""
+    zero-padded planes with the batch innermost, plane by plane and within
+    a plane BLOCK images at a time."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t HT = xs.shape[1], WT = xs.shape[2]
-    cdef Py_ssize_t c, ih, iw, n
+    cdef Py_ssize_t c, ih, iw, n, n0, n1
     cdef floating* dst
     with nogil:
         for c in range(C):
             memset(&xs[c, 0, 0, 0], 0, HT * WT * N * sizeof(floating))
-            for ih in range(H):
-                for iw in range(W):
-                    dst = &xs[c, ih + PT, iw + PL, 0]
-                    for n in range(N):
-                        dst[n] = x[n, c, ih, iw]
+            for n0 in range(0, N, BLOCK):
+                n1 = min(n0 + BLOCK, N)
+                for ih in range(H):
+                    for iw in range(W):
+                        dst = &xs[c, ih + PT, iw + PL, 0]
+                        for n in range(n0, n1):
+                            dst[n] = x[n, c, ih, iw]
 
 
 def crop_planes(const floating[:, :, :, ::1] ys, floating[:, :, :, :] y,
                 Py_ssize_t PT, Py_ssize_t PL):
     """y[n, f, oh, ow] = ys[f, oh+PT, ow+PL, n] for y's whole shape: planes
-    with the batch innermost back to NCHW (the inverse of pack_planes)."""
+    with the batch innermost back to NCHW (the inverse of pack_planes),
+    BLOCK images at a time."""
     cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t f, oh, ow, n
+    cdef Py_ssize_t f, oh, ow, n, n0, n1
     cdef const floating* src
     with nogil:
         for f in range(F):
-            for oh in range(OH):
-                for ow in range(OW):
-                    src = &ys[f, oh + PT, ow + PL, 0]
-                    for n in range(N):
-                        y[n, f, oh, ow] = src[n]
+            for n0 in range(0, N, BLOCK):
+                n1 = min(n0 + BLOCK, N)
+                for oh in range(OH):
+                    for ow in range(OW):
+                        src = &ys[f, oh + PT, ow + PL, 0]
+                        for n in range(n0, n1):
+                            y[n, f, oh, ow] = src[n]
 
 
 cdef void* _alloc(Py_ssize_t nbytes) except NULL:
@@ -316,19 +331,20 @@ def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::
     """dM[:, f, (th-th0)*TW + tw, n] = A dY A^T for the band of tile rows
     th0.. that dM (36, F, rows*TW, N) holds, dY the 4x4 tile of the packed
     gradient dys (F, 4*TH, 4*TW, N) (zero past the edge); db[f] += the
-    band's sum of those dY, in double lanes summed per channel at the end
-    (one scalar accumulator would be one serial chain of adds)."""
+    band's sum of those dY, in double: one lane per image, summed per
+    channel at the end (one scalar accumulator would be one serial chain of
+    adds)."""
     cdef Py_ssize_t F = dys.shape[0], W4 = dys.shape[2], N = dys.shape[3]
     cdef Py_ssize_t TW = W4 // 4, P = dM.shape[2]
     cdef Py_ssize_t rows = P // TW, L = W4 * N, KS = dM.shape[1] * P * N
     cdef Py_ssize_t f, r, n
     cdef double s0, s1
     cdef floating* K = <floating*>_alloc(6 * L * sizeof(floating))    # A dY: (k, w, n)
-    cdef double* acc = <double*>_alloc(L * sizeof(double))
+    cdef double* acc = <double*>_alloc(N * sizeof(double))          # per image
     try:
         with nogil:
             for f in range(F):
-                memset(acc, 0, L * sizeof(double))
+                memset(acc, 0, N * sizeof(double))
                 for r in range(rows):
                     if floating is float:
                         fastcnn_wino_gout_row_f32(&dys[f, 4 * (th0 + r), 0, 0], L, K,
@@ -339,11 +355,11 @@ def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::
                 s0 = 0
                 s1 = 0
                 n = 0
-                while n + 2 <= L:
+                while n + 2 <= N:
                     s0 += acc[n]
                     s1 += acc[n + 1]
                     n += 2
-                if n < L:
+                if n < N:
                     s0 += acc[n]
                 db[f] += s0 + s1
     finally:

@@ -2,9 +2,10 @@
 
 conv2d is the shared GEMM driver (``backends/_gemm_conv``) over this
 backend's kernel table (``_ConvKernels``): the loops read x itself and clip
-each window at the image border, so nothing is padded. Pooling and relu
-call their loops directly; max pooling saves C-int argmax planes
-(``backends/_pooling``).
+each window at the image border, so nothing is padded; plus the shared
+Winograd F(4x4, 3x3) path (``backends/_winograd``) over ``cy_winograd``'s
+tile transforms. Pooling and relu call their loops directly; max pooling
+saves C-int argmax planes (``backends/_pooling``).
 
 Threads: the loops are single-threaded (built without OpenMP); pieces of
 an op - batch chunks, ranges of image planes, element ranges - run
@@ -16,11 +17,11 @@ back to another backend: if the extension modules are missing, importing
 this module raises ImportError saying so, and the registry reports the
 backend absent with that reason.
 """
-from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu
+from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu, _winograd
 from fastcnn.backends._workspace import outputs
 
 try:
-    from fastcnn._kernels import cy_act, cy_conv, cy_depthwise, cy_info, cy_pool
+    from fastcnn._kernels import cy_act, cy_conv, cy_depthwise, cy_info, cy_pool, cy_winograd
 except ImportError as e:  # the registry reports this message as the reason
     raise ImportError(
         "fastcnn was installed without its compiled Cython kernels "
@@ -40,11 +41,20 @@ class _ConvKernels:
     """The kernel table the shared conv driver calls (see _gemm_conv). Row
     pitch RP is always OW here."""
     padded_input = False
-    winograd = None
-    # the per-image path, block by block in cache, beat the whole-batch one
-    # on every shape measured here (MNIST conv2, the stride-2, dilated and
-    # grouped 3x3 groups, ResNet 64->128 at 56x56)
-    per_image_max_taps = 1 << 62
+    winograd = _winograd
+    # The shared limit: above it a 3x3 stride-1 conv takes Winograd, faster
+    # than the per-image path on every such shape measured (Kg 36 to 288,
+    # the MNIST conv2 too). The per-image path used to take every Kg here,
+    # having beaten the whole-batch one; on the 3x3 stride-2 shapes measured
+    # again (Kg 288, 576) the two were within the machine's noise, and
+    # choose_path asks about Winograd only above this limit.
+    per_image_max_taps = _gemm_conv.PER_IMAGE_MAX_TAPS
+
+    @staticmethod
+    def winograd_kernels():
+        """The Winograd F(4x4, 3x3) tile transforms (see _winograd): the
+        module itself follows the kernel contract."""
+        return cy_winograd
 
     @staticmethod
     def depthwise():
