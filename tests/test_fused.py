@@ -236,6 +236,8 @@ def test_ties_zeros_negatives_nan_and_inf_give_the_unfused_results(backend, dtyp
     x = _special_plane(dtype)
     w, b = np.ones((1, 1, 1, 1), dtype), np.zeros(1, dtype)
     with np.errstate(invalid="ignore"):
+        for path in _forced_paths(backend, x.shape, w.shape, (1, 0, 1, 1))[1:]:
+            _check(x, w, b, (1, 0, 1, 1), pool, backend, dy_special=True, path=path)
         y, (dx, dw, db) = _check(x, w, b, (1, 0, 1, 1), pool, backend, dy_special=True)
         y_ref, back_ref = _composed(x, w, b, (1, 0, 1, 1), pool, "loops")
         dy = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)

@@ -245,8 +245,9 @@ def backward(k, dy, saved):
     """conv2d_backward of the kernel contract: (dx, dw, db); for a forward
     with relu, the ReLU's mask is applied to dy first."""
     path, g, data = saved[:3]
-    if len(saved) > 3:
-        dy = _relu.backward(k.relu_backward, dy, saved[3])
+    mask = saved[3] if len(saved) > 3 else None
+    if mask is not None and path != "per_image":   # that one masks block by block
+        dy, mask = _relu.backward(k.relu_backward, dy, mask), None
     if path == "depthwise":
         from fastcnn.backends import _depthwise
         return _depthwise.backward(k.depthwise(), dy, data)
@@ -256,7 +257,11 @@ def backward(k, dy, saved):
     dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype)
     fn = {"per_image": _per_image_backward, "batch": _batch_backward,
           "pointwise": _pointwise_backward}[path]
-    parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx[item[0]]), chunks)
+    if mask is not None:
+        parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx[item[0]],
+                                     mask[item[0]]), chunks)
+    else:
+        parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx[item[0]]), chunks)
     # summed over the chunks: dw and db (only they) depend on the thread
     # count, in their last bits (another rounding order)
     dw = outputs.take((g.F, g.C // g.G, g.KH, g.KW), dy.dtype)
@@ -343,10 +348,16 @@ def _per_image_forward(k, g, src, wb, bias, y, RP, mask):
     return saved
 
 
-def _per_image_backward(k, g, dy, wb, saved, RP, dx):
+def _per_image_backward(k, g, dy, wb, saved, RP, dx, mask=None):
     n, G, Kg, P = dy.shape[0], g.G, g.Kg, g.P
     dy4 = dy.reshape(n, G, g.Fg, P)
     b = _image_block(g, dy.itemsize)
+    if mask is not None:
+        # dy * [y > 0] block by block, in cache, instead of a pass over all
+        # of dy first (the product is relu_backward's: NaN for an inf or
+        # NaN dy where the mask is 0)
+        mask4 = mask.reshape(n, G, g.Fg, P)
+        dym = workspace.take((b, G, g.Fg, P), dy.dtype)
     cols = _image_cols(g, b, dy.dtype)
     dcols = workspace.take((b, G, Kg, P), dy.dtype)
     dwb = np.zeros((G, g.Fg, Kg + 1), dtype=dy.dtype)
@@ -356,8 +367,11 @@ def _per_image_backward(k, g, dy, wb, saved, RP, dx):
         m = min(n, i0 + b) - i0
         c, d = cols[:m], dcols[:m]
         k.im2col(saved[i0:i0 + m], c[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
-        dwb += np.matmul(dy4[i0:i0 + m], c.transpose(0, 1, 3, 2), out=part[:m]).sum(axis=0)
-        np.matmul(wT, dy4[i0:i0 + m], out=d)
+        dy_blk = dy4[i0:i0 + m]
+        if mask is not None:
+            dy_blk = np.multiply(dy_blk, mask4[i0:i0 + m], out=dym[:m])
+        dwb += np.matmul(dy_blk, c.transpose(0, 1, 3, 2), out=part[:m]).sum(axis=0)
+        np.matmul(wT, dy_blk, out=d)
         k.col2im(d.transpose(1, 2, 0, 3), dx[i0:i0 + m], g, RP)
     return dwb[:, :, :Kg].reshape(g.F, Kg), dwb[:, :, Kg].reshape(g.F)
 
