@@ -67,11 +67,14 @@ class Workspace:
         # the dtype itself keys (equal dtypes hash alike, byte order included): its .str is
         # a new string per call, half the cost of a take
         key = (shape if type(shape) is tuple else tuple(shape), np.dtype(dtype))
+        free_a, free_raw = self._free
         with self._lock:
-            arrays = self._arrays.pop(key, [])
-            self._arrays[key] = arrays
+            arrays = self._arrays.pop(key, None)
+            if arrays is None:
+                arrays = []
+            self._arrays[key] = arrays          # the most recently used key goes last
             for raw, a in arrays:
-                if (sys.getrefcount(a), sys.getrefcount(raw)) == self._free:
+                if sys.getrefcount(a) == free_a and sys.getrefcount(raw) == free_raw:
                     return a
             raw, a = aligned_empty(shape, dtype)
             if len(arrays) < self.PER_KEY and a.nbytes <= self.MAX_BYTES:
