@@ -5,9 +5,10 @@ run time, so a new backend is a new row with no change here), or a reference
 module with the same functions (``op``, ``from_fastcnn``, ``sgd``,
 ``train_step``, ``predict``): ``torch`` (``torch_ref``, when PyTorch is
 installed), ``onnxruntime`` (``onnx_ref``: inference only, its rows skip
-where ONNX Runtime or its exporter is not installed) and ``tutorial``. Setup happens here, outside what is timed; the
-callable does one op, one training step or one inference pass. A row that
-does not apply is skipped with the reason. Deliberately no timing:
+where ONNX Runtime or its exporter is not installed) and ``tutorial``.
+Setup happens here, outside what is timed; the callable does one op, one
+training step or one inference pass. A row that does not apply is skipped
+with the reason. Deliberately no timing:
 pytest-benchmark warms up, times and records.
 """
 import importlib

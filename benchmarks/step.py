@@ -45,7 +45,8 @@ def run_suite(impl, args, tune=True, threads=None):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.step",
                                 description=__doc__.split("\n")[1])
-    p.add_argument("impls", help="comma-separated: fastcnn backends, torch, tutorial")
+    p.add_argument("impls", help="comma-separated: fastcnn backends, torch, tutorial, "
+                   "onnxruntime (inference only)")
     p.add_argument("--model", default="cnn", choices=("cnn", "mobile"),
                    help="the MNIST CNN (default) or the MobileNet-style 'mobile'")
     p.add_argument("--infer", action="store_true", help="eval-mode inference instead")
