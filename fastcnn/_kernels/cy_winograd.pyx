@@ -65,8 +65,8 @@ cdef extern from *:
     #endif
     #define FASTCNN_WINO(T, S)                                                          \
     /* o = B^T a */                                                                     \
-    static inline void fastcnn_bt6_##S(const T* restrict a, Py_ssize_t as,              \
-            T* restrict o, Py_ssize_t os, Py_ssize_t len) {                             \
+    static inline void fastcnn_bt6_##S(const T* __restrict a, Py_ssize_t as,            \
+            T* __restrict o, Py_ssize_t os, Py_ssize_t len) {                           \
         const T *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as,              \
                 *a4 = a + 4 * as, *a5 = a + 5 * as;                                     \
         T *o0 = o, *o1 = o + os, *o2 = o + 2 * os, *o3 = o + 3 * os,                    \
@@ -84,8 +84,8 @@ cdef extern from *:
             o5[n] = ((a1[n] + a5[n]) + h15 * (a4[n] - a2[n])) - (a3[n] + a3[n]);        \
     }                                                                                   \
     /* o += B a (the adjoint of bt6) */                                                 \
-    static inline void fastcnn_b6add_##S(const T* restrict a, Py_ssize_t as,            \
-            T* restrict o, Py_ssize_t os, Py_ssize_t len) {                             \
+    static inline void fastcnn_b6add_##S(const T* __restrict a, Py_ssize_t as,          \
+            T* __restrict o, Py_ssize_t os, Py_ssize_t len) {                           \
         const T *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as,              \
                 *a4 = a + 4 * as, *a5 = a + 5 * as;                                     \
         T *o0 = o, *o1 = o + os, *o2 = o + 2 * os, *o3 = o + 3 * os,                    \
@@ -107,8 +107,8 @@ cdef extern from *:
         for (n = 0; n < len; n++) o5[n] += a5[n];                                       \
     }                                                                                   \
     /* o = A^T a + bias */                                                              \
-    static inline void fastcnn_at4_##S(const T* restrict a, Py_ssize_t as,              \
-            T* restrict o, Py_ssize_t os, Py_ssize_t len, T bias) {                     \
+    static inline void fastcnn_at4_##S(const T* __restrict a, Py_ssize_t as,            \
+            T* __restrict o, Py_ssize_t os, Py_ssize_t len, T bias) {                   \
         const T *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as,              \
                 *a4 = a + 4 * as, *a5 = a + 5 * as;                                     \
         T *o0 = o, *o1 = o + os, *o2 = o + 2 * os, *o3 = o + 3 * os;                    \
@@ -124,8 +124,8 @@ cdef extern from *:
             o3[n] = (((a1[n] - a2[n]) + (e125 * a3[n] - 8 * a4[n])) + a5[n]) + bias;    \
     }                                                                                   \
     /* o = A a (the adjoint of at4) */                                                  \
-    static inline void fastcnn_a6_##S(const T* restrict a, Py_ssize_t as,               \
-            T* restrict o, Py_ssize_t os, Py_ssize_t len) {                             \
+    static inline void fastcnn_a6_##S(const T* __restrict a, Py_ssize_t as,             \
+            T* __restrict o, Py_ssize_t os, Py_ssize_t len) {                           \
         const T *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as;              \
         T *o0 = o, *o1 = o + os, *o2 = o + 2 * os, *o3 = o + 3 * os,                    \
           *o4 = o + 4 * os, *o5 = o + 5 * os;                                           \
@@ -140,7 +140,7 @@ cdef extern from *:
             o4[n] = (a0[n] - (a1[n] + a1[n])) + (4 * a2[n] - 8 * a3[n]);                \
         for (n = 0; n < len; n++) o5[n] = a3[n];                                        \
     }                                                                                   \
-    /* V[:, p0 + tw] of one tile row: d its 6 plane rows (L = WT*N lanes each),    \
+    /* V[:, p0 + tw] of one tile row: d its 6 plane rows (L = WT*N lanes each),         \
        R scratch (6, L), V at tile p0 of element 0, KS apart per element */             \
     static FASTCNN_CLONES void fastcnn_wino_in_row_##S(const T* d, Py_ssize_t L,        \
             T* R, T* V, Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N) {                   \
@@ -148,9 +148,9 @@ cdef extern from *:
         fastcnn_bt6_##S(d, L, R, L, L);                                                 \
         for (i = 0; i < 6; i++)                                                         \
             for (tw = 0; tw < TW; tw++)                                                 \
-                fastcnn_bt6_##S(R + i * L + 4 * tw * N, N, V + 6 * i * KS + tw * N, KS, N);\
+                fastcnn_bt6_##S(R + i * L + 4 * tw * N, N, V + 6 * i * KS + tw * N, KS, N); \
     }                                                                                   \
-    /* ys rows of one tile row from M at tile p0 of element 0 (KS apart per       \
+    /* ys rows of one tile row from M at tile p0 of element 0 (KS apart per             \
        element), S scratch (6 * 4, TW*N); y its first row, YL = 4*TW*N lanes */         \
     static FASTCNN_CLONES void fastcnn_wino_out_row_##S(const T* M, Py_ssize_t KS,      \
             T* S, T* y, Py_ssize_t YL, Py_ssize_t TW, Py_ssize_t N, T bias, int relu) { \
@@ -161,16 +161,16 @@ cdef extern from *:
         for (a = 0; a < 4; a++) {                                                       \
             T* row = y + a * YL;                                                        \
             for (tw = 0; tw < TW; tw++)                                                 \
-                fastcnn_at4_##S(S + 6 * a * L + tw * N, L, row + 4 * tw * N, N, N, bias);\
+                fastcnn_at4_##S(S + 6 * a * L + tw * N, L, row + 4 * tw * N, N, N, bias); \
             if (relu)                       /* NaN <= 0 is false: NaN stays */          \
                 for (n = 0; n < YL; n++) row[n] = !(row[n] <= zero) ? row[n] : zero;    \
         }                                                                               \
     }                                                                                   \
-    /* dM of one tile row from its 4 rows dy of YL = 4*TW*N lanes; K scratch       \
+    /* dM of one tile row from its 4 rows dy of YL = 4*TW*N lanes; K scratch            \
        (6, YL); acc[0:N] += the sums of dy per image, in double */                      \
     static FASTCNN_CLONES void fastcnn_wino_gout_row_##S(const T* dy, Py_ssize_t YL,    \
             T* K, T* dM, Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N,                    \
-            double* restrict acc) {                                                     \
+            double* __restrict acc) {                                                   \
         Py_ssize_t k, tw, n, w;                                                         \
         const T *y0 = dy, *y1 = dy + YL, *y2 = dy + 2 * YL, *y3 = dy + 3 * YL;          \
         for (w = 0; w < YL; w += N)                                                     \
@@ -180,9 +180,9 @@ cdef extern from *:
         fastcnn_a6_##S(dy, YL, K, YL, YL);                                              \
         for (k = 0; k < 6; k++)                                                         \
             for (tw = 0; tw < TW; tw++)                                                 \
-                fastcnn_a6_##S(K + k * YL + 4 * tw * N, N, dM + 6 * k * KS + tw * N, KS, N);\
+                fastcnn_a6_##S(K + k * YL + 4 * tw * N, N, dM + 6 * k * KS + tw * N, KS, N); \
     }                                                                                   \
-    /* x's 6 plane rows (L = WT*N lanes) += B dV B^T of one tile row; E scratch    \
+    /* x's 6 plane rows (L = WT*N lanes) += B dV B^T of one tile row; E scratch         \
        (6, L) */                                                                        \
     static FASTCNN_CLONES void fastcnn_wino_gin_row_##S(const T* dV, Py_ssize_t KS,     \
             T* E, T* x, Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) {                    \
@@ -190,7 +190,7 @@ cdef extern from *:
         memset(E, 0, 6 * L * sizeof(T));                                                \
         for (i = 0; i < 6; i++)                                                         \
             for (tw = 0; tw < TW; tw++)                                                 \
-                fastcnn_b6add_##S(dV + 6 * i * KS + tw * N, KS, E + i * L + 4 * tw * N, N, N);\
+                fastcnn_b6add_##S(dV + 6 * i * KS + tw * N, KS, E + i * L + 4 * tw * N, N, N); \
         fastcnn_b6add_##S(E, L, x, L, L);                                               \
     }
     FASTCNN_WINO(float, f32)
