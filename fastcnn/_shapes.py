@@ -54,6 +54,8 @@ def array_module(a):
 
 def same_place(a, name, x):
     """``a`` lives where ``x`` does: the same array module and, on a GPU, device."""
+    if type(a) is np.ndarray and type(x) is np.ndarray:
+        return          # host memory both: nothing more to compare
     here, there = array_module(x), array_module(a)
     if here != there:
         move = "cupy.asarray" if here == "cupy" else "cupy.asnumpy"
@@ -67,7 +69,7 @@ def same_place(a, name, x):
 def array(a, name, ndim, dtype=None):
     """Check a float32/float64 ndarray (NumPy's, or CuPy's) of ndim dimensions
     (any, if None; and dtype, if given)."""
-    if array_module(a) is None:
+    if type(a) is not np.ndarray and array_module(a) is None:
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__} "
                         f"(a cupy.ndarray for backend 'cupy')")
     if a.dtype not in FLOAT_DTYPES:
