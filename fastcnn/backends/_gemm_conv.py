@@ -181,10 +181,18 @@ def choose_path(k, g):
     return "batch"
 
 
-def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False):
+def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, consume=None):
     """conv2d_forward of the kernel contract on kernel table k; with relu,
     conv2d_relu_forward's: y = relu(conv), the ReLU applied where each path
-    has its output in cache, and saved holds the ReLU's mask [y > 0] too."""
+    has its output in cache, and saved holds the ReLU's mask [y > 0] too.
+
+    consume(n0, z), if given, takes the output block by block on the
+    per-image path: z (n, F, OH, OW), C-contiguous, is images n0 .. n0+n-1
+    of the output, in a workspace array that is overwritten after the call
+    returns (the fused conv+ReLU+max-pool pools it there, in cache); the
+    call runs on the thread of its chunk of the batch, concurrently with
+    the others, and forward returns (None, saved). On the other paths
+    consume is not called and y is returned as usual."""
     (N, C, H, W), (F, _, KH, KW), (_, _, OH, OW) = x.shape, w.shape, y_shape
     g = Geometry(N, C, H, W, F, KH, KW, *stride, *padding, OH, OW, *dilation, groups)
     path = choose_path(k, g)
@@ -196,7 +204,9 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False):
                                       y_shape)
         return y, _relu_after(k, y, (path, g, saved), mask)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
-    y = outputs.take(y_shape, x.dtype)
+    if path != "per_image":
+        consume = None
+    y = outputs.take(y_shape, x.dtype) if consume is None else None
     if path == "winograd":
         # the ReLU in the Winograd output transform; the mask a pass after
         saved = (path, g, k.winograd.forward(k, x, w, bias, y, g, relu))
@@ -204,7 +214,7 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False):
             _relu._run(_positive, [y, mask])
         return y, _with_mask(saved, mask)
     if path == "pointwise":
-        return y, _with_mask((path, g, _pointwise_forward(g, x, w, b, y, mask)), mask)
+        return y, _with_mask((path, g, _pointwise_forward(k, g, x, w, b, y, mask)), mask)
     src = _padded(x, g) if k.padded_input else x
     if path == "per_image":
         RP, fn = OW, _per_image_forward
@@ -217,8 +227,13 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False):
     wb[:, g.Kg] = bias
     wb = wb.reshape(g.G, g.Fg, g.Kg + 1)
     slices = _concurrent.slices(N, N * g.K * OH * RP)
-    cols = _map(lambda sl: fn(k, g, src[sl], wb, bias, y[sl], RP,
-                              None if mask is None else mask[sl]), slices)
+    if consume is not None:
+        cols = _map(lambda sl: _per_image_forward(
+            k, g, src[sl], wb, bias, None, RP, None,
+            lambda n0, z, _start=sl.start: consume(_start + n0, z)), slices)
+    else:
+        cols = _map(lambda sl: fn(k, g, src[sl], wb, bias, y[sl], RP,
+                                  None if mask is None else mask[sl]), slices)
     return y, _with_mask((path, g, (wb, list(zip(slices, cols)), RP)), mask)
 
 
@@ -326,25 +341,33 @@ def _image_cols(g, b, dtype):
     return cols
 
 
-def _per_image_forward(k, g, src, wb, bias, y, RP, mask):
+def _per_image_forward(k, g, src, wb, bias, y, RP, mask, consume=None):
     # Block by block of images, so the columns stay in cache between the
     # im2col that writes them and the product that reads them; the chunk
     # keeps its input, not its columns, and the backward makes them again:
     # cheaper than a round trip of Kg/C times the input through memory.
-    n, G, Kg = y.shape[0], g.G, g.Kg
+    n, G, Kg = src.shape[0], g.G, g.Kg
     if k.padded_input:
         saved = src                          # fastcnn's own padded copy already
     else:
         saved = _copy(src)                   # the caller may change x later
-    b = _image_block(g, y.itemsize)
-    cols = _image_cols(g, b, y.dtype)
-    y4 = y.reshape(n, G, g.Fg, g.P)
+    b = _image_block(g, wb.itemsize)
+    cols = _image_cols(g, b, wb.dtype)
+    if consume is not None:                  # each block's output stays in cache
+        zb = workspace.take((b, g.F, g.OH, g.OW), wb.dtype)
+    else:
+        y4 = y.reshape(n, G, g.Fg, g.P)
     for i0 in range(0, n, b):
-        c = cols[:min(n, i0 + b) - i0]
-        k.im2col(saved[i0:i0 + b], c[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
-        np.matmul(wb, c, out=y4[i0:i0 + b])
+        m = min(n, i0 + b) - i0
+        c = cols[:m]
+        k.im2col(saved[i0:i0 + m], c[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
+        if consume is not None:
+            np.matmul(wb, c, out=zb[:m].reshape(m, G, g.Fg, g.P))
+            consume(i0, zb[:m])
+            continue
+        np.matmul(wb, c, out=y4[i0:i0 + m])
         if mask is not None:
-            _relu_block(y[i0:i0 + b], mask[i0:i0 + b])
+            _relu_block(k, y[i0:i0 + m], mask[i0:i0 + m])
     return saved
 
 
@@ -383,11 +406,10 @@ def _copy(a):
     return out
 
 
-def _relu_block(y, mask):
-    """y = relu(y) in place and mask = [y > 0], for a block of y still in
-    cache: np.maximum is relu's contract (a NaN stays, -0.0 becomes +0)."""
-    np.maximum(y, 0, out=y)
-    np.greater(y, 0, out=mask.view(np.bool_))
+def _relu_block(k, y, mask):
+    """y = relu(y) in place and mask = [y > 0] (relu's loop, one pass), for
+    a C-contiguous block of y still in cache."""
+    k.relu_forward(y.reshape(-1), y.reshape(-1), mask.reshape(-1))
 
 
 def _batch_forward(k, g, src, wb, bias, y, RP, mask):
@@ -425,7 +447,7 @@ def _batch_backward(k, g, dy, wb, cols, RP, dx):
 # channels: the bias rides on it as in the per-image path (no pass over y
 # to add it, none over dy to sum db).
 
-def _pointwise_forward(g, x, w, b, y, mask):
+def _pointwise_forward(k, g, x, w, b, y, mask):
     G, Fg, Cg, P = g.G, g.Fg, g.C // g.G, g.P
     wb = np.empty((G, Fg, Cg + 1), dtype=x.dtype)
     wb[:, :, :Cg] = w.reshape(G, Fg, Cg)
@@ -442,7 +464,7 @@ def _pointwise_forward(g, x, w, b, y, mask):
             np.copyto(xs[:, :, :Cg], x[sl].reshape(n, G, Cg, P))
         np.matmul(wb, xs, out=y[sl].reshape(n, G, Fg, P))
         if mask is not None:
-            _relu_block(y[sl], mask[sl])
+            _relu_block(k, y[sl], mask[sl])
         return xs
 
     slices = _concurrent.slices(g.N, g.N * (g.C + g.F) * P)

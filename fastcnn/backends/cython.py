@@ -165,8 +165,9 @@ adaptive_max_pool2d_backward = max_pool2d_backward   # the same argmax format
 
 # ---------------------------------------------------------------- fused
 # conv2d+ReLU: the conv driver with its ReLU epilogue. conv2d+ReLU+max-pool:
-# the plain conv into a temporary, then one pass that pools it, ReLUs the
-# pooled values and marks the outputs the ReLU stops (cy_pool's
+# the plain conv, pooled block by block on the per-image path while each
+# block is in cache (else the whole output after), with the ReLU on the
+# pooled values and marks on the outputs the ReLU stops (cy_pool's
 # max_relu_forward); the backward is one scatter into the conv's dy.
 
 def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, y_shape):
@@ -181,12 +182,21 @@ def conv2d_relu_backward(dy, saved):
 def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, conv_shape,
                                    kernel, pool_stride, pool_padding, pool_dilation, out_hw):
     _pooling.check_argmax_fits(*conv_shape[2:])
+    y = outputs.take((*conv_shape[:2], *out_hw), x.dtype)
+    argmax = outputs.take(y.shape, _pooling.ARGMAX_DTYPE)
+    params = (*kernel, *pool_stride, *pool_padding, *pool_dilation)
+
+    def consume(n0, z):              # a block of the per-image path, in cache
+        n = z.shape[0]
+        cy_pool.max_relu_forward(_planes(z), _planes(y[n0:n0 + n]),
+                                 _planes(argmax[n0:n0 + n]), *params)
+
     z, conv_saved = _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation,
-                                       groups, conv_shape)
-    y, argmax = _pooling.max_outputs(z, out_hw)
-    _concurrent.over_rows(cy_pool.max_relu_forward, [_planes(z), _planes(y), _planes(argmax)],
-                          (*kernel, *pool_stride, *pool_padding, *pool_dilation),
-                          y.size * kernel[0] * kernel[1])
+                                       groups, conv_shape, consume=consume)
+    if z is not None:                # another path: the whole output, split by planes
+        _concurrent.over_rows(cy_pool.max_relu_forward,
+                              [_planes(z), _planes(y), _planes(argmax)], params,
+                              y.size * kernel[0] * kernel[1])
     return y, (conv_saved, conv_shape, argmax)
 
 
