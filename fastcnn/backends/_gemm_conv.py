@@ -35,6 +35,15 @@ chunk on the calling thread, still with BLAS at one thread; its large
 products (the whole-batch path's) split over row or column blocks instead
 (``_concurrent.matmul``), so no op leaves OpenBLAS's own pool spinning.
 
+Fused ReLU (``relu=True``, the fused conv2d_relu op): each path applies
+bias and ReLU while its output is in cache - the batch path's
+unpack_output_relu, the per-image and pointwise paths' relu loop on each
+block right after its product, the Winograd output transform and the
+depthwise kernels themselves - and ctx keeps the ReLU's mask [y > 0] (the
+caller may change y), which the backward applies to dy (block by block on
+the per-image path). ``consume`` hands the per-image path's output to a
+fused max-pool block by block instead (see ``forward``).
+
 y, dx and dw come from the output pool (``_workspace.outputs``). ctx keeps
 each chunk's column matrix (whole-batch path) or its copy of the input
 (per-image and pointwise paths) - workspace arrays, handed out again once
@@ -201,18 +210,15 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
         # imported here: the direct depthwise driver is optional for a table
         from fastcnn.backends import _depthwise
         y, saved = _depthwise.forward(k.depthwise(), x, w, b, stride, padding, dilation,
-                                      y_shape)
-        return y, _relu_after(k, y, (path, g, saved), mask)
+                                      y_shape, relu=relu)
+        return y, _mask_after(y, (path, g, saved), mask)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
     if path != "per_image":
         consume = None
     y = outputs.take(y_shape, x.dtype) if consume is None else None
     if path == "winograd":
-        # the ReLU in the Winograd output transform; the mask a pass after
         saved = (path, g, k.winograd.forward(k, x, w, bias, y, g, relu))
-        if mask is not None:
-            _relu._run(_positive, [y, mask])
-        return y, _with_mask(saved, mask)
+        return y, _mask_after(y, saved, mask)
     if path == "pointwise":
         return y, _with_mask((path, g, _pointwise_forward(k, g, x, w, b, y, mask)), mask)
     src = _padded(x, g) if k.padded_input else x
@@ -247,12 +253,13 @@ def _positive(y, mask):
     np.greater(y, 0, out=mask.view(np.bool_))
 
 
-def _relu_after(k, y, saved, mask):
-    """The ReLU and its mask as a pass over y in place, for the path that
-    does not apply it itself (the depthwise driver)."""
+def _mask_after(y, saved, mask):
+    """saved with the ReLU's mask [y > 0] (unless mask is None), made as a
+    pass over y, for the drivers that apply the ReLU themselves but keep no
+    mask (Winograd's output transform, the depthwise kernels)."""
     if mask is None:
         return saved
-    _relu._run(k.relu_forward, [y, y, mask])
+    _relu._run(_positive, [y, mask])
     return saved + (mask,)
 
 
