@@ -24,6 +24,8 @@ from benchmarks import common
 REFERENCES = {"torch": "benchmarks.torch_ref", "onnxruntime": "benchmarks.onnx_ref",
               "tutorial": "benchmarks.tutorial"}
 INFERENCE_ONLY = {"onnxruntime": "ONNX Runtime is an inference engine: no training step"}
+# skipped before any input is made: the op rows' inputs take longer than the skip
+NETWORK_ONLY = {"onnxruntime": "ONNX Runtime is timed on whole networks only (op rows: torch)"}
 
 
 def implementations():
@@ -45,6 +47,8 @@ def make_op(impl, case, dtype, backward):
     """(callable running ``case``'s op once with ``impl``, its work for extra_info)."""
     if impl == "loops" and case not in common.MNIST_CASES:
         pytest.skip("loops (the spec, not a contender) is timed on the MNIST layers only")
+    if impl in NETWORK_ONLY:
+        pytest.skip(NETWORK_ONLY[impl])
     x = common.array((case.name, "x"), case.x_shape, dtype)
     args = common.op_args(case.layer, dtype)
     if impl in REFERENCES:
