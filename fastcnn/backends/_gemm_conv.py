@@ -263,9 +263,20 @@ def _mask_after(y, saved, mask):
     return saved + (mask,)
 
 
-def backward(k, dy, saved):
+def takes_blocks(saved):
+    """Whether backward can take dy block by block from ``produce`` for the
+    forward that saved ``saved`` (the per-image path without a ReLU)."""
+    return saved[0] == "per_image" and len(saved) == 3
+
+
+def backward(k, dy, saved, produce=None):
     """conv2d_backward of the kernel contract: (dx, dw, db); for a forward
-    with relu, the ReLU's mask is applied to dy first."""
+    with relu, the ReLU's mask is applied to dy first. With
+    ``produce`` (only where ``takes_blocks(saved)``; dy is then None),
+    produce(n0, d) writes images n0 .. n0+n-1 of dy into d (n, F, OH, OW),
+    a workspace block used and overwritten right after: the fused
+    conv+ReLU+max-pool scatters its gradient there, in cache, on the
+    thread of the block's chunk."""
     path, g, data = saved[:3]
     mask = saved[3] if len(saved) > 3 else None
     if mask is not None and path != "per_image":   # that one masks block by block
@@ -276,17 +287,21 @@ def backward(k, dy, saved):
     if path == "winograd":
         return k.winograd.backward(k, dy, g, data)
     wb, chunks, RP = data
-    dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype)
+    dx = outputs.take((g.N, g.C, g.H, g.W), wb.dtype)
     fn = {"per_image": _per_image_backward, "batch": _batch_backward,
           "pointwise": _pointwise_backward}[path]
-    if mask is not None:
+    if produce is not None:
+        parts = _map(lambda item: _per_image_backward(
+            k, g, None, wb, item[1], RP, dx[item[0]], None,
+            lambda n0, d, _start=item[0].start: produce(_start + n0, d)), chunks)
+    elif mask is not None:
         parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx[item[0]],
                                      mask[item[0]]), chunks)
     else:
         parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx[item[0]]), chunks)
     # summed over the chunks: dw and db (only they) depend on the thread
     # count, in their last bits (another rounding order)
-    dw = outputs.take((g.F, g.C // g.G, g.KH, g.KW), dy.dtype)
+    dw = outputs.take((g.F, g.C // g.G, g.KH, g.KW), wb.dtype)
     dw2, db = dw.reshape(g.F, g.Kg), parts[0][1]
     np.copyto(dw2, parts[0][0])
     for dw_c, db_c in parts[1:]:
@@ -378,26 +393,33 @@ def _per_image_forward(k, g, src, wb, bias, y, RP, mask, consume=None):
     return saved
 
 
-def _per_image_backward(k, g, dy, wb, saved, RP, dx, mask=None):
-    n, G, Kg, P = dy.shape[0], g.G, g.Kg, g.P
-    dy4 = dy.reshape(n, G, g.Fg, P)
-    b = _image_block(g, dy.itemsize)
+def _per_image_backward(k, g, dy, wb, saved, RP, dx, mask=None, produce=None):
+    n, G, Kg, P, dtype = saved.shape[0], g.G, g.Kg, g.P, wb.dtype
+    b = _image_block(g, dtype.itemsize)
+    if produce is not None:                  # dy block by block, in cache
+        dyb = workspace.take((b, g.F, g.OH, g.OW), dtype)
+    else:
+        dy4 = dy.reshape(n, G, g.Fg, P)
     if mask is not None:
         # dy * [y > 0] block by block, in cache, instead of a pass over all
         # of dy first (the product is relu_backward's: NaN for an inf or
         # NaN dy where the mask is 0)
         mask4 = mask.reshape(n, G, g.Fg, P)
-        dym = workspace.take((b, G, g.Fg, P), dy.dtype)
-    cols = _image_cols(g, b, dy.dtype)
-    dcols = workspace.take((b, G, Kg, P), dy.dtype)
-    dwb = np.zeros((G, g.Fg, Kg + 1), dtype=dy.dtype)
-    part = np.empty((b, G, g.Fg, Kg + 1), dtype=dy.dtype)
+        dym = workspace.take((b, G, g.Fg, P), dtype)
+    cols = _image_cols(g, b, dtype)
+    dcols = workspace.take((b, G, Kg, P), dtype)
+    dwb = np.zeros((G, g.Fg, Kg + 1), dtype=dtype)
+    part = np.empty((b, G, g.Fg, Kg + 1), dtype=dtype)
     wT = wb[:, :, :Kg].transpose(0, 2, 1)
     for i0 in range(0, n, b):
         m = min(n, i0 + b) - i0
         c, d = cols[:m], dcols[:m]
         k.im2col(saved[i0:i0 + m], c[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
-        dy_blk = dy4[i0:i0 + m]
+        if produce is not None:
+            produce(i0, dyb[:m])
+            dy_blk = dyb[:m].reshape(m, G, g.Fg, P)
+        else:
+            dy_blk = dy4[i0:i0 + m]
         if mask is not None:
             dy_blk = np.multiply(dy_blk, mask4[i0:i0 + m], out=dym[:m])
         dwb += np.matmul(dy_blk, c.transpose(0, 1, 3, 2), out=part[:m]).sum(axis=0)

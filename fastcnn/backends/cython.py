@@ -202,9 +202,16 @@ def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, c
 
 def conv2d_relu_max_pool2d_backward(dy, saved):
     conv_saved, conv_shape, argmax = saved
+    if _gemm_conv.takes_blocks(conv_saved):
+        def produce(n0, dz):         # the conv's dy for a block of images, in cache
+            n = dz.shape[0]
+            cy_pool.max_relu_backward(_planes(dy[n0:n0 + n]), _planes(argmax[n0:n0 + n]),
+                                      _planes(dz))
+
+        return _gemm_conv.backward(_ConvKernels, None, conv_saved, produce=produce)
     dz = outputs.take(conv_shape, dy.dtype)
-    _concurrent.over_rows(cy_pool.max_relu_backward, [_planes(dy), _planes(argmax), _planes(dz)],
-                          (), dz.size)
+    _concurrent.over_rows(cy_pool.max_relu_backward,
+                          [_planes(dy), _planes(argmax), _planes(dz)], (), dz.size + dy.size)
     return _gemm_conv.backward(_ConvKernels, dz, conv_saved)
 
 

@@ -245,6 +245,13 @@ def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, c
 def conv2d_relu_max_pool2d_backward(dy, saved):
     _kernels()
     conv_saved, conv_shape, argmax = saved
+    if _gemm_conv.takes_blocks(conv_saved):
+        def produce(n0, dz):         # the conv's dy for a block of images, in cache
+            n = dz.shape[0]
+            _pool.max_relu_pool2d_backward(_planes(dy[n0:n0 + n]), _planes(argmax[n0:n0 + n]),
+                                           _planes(dz, flat=True))
+
+        return _gemm_conv.backward(_ConvKernels, None, conv_saved, produce=produce)
     dz = outputs.take(conv_shape, dy.dtype)
     _concurrent.over_rows(_pool.max_relu_pool2d_backward,
                           [_planes(dy), _planes(argmax), _planes(dz, flat=True)], (),
