@@ -28,6 +28,7 @@ CONVS = [
     ((2, 4, 12, 12), (4, 1, 3, 3), 1, 1, 1, 4),                 # depthwise
     ((2, 4, 10, 10), (8, 4, 1, 1), 1, 0, 1, 1),                 # 1x1: the pointwise path
     ((9, 8, 14, 14), (16, 8, 3, 3), 1, 1, 1, 1),                # MNIST-like, Winograd's shapes
+    ((40, 3, 28, 28), (8, 3, 3, 3), 1, 1, 1, 1),                # per-image: blocks, chunks
 ]
 # (kernel_size, stride, padding, dilation, ceil_mode)
 POOLS = [(2, None, 0, 1, False), (3, 2, 1, 1, True), (3, 2, 1, 1, False),
