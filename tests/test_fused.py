@@ -422,3 +422,19 @@ def test_crosscheck_runs_the_fused_model_and_catches_a_broken_fused_kernel(monke
         assert r.worst.rel > cc.DEFAULT_TOLERANCE["float64"]
         [r] = cc.crosscheck([name], x, labels, steps=1, batch_size=4, fuse=False)
         assert r.worst.rel <= cc.DEFAULT_TOLERANCE["float64"] and r.fused == ()
+
+
+def test_auto_runs_the_fused_op_on_the_backend_it_chooses_for_the_conv():
+    from fastcnn import _auto
+    x, w, b = _inputs((8, 3, 12, 12), (4, 3, 3, 3), np.float64)
+    _auto.reset()
+    try:
+        y, ctx = ops.conv2d_relu_max_pool2d_forward(x, w, b, 1, 1, pool_kernel_size=2,
+                                                    backend="auto")
+        [choice] = fastcnn.auto_choices()
+        assert (choice["op"], choice["backend"]) == ("conv2d", ctx.backend)
+        assert ctx.fused == ("conv2d_relu_max_pool2d" in fused_ops(ctx.backend))
+        y_ref, _ = _composed(x, w, b, (1, 1), (2,), "loops")
+        _close(y, y_ref, 1e-9, "y")
+    finally:
+        _auto.reset()
