@@ -372,6 +372,9 @@ def test_fusion_switches_and_what_stays_the_same():
     assert "Conv2d+ReLU+MaxPool2d" in _steps(model)       # eval mode fuses too
     plain.forward(x)
     assert "Conv2d+ReLU+MaxPool2d" not in _steps(plain)
+    same_layers = nn.Sequential(*model.layers, fuse=False)   # the constructor's switch
+    np.testing.assert_array_equal(same_layers.forward(x), model.forward(x))
+    assert not any("+" in s for s in _steps(same_layers))
     # a forward's steps decide its backward, whatever the switch says since
     model.train()
     y = model.forward(x)
