@@ -308,6 +308,36 @@ def _sum(a, n):
     return total
 
 
+# reassociation for these sums only: it lets LLVM keep vector partial
+# sums, as the explicit partial sums of _dot do (products rounded to the
+# float type, sums in float64); nothing else in the loop may change
+_SUMS = dict(JIT_OPTIONS, fastmath={"reassoc"})
+
+
+@njit(**_SUMS)
+def _dots9(dyw, xq, offs, n, sums):
+    """3x3: sums[t] = sum_j dyw[j] * xq[offs[t] + j] for the nine taps t,
+    sums[9] = sum_j dyw[j], j < n: one pass over dyw for all ten."""
+    a0, a1, a2 = xq[offs[0]:], xq[offs[1]:], xq[offs[2]:]
+    a3, a4, a5 = xq[offs[3]:], xq[offs[4]:], xq[offs[5]:]
+    a6, a7, a8 = xq[offs[6]:], xq[offs[7]:], xq[offs[8]:]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = 0.0
+    for j in range(n):
+        d = dyw[j]
+        s0 += d * a0[j]
+        s1 += d * a1[j]
+        s2 += d * a2[j]
+        s3 += d * a3[j]
+        s4 += d * a4[j]
+        s5 += d * a5[j]
+        s6 += d * a6[j]
+        s7 += d * a7[j]
+        s8 += d * a8[j]
+        s9 += d
+    sums[0], sums[1], sums[2], sums[3], sums[4] = s0, s1, s2, s3, s4
+    sums[5], sums[6], sums[7], sums[8], sums[9] = s5, s6, s7, s8, s9
+
+
 @njit(**JIT_OPTIONS)
 def _grad_weights(dyw, xq, dwf, db, f, sums, offs, L):
     """One output plane's share of dwf (KH*KW,) and db[f], added: per tap
@@ -316,13 +346,17 @@ def _grad_weights(dyw, xq, dwf, db, f, sums, offs, L):
     (KH*KW,) first. False, with nothing added, if a sum is NaN (see
     cy_depthwise._grad_weights)."""
     T = offs.shape[0]
+    if T == 9:
+        _dots9(dyw, xq, offs, L, sums)
+    else:
+        for t in range(T):
+            sums[t] = _dot(dyw, xq[offs[t]:], L)
     for t in range(T):
-        sums[t] = _dot(dyw, xq[offs[t]:], L)
         if sums[t] != sums[t]:
             return False
     for t in range(T):
         dwf[t] += sums[t]
-    db[f] += _sum(dyw, L)
+    db[f] += sums[9] if T == 9 else _sum(dyw, L)
     return True
 
 
@@ -430,7 +464,7 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
     s1 = SH == 1 and SW == 1
     offs = _tap_offsets(KH, KW, SH, SW, DH, DW, BS, WQ)
     dpf = dyp.reshape(-1)
-    sums = np.empty(KH * KW)
+    sums = np.empty(max(KH * KW, 10))
     for f in range(c0 * M, c1 * M):
         db[f] = 0
         for t in range(KH * KW):
@@ -453,9 +487,10 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
                 wf = w[f].reshape(-1)
                 _put_rows(dyf, dyrun, WQ)
                 # wide planes: rows of partial sums, which LLVM vectorises
-                # better than the eight sums of _dot
-                if OW >= FLAT_BELOW or not _grad_weights(dyrun, xq, dw[f], db, f, sums, offs,
-                                                         L):
+                # better than the eight sums of _dot (3x3: one flat pass, see
+                # _dots9)
+                if ((OW >= FLAT_BELOW and KH * KW != 9)
+                        or not _grad_weights(dyrun, xq, dw[f], db, f, sums, offs, L)):
                     _grad_weights_rows(dyf, xq, acc, dw[f], db, f, offs, WQ)
                 if s1:
                     # `first` as a constant: a run-time flag keeps LLVM from
