@@ -7,7 +7,12 @@ the layers one by one), each step's forward and backward, the loss and the
 optimizer timed on their own with ``time.perf_counter`` over ``--repeats``
 steps after a warm-up; the table gives each part's median and its share of
 the sum, then the whole step timed without the per-part timers, whose
-difference is the cost of timing parts. For ``torch`` it is
+difference is the cost of timing parts. ``--calls`` adds where the Python
+time goes (cProfile over the repeats, by source file: the door in
+``ops.py``/``_shapes.py``, the drivers, the pool, the workspace), with the
+Python calls per step: the per-call overhead that decides batch 1. cProfile
+slows Python calls several times and compiled code not at all, so its
+shares overstate Python; the call counts are exact. For ``torch`` it is
 ``torch.profiler`` on the same network (``torch_ref``'s twin, same
 weights), grouped by op; for ``onnxruntime`` ORT's own profiler, grouped by
 graph node. Same threads and tuning as the suite (``conftest.py``). Read it
@@ -102,6 +107,43 @@ def fastcnn_parts(impl, model_name, batch, training, repeats, fuse=True):
             one()
         totals = [whole() for _ in range(repeats)]
     return list(parts.items()), totals
+
+
+def python_calls(impl, model_name, batch, training, repeats, fuse=True, out=sys.stdout):
+    """cProfile over ``repeats`` whole steps: each source file's share of the profiled time
+    and its Python calls per step (compiled kernels and BLAS count in their callers)."""
+    import cProfile
+    import pstats
+    from fastcnn.models import build
+    from fastcnn.nn import SGD
+    from fastcnn.training import train_step
+    x, y = common.mnist_batch(batch, "float32")
+    model = build(model_name, dtype="float32", seed=0).train(training)
+    model.fuse = fuse
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+    step = (lambda: train_step(model, opt, x, y)) if training else (lambda: model.forward(x))
+    with fastcnn.use_backend(impl):
+        for _ in range(max(3, repeats // 5)):
+            step()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(repeats):
+            step()
+        profiler.disable()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastcnn.__file__))) + os.sep
+    files, calls = {}, {}
+    for (path, _, _), (_, ncalls, tottime, _, _) in pstats.Stats(profiler).stats.items():
+        name = (path[len(root):] if path.startswith(root) else
+                "builtins and C calls" if path == "~" else os.path.basename(path))
+        files[name] = files.get(name, 0) + tottime
+        calls[name] = calls.get(name, 0) + ncalls
+    total = sum(files.values()) or 1
+    print(f"\nPython calls per step: {sum(calls.values()) / repeats:,.0f} "
+          "(cProfile; shares of the profiled time, which overstates Python)", file=out)
+    print(f"{'source file':<52} {'share':>7} {'calls/step':>10}", file=out)
+    for name, t in sorted(files.items(), key=lambda kv: -kv[1])[:TOP]:
+        print(f"{name[:52]:<52} {100 * t / total:>6.1f}% {calls[name] / repeats:>10.0f}",
+              file=out)
 
 
 def print_parts(parts, totals, title, out=sys.stdout):
@@ -204,6 +246,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=common.TRAIN_BATCH)
     p.add_argument("--repeats", type=int, default=30, help="steps timed (after a warm-up)")
     p.add_argument("--no-fuse", action="store_true", help="fastcnn: run the layers unfused")
+    p.add_argument("--calls", action="store_true",
+                   help="fastcnn: also Python's share by source file and calls per step")
     args = p.parse_args(argv)
     n = threads()
     limits = threadpool_limits(limits=n)     # noqa: F841 (kept alive: the BLAS at n threads)
@@ -223,6 +267,9 @@ def main(argv=None):
         print_parts(parts, totals, f"{args.impl} {args.model} {what} b{args.batch}: "
                     f"median of {args.repeats} steps per part"
                     + (" (unfused)" if args.no_fuse else ""))
+        if args.calls:
+            python_calls(args.impl, args.model, args.batch, not args.infer, args.repeats,
+                         fuse=not args.no_fuse)
     else:
         p.error(f"impl must be torch, onnxruntime or one of {fastcnn.available_backends()}, "
                 f"got {args.impl!r}")

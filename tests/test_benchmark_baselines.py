@@ -262,7 +262,7 @@ def test_profile_lists_every_part_of_the_step():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.profile", "im2col", "--batch", "2", "--repeats", "2",
-         "--no-fuse"], cwd=root, capture_output=True, text=True, check=True,
+         "--no-fuse", "--calls"], cwd=root, capture_output=True, text=True, check=True,
         env=dict(os.environ, PYTHONPATH=root, FASTCNN_BENCH_THREADS="1")).stdout
     from fastcnn.models import mnist_cnn
     layers = mnist_cnn().layers
@@ -271,3 +271,4 @@ def test_profile_lists_every_part_of_the_step():
             assert f"{direction} {i} {type(layer).__name__} " in out
     assert "loss (softmax cross-entropy)" in out and "optimizer (SGD momentum)" in out
     assert "sum of the parts" in out and "1 threads" in out
+    assert "Python calls per step" in out and "fastcnn/ops.py" in out
