@@ -43,7 +43,9 @@ cache, for the fused conv+ReLU.
 3x3 filters (all of MobileNet's depthwise convs) run C loops (the extern
 block below): the forward's nine taps in one pass, dw's nine dot products
 and db in one pass over dy (ten vector sums), the stride-1 gather and the
-strided scatter, and stride 2's column split. They are written with GCC's
+strided scatter, and the copies into and out of the padded planes
+(stride 1 and 2: whole planes per call, the zeros between rows as short
+runs, not memset calls). They are written with GCC's
 vector extensions and compiled twice on x86-64: for AVX2 + FMA and for the
 portable SSE2 baseline, chosen at the first call from what the CPU has
 (``simd()`` says which; a test runs both). The portable wheel flags alone
@@ -204,6 +206,80 @@ cdef extern from *:
                 d[j] += w[t] * dy[j];                                                 \\
         }                                                                             \\
     }                                                                                 \\
+    /* stride 1: the plane x (H, W) into xp (PS,) at pitch WQ, top/left padding  */  \\
+    /* PT/PL: each element written once (the zeros between rows are one run)    */  \\
+    static ATTR FASTCNN_DW_NO_MEMSET void fastcnn_dw_pad1_##S(const T* x, T* xp,      \\
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ,  \\
+            Py_ssize_t PS) {                                                          \\
+        Py_ssize_t ih, k, p = PT * WQ + PL;                                           \\
+        for (k = 0; k < p; k++)                                                       \\
+            xp[k] = 0;                                                                \\
+        for (ih = 0; ih < H; ih++) {                                                  \\
+            const T* src = x + ih * W;                                                \\
+            T* dst = xp + p;                                                          \\
+            k = 0;                                                                    \\
+            for (; k + L <= W; k += L)                                                \\
+                FASTCNN_DW_ST(dst + k, FASTCNN_DW_LD(V, src + k));                    \\
+            for (; k < W; k++)                                                        \\
+                dst[k] = src[k];                                                      \\
+            for (k = W; k < WQ; k++)                                                  \\
+                dst[k] = 0;                                                           \\
+            p += WQ;                                                                  \\
+        }                                                                             \\
+        for (k = p - PL; k < PS; k++)                                                 \\
+            xp[k] = 0;                                                                \\
+    }                                                                                 \\
+    /* stride 2 both ways: the plane x (H, W) into the phase layout xp (PS,),     */  \\
+    /* blocks of BS, pitch WQ, top/left padding PT/PL (see _pad_plane), zeros    */  \\
+    /* around it; to_img: the other way, xp's image part back into x            */  \\
+    static ATTR FASTCNN_DW_NO_MEMSET void fastcnn_dw_pad2_##S(T* x, T* xp,            \\
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ,  \\
+            Py_ssize_t BS, Py_ssize_t PS, int to_img) {                               \\
+        Py_ssize_t ih, q, k, r, half = W / 2;                                         \\
+        const V z = FASTCNN_DW_SPLAT(V, 0);                                           \\
+        if (!to_img) {                                                                \\
+            for (k = 0; k + L <= PS; k += L)                                          \\
+                FASTCNN_DW_ST(xp + k, z);                                             \\
+            for (; k < PS; k++)                                                       \\
+                xp[k] = 0;                                                            \\
+        }                                                                             \\
+        for (ih = 0; ih < H; ih++) {                                                  \\
+            T* img = x + ih * W;                                                      \\
+            r = ih + PT;                                                              \\
+            T* row = xp + (r % 2) * 2 * BS + (r / 2) * WQ;                            \\
+            T* a = row + (PL % 2) * BS + PL / 2;                                      \\
+            T* b = row + ((PL + 1) % 2) * BS + (PL + 1) / 2;                          \\
+            if (to_img) {                                                             \\
+                for (q = 0; q < half; q++) {                                          \\
+                    img[2 * q] = a[q];                                                \\
+                    img[2 * q + 1] = b[q];                                            \\
+                }                                                                     \\
+                if (W % 2)                                                            \\
+                    img[W - 1] = a[half];                                             \\
+            } else {                                                                  \\
+                for (q = 0; q < half; q++) {                                          \\
+                    a[q] = img[2 * q];                                                \\
+                    b[q] = img[2 * q + 1];                                            \\
+                }                                                                     \\
+                if (W % 2)                                                            \\
+                    a[half] = img[W - 1];                                             \\
+            }                                                                         \\
+        }                                                                             \\
+    }                                                                                 \\
+    /* dst[i*cols + j] = src[i*pitch + j]: a flat run's valid columns out */         \\
+    static ATTR void fastcnn_dw_crop_##S(const T* src, T* dst, Py_ssize_t rows,       \\
+            Py_ssize_t cols, Py_ssize_t pitch) {                                      \\
+        Py_ssize_t i, k;                                                              \\
+        for (i = 0; i < rows; i++) {                                                  \\
+            const T* s = src + i * pitch;                                             \\
+            T* d = dst + i * cols;                                                    \\
+            k = 0;                                                                    \\
+            for (; k + L <= cols; k += L)                                             \\
+                FASTCNN_DW_ST(d + k, FASTCNN_DW_LD(V, s + k));                        \\
+            for (; k < cols; k++)                                                     \\
+                d[k] = s[k];                                                          \\
+        }                                                                             \\
+    }                                                                                 \\
     /* stride 2: a[q] = img[2q], b[q] = img[2q+1] (to_img 0), or back (1) */         \\
     static ATTR void fastcnn_dw_split2_##S(T* img, T* a, T* b, Py_ssize_t W,          \\
                                            int to_img) {                              \\
@@ -235,6 +311,12 @@ cdef extern from *:
         return s;                                                                     \\
     }
 
+    /* short runs of zeros: GCC would call memset for each */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #  define FASTCNN_DW_NO_MEMSET __attribute__((optimize("no-tree-loop-distribute-patterns")))
+    #else
+    #  define FASTCNN_DW_NO_MEMSET
+    #endif
     #if defined(__GNUC__)
     #  define FASTCNN_DW_LANE(v, l) ((v)[l])
     #else
@@ -331,7 +413,47 @@ cdef extern from *:
             int to_img) {
         FASTCNN_DW_PICK(fastcnn_dw_split2, f64, (img, a, b, W, to_img));
     }
+    static void fastcnn_dw_pad1_f32(const float* x, float* xp, Py_ssize_t H, Py_ssize_t W,
+            Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ, Py_ssize_t PS) {
+        FASTCNN_DW_PICK(fastcnn_dw_pad1, f32, (x, xp, H, W, PT, PL, WQ, PS));
+    }
+    static void fastcnn_dw_pad1_f64(const double* x, double* xp, Py_ssize_t H, Py_ssize_t W,
+            Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ, Py_ssize_t PS) {
+        FASTCNN_DW_PICK(fastcnn_dw_pad1, f64, (x, xp, H, W, PT, PL, WQ, PS));
+    }
+    static void fastcnn_dw_pad2_f32(float* x, float* xp, Py_ssize_t H, Py_ssize_t W,
+            Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ, Py_ssize_t BS, Py_ssize_t PS,
+            int to_img) {
+        FASTCNN_DW_PICK(fastcnn_dw_pad2, f32, (x, xp, H, W, PT, PL, WQ, BS, PS, to_img));
+    }
+    static void fastcnn_dw_pad2_f64(double* x, double* xp, Py_ssize_t H, Py_ssize_t W,
+            Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ, Py_ssize_t BS, Py_ssize_t PS,
+            int to_img) {
+        FASTCNN_DW_PICK(fastcnn_dw_pad2, f64, (x, xp, H, W, PT, PL, WQ, BS, PS, to_img));
+    }
+    static void fastcnn_dw_crop_f32(const float* src, float* dst, Py_ssize_t rows,
+            Py_ssize_t cols, Py_ssize_t pitch) {
+        FASTCNN_DW_PICK(fastcnn_dw_crop, f32, (src, dst, rows, cols, pitch));
+    }
+    static void fastcnn_dw_crop_f64(const double* src, double* dst, Py_ssize_t rows,
+            Py_ssize_t cols, Py_ssize_t pitch) {
+        FASTCNN_DW_PICK(fastcnn_dw_crop, f64, (src, dst, rows, cols, pitch));
+    }
     """
+    void fastcnn_dw_pad1_f32(const float* x, float* xp, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ, Py_ssize_t PS) nogil
+    void fastcnn_dw_pad1_f64(const double* x, double* xp, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ, Py_ssize_t PS) nogil
+    void fastcnn_dw_pad2_f32(float* x, float* xp, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ, Py_ssize_t BS,
+                             Py_ssize_t PS, int to_img) nogil
+    void fastcnn_dw_pad2_f64(double* x, double* xp, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ, Py_ssize_t BS,
+                             Py_ssize_t PS, int to_img) nogil
+    void fastcnn_dw_crop_f32(const float* src, float* dst, Py_ssize_t rows, Py_ssize_t cols,
+                             Py_ssize_t pitch) nogil
+    void fastcnn_dw_crop_f64(const double* src, double* dst, Py_ssize_t rows, Py_ssize_t cols,
+                             Py_ssize_t pitch) nogil
     void fastcnn_dw_split2_f32(float* img, float* a, float* b, Py_ssize_t W, int to_img) nogil
     void fastcnn_dw_split2_f64(double* img, double* a, double* b, Py_ssize_t W,
                                int to_img) nogil
@@ -465,17 +587,16 @@ cdef void _pad_plane(const floating* x, floating* xp, Geo g) noexcept nogil:
     cdef Py_ssize_t ih, iw, WQ = g.WQ, W = g.W, PL = g.PL
     cdef floating* r
     if g.SH == 1 and g.SW == 1:
-        # each element written once: the padding around the rows, the rows
-        _zero(xp, g.PT * WQ)
-        for ih in range(g.H):
-            r = xp + (ih + g.PT) * WQ
-            for iw in range(PL):
-                r[iw] = 0
-            for iw in range(W):
-                r[PL + iw] = x[ih * W + iw]
-            for iw in range(PL + W, WQ):
-                r[iw] = 0
-        _zero(xp + (g.PT + g.H) * WQ, g.PS - (g.PT + g.H) * WQ)
+        if floating is float:
+            fastcnn_dw_pad1_f32(x, xp, g.H, W, g.PT, PL, WQ, g.PS)
+        else:
+            fastcnn_dw_pad1_f64(x, xp, g.H, W, g.PT, PL, WQ, g.PS)
+        return
+    if g.SH == 2 and g.SW == 2:
+        if floating is float:
+            fastcnn_dw_pad2_f32(<float*>x, xp, g.H, W, g.PT, PL, WQ, g.BS, g.PS, 0)
+        else:
+            fastcnn_dw_pad2_f64(<double*>x, xp, g.H, W, g.PT, PL, WQ, g.BS, g.PS, 0)
         return
     _zero(xp, g.PS)
     for ih in range(g.H):
@@ -501,10 +622,10 @@ cdef inline bint _flat(Geo g, Py_ssize_t width) noexcept nogil:
 cdef inline void _put_rows_pitch(const floating* src, floating* dst, Py_ssize_t rows,
                                  Py_ssize_t cols, Py_ssize_t pitch) noexcept nogil:
     """dst[i*cols + j] = src[i*pitch + j]: a flat run's valid columns out."""
-    cdef Py_ssize_t i, j
-    for i in range(rows):
-        for j in range(cols):
-            dst[i * cols + j] = src[i * pitch + j]
+    if floating is float:
+        fastcnn_dw_crop_f32(src, dst, rows, cols, pitch)
+    else:
+        fastcnn_dw_crop_f64(src, dst, rows, cols, pitch)
 
 
 cdef void _forward_plane(const floating* xp, const floating* w, const floating* b,
@@ -806,6 +927,14 @@ def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
                             if m == 0:
                                 _zero(&dxp[0], g.PS)
                             _grad_input_strided(&dyw[0], &w[f, 0, 0], &dxp[0], offs, g)
+                    if SH == 2 and SW == 2:
+                        if floating is float:
+                            fastcnn_dw_pad2_f32(&dx[n, c, 0, 0], &dxp[0], g.H, g.W, g.PT, g.PL,
+                                                g.WQ, g.BS, g.PS, 1)
+                        else:
+                            fastcnn_dw_pad2_f64(&dx[n, c, 0, 0], &dxp[0], g.H, g.W, g.PT, g.PL,
+                                                g.WQ, g.BS, g.PS, 1)
+                        continue
                     for ih in range(g.H):
                         dxr = &dx[n, c, ih, 0]
                         if not s1:
