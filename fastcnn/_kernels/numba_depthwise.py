@@ -23,8 +23,17 @@ from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
 
 f64 = types.float64
 # planes narrower than this are computed as one flat run at the row pitch
-# and copied out (see cy_depthwise.FLAT_BELOW)
+# and copied out (see cy_depthwise.FLAT_BELOW); 3x3 filters below
+# FLAT_BELOW_9: LLVM's vectorised loops take four vectors of the widest
+# kind per iteration (64 floats with AVX-512) and leave shorter rows scalar
 FLAT_BELOW = 17
+FLAT_BELOW_9 = 65
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _flat(width, T):
+    """Whether planes of rows of ``width`` are computed as flat runs."""
+    return width < (FLAT_BELOW_9 if T == 9 else FLAT_BELOW)
 
 
 @njit(**JIT_OPTIONS)
@@ -129,13 +138,13 @@ def _to_image(plane, start, img, SW, PL, BS, WQ):
 @njit(**JIT_OPTIONS)
 def _forward_plane(xq, wf, bias, yf, yq, offs, WQ, relu):
     """One output plane yf (OH, OW) of the flat phase-layout plane xq,
-    filter wf (KH*KW,): narrow planes (OW < FLAT_BELOW) as one flat run yq
+    filter wf (KH*KW,): narrow planes (see _flat) as one flat run yq
     (OH*WQ,) at row pitch WQ, then copied out; wider ones row by row.
     relu: through ReLU as np.maximum (NaN stays NaN, +0 for the rest <= 0),
     a pass over the plane while it is in cache."""
     OH, OW = yf.shape
     T = wf.shape[0]
-    flat = OW < FLAT_BELOW
+    flat = _flat(OW, T)
     rows, n = (1, OH * WQ) if flat else (OH, OW)
     for i in range(rows):
         yr = yq if flat else yf[i]
@@ -403,7 +412,7 @@ def _grad_input_s1(wm, dyp, dq, dxc, DH, DW, PT, PL, first):
     correlation of dy, zero-padded into dyp (RH, RC) with A = (KH-1)*DH rows
     above and B = (KW-1)*DW columns left, with the flipped filter wm (KH, KW):
     dx[ih, iw] = sum_{kh,kw} w[kh, kw] * dyp[ih+PT+A - kh*DH, iw+PL+B - kw*DW],
-    written if first, else added. Narrow planes (W < FLAT_BELOW) go to the
+    written if first, else added. Narrow planes (see _flat) go to the
     flat run dq (H*RC,) at row pitch RC, which the caller copies out; wider
     ones row by row into dxc (two loops: one with a choice of array between
     them does not vectorise)."""
@@ -412,7 +421,7 @@ def _grad_input_s1(wm, dyp, dq, dxc, DH, DW, PT, PL, first):
     RC = dyp.shape[1]
     c = (PT + (KH - 1) * DH) * RC + PL + (KW - 1) * DW      # tap (0, 0) of dx[0, 0]
     dpf = dyp.reshape(-1)
-    if W < FLAT_BELOW:
+    if _flat(W, KH * KW):
         _gather(dq[:H * RC], dpf, c, RC, DH, DW, wm, first)
     else:
         for i in range(H):
@@ -505,7 +514,7 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
                     _grad_input_strided(dyrun, wf, dxp, offs, L)
             for ih in range(H):
                 if s1:
-                    if W < FLAT_BELOW:
+                    if _flat(W, KH * KW):
                         _copy(dq[ih * RC:ih * RC + W], dx[n, c, ih])
                     continue
                 start = _row(ih + PT, SH, SW, BS, WQ)    # strides 1 and 2 apart: see forward
