@@ -208,7 +208,7 @@ cdef extern from *:
     }                                                                                 \\
     /* stride 1: the plane x (H, W) into xp (PS,) at pitch WQ, top/left padding  */  \\
     /* PT/PL: each element written once (the zeros between rows are one run)    */  \\
-    static ATTR FASTCNN_DW_NO_MEMSET void fastcnn_dw_pad1_##S(const T* x, T* xp,      \\
+    static ATTR FASTCNN_DW_SHORT_ROWS void fastcnn_dw_pad1_##S(const T* x, T* xp,      \\
             Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ,  \\
             Py_ssize_t PS) {                                                          \\
         Py_ssize_t ih, k, p = PT * WQ + PL;                                           \\
@@ -267,7 +267,7 @@ cdef extern from *:
         }                                                                             \\
     }                                                                                 \\
     /* dst[i*cols + j] = src[i*pitch + j]: a flat run's valid columns out */         \\
-    static ATTR void fastcnn_dw_crop_##S(const T* src, T* dst, Py_ssize_t rows,       \\
+    static ATTR FASTCNN_DW_SHORT_ROWS void fastcnn_dw_crop_##S(const T* src, T* dst, Py_ssize_t rows,       \\
             Py_ssize_t cols, Py_ssize_t pitch) {                                      \\
         Py_ssize_t i, k;                                                              \\
         for (i = 0; i < rows; i++) {                                                  \\
@@ -314,8 +314,13 @@ cdef extern from *:
     /* short runs of zeros: GCC would call memset for each */
     #if defined(__GNUC__) && !defined(__clang__)
     #  define FASTCNN_DW_NO_MEMSET __attribute__((optimize("no-tree-loop-distribute-patterns")))
+    /* the copies of short rows: explicit vectors, then scalar tails that GCC
+       would vectorise again, with more branches than elements */
+    #  define FASTCNN_DW_SHORT_ROWS \
+        __attribute__((optimize("no-tree-loop-distribute-patterns,no-tree-vectorize")))
     #else
     #  define FASTCNN_DW_NO_MEMSET
+    #  define FASTCNN_DW_SHORT_ROWS
     #endif
     #if defined(__GNUC__)
     #  define FASTCNN_DW_LANE(v, l) ((v)[l])
