@@ -318,33 +318,49 @@ def _sum(a, n):
 
 
 # reassociation for these sums only: it lets LLVM keep vector partial
-# sums, as the explicit partial sums of _dot do (products rounded to the
-# float type, sums in float64); nothing else in the loop may change
+# sums, as the explicit partial sums of _dot do; nothing else in the loop
+# may change
 _SUMS = dict(JIT_OPTIONS, fastmath={"reassoc"})
 
 
 @njit(**_SUMS)
 def _dots9(dyw, xq, offs, n, sums):
     """3x3: sums[t] = sum_j dyw[j] * xq[offs[t] + j] for the nine taps t,
-    sums[9] = sum_j dyw[j], j < n: one pass over dyw for all ten."""
-    a0, a1, a2 = xq[offs[0]:], xq[offs[1]:], xq[offs[2]:]
-    a3, a4, a5 = xq[offs[3]:], xq[offs[4]:], xq[offs[5]:]
-    a6, a7, a8 = xq[offs[6]:], xq[offs[7]:], xq[offs[8]:]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = 0.0
-    for j in range(n):
-        d = dyw[j]
-        s0 += d * a0[j]
-        s1 += d * a1[j]
-        s2 += d * a2[j]
-        s3 += d * a3[j]
-        s4 += d * a4[j]
-        s5 += d * a5[j]
-        s6 += d * a6[j]
-        s7 += d * a7[j]
-        s8 += d * a8[j]
-        s9 += d
-    sums[0], sums[1], sums[2], sums[3], sums[4] = s0, s1, s2, s3, s4
-    sums[5], sums[6], sums[7], sums[8], sums[9] = s5, s6, s7, s8, s9
+    sums[9] = sum_j dyw[j], j < n: one pass over dyw for all ten, in float
+    sums over runs of at most 4096 (a few dozen terms a vector lane) added
+    in float64."""
+    for t in range(10):
+        sums[t] = 0.0
+    zero = dyw.dtype.type(0)
+    for r in range(0, n, 4096):
+        e = min(n - r, 4096)
+        d0 = dyw[r:]
+        a0, a1, a2 = xq[offs[0] + r:], xq[offs[1] + r:], xq[offs[2] + r:]
+        a3, a4, a5 = xq[offs[3] + r:], xq[offs[4] + r:], xq[offs[5] + r:]
+        a6, a7, a8 = xq[offs[6] + r:], xq[offs[7] + r:], xq[offs[8] + r:]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = zero
+        for j in range(e):
+            d = d0[j]
+            s0 += d * a0[j]
+            s1 += d * a1[j]
+            s2 += d * a2[j]
+            s3 += d * a3[j]
+            s4 += d * a4[j]
+            s5 += d * a5[j]
+            s6 += d * a6[j]
+            s7 += d * a7[j]
+            s8 += d * a8[j]
+            s9 += d
+        sums[0] += s0
+        sums[1] += s1
+        sums[2] += s2
+        sums[3] += s3
+        sums[4] += s4
+        sums[5] += s5
+        sums[6] += s6
+        sums[7] += s7
+        sums[8] += s8
+        sums[9] += s9
 
 
 @njit(**JIT_OPTIONS)
