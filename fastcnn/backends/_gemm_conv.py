@@ -19,8 +19,9 @@ Paths (``choose_path``; ``forced_path`` overrides it, for tests):
     loops were measured and lost even on the 1->32 channel first MNIST
     layer, so there are none.
   * "winograd", for a backend whose table has it: 3x3 stride 1 (any
-    padding, dilation and groups), with more taps than the per-image path
-    takes and a batch of at least its MIN_BATCH (``backends/_winograd``).
+    padding, dilation and groups), with more than PER_IMAGE_MAX_TAPS taps
+    per group and a batch of at least its MIN_BATCH (``backends/_winograd``);
+    asked before the per-image path, whatever the table's own limit.
   * "batch" otherwise: columns (K, n*L) and one large product per group
     and pass, y and dy transposed by layout kernels that fuse in the bias
     add and db. A backend that reads a padded input runs stride-1 columns
@@ -180,14 +181,13 @@ def choose_path(k, g):
     # a table's own limit holds where the batch gives every thread images:
     # a smaller batch is one chunk, and only the whole-batch path's
     # products then split across the threads
+    if g.Kg > PER_IMAGE_MAX_TAPS and g.N >= getattr(k.winograd, "MIN_BATCH", 0) \
+            and path_applies(k, "winograd", g):
+        return "winograd"
     limit = PER_IMAGE_MAX_TAPS
     if g.N >= _concurrent.num_threads():
         limit = getattr(k, "per_image_max_taps", PER_IMAGE_MAX_TAPS)
-    if g.Kg <= limit:
-        return "per_image"
-    if path_applies(k, "winograd", g) and g.N >= k.winograd.MIN_BATCH:
-        return "winograd"
-    return "batch"
+    return "per_image" if g.Kg <= limit else "batch"
 
 
 def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, consume=None):

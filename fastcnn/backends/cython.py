@@ -42,13 +42,11 @@ class _ConvKernels:
     pitch RP is always OW here."""
     padded_input = False
     winograd = _winograd
-    # The shared limit: above it a 3x3 stride-1 conv takes Winograd, faster
-    # than the per-image path on every such shape measured (Kg 36 to 288,
-    # the MNIST conv2 too). The per-image path used to take every Kg here,
-    # having beaten the whole-batch one; on the 3x3 stride-2 shapes measured
-    # again (Kg 288, 576) the two were within the machine's noise, and
-    # choose_path asks about Winograd only above this limit.
-    per_image_max_taps = _gemm_conv.PER_IMAGE_MAX_TAPS
+    # Every im2col conv with a batch that gives each thread images takes the
+    # per-image path (it beat the whole-batch one here, 3x3 stride 2
+    # included); Winograd is asked first (choose_path), above the shared
+    # limit.
+    per_image_max_taps = 1 << 62
 
     @staticmethod
     def winograd_kernels():
