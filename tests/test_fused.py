@@ -406,6 +406,45 @@ def test_only_the_exact_layer_classes_are_fused():
     assert _steps(model) == ["Conv2d", "MyReLU", "MaxPool2d", "Conv2d+ReLU", "Conv2d"]
 
 
+def test_the_fused_plan_is_kept_and_made_again_when_the_layers_or_switches_change():
+    kw = {"dtype": "float64", "rng": np.random.default_rng(0)}
+    x = np.random.default_rng(1).standard_normal((2, 1, 12, 12))
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, **kw), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(2, 2, 3, **kw), nn.ReLU())
+    model.forward(x)
+    first = model._pending
+    model.forward(x)
+    assert model._pending is first                      # kept between forwards
+
+    def check(expected):
+        y = model.forward(x)
+        assert _steps(model) == expected
+        fresh = nn.Sequential(*model.layers, fuse=False)  # the layers one by one
+        np.testing.assert_allclose(y, fresh.forward(x), rtol=1e-12, atol=0)
+
+    check(["Conv2d+ReLU+MaxPool2d", "Conv2d+ReLU"])
+    model.layers[2] = nn.AvgPool2d(2)                   # a layer replaced
+    check(["Conv2d+ReLU", "AvgPool2d", "Conv2d+ReLU"])
+    model.layers[2] = nn.MaxPool2d(2)
+    check(["Conv2d+ReLU+MaxPool2d", "Conv2d+ReLU"])
+    model.layers.append(nn.MaxPool2d(2))                # a layer added
+    check(["Conv2d+ReLU+MaxPool2d", "Conv2d+ReLU+MaxPool2d"])
+    del model.layers[1]                                 # a layer removed
+    check(["Conv2d", "MaxPool2d", "Conv2d+ReLU+MaxPool2d"])
+    model.layers[1].__class__ = nn.ReLU                 # a layer's type changed in place
+    check(["Conv2d+ReLU", "Conv2d+ReLU+MaxPool2d"])
+    model.fuse = False                                  # the switches, after a forward
+    check(["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d"])
+    model.fuse = True
+    with nn.fusion(False):
+        check(["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d"])
+    check(["Conv2d+ReLU", "Conv2d+ReLU+MaxPool2d"])
+    # and a backward after a kept plan's forward fills the gradients
+    y = model.forward(x)
+    dx = model.backward(np.ones_like(y))
+    assert dx.shape == x.shape and model[0].weight.grad is not None
+
+
 # -- crosscheck -------------------------------------------------------------------
 
 def test_crosscheck_runs_the_fused_model_and_catches_a_broken_fused_kernel(monkeypatch):

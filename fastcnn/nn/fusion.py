@@ -17,13 +17,16 @@ against the plain one:
         model.forward(x)                  #   (and this thread/context only)
 
 A forward records how it ran, so the backward that follows runs the same
-steps in reverse whatever the switch says by then.
+steps in reverse whatever the switch says by then. The fused plan is made
+once per list of layers (``cached_plan``) and made again when a layer is
+added, removed or replaced.
 
 Deliberately not here: the arithmetic (``fastcnn.ops``), the layers
 (``layers.py``).
 """
 import contextlib
 import contextvars
+import operator
 
 from fastcnn import ops
 from fastcnn.nn.layers import Conv2d, MaxPool2d, ReLU
@@ -97,4 +100,21 @@ def plan(layers):
         else:
             steps.append(layers[i])
             i += 1
+    return steps
+
+
+def cached_plan(seq):
+    """plan(seq.layers), kept on the Sequential ``seq`` and reused while its
+    layers are the same objects of the same types in the same order, made
+    again when one is added, removed or replaced: building it on every
+    forward is a per-call cost that batch 1 sees."""
+    layers = tuple(seq.layers)
+    types = tuple(map(type, layers))
+    kept = seq._plan
+    # by identity (a layer class may define __eq__); the kept tuple holds
+    # its layers, so a new layer cannot reuse a kept one's address
+    if kept is not None and kept[1] == types and all(map(operator.is_, kept[0], layers)):
+        return kept[2]
+    steps = plan(seq.layers)
+    seq._plan = (layers, types, steps)
     return steps

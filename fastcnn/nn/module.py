@@ -115,6 +115,7 @@ class Sequential(Module):
     does not switch it off; see ``fastcnn/nn/fusion.py``."""
 
     _pending = None     # the steps of the last forward, for its backward
+    _plan = None        # (layers, their types, steps): fusion.cached_plan's
 
     def __init__(self, *layers, fuse=True):
         for i, layer in enumerate(layers):
@@ -129,8 +130,8 @@ class Sequential(Module):
 
     def forward(self, x):
         # imported here: it imports the layers, which import this module
-        from fastcnn.nn.fusion import fusion_enabled, plan
-        steps = plan(self.layers) if self.fuse and fusion_enabled() else self.layers
+        from fastcnn.nn.fusion import cached_plan, fusion_enabled
+        steps = cached_plan(self) if self.fuse and fusion_enabled() else self.layers
         self._pending = None
         for step in steps:
             x = step.forward(x)
