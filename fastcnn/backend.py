@@ -82,9 +82,18 @@ def fused_ops(name):
     """The fused ops (of FUSED_OPS) backend ``name`` has kernels for: the
     others run as their unfused ops on that same backend."""
     mod = get_module(name)
-    return tuple(op for op in FUSED_OPS
-                 if callable(getattr(mod, op + "_forward", None))
-                 and callable(getattr(mod, op + "_backward", None)))
+    return tuple(op for op in FUSED_OPS if has_fused(mod, op))
+
+
+def has_fused(mod, op):
+    """Whether backend module ``mod`` has the fused op ``op``'s kernels (the
+    one question a fused call asks, looked up on the module each time: not
+    cached, so the answer follows the module's attributes)."""
+    return (callable(getattr(mod, _FUSED_NAMES[op][0], None))
+            and callable(getattr(mod, _FUSED_NAMES[op][1], None)))
+
+
+_FUSED_NAMES = {op: (op + "_forward", op + "_backward") for op in FUSED_OPS}
 
 
 def array_module(name):

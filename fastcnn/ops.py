@@ -48,7 +48,7 @@ backward runs on that same backend. This module deliberately contains no
 arithmetic on the data.
 """
 from fastcnn import _auto, _shapes
-from fastcnn.backend import AUTO, array_module, fused_ops, get_module, resolve
+from fastcnn.backend import AUTO, array_module, get_module, has_fused, resolve
 
 
 class Context:
@@ -311,7 +311,8 @@ def _fused_backend(op, backend, conv_args, conv_shape):
         name = _auto.choose("conv2d", conv_args, conv_shape, where)
     if where != array_module(name):
         raise _place_error("x", where, name)
-    return name, get_module(name), op in fused_ops(name)
+    mod = get_module(name)
+    return name, mod, has_fused(mod, op)
 
 
 def conv2d_relu_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *,

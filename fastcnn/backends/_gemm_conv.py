@@ -184,9 +184,10 @@ def choose_path(k, g):
     if g.Kg > PER_IMAGE_MAX_TAPS and g.N >= getattr(k.winograd, "MIN_BATCH", 0) \
             and path_applies(k, "winograd", g):
         return "winograd"
-    limit = PER_IMAGE_MAX_TAPS
-    if g.N >= _concurrent.num_threads():
-        limit = getattr(k, "per_image_max_taps", PER_IMAGE_MAX_TAPS)
+    table_limit = getattr(k, "per_image_max_taps", PER_IMAGE_MAX_TAPS)
+    if g.Kg <= min(table_limit, PER_IMAGE_MAX_TAPS):   # either limit: no thread count asked
+        return "per_image"
+    limit = table_limit if g.N >= _concurrent.num_threads() else PER_IMAGE_MAX_TAPS
     return "per_image" if g.Kg <= limit else "batch"
 
 

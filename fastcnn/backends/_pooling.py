@@ -25,6 +25,7 @@ Deliberately not here: argument checks (``fastcnn.ops``), the loops
 (``fastcnn/_kernels``), the windowed pooling's calls (each backend's own:
 its kernels take ceil_mode's out_hw, the divisors and dilation themselves).
 """
+import functools
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -35,13 +36,20 @@ from fastcnn.backends._workspace import outputs
 ARGMAX_DTYPE = np.dtype(np.intc)
 
 
+@functools.lru_cache(maxsize=None)
+def _largest(dtype):
+    """np.iinfo(dtype).max, once per dtype: np.iinfo is a per-op cost."""
+    return int(np.iinfo(dtype).max)
+
+
 def check_argmax_fits(H, W):
     """ValueError when an (H, W) plane has offsets its argmax cannot hold."""
-    if H * W > np.iinfo(ARGMAX_DTYPE).max:
+    largest = _largest(ARGMAX_DTYPE)     # looked up each call: a test narrows the dtype
+    if H * W > largest:
         raise ValueError(
             f"max_pool2d: an input plane of {H}x{W} = {H * W} elements is too large "
             f"for the compiled backends' {ARGMAX_DTYPE.itemsize * 8}-bit argmax (at most "
-            f"{np.iinfo(ARGMAX_DTYPE).max} elements per plane); use backend='im2col'")
+            f"{largest} elements per plane); use backend='im2col'")
 
 
 def max_outputs(x, out_hw):
