@@ -123,7 +123,7 @@ class Geometry(NamedTuple):
     @property
     def Kg(self):
         """Column rows per group: (C/G)*KH*KW."""
-        return self.K // self.G
+        return self.C // self.G * self.KH * self.KW
 
     @property
     def Fg(self):
@@ -181,14 +181,15 @@ def choose_path(k, g):
     # a table's own limit holds where the batch gives every thread images:
     # a smaller batch is one chunk, and only the whole-batch path's
     # products then split across the threads
-    if g.Kg > PER_IMAGE_MAX_TAPS and g.N >= getattr(k.winograd, "MIN_BATCH", 0) \
+    Kg = g.Kg
+    if Kg > PER_IMAGE_MAX_TAPS and g.N >= getattr(k.winograd, "MIN_BATCH", 0) \
             and path_applies(k, "winograd", g):
         return "winograd"
     table_limit = getattr(k, "per_image_max_taps", PER_IMAGE_MAX_TAPS)
-    if g.Kg <= min(table_limit, PER_IMAGE_MAX_TAPS):   # either limit: no thread count asked
+    if Kg <= min(table_limit, PER_IMAGE_MAX_TAPS):   # either limit: no thread count asked
         return "per_image"
     limit = table_limit if g.N >= _concurrent.num_threads() else PER_IMAGE_MAX_TAPS
-    return "per_image" if g.Kg <= limit else "batch"
+    return "per_image" if Kg <= limit else "batch"
 
 
 def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, consume=None):
@@ -229,11 +230,12 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
         RP, fn = (g.WP if k.padded_input and stride == (1, 1) else OW), _batch_forward
     # [w | b] per group (G, F/G, Kg+1): the per-image products' matrices,
     # and backward's copy of w
-    wb = np.empty((F, g.Kg + 1), dtype=x.dtype)
-    wb[:, :g.Kg] = w.reshape(F, g.Kg)
-    wb[:, g.Kg] = bias
-    wb = wb.reshape(g.G, g.Fg, g.Kg + 1)
-    slices = _concurrent.slices(N, N * g.K * OH * RP)
+    Kg = g.Kg
+    wb = np.empty((F, Kg + 1), dtype=x.dtype)
+    wb[:, :Kg] = w.reshape(F, Kg)
+    wb[:, Kg] = bias
+    wb = wb.reshape(groups, F // groups, Kg + 1)
+    slices = _concurrent.slices(N, N * groups * Kg * OH * RP)
     if consume is not None:
         cols = _map(lambda sl: _per_image_forward(
             k, g, src[sl], wb, bias, None, RP, None,
@@ -359,8 +361,9 @@ def _image_block(g, itemsize):
 def _image_cols(g, b, dtype):
     """Columns for b images, (b, G, Kg+1, P), with a row of ones under each
     group's block: the bias rides on it, and db falls out of dw's product."""
-    cols = workspace.take((b, g.G, g.Kg + 1, g.P), dtype)
-    cols[:, :, g.Kg, :] = 1
+    Kg = g.Kg
+    cols = workspace.take((b, g.G, Kg + 1, g.P), dtype)
+    cols[:, :, Kg, :] = 1
     return cols
 
 
