@@ -195,6 +195,101 @@ cdef extern from *:
     }
     FASTCNN_WINO(float, f32)
     FASTCNN_WINO(double, f64)
+    /* The layout changes: d[k*ds + r] = s[r*ss + k] for r < R, k < K, in 4x4
+       blocks transposed in SSE registers, so both sides move runs of 4
+       elements, not one element per row; the last block of each
+       side overlaps the one before it (it rewrites the same values). */
+    #if defined(__SSE2__)
+    #  include <emmintrin.h>
+    #  define FASTCNN_WINO_T4(sp, ss, dp, ds) do {                                      \
+        __m128 t0 = _mm_loadu_ps(sp), t1 = _mm_loadu_ps((sp) + (ss)),                   \
+               t2 = _mm_loadu_ps((sp) + 2 * (ss)), t3 = _mm_loadu_ps((sp) + 3 * (ss));   \
+        _MM_TRANSPOSE4_PS(t0, t1, t2, t3);                                              \
+        _mm_storeu_ps(dp, t0);                                                          \
+        _mm_storeu_ps((dp) + (ds), t1);                                                 \
+        _mm_storeu_ps((dp) + 2 * (ds), t2);                                             \
+        _mm_storeu_ps((dp) + 3 * (ds), t3);                                             \
+    } while (0)
+    #  define FASTCNN_WINO_T2(sp, ss, dp, ds) do {                                      \
+        __m128d t0 = _mm_loadu_pd(sp), t1 = _mm_loadu_pd((sp) + (ss));                  \
+        _mm_storeu_pd(dp, _mm_unpacklo_pd(t0, t1));                                     \
+        _mm_storeu_pd((dp) + (ds), _mm_unpackhi_pd(t0, t1));                            \
+    } while (0)
+    #  define FASTCNN_WINO_T4D(sp, ss, dp, ds) do {                                     \
+        FASTCNN_WINO_T2(sp, ss, dp, ds);                                                \
+        FASTCNN_WINO_T2((sp) + 2, ss, (dp) + 2 * (ds), ds);                             \
+        FASTCNN_WINO_T2((sp) + 2 * (ss), ss, (dp) + 2, ds);                             \
+        FASTCNN_WINO_T2((sp) + 2 * (ss) + 2, ss, (dp) + 2 * (ds) + 2, ds);              \
+    } while (0)
+    static void fastcnn_wino_transpose_f32(const float* __restrict s, Py_ssize_t ss,
+            float* __restrict d, Py_ssize_t ds, Py_ssize_t R, Py_ssize_t K) {
+        Py_ssize_t r0, k0, r, k;
+        if (R < 4 || K < 4) {
+            for (r = 0; r < R; r++)
+                for (k = 0; k < K; k++) d[k * ds + r] = s[r * ss + k];
+            return;
+        }
+        /* the side whose rows lie far apart (NCHW: one row per image) in the
+           outer loop: its 4 rows are used up before the next 4, which at
+           power-of-two image strides all share a few cache sets */
+        if (ss >= ds) {
+            for (r0 = 0; r0 < R; r0 += 4) {
+                if (r0 + 4 > R) r0 = R - 4;
+                for (k0 = 0; k0 < K; k0 += 4) {
+                    if (k0 + 4 > K) k0 = K - 4;
+                    FASTCNN_WINO_T4(s + r0 * ss + k0, ss, d + k0 * ds + r0, ds);
+                }
+            }
+        } else {
+            for (k0 = 0; k0 < K; k0 += 4) {
+                if (k0 + 4 > K) k0 = K - 4;
+                for (r0 = 0; r0 < R; r0 += 4) {
+                    if (r0 + 4 > R) r0 = R - 4;
+                    FASTCNN_WINO_T4(s + r0 * ss + k0, ss, d + k0 * ds + r0, ds);
+                }
+            }
+        }
+    }
+    static void fastcnn_wino_transpose_f64(const double* __restrict s, Py_ssize_t ss,
+            double* __restrict d, Py_ssize_t ds, Py_ssize_t R, Py_ssize_t K) {
+        Py_ssize_t r0, k0, r, k;
+        if (R < 4 || K < 4) {
+            for (r = 0; r < R; r++)
+                for (k = 0; k < K; k++) d[k * ds + r] = s[r * ss + k];
+            return;
+        }
+        /* the side whose rows lie far apart (NCHW: one row per image) in the
+           outer loop: its 4 rows are used up before the next 4, which at
+           power-of-two image strides all share a few cache sets */
+        if (ss >= ds) {
+            for (r0 = 0; r0 < R; r0 += 4) {
+                if (r0 + 4 > R) r0 = R - 4;
+                for (k0 = 0; k0 < K; k0 += 4) {
+                    if (k0 + 4 > K) k0 = K - 4;
+                    FASTCNN_WINO_T4D(s + r0 * ss + k0, ss, d + k0 * ds + r0, ds);
+                }
+            }
+        } else {
+            for (k0 = 0; k0 < K; k0 += 4) {
+                if (k0 + 4 > K) k0 = K - 4;
+                for (r0 = 0; r0 < R; r0 += 4) {
+                    if (r0 + 4 > R) r0 = R - 4;
+                    FASTCNN_WINO_T4D(s + r0 * ss + k0, ss, d + k0 * ds + r0, ds);
+                }
+            }
+        }
+    }
+    #else
+    #  define FASTCNN_WINO_TRANSPOSE(T, S)                                              \
+    static void fastcnn_wino_transpose_##S(const T* __restrict s, Py_ssize_t ss,        \
+            T* __restrict d, Py_ssize_t ds, Py_ssize_t R, Py_ssize_t K) {               \
+        Py_ssize_t r, k;                                                                \
+        for (r = 0; r < R; r++)                                                         \
+            for (k = 0; k < K; k++) d[k * ds + r] = s[r * ss + k];                      \
+    }
+    FASTCNN_WINO_TRANSPOSE(float, f32)
+    FASTCNN_WINO_TRANSPOSE(double, f64)
+    #endif
     """
     void fastcnn_wino_in_row_f32(const float* d, Py_ssize_t L, float* R, float* V,
                                  Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
@@ -216,53 +311,81 @@ cdef extern from *:
                                   Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
     void fastcnn_wino_gin_row_f64(const double* dV, Py_ssize_t KS, double* E, double* x,
                                   Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
+    void fastcnn_wino_transpose_f32(const float* s, Py_ssize_t ss, float* d, Py_ssize_t ds,
+                                    Py_ssize_t R, Py_ssize_t K) noexcept nogil
+    void fastcnn_wino_transpose_f64(const double* s, Py_ssize_t ss, double* d, Py_ssize_t ds,
+                                    Py_ssize_t R, Py_ssize_t K) noexcept nogil
 
 
-# Images per block of the layout changes: the transposes move a block's
-# lanes of one element (a cache line of float32s in the planes) together,
-# so the NCHW side is BLOCK rows streamed in step, not one store or load per
-# image 50 KB apart (a new page for each image, element by element).
+cdef inline void _transpose(const floating* s, Py_ssize_t ss, floating* d, Py_ssize_t ds,
+                            Py_ssize_t R, Py_ssize_t K) noexcept nogil:
+    if floating is float:
+        fastcnn_wino_transpose_f32(s, ss, d, ds, R, K)
+    else:
+        fastcnn_wino_transpose_f64(s, ss, d, ds, R, K)
+
+
+# Images per block of the layout changes: a block's rows of x (or y) are
+# reused from one plane row to the next, and at power-of-two image strides
+# all the images' rows share a few cache sets, which hold BLOCK of them.
 DEF BLOCK = 16
 
 
-def pack_planes(const floating[:, :, :, :] x, floating[:, :, :, ::1] xs,
+cdef inline Py_ssize_t _block_end(Py_ssize_t n0, Py_ssize_t N) noexcept nogil:
+    # a last block of under 4 images joins the one before (4x4 transposes)
+    return N if N - n0 < BLOCK + 4 else n0 + BLOCK
+
+
+def pack_planes(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xs,
                 Py_ssize_t PT, Py_ssize_t PL):
     """xs[c, ih+PT, iw+PL, n] = x[n, c, ih, iw], zero elsewhere: NCHW to
-    zero-padded planes with the batch innermost, plane by plane and within
-    a plane BLOCK images at a time."""
+    zero-padded planes with the batch innermost. Row ih of every image is
+    one contiguous run xs[c, ih+PT, PL:PL+W, :] of the plane: an (N, W) to
+    (W, N) transpose per row, BLOCK images at a time."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t HT = xs.shape[1], WT = xs.shape[2]
-    cdef Py_ssize_t c, ih, iw, n, n0, n1
-    cdef floating* dst
+    cdef Py_ssize_t sN = C * H * W, RL = WT * N
+    cdef Py_ssize_t c, ih, n0, n1
+    cdef floating* plane
     with nogil:
         for c in range(C):
-            memset(&xs[c, 0, 0, 0], 0, HT * WT * N * sizeof(floating))
-            for n0 in range(0, N, BLOCK):
-                n1 = min(n0 + BLOCK, N)
+            plane = &xs[c, 0, 0, 0]
+            if floating is float:
+                memset(plane, 0, PT * RL * sizeof(floating))
+                memset(plane + (PT + H) * RL, 0, (HT - PT - H) * RL * sizeof(floating))
                 for ih in range(H):
-                    for iw in range(W):
-                        dst = &xs[c, ih + PT, iw + PL, 0]
-                        for n in range(n0, n1):
-                            dst[n] = x[n, c, ih, iw]
+                    memset(plane + (PT + ih) * RL, 0, PL * N * sizeof(floating))
+                    memset(plane + (PT + ih) * RL + (PL + W) * N, 0,
+                           (WT - PL - W) * N * sizeof(floating))
+            else:
+                # double: zeroing the whole plane first was faster (measured:
+                # the plane's lines are then in cache for the transposes' stores)
+                memset(plane, 0, HT * RL * sizeof(floating))
+            n0 = 0
+            while n0 < N:
+                n1 = _block_end(n0, N)
+                for ih in range(H):
+                    _transpose(&x[n0, c, ih, 0], sN, plane + (PT + ih) * RL + PL * N + n0,
+                               N, n1 - n0, W)
+                n0 = n1
 
 
-def crop_planes(const floating[:, :, :, ::1] ys, floating[:, :, :, :] y,
+def crop_planes(const floating[:, :, :, ::1] ys, floating[:, :, :, ::1] y,
                 Py_ssize_t PT, Py_ssize_t PL):
     """y[n, f, oh, ow] = ys[f, oh+PT, ow+PL, n] for y's whole shape: planes
-    with the batch innermost back to NCHW (the inverse of pack_planes),
-    BLOCK images at a time."""
+    with the batch innermost back to NCHW (the inverse of pack_planes), a
+    (OW, N) to (N, OW) transpose per row."""
     cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t f, oh, ow, n, n0, n1
-    cdef const floating* src
+    cdef Py_ssize_t sN = F * OH * OW
+    cdef Py_ssize_t f, oh, n0, n1
     with nogil:
         for f in range(F):
-            for n0 in range(0, N, BLOCK):
-                n1 = min(n0 + BLOCK, N)
+            n0 = 0
+            while n0 < N:
+                n1 = _block_end(n0, N)
                 for oh in range(OH):
-                    for ow in range(OW):
-                        src = &ys[f, oh + PT, ow + PL, 0]
-                        for n in range(n0, n1):
-                            y[n, f, oh, ow] = src[n]
+                    _transpose(&ys[f, oh + PT, PL, n0], N, &y[n0, f, oh, 0], sN, OW, n1 - n0)
+                n0 = n1
 
 
 cdef void* _alloc(Py_ssize_t nbytes) except NULL:
