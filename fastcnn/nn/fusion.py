@@ -63,6 +63,13 @@ class FusedStep:
         self._ctx = None
 
     def forward(self, x):
+        # the step is kept between forwards (cached_plan): drop the last
+        # forward's state first, so its workspace arrays go back to the pool
+        # before this forward takes its own; and no stale state of an
+        # earlier unfused forward
+        self._ctx = None
+        for layer in self.layers:
+            layer._saved = None
         conv = self.conv
         b = None if conv.bias is None else conv.bias.data
         args = (x, conv.weight.data, b, conv.stride, conv.padding, conv.dilation, conv.groups)
@@ -70,8 +77,6 @@ class FusedStep:
             y, self._ctx = ops.conv2d_relu_forward(*args)
         else:
             y, self._ctx = ops.conv2d_relu_max_pool2d_forward(*args, *self.pool.op_args())
-        for layer in self.layers:      # no stale state of an earlier unfused forward
-            layer._saved = None
         return y
 
     def backward(self, dy):
