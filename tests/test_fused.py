@@ -445,6 +445,23 @@ def test_the_fused_plan_is_kept_and_made_again_when_the_layers_or_switches_chang
     assert dx.shape == x.shape and model[0].weight.grad is not None
 
 
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("cython", "numba")])
+def test_a_kept_plans_forward_reuses_the_last_forwards_workspace(backend):
+    # the kept FusedStep drops its last ctx before it runs: a second forward
+    # takes the same pooled scratch back instead of a second set (outputs
+    # are not compared: the unfused layers keep theirs until they run again)
+    from fastcnn.backends._workspace import workspace
+    model = models.build("cnn", dtype="float32", seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    with fastcnn.use_backend(backend):
+        model.forward(x)
+        held = workspace.held_bytes()
+        for _ in range(3):
+            model.forward(x)
+    assert workspace.held_bytes() == held
+
+
 # -- crosscheck -------------------------------------------------------------------
 
 def test_crosscheck_runs_the_fused_model_and_catches_a_broken_fused_kernel(monkeypatch):
