@@ -221,64 +221,41 @@ cdef extern from *:
         FASTCNN_WINO_T2((sp) + 2 * (ss), ss, (dp) + 2, ds);                             \
         FASTCNN_WINO_T2((sp) + 2 * (ss) + 2, ss, (dp) + 2 * (ds) + 2, ds);              \
     } while (0)
-    static void fastcnn_wino_transpose_f32(const float* __restrict s, Py_ssize_t ss,
-            float* __restrict d, Py_ssize_t ds, Py_ssize_t R, Py_ssize_t K) {
-        Py_ssize_t r0, k0, r, k;
-        if (R < 4 || K < 4) {
-            for (r = 0; r < R; r++)
-                for (k = 0; k < K; k++) d[k * ds + r] = s[r * ss + k];
-            return;
-        }
-        /* the side whose rows lie far apart (NCHW: one row per image) in the
-           outer loop: its 4 rows are used up before the next 4, which at
-           power-of-two image strides all share a few cache sets */
-        if (ss >= ds) {
-            for (r0 = 0; r0 < R; r0 += 4) {
-                if (r0 + 4 > R) r0 = R - 4;
-                for (k0 = 0; k0 < K; k0 += 4) {
-                    if (k0 + 4 > K) k0 = K - 4;
-                    FASTCNN_WINO_T4(s + r0 * ss + k0, ss, d + k0 * ds + r0, ds);
-                }
-            }
-        } else {
-            for (k0 = 0; k0 < K; k0 += 4) {
-                if (k0 + 4 > K) k0 = K - 4;
-                for (r0 = 0; r0 < R; r0 += 4) {
-                    if (r0 + 4 > R) r0 = R - 4;
-                    FASTCNN_WINO_T4(s + r0 * ss + k0, ss, d + k0 * ds + r0, ds);
-                }
-            }
-        }
+    /* fastcnn_wino_transpose_f32/_f64: d[k*ds + r] = s[r*ss + k] for an R x K
+       block, in 4x4 register blocks (BLOCK). The side whose rows lie far
+       apart (NCHW: one row per image) is the outer loop: its 4 rows are used
+       up before the next 4, which at power-of-two image strides all share a
+       few cache sets. */
+    #  define FASTCNN_WINO_TRANSPOSE(T, S, BLOCK)                          \
+    static void fastcnn_wino_transpose_##S(const T* __restrict s,          \
+            Py_ssize_t ss,                                                 \
+            T* __restrict d, Py_ssize_t ds, Py_ssize_t R, Py_ssize_t K) {  \
+        Py_ssize_t r0, k0, r, k;                                           \
+        if (R < 4 || K < 4) {                                              \
+            for (r = 0; r < R; r++)                                        \
+                for (k = 0; k < K; k++) d[k * ds + r] = s[r * ss + k];     \
+            return;                                                        \
+        }                                                                  \
+        if (ss >= ds) {                                                    \
+            for (r0 = 0; r0 < R; r0 += 4) {                                \
+                if (r0 + 4 > R) r0 = R - 4;                                \
+                for (k0 = 0; k0 < K; k0 += 4) {                            \
+                    if (k0 + 4 > K) k0 = K - 4;                            \
+                    BLOCK(s + r0 * ss + k0, ss, d + k0 * ds + r0, ds);     \
+                }                                                          \
+            }                                                              \
+        } else {                                                           \
+            for (k0 = 0; k0 < K; k0 += 4) {                                \
+                if (k0 + 4 > K) k0 = K - 4;                                \
+                for (r0 = 0; r0 < R; r0 += 4) {                            \
+                    if (r0 + 4 > R) r0 = R - 4;                            \
+                    BLOCK(s + r0 * ss + k0, ss, d + k0 * ds + r0, ds);     \
+                }                                                          \
+            }                                                              \
+        }                                                                  \
     }
-    static void fastcnn_wino_transpose_f64(const double* __restrict s, Py_ssize_t ss,
-            double* __restrict d, Py_ssize_t ds, Py_ssize_t R, Py_ssize_t K) {
-        Py_ssize_t r0, k0, r, k;
-        if (R < 4 || K < 4) {
-            for (r = 0; r < R; r++)
-                for (k = 0; k < K; k++) d[k * ds + r] = s[r * ss + k];
-            return;
-        }
-        /* the side whose rows lie far apart (NCHW: one row per image) in the
-           outer loop: its 4 rows are used up before the next 4, which at
-           power-of-two image strides all share a few cache sets */
-        if (ss >= ds) {
-            for (r0 = 0; r0 < R; r0 += 4) {
-                if (r0 + 4 > R) r0 = R - 4;
-                for (k0 = 0; k0 < K; k0 += 4) {
-                    if (k0 + 4 > K) k0 = K - 4;
-                    FASTCNN_WINO_T4D(s + r0 * ss + k0, ss, d + k0 * ds + r0, ds);
-                }
-            }
-        } else {
-            for (k0 = 0; k0 < K; k0 += 4) {
-                if (k0 + 4 > K) k0 = K - 4;
-                for (r0 = 0; r0 < R; r0 += 4) {
-                    if (r0 + 4 > R) r0 = R - 4;
-                    FASTCNN_WINO_T4D(s + r0 * ss + k0, ss, d + k0 * ds + r0, ds);
-                }
-            }
-        }
-    }
+    FASTCNN_WINO_TRANSPOSE(float, f32, FASTCNN_WINO_T4)
+    FASTCNN_WINO_TRANSPOSE(double, f64, FASTCNN_WINO_T4D)
     #else
     #  define FASTCNN_WINO_TRANSPOSE(T, S)                                              \
     static void fastcnn_wino_transpose_##S(const T* __restrict s, Py_ssize_t ss,        \
