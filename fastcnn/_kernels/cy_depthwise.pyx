@@ -229,43 +229,6 @@ cdef extern from *:
         for (k = p - PL; k < PS; k++)                                                 \\
             xp[k] = 0;                                                                \\
     }                                                                                 \\
-    /* stride 2 both ways: the plane x (H, W) into the phase layout xp (PS,),     */  \\
-    /* blocks of BS, pitch WQ, top/left padding PT/PL (see _pad_plane), zeros    */  \\
-    /* around it; to_img: the other way, xp's image part back into x            */  \\
-    static ATTR FASTCNN_DW_NO_MEMSET void fastcnn_dw_pad2_##S(T* x, T* xp,            \\
-            Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ,  \\
-            Py_ssize_t BS, Py_ssize_t PS, int to_img) {                               \\
-        Py_ssize_t ih, q, k, r, half = W / 2;                                         \\
-        const V z = FASTCNN_DW_SPLAT(V, 0);                                           \\
-        if (!to_img) {                                                                \\
-            for (k = 0; k + L <= PS; k += L)                                          \\
-                FASTCNN_DW_ST(xp + k, z);                                             \\
-            for (; k < PS; k++)                                                       \\
-                xp[k] = 0;                                                            \\
-        }                                                                             \\
-        for (ih = 0; ih < H; ih++) {                                                  \\
-            T* img = x + ih * W;                                                      \\
-            r = ih + PT;                                                              \\
-            T* row = xp + (r % 2) * 2 * BS + (r / 2) * WQ;                            \\
-            T* a = row + (PL % 2) * BS + PL / 2;                                      \\
-            T* b = row + ((PL + 1) % 2) * BS + (PL + 1) / 2;                          \\
-            if (to_img) {                                                             \\
-                for (q = 0; q < half; q++) {                                          \\
-                    img[2 * q] = a[q];                                                \\
-                    img[2 * q + 1] = b[q];                                            \\
-                }                                                                     \\
-                if (W % 2)                                                            \\
-                    img[W - 1] = a[half];                                             \\
-            } else {                                                                  \\
-                for (q = 0; q < half; q++) {                                          \\
-                    a[q] = img[2 * q];                                                \\
-                    b[q] = img[2 * q + 1];                                            \\
-                }                                                                     \\
-                if (W % 2)                                                            \\
-                    a[half] = img[W - 1];                                             \\
-            }                                                                         \\
-        }                                                                             \\
-    }                                                                                 \\
     /* dst[i*cols + j] = src[i*pitch + j]: a flat run's valid columns out */         \\
     static ATTR FASTCNN_DW_SHORT_ROWS void fastcnn_dw_crop_##S(const T* src, T* dst, Py_ssize_t rows,       \\
             Py_ssize_t cols, Py_ssize_t pitch) {                                      \\
@@ -298,6 +261,29 @@ cdef extern from *:
             }                                                                         \\
             if (W % 2)                                                                \\
                 a[half] = img[W - 1];                                                 \\
+        }                                                                             \\
+    }                                                                                 \\
+    /* stride 2 both ways: the plane x (H, W) into the phase layout xp (PS,),     */  \\
+    /* blocks of BS, pitch WQ, top/left padding PT/PL (see _pad_plane), zeros    */  \\
+    /* around it; to_img: the other way, xp's image part back into x            */  \\
+    static ATTR FASTCNN_DW_NO_MEMSET void fastcnn_dw_pad2_##S(T* x, T* xp,            \\
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WQ,  \\
+            Py_ssize_t BS, Py_ssize_t PS, int to_img) {                               \\
+        Py_ssize_t ih, k, r;                                                          \\
+        const V z = FASTCNN_DW_SPLAT(V, 0);                                           \\
+        if (!to_img) {                                                                \\
+            for (k = 0; k + L <= PS; k += L)                                          \\
+                FASTCNN_DW_ST(xp + k, z);                                             \\
+            for (; k < PS; k++)                                                       \\
+                xp[k] = 0;                                                            \\
+        }                                                                             \\
+        for (ih = 0; ih < H; ih++) {                                                  \\
+            T* img = x + ih * W;                                                      \\
+            r = ih + PT;                                                              \\
+            T* row = xp + (r % 2) * 2 * BS + (r / 2) * WQ;                            \\
+            T* a = row + (PL % 2) * BS + PL / 2;                                      \\
+            T* b = row + ((PL + 1) % 2) * BS + (PL + 1) / 2;                          \\
+            fastcnn_dw_split2_##S(img, a, b, W, to_img);                              \\
         }                                                                             \\
     }
 
