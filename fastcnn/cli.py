@@ -101,11 +101,8 @@ def _as_rank(comm, argv):
     with distributed.abort_on_error(comm):
         status = main(argv)
     if status and not _Job.stopped_together:
-        sys.stdout.flush()
-        print(f"fastcnn: rank {comm.Get_rank()} of {comm.Get_size()} exits with status "
-              f"{status}; aborting the MPI job", file=sys.stderr, flush=True)
-        comm.Abort(status)
-        os._exit(status)   # MPICH's MPI_Abort may return while the launcher kills the job
+        distributed.abort(comm, f"fastcnn: rank {comm.Get_rank()} of {comm.Get_size()} "
+                                f"exits with status {status}; aborting the MPI job", status)
     return status
 
 

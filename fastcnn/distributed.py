@@ -154,18 +154,25 @@ def abort_on_error(comm, *, collective=()):
         else:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             line, status = f"{who} failed; aborting the MPI job:\n{text.rstrip()}", 1
-        try:
-            sys.stdout.flush()   # what the rank printed so far, before MPI kills it
-            print(line, file=sys.stderr, flush=True)
-            # the launcher forwards a rank's output asynchronously and
-            # MPI_Abort kills the job at once: without a pause the reason
-            # was lost about one time in twenty (tests/test_distributed.py)
-            time.sleep(0.5)
-        finally:
-            comm.Abort(status)
-            # MPICH's MPI_Abort may return to its caller while the launcher
-            # kills the job; this rank must not go on as if nothing happened
-            os._exit(status)
+        abort(comm, line, status)
+
+
+def abort(comm, line, status):
+    """Print ``line`` to stderr and end the whole job with ``comm.Abort(status)``;
+    never returns."""
+    try:
+        sys.stdout.flush()   # what the rank printed so far, before MPI kills it
+        print(line, file=sys.stderr, flush=True)
+        # the launcher forwards a rank's output asynchronously and MPI_Abort
+        # kills the job at once: without a pause the reason was lost about one
+        # time in twenty (tests/test_distributed.py), and with half a second
+        # still now and then on a loaded machine
+        time.sleep(1.0)
+    finally:
+        comm.Abort(status)
+        # MPICH's MPI_Abort may return to its caller while the launcher kills
+        # the job; this rank must not go on as if nothing happened
+        os._exit(status)
 
 
 def _checksum(a):
