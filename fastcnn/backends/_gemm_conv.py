@@ -90,7 +90,7 @@ PER_IMAGE_MAX_TAPS = 32
 # stays in a core's L2 between the im2col and the product.
 PER_IMAGE_BLOCK_BYTES = 1 << 20
 
-PATHS = ("per_image", "batch", "winograd", "pointwise", "depthwise")
+PATHS = ("per_image", "batch", "winograd", "pointwise", "depthwise", "direct")
 _forced = contextvars.ContextVar("fastcnn_forced_conv_path", default=None)
 
 
@@ -161,6 +161,8 @@ def path_applies(k, path, g):
     im2col paths compute every convolution, a depthwise one too."""
     if path == "winograd":
         return k.winograd is not None and k.winograd.applies(g)
+    if path == "direct":
+        return getattr(k, "direct", None) is not None and k.direct.applies(g)
     if path == "pointwise":
         return g.KH == g.KW == 1 and g.PT == g.PB == g.PL == g.PR == 0
     if path == "depthwise":
@@ -220,6 +222,9 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
     y = outputs.take(y_shape, x.dtype) if consume is None else None
     if path == "winograd":
         saved = (path, g, k.winograd.forward(k, x, w, bias, y, g, relu))
+        return y, _mask_after(y, saved, mask)
+    if path == "direct":
+        saved = (path, g, k.direct.forward(k, x, w, bias, y, g, relu))
         return y, _mask_after(y, saved, mask)
     if path == "pointwise":
         return y, _with_mask((path, g, _pointwise_forward(k, g, x, w, b, y, mask)), mask)
@@ -289,6 +294,8 @@ def backward(k, dy, saved, produce=None):
         return _depthwise.backward(k.depthwise(), dy, data)
     if path == "winograd":
         return k.winograd.backward(k, dy, g, data)
+    if path == "direct":
+        return k.direct.backward(k, dy, g, data)
     wb, chunks, RP = data
     dx = outputs.take((g.N, g.C, g.H, g.W), wb.dtype)
     fn = {"per_image": _per_image_backward, "batch": _batch_backward,

@@ -17,11 +17,12 @@ back to another backend: if the extension modules are missing, importing
 this module raises ImportError saying so, and the registry reports the
 backend absent with that reason.
 """
-from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu, _winograd
+from fastcnn.backends import _concurrent, _direct, _gemm_conv, _pooling, _relu, _winograd
 from fastcnn.backends._workspace import outputs
 
 try:
-    from fastcnn._kernels import cy_act, cy_conv, cy_depthwise, cy_info, cy_pool, cy_winograd
+    from fastcnn._kernels import (cy_act, cy_conv, cy_depthwise, cy_direct, cy_info, cy_pool,
+                                  cy_winograd)
 except ImportError as e:  # the registry reports this message as the reason
     raise ImportError(
         "fastcnn was installed without its compiled Cython kernels "
@@ -42,6 +43,7 @@ class _ConvKernels:
     pitch RP is always OW here."""
     padded_input = False
     winograd = _winograd
+    direct = _direct
     # Every im2col conv with a batch that gives each thread images takes the
     # per-image path (it beat the whole-batch one here, 3x3 stride 2
     # included); Winograd is asked first (choose_path), above the shared
@@ -58,6 +60,11 @@ class _ConvKernels:
     def depthwise():
         """The direct depthwise kernels (groups == C, see _depthwise)."""
         return cy_depthwise
+
+    @staticmethod
+    def direct_kernels():
+        """The direct 3x3 loops (see _direct)."""
+        return cy_direct
 
     @staticmethod
     def im2col(x, cols, g, RP):

@@ -1,0 +1,386 @@
+"""Direct 3x3 stride-1 convolution loops, register-blocked: the forward, and
+with it dx (the same loops over dy), and dw.
+
+For channel groups too small for a matrix product to run at speed (grouped
+convolutions of 16 channels a group, dilated 32-channel layers, the MNIST
+layers) and too large for the depthwise loops. Per image and group:
+
+    y[f, oh, ow] = b[f] + sum_{c, kh, kw} xp[c, oh + kh*DH, ow + kw*DW] * w[f, c, kh, kw]
+
+with xp the zero-padded planes (x at row PT, column PL of a (HP, WP)
+plane). The inner step loads RB rows of L outputs' inputs (one vector
+each) for one (c, kh, kw) and adds them, times FB broadcast weights, into
+RB*FB vector accumulators that stay in registers over all Cg*9 steps:
+RB + FB loads for RB*FB multiply-adds, where a column-matrix product reads
+its columns from memory for every 16 or 32 rows of weights. The weights
+come packed ``wp`` (G, ceil(Fg/FB), Cg, 9, FB): block fb of group g holds
+filters g*Fg + fb*FB + j, zero past Fg (``pack`` in the driver).
+
+dx is this forward on dy: dx = conv(dy zero-padded by (2DH - PT, 2DW - PL),
+w flipped and with F and C/G swapped), so the same loops and the same
+padded-plane layout serve it. dw[f, c, kh, kw] += the dot product of dy's
+plane f with xp's plane c shifted by (kh*DH, kw*DW): per (c, kh), FBW
+filters' three kw sums in 3*FBW vector accumulators over the plane rows,
+dy read from its padded planes (the ones dx was computed from), the lanes
+past OW masked to zero in x (0 * inf would be NaN), added in double every
+16 rows.
+
+Layouts: ``forward`` writes each image's padded planes into ``xp`` (n, C,
+HP, WP) before it reads them, and the driver keeps xp for the backward
+(its copy of x: the caller may change x after the forward). Every read of
+the loops stays inside the planes that ``padded_shape`` sizes: rows up to
+OH + RB - 2 + 2*DH (a last row block reads past OH), columns up to a whole
+number of L-lane vectors past OW plus 2*DW, and dy's planes wide enough
+for whole vectors at its padding offset.
+
+C loops with GCC's vector extensions, compiled for AVX-512 (L = 16 floats,
+RB = 2), AVX2 + FMA (L = 8, RB = 1) and the SSE2 baseline (L = 4, RB = 1),
+picked at the first call from what the CPU has (``simd()`` says which, and
+a test runs each the CPU has); ``padded_shape`` sizes the planes for the
+widest. Multiply-adds may fuse (FMA): results differ from the reference by
+rounding only.
+
+What this is: loops over memoryviews, fused float32/float64, GIL released,
+single-threaded over the images it is given (the driver,
+``fastcnn.backends._direct``, runs chunks of the batch concurrently).
+What this is not: no validation (``fastcnn.ops``), no strides, no other
+filter sizes, no choice of path (``backends._gemm_conv``).
+
+Shapes: x (n, C, H, W), y (n, F, OH, OW), G groups, Cg = C/G, Fg = F/G.
+"""
+from cython cimport floating
+
+
+cdef extern from *:
+    """
+    /* fastcnn direct 3x3 convolution (see the module docstring). */
+    #include <string.h>
+    #define FASTCNN_DC_FB 8     /* filters per weight block (the packing) */
+    #define FASTCNN_DC_LMAX 16  /* the widest vector, in elements, for the plane sizes */
+    #define FASTCNN_DC_RBMAX 2  /* the most rows a forward block reads at once */
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    #  define FASTCNN_DC_X86 1
+    #endif
+    #if defined(__GNUC__)
+    #  define FASTCNN_DC_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof v_); v_; })
+    #  define FASTCNN_DC_ST(p, v) do { __typeof__(v) s_ = (v); memcpy((p), &s_, sizeof s_); } while (0)
+    #  define FASTCNN_DC_SPLAT(V, s) ((V){0} + (s))
+    /* np.maximum(s, 0): NaN stays, the rest of <= 0 -> +0 */
+    #  define FASTCNN_DC_RELU(V, VI, s) ((V)((VI)(s) & ~(VI)((s) <= FASTCNN_DC_SPLAT(V, 0))))
+    #  define FASTCNN_DC_KEEP(V, VI, s, m) ((V)((VI)(s) & (m)))
+    #  define FASTCNN_DC_MASK(m, L, k) do { Py_ssize_t i_; for (i_ = 0; i_ < (L); i_++) (m)[i_] = i_ < (k) ? -1 : 0; } while (0)
+    #else
+    #  define FASTCNN_DC_LD(V, p) (*(p))
+    #  define FASTCNN_DC_ST(p, v) (*(p) = (v))
+    #  define FASTCNN_DC_SPLAT(V, s) ((V)(s))
+    #  define FASTCNN_DC_RELU(V, VI, s) (!((s) <= 0) ? (s) : (V)0)
+    #  define FASTCNN_DC_KEEP(V, VI, s, m) ((m) ? (s) : (V)0)
+    #  define FASTCNN_DC_MASK(m, L, k) ((m) = (k) > 0)
+    #endif
+
+    /* planes (C, HP, WP) <- x (C, H, W) at (PT, PL), zeros elsewhere */
+    #define FASTCNN_DC_PAD(T, S)                                                        \\
+    static void fastcnn_dc_pad_##S(const T* x, T* xp, Py_ssize_t C, Py_ssize_t H,       \\
+            Py_ssize_t W, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t PT, Py_ssize_t PL) { \\
+        Py_ssize_t c, ih;                                                               \\
+        for (c = 0; c < C; c++) {                                                       \\
+            T* p = xp + c * HP * WP;                                                    \\
+            const T* s = x + c * H * W;                                                 \\
+            memset(p, 0, PT * WP * sizeof(T));                                          \\
+            for (ih = 0; ih < H; ih++) {                                                \\
+                T* row = p + (PT + ih) * WP;                                            \\
+                memset(row, 0, PL * sizeof(T));                                         \\
+                memcpy(row + PL, s + ih * W, W * sizeof(T));                            \\
+                memset(row + PL + W, 0, (WP - PL - W) * sizeof(T));                     \\
+            }                                                                           \\
+            memset(p + (PT + H) * WP, 0, (HP - PT - H) * WP * sizeof(T));               \\
+        }                                                                               \\
+    }
+    FASTCNN_DC_PAD(float, f32)
+    FASTCNN_DC_PAD(double, f64)
+
+    #define FASTCNN_DC_KERNELS(T, S, V, VI, L, RB, FBW, ATTR)                           \\
+    /* y (Fg, OH, OW) = bias + conv(xp (Cg, HP, WP), wp (ceil(Fg/FB), Cg, 9, FB)) */    \\
+    static ATTR void fastcnn_dc_fwd_##S(const T* xp, Py_ssize_t HP, Py_ssize_t WP,      \\
+            const T* wp, const T* bias, T* y, Py_ssize_t Fg, Py_ssize_t Cg,             \\
+            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW, int relu) {     \\
+        enum { FB = FASTCNN_DC_FB };                                                    \\
+        const Py_ssize_t RS = DH * WP;                                                  \\
+        Py_ssize_t fb, oh, ow0, c, t, r, f, nf, nr, nl;                                 \\
+        for (fb = 0; fb * FB < Fg; fb++) {                                              \\
+            const T* wb = wp + fb * Cg * 9 * FB;                                        \\
+            nf = Fg - fb * FB < FB ? Fg - fb * FB : FB;                                 \\
+            for (oh = 0; oh < OH; oh += RB) {                                           \\
+                nr = OH - oh < RB ? OH - oh : RB;                                       \\
+                for (ow0 = 0; ow0 < OW; ow0 += L) {                                     \\
+                    V acc[RB][FB];                                                      \\
+                    for (f = 0; f < FB; f++) {                                          \\
+                        const V bv = FASTCNN_DC_SPLAT(V, f < nf ? bias[fb * FB + f] : 0); \\
+                        for (r = 0; r < RB; r++) acc[r][f] = bv;                        \\
+                    }                                                                   \\
+                    for (c = 0; c < Cg; c++) {                                          \\
+                        const T* xc = xp + (c * HP + oh) * WP + ow0;                    \\
+                        const T* wc = wb + c * 9 * FB;                                  \\
+                        for (t = 0; t < 9; t++) {                                       \\
+                            const T* xt = xc + (t / 3) * RS + (t % 3) * DW;             \\
+                            V xv[RB];                                                   \\
+                            for (r = 0; r < RB; r++)                                    \\
+                                xv[r] = FASTCNN_DC_LD(V, xt + r * WP);                  \\
+                            for (f = 0; f < FB; f++) {                                  \\
+                                const V wv = FASTCNN_DC_SPLAT(V, wc[t * FB + f]);       \\
+                                for (r = 0; r < RB; r++) acc[r][f] += wv * xv[r];       \\
+                            }                                                           \\
+                        }                                                               \\
+                    }                                                                   \\
+                    nl = OW - ow0 < L ? OW - ow0 : L;                                   \\
+                    for (r = 0; r < nr; r++)                                            \\
+                        for (f = 0; f < nf; f++) {                                      \\
+                            V s = acc[r][f];                                            \\
+                            T* o = y + ((fb * FB + f) * OH + oh + r) * OW + ow0;        \\
+                            if (relu) s = FASTCNN_DC_RELU(V, VI, s);                    \\
+                            if (nl == L) FASTCNN_DC_ST(o, s);                           \\
+                            else memcpy(o, &s, nl * sizeof(T));                         \\
+                        }                                                               \\
+                }                                                                       \\
+            }                                                                           \\
+        }                                                                               \\
+    }                                                                                   \\
+    /* dw (Fg, Cg, 9) += sum_{oh<OH, ow<OW} dq[f, QT+oh, QL+ow] * xp[c, oh+kh*DH, ow+kw*DW] */ \\
+    static ATTR void fastcnn_dc_dw_##S(const T* xp, Py_ssize_t HP, Py_ssize_t WP,       \\
+            const T* dq, Py_ssize_t HQ, Py_ssize_t WQ, Py_ssize_t QT, Py_ssize_t QL,    \\
+            double* dw, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,     \\
+            Py_ssize_t DH, Py_ssize_t DW) {                                             \\
+        Py_ssize_t f0, c, kh, kw, oh, oe, ow0, f, l, nf;                                \\
+        VI mask;                                                                        \\
+        T lanes[L];                                                                     \\
+        FASTCNN_DC_MASK(mask, L, OW % L);                                              \\
+        for (f0 = 0; f0 < Fg; f0 += FBW) {                                              \\
+            nf = Fg - f0 < FBW ? Fg - f0 : FBW;                                         \\
+            for (c = 0; c < Cg; c++)                                                    \\
+            for (kh = 0; kh < 3; kh++) {                                                \\
+                double sums[FBW][3] = {{0}};                                            \\
+                for (oh = 0; oh < OH; oh = oe) {                                        \\
+                    V acc[FBW][3];                                                      \\
+                    for (f = 0; f < FBW; f++)                                           \\
+                        for (kw = 0; kw < 3; kw++) acc[f][kw] = FASTCNN_DC_SPLAT(V, 0); \\
+                    oe = oh + 16 < OH ? oh + 16 : OH;                                   \\
+                    for (; oh < oe; oh++) {                                             \\
+                        const T* xr = xp + (c * HP + oh + kh * DH) * WP;                \\
+                        const T* dr = dq + (f0 * HQ + QT + oh) * WQ + QL;               \\
+                        for (ow0 = 0; ow0 < OW; ow0 += L) {                             \\
+                            V d[FBW], x0, x1, x2;                                       \\
+                            for (f = 0; f < FBW; f++)                                   \\
+                                d[f] = f < nf ? FASTCNN_DC_LD(V, dr + f * HQ * WQ + ow0)\\
+                                              : FASTCNN_DC_SPLAT(V, 0);                 \\
+                            x0 = FASTCNN_DC_LD(V, xr + ow0);                            \\
+                            x1 = FASTCNN_DC_LD(V, xr + ow0 + DW);                       \\
+                            x2 = FASTCNN_DC_LD(V, xr + ow0 + 2 * DW);                   \\
+                            if (ow0 + L > OW) {                                         \\
+                                x0 = FASTCNN_DC_KEEP(V, VI, x0, mask);                  \\
+                                x1 = FASTCNN_DC_KEEP(V, VI, x1, mask);                  \\
+                                x2 = FASTCNN_DC_KEEP(V, VI, x2, mask);                  \\
+                            }                                                           \\
+                            for (f = 0; f < FBW; f++) {                                 \\
+                                acc[f][0] += d[f] * x0;                                 \\
+                                acc[f][1] += d[f] * x1;                                 \\
+                                acc[f][2] += d[f] * x2;                                 \\
+                            }                                                           \\
+                        }                                                               \\
+                    }                                                                   \\
+                    for (f = 0; f < nf; f++)                                            \\
+                        for (kw = 0; kw < 3; kw++) {                                    \\
+                            memcpy(lanes, &acc[f][kw], sizeof lanes);                   \\
+                            for (l = 0; l < L; l++) sums[f][kw] += lanes[l];            \\
+                        }                                                               \\
+                }                                                                       \\
+                for (f = 0; f < nf; f++)                                                \\
+                    for (kw = 0; kw < 3; kw++)                                          \\
+                        dw[((f0 + f) * Cg + c) * 9 + kh * 3 + kw] += sums[f][kw];       \\
+            }                                                                           \\
+        }                                                                               \\
+    }
+
+    #if defined(FASTCNN_DC_X86)
+    typedef float fastcnn_dc_f16 __attribute__((vector_size(64)));
+    typedef int fastcnn_dc_i16 __attribute__((vector_size(64)));
+    typedef double fastcnn_dc_d8 __attribute__((vector_size(64)));
+    typedef long long fastcnn_dc_l8 __attribute__((vector_size(64)));
+    typedef float fastcnn_dc_f8 __attribute__((vector_size(32)));
+    typedef int fastcnn_dc_i8 __attribute__((vector_size(32)));
+    typedef double fastcnn_dc_d4 __attribute__((vector_size(32)));
+    typedef long long fastcnn_dc_l4 __attribute__((vector_size(32)));
+    typedef float fastcnn_dc_f4 __attribute__((vector_size(16)));
+    typedef int fastcnn_dc_i4 __attribute__((vector_size(16)));
+    typedef double fastcnn_dc_d2 __attribute__((vector_size(16)));
+    typedef long long fastcnn_dc_l2 __attribute__((vector_size(16)));
+    #  define FASTCNN_DC_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+    #  define FASTCNN_DC_AVX2 __attribute__((target("avx2,fma")))
+    FASTCNN_DC_KERNELS(float, f32_avx512, fastcnn_dc_f16, fastcnn_dc_i16, 16, 2, 4, FASTCNN_DC_AVX512)
+    FASTCNN_DC_KERNELS(double, f64_avx512, fastcnn_dc_d8, fastcnn_dc_l8, 8, 2, 4, FASTCNN_DC_AVX512)
+    FASTCNN_DC_KERNELS(float, f32_avx2, fastcnn_dc_f8, fastcnn_dc_i8, 8, 1, 2, FASTCNN_DC_AVX2)
+    FASTCNN_DC_KERNELS(double, f64_avx2, fastcnn_dc_d4, fastcnn_dc_l4, 4, 1, 2, FASTCNN_DC_AVX2)
+    FASTCNN_DC_KERNELS(float, f32_base, fastcnn_dc_f4, fastcnn_dc_i4, 4, 1, 2, )
+    FASTCNN_DC_KERNELS(double, f64_base, fastcnn_dc_d2, fastcnn_dc_l2, 2, 1, 2, )
+    static int fastcnn_dc_level = -1;
+    /* the CPU's best: 2 AVX-512, 1 AVX2 + FMA, 0 the baseline */
+    static int fastcnn_dc_best(void) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+                && __builtin_cpu_supports("avx512dq"))
+            return 2;
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    /* want < 0: the level in use; else use min(want, the CPU's best) from now on */
+    static int fastcnn_dc_simd(int want) {
+        int best;
+        if (fastcnn_dc_level < 0 || want >= 0) {
+            best = fastcnn_dc_best();
+            fastcnn_dc_level = want < 0 || want > best ? best : want;
+        }
+        return fastcnn_dc_level;
+    }
+    #  define FASTCNN_DC_PICK(NAME, S, ARGS) do {                                   \\
+        int lv_ = fastcnn_dc_level < 0 ? fastcnn_dc_simd(-1) : fastcnn_dc_level;    \\
+        if (lv_ == 2) NAME##_##S##_avx512 ARGS;                                       \\
+        else if (lv_ == 1) NAME##_##S##_avx2 ARGS;                                    \\
+        else NAME##_##S##_base ARGS;                                                  \\
+    } while (0)
+    #else
+    #  if defined(__GNUC__)
+    typedef float fastcnn_dc_f4 __attribute__((vector_size(16)));
+    typedef int fastcnn_dc_i4 __attribute__((vector_size(16)));
+    typedef double fastcnn_dc_d2 __attribute__((vector_size(16)));
+    typedef long long fastcnn_dc_l2 __attribute__((vector_size(16)));
+    FASTCNN_DC_KERNELS(float, f32_base, fastcnn_dc_f4, fastcnn_dc_i4, 4, 1, 2, )
+    FASTCNN_DC_KERNELS(double, f64_base, fastcnn_dc_d2, fastcnn_dc_l2, 2, 1, 2, )
+    #  else
+    FASTCNN_DC_KERNELS(float, f32_base, float, int, 1, 1, 2, )
+    FASTCNN_DC_KERNELS(double, f64_base, double, int, 1, 1, 2, )
+    #  endif
+    static int fastcnn_dc_simd(int want) { (void)want; return 0; }
+    #  define FASTCNN_DC_PICK(NAME, S, ARGS) NAME##_##S##_base ARGS
+    #endif
+
+    static void fastcnn_dc_fwd_f32(const float* xp, Py_ssize_t HP, Py_ssize_t WP,
+            const float* wp, const float* bias, float* y, Py_ssize_t Fg, Py_ssize_t Cg,
+            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW, int relu) {
+        FASTCNN_DC_PICK(fastcnn_dc_fwd, f32, (xp, HP, WP, wp, bias, y, Fg, Cg, OH, OW, DH, DW, relu));
+    }
+    static void fastcnn_dc_fwd_f64(const double* xp, Py_ssize_t HP, Py_ssize_t WP,
+            const double* wp, const double* bias, double* y, Py_ssize_t Fg, Py_ssize_t Cg,
+            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW, int relu) {
+        FASTCNN_DC_PICK(fastcnn_dc_fwd, f64, (xp, HP, WP, wp, bias, y, Fg, Cg, OH, OW, DH, DW, relu));
+    }
+    static void fastcnn_dc_dw_f32(const float* xp, Py_ssize_t HP, Py_ssize_t WP,
+            const float* dq, Py_ssize_t HQ, Py_ssize_t WQ, Py_ssize_t QT, Py_ssize_t QL,
+            double* dw, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
+            Py_ssize_t DH, Py_ssize_t DW) {
+        FASTCNN_DC_PICK(fastcnn_dc_dw, f32, (xp, HP, WP, dq, HQ, WQ, QT, QL, dw, Fg, Cg, OH, OW, DH, DW));
+    }
+    static void fastcnn_dc_dw_f64(const double* xp, Py_ssize_t HP, Py_ssize_t WP,
+            const double* dq, Py_ssize_t HQ, Py_ssize_t WQ, Py_ssize_t QT, Py_ssize_t QL,
+            double* dw, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
+            Py_ssize_t DH, Py_ssize_t DW) {
+        FASTCNN_DC_PICK(fastcnn_dc_dw, f64, (xp, HP, WP, dq, HQ, WQ, QT, QL, dw, Fg, Cg, OH, OW, DH, DW));
+    }
+    """
+    enum: FASTCNN_DC_FB
+    enum: FASTCNN_DC_LMAX
+    enum: FASTCNN_DC_RBMAX
+    int fastcnn_dc_simd(int want) nogil
+    void fastcnn_dc_pad_f32(const float* x, float* xp, Py_ssize_t C, Py_ssize_t H,
+                            Py_ssize_t W, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t PT,
+                            Py_ssize_t PL) nogil
+    void fastcnn_dc_pad_f64(const double* x, double* xp, Py_ssize_t C, Py_ssize_t H,
+                            Py_ssize_t W, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t PT,
+                            Py_ssize_t PL) nogil
+    void fastcnn_dc_fwd_f32(const float* xp, Py_ssize_t HP, Py_ssize_t WP, const float* wp,
+                            const float* bias, float* y, Py_ssize_t Fg, Py_ssize_t Cg,
+                            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW,
+                            int relu) nogil
+    void fastcnn_dc_fwd_f64(const double* xp, Py_ssize_t HP, Py_ssize_t WP, const double* wp,
+                            const double* bias, double* y, Py_ssize_t Fg, Py_ssize_t Cg,
+                            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW,
+                            int relu) nogil
+    void fastcnn_dc_dw_f32(const float* xp, Py_ssize_t HP, Py_ssize_t WP, const float* dq,
+                           Py_ssize_t HQ, Py_ssize_t WQ, Py_ssize_t QT, Py_ssize_t QL,
+                           double* dw, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH,
+                           Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW) nogil
+    void fastcnn_dc_dw_f64(const double* xp, Py_ssize_t HP, Py_ssize_t WP, const double* dq,
+                           Py_ssize_t HQ, Py_ssize_t WQ, Py_ssize_t QT, Py_ssize_t QL,
+                           double* dw, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH,
+                           Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW) nogil
+
+
+FB = FASTCNN_DC_FB
+
+
+def padded_shape(Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL,
+                 Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW):
+    """(HP, WP): the padded planes ``forward`` fills for an input (H, W) at
+    (PT, PL) >= 0 and an output (OH, OW), large enough for every read of
+    the forward, of dw on them (as x or as dy) and of every vector width."""
+    cdef Py_ssize_t L = FASTCNN_DC_LMAX
+    cdef Py_ssize_t OWL = (OW + L - 1) // L * L, WL = (W + L - 1) // L * L
+    return (max(H + PT, OH + FASTCNN_DC_RBMAX - 1 + 2 * DH),
+            max(W + PL, OWL + 2 * DW, PL + WL))
+
+
+def forward(const floating[:, :, :, ::1] x, const floating[::1] wp, const floating[::1] b,
+            floating[:, :, :, ::1] y, floating[:, :, :, ::1] xp, Py_ssize_t G,
+            Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t DH, Py_ssize_t DW, int relu):
+    """y = conv(x, w) + b (max(., 0) if relu) for 3x3 filters packed in wp,
+    stride 1, dilation (DH, DW), G groups; xp (n, C, HP, WP) from
+    ``padded_shape`` receives x's zero-padded planes."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t HP = xp.shape[2], WP = xp.shape[3]
+    cdef Py_ssize_t Cg = C // G, Fg = F // G
+    cdef Py_ssize_t block = Cg * 9 * FASTCNN_DC_FB * ((Fg + FASTCNN_DC_FB - 1) // FASTCNN_DC_FB)
+    cdef Py_ssize_t n, g
+    with nogil:
+        for n in range(N):
+            for g in range(G):
+                if floating is float:
+                    fastcnn_dc_pad_f32(&x[n, g * Cg, 0, 0], &xp[n, g * Cg, 0, 0],
+                                       Cg, H, W, HP, WP, PT, PL)
+                    fastcnn_dc_fwd_f32(&xp[n, g * Cg, 0, 0], HP, WP, &wp[g * block],
+                                       &b[g * Fg], &y[n, g * Fg, 0, 0], Fg, Cg, OH, OW,
+                                       DH, DW, relu)
+                else:
+                    fastcnn_dc_pad_f64(&x[n, g * Cg, 0, 0], &xp[n, g * Cg, 0, 0],
+                                       Cg, H, W, HP, WP, PT, PL)
+                    fastcnn_dc_fwd_f64(&xp[n, g * Cg, 0, 0], HP, WP, &wp[g * block],
+                                       &b[g * Fg], &y[n, g * Fg, 0, 0], Fg, Cg, OH, OW,
+                                       DH, DW, relu)
+
+
+def weight_grad(const floating[:, :, :, ::1] xp, const floating[:, :, :, ::1] dq,
+                double[:, :, ::1] dw, Py_ssize_t G, Py_ssize_t QT, Py_ssize_t QL,
+                Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW):
+    """dw (F, C/G, 9) += the 3x3 filters' gradient over the images of xp (n,
+    C, HP, WP: the forward's padded planes) and dq (n, F, HQ, WQ: dy at
+    (QT, QL) of zero-padded planes, OH x OW of it; the planes the dx
+    forward filled)."""
+    cdef Py_ssize_t N = xp.shape[0], C = xp.shape[1], HP = xp.shape[2], WP = xp.shape[3]
+    cdef Py_ssize_t F = dq.shape[1], HQ = dq.shape[2], WQ = dq.shape[3]
+    cdef Py_ssize_t Cg = C // G, Fg = F // G
+    cdef Py_ssize_t n, g
+    with nogil:
+        for n in range(N):
+            for g in range(G):
+                if floating is float:
+                    fastcnn_dc_dw_f32(&xp[n, g * Cg, 0, 0], HP, WP, &dq[n, g * Fg, 0, 0],
+                                      HQ, WQ, QT, QL, &dw[g * Fg, 0, 0], Fg, Cg, OH, OW,
+                                      DH, DW)
+                else:
+                    fastcnn_dc_dw_f64(&xp[n, g * Cg, 0, 0], HP, WP, &dq[n, g * Fg, 0, 0],
+                                      HQ, WQ, QT, QL, &dw[g * Fg, 0, 0], Fg, Cg, OH, OW,
+                                      DH, DW)
+
+
+def simd(level=None):
+    """The vector code the loops run: 2 AVX-512, 1 AVX2 + FMA, 0 the
+    portable baseline. ``simd(k)`` makes them use level k (at most what the
+    CPU has) from now on; for tests that cover each."""
+    return fastcnn_dc_simd(-1 if level is None else int(level))
