@@ -27,9 +27,10 @@ def _table(name):
 
 
 DRIVEN = [b for b in BACKENDS if _table(b) is not None]
-# paths some table has: winograd and depthwise are optional kernels
+# paths some table has: winograd, depthwise and direct are optional kernels
+OPTIONAL = ("winograd", "depthwise", "direct")
 BACKEND_PATHS = [(b, p) for b in DRIVEN for p in _gemm_conv.PATHS
-                 if p not in ("winograd", "depthwise") or getattr(_table(b), p) is not None]
+                 if p not in OPTIONAL or getattr(_table(b), p, None) is not None]
 
 # (N, C, H, W, F, KH, KW, stride, padding, dilation, groups, bias)
 CASES = [
@@ -190,7 +191,8 @@ def test_backward_ignores_later_changes_to_x_and_w(backend, path):
     # forward saw (test_saved_inputs covers the plain 3x3 case)
     case = {"pointwise": (3, 4, 5, 6, 6, 1, 1, 2, 0, 1, 2, True),
             "winograd": (9, 4, 7, 6, 5, 3, 3, 1, 1, 1, 1, True),
-            "depthwise": (2, 4, 7, 6, 8, 3, 3, 1, 1, 1, 4, True)}.get(
+            "depthwise": (2, 4, 7, 6, 8, 3, 3, 1, 1, 1, 4, True),
+            "direct": (3, 4, 7, 6, 6, 3, 3, 1, 2, 2, 2, True)}.get(
                 path, (3, 4, 7, 6, 6, 3, 3, 1, 2, 2, 2, True))
     x, w, b, *rest = conv_inputs(case, np.float64)
     results = []
@@ -231,7 +233,9 @@ def test_paths_chosen_by_shape(backend):
     # Winograd runs dilated (phase by phase) and grouped 3x3 convs too
     wino288 = "winograd" if k.winograd is not None else im2col(288)
     wino144 = "winograd" if k.winograd is not None else im2col(144)
-    assert choose(_g(64, 32, 3, 3, (1, 1), dilation=(2, 2))) == wino288
+    # ... but a table with the direct loops takes those for dilated ones
+    dil288 = "direct" if getattr(k, "direct", None) is not None else wino288
+    assert choose(_g(64, 32, 3, 3, (1, 1), dilation=(2, 2))) == dil288
     assert choose(_g(64, 64, 3, 3, (1, 1), F=64, groups=4)) == wino144
     assert choose(_g(64, 8, 3, 3, (1, 1), groups=4)) == "per_image"    # Kg=18
     assert choose(_g(64, 64, 1, 1, (1, 1), F=128, pad=0)) == "pointwise"
@@ -257,8 +261,13 @@ def test_forcing_a_path_that_cannot_run_is_an_error(backend):
         ops.conv2d_forward(x, w[:, :, :1, :1], b, 1, 1, backend=backend)   # padded 1x1
     with _gemm_conv.forced_path("depthwise"), pytest.raises(ValueError, match="depthwise"):
         ops.conv2d_forward(x, w, b, 1, 1, backend=backend)             # groups = 1
+    if getattr(_table(backend), "direct", None) is not None:
+        with _gemm_conv.forced_path("direct"), pytest.raises(ValueError, match="direct"):
+            ops.conv2d_forward(x, w, b, 1, 3, backend=backend)             # padding past reach
+        with _gemm_conv.forced_path("direct"), pytest.raises(ValueError, match="direct"):
+            ops.conv2d_forward(x, w, b, 2, 1, backend=backend)             # stride 2
     with pytest.raises(ValueError, match="path must be one of"):
-        with _gemm_conv.forced_path("direct"):
+        with _gemm_conv.forced_path("dirct"):
             pass
 
 

@@ -16,7 +16,7 @@ DRIVEN = [b for b in BACKENDS if hasattr(get_module(b), "_ConvKernels")]
 CONV_RUNS = [(b, None) for b in BACKENDS] + [
     (b, p) for b in DRIVEN for p in _gemm_conv.PATHS
     if p in ("per_image", "batch")
-    or p == "winograd" and get_module(b)._ConvKernels.winograd is not None]
+    or p in ("winograd", "direct") and getattr(get_module(b)._ConvKernels, p, None) is not None]
 
 
 def _rng(seed=0):

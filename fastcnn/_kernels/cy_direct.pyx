@@ -20,10 +20,11 @@ dx is this forward on dy: dx = conv(dy zero-padded by (2DH - PT, 2DW - PL),
 w flipped and with F and C/G swapped), so the same loops and the same
 padded-plane layout serve it. dw[f, c, kh, kw] += the dot product of dy's
 plane f with xp's plane c shifted by (kh*DH, kw*DW): per (c, kh), FBW
-filters' three kw sums in 3*FBW vector accumulators over the plane rows,
-dy read from its padded planes (the ones dx was computed from), the lanes
-past OW masked to zero in x (0 * inf would be NaN), added in double every
-16 rows.
+filters' three kw sums in 3*FBW vector accumulators over the rows of
+every image of the call, dy read from its padded planes (the ones dx was
+computed from), the lanes past OW masked to zero in x (0 * inf would be
+NaN), added lane by lane in double every 64 vectors a lane and summed
+once per (filters, c, kh) and call.
 
 Layouts: ``forward`` writes each image's padded planes into ``xp`` (n, C,
 HP, WP) before it reads them, and the driver keeps xp for the backward
@@ -145,33 +146,49 @@ cdef extern from *:
             }                                                                           \\
         }                                                                               \\
     }                                                                                   \\
-    /* dw (Fg, Cg, 9) += sum_{oh<OH, ow<OW} dq[f, QT+oh, QL+ow] * xp[c, oh+kh*DH, ow+kw*DW] */ \\
-    static ATTR void fastcnn_dc_dw_##S(const T* xp, Py_ssize_t HP, Py_ssize_t WP,       \\
-            const T* dq, Py_ssize_t HQ, Py_ssize_t WQ, Py_ssize_t QT, Py_ssize_t QL,    \\
-            double* dw, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,     \\
-            Py_ssize_t DH, Py_ssize_t DW) {                                             \\
-        Py_ssize_t f0, c, kh, kw, oh, oe, ow0, f, l, nf;                                \\
+    /* dw (Fg, Cg, 9) += sum_{i<n, oh<OH, ow<OW} dq[i, f, QT+oh, QL+ow]          \\
+       * xp[i, c, oh+kh*DH, ow+kw*DW], images XS and QS elements apart; float     \\
+       vector sums over 64 vectors at most, then added lane by lane in double */ \\
+    static ATTR void fastcnn_dc_dw_##S(const T* xp, Py_ssize_t XS, Py_ssize_t HP,       \\
+            Py_ssize_t WP, const T* dq, Py_ssize_t QS, Py_ssize_t HQ, Py_ssize_t WQ,    \\
+            Py_ssize_t QT, Py_ssize_t QL, double* dw, Py_ssize_t n, Py_ssize_t Fg,      \\
+            Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW) {\\
+        Py_ssize_t f0, c, kh, kw, i, oh, ow0, f, l, nf, r, r0, re;                      \\
+        /* rows per float block: about 64 vectors a lane before the double sums */    \\
+        const Py_ssize_t RBK = 64 / ((OW + L - 1) / L) > 1 ? 64 / ((OW + L - 1) / L) : 1; \\
+        Py_ssize_t plane[FBW];                                                          \\
         VI mask;                                                                        \\
         T lanes[L];                                                                     \\
-        FASTCNN_DC_MASK(mask, L, OW % L);                                              \\
+        double sums[FBW][3][L];                                                         \\
+        FASTCNN_DC_MASK(mask, L, OW % L);                                               \\
+        /* images per pass: about 64 vectors a lane, so that one pass's planes stay    \\
+           in cache for the three kh, the channels and the filter blocks */            \\
+        const Py_ssize_t IB = RBK / OH > 1 ? RBK / OH : 1;                              \\
+        Py_ssize_t i0, ni;                                                              \\
+        for (i0 = 0; i0 < n; i0 += IB)                                                  \\
         for (f0 = 0; f0 < Fg; f0 += FBW) {                                              \\
+            ni = n - i0 < IB ? n - i0 : IB;                                             \\
             nf = Fg - f0 < FBW ? Fg - f0 : FBW;                                         \\
+            /* filters past Fg read the last one's plane, and are not stored */         \\
+            for (f = 0; f < FBW; f++) plane[f] = (f0 + (f < nf ? f : nf - 1)) * HQ * WQ; \\
             for (c = 0; c < Cg; c++)                                                    \\
             for (kh = 0; kh < 3; kh++) {                                                \\
-                double sums[FBW][3] = {{0}};                                            \\
-                for (oh = 0; oh < OH; oh = oe) {                                        \\
+                memset(sums, 0, sizeof sums);                                           \\
+                i = i0;                                                                 \\
+                oh = 0;                                                                 \\
+                for (r0 = 0; r0 < ni * OH; r0 += RBK) {                                 \\
+                    /* a block of RBK rows, across images: no flush inside */           \\
                     V acc[FBW][3];                                                      \\
                     for (f = 0; f < FBW; f++)                                           \\
                         for (kw = 0; kw < 3; kw++) acc[f][kw] = FASTCNN_DC_SPLAT(V, 0); \\
-                    oe = oh + 16 < OH ? oh + 16 : OH;                                   \\
-                    for (; oh < oe; oh++) {                                             \\
-                        const T* xr = xp + (c * HP + oh + kh * DH) * WP;                \\
-                        const T* dr = dq + (f0 * HQ + QT + oh) * WQ + QL;               \\
+                    re = r0 + RBK < ni * OH ? r0 + RBK : ni * OH;                       \\
+                    for (r = r0; r < re; r++) {                                         \\
+                        const T* xr = xp + i * XS + (c * HP + oh + kh * DH) * WP;       \\
+                        const T* dr = dq + i * QS + (QT + oh) * WQ + QL;                \\
                         for (ow0 = 0; ow0 < OW; ow0 += L) {                             \\
                             V d[FBW], x0, x1, x2;                                       \\
                             for (f = 0; f < FBW; f++)                                   \\
-                                d[f] = f < nf ? FASTCNN_DC_LD(V, dr + f * HQ * WQ + ow0)\\
-                                              : FASTCNN_DC_SPLAT(V, 0);                 \\
+                                d[f] = FASTCNN_DC_LD(V, dr + plane[f] + ow0);           \\
                             x0 = FASTCNN_DC_LD(V, xr + ow0);                            \\
                             x1 = FASTCNN_DC_LD(V, xr + ow0 + DW);                       \\
                             x2 = FASTCNN_DC_LD(V, xr + ow0 + 2 * DW);                   \\
@@ -186,16 +203,24 @@ cdef extern from *:
                                 acc[f][2] += d[f] * x2;                                 \\
                             }                                                           \\
                         }                                                               \\
+                        if (++oh == OH) {                                               \\
+                            oh = 0;                                                     \\
+                            i++;                                                        \\
+                        }                                                               \\
                     }                                                                   \\
-                    for (f = 0; f < nf; f++)                                            \\
+                    for (f = 0; f < FBW; f++)                                           \\
                         for (kw = 0; kw < 3; kw++) {                                    \\
-                            memcpy(lanes, &acc[f][kw], sizeof lanes);                   \\
-                            for (l = 0; l < L; l++) sums[f][kw] += lanes[l];            \\
+                            const V a = acc[f][kw];   /* by value: acc stays in registers */ \\
+                            memcpy(lanes, &a, sizeof lanes);                            \\
+                            for (l = 0; l < L; l++) sums[f][kw][l] += lanes[l];         \\
                         }                                                               \\
                 }                                                                       \\
                 for (f = 0; f < nf; f++)                                                \\
-                    for (kw = 0; kw < 3; kw++)                                          \\
-                        dw[((f0 + f) * Cg + c) * 9 + kh * 3 + kw] += sums[f][kw];       \\
+                    for (kw = 0; kw < 3; kw++) {                                        \\
+                        double s = 0;                                                   \\
+                        for (l = 0; l < L; l++) s += sums[f][kw][l];                    \\
+                        dw[((f0 + f) * Cg + c) * 9 + kh * 3 + kw] += s;                 \\
+                    }                                                                   \\
             }                                                                           \\
         }                                                                               \\
     }
@@ -215,7 +240,7 @@ cdef extern from *:
     typedef long long fastcnn_dc_l2 __attribute__((vector_size(16)));
     #  define FASTCNN_DC_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
     #  define FASTCNN_DC_AVX2 __attribute__((target("avx2,fma")))
-    FASTCNN_DC_KERNELS(float, f32_avx512, fastcnn_dc_f16, fastcnn_dc_i16, 16, 2, 4, FASTCNN_DC_AVX512)
+    FASTCNN_DC_KERNELS(float, f32_avx512, fastcnn_dc_f16, fastcnn_dc_i16, 16, 2, 6, FASTCNN_DC_AVX512)
     FASTCNN_DC_KERNELS(double, f64_avx512, fastcnn_dc_d8, fastcnn_dc_l8, 8, 2, 4, FASTCNN_DC_AVX512)
     FASTCNN_DC_KERNELS(float, f32_avx2, fastcnn_dc_f8, fastcnn_dc_i8, 8, 1, 2, FASTCNN_DC_AVX2)
     FASTCNN_DC_KERNELS(double, f64_avx2, fastcnn_dc_d4, fastcnn_dc_l4, 4, 1, 2, FASTCNN_DC_AVX2)
@@ -271,17 +296,16 @@ cdef extern from *:
             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW, int relu) {
         FASTCNN_DC_PICK(fastcnn_dc_fwd, f64, (xp, HP, WP, wp, bias, y, Fg, Cg, OH, OW, DH, DW, relu));
     }
-    static void fastcnn_dc_dw_f32(const float* xp, Py_ssize_t HP, Py_ssize_t WP,
-            const float* dq, Py_ssize_t HQ, Py_ssize_t WQ, Py_ssize_t QT, Py_ssize_t QL,
-            double* dw, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
-            Py_ssize_t DH, Py_ssize_t DW) {
-        FASTCNN_DC_PICK(fastcnn_dc_dw, f32, (xp, HP, WP, dq, HQ, WQ, QT, QL, dw, Fg, Cg, OH, OW, DH, DW));
+    #define FASTCNN_DC_DW_ARGS(T) (const T* xp, Py_ssize_t XS, Py_ssize_t HP,        \
+            Py_ssize_t WP, const T* dq, Py_ssize_t QS, Py_ssize_t HQ, Py_ssize_t WQ,    \
+            Py_ssize_t QT, Py_ssize_t QL, double* dw, Py_ssize_t n, Py_ssize_t Fg,      \
+            Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW)
+    #define FASTCNN_DC_DW_CALL (xp, XS, HP, WP, dq, QS, HQ, WQ, QT, QL, dw, n, Fg, Cg, OH, OW, DH, DW)
+    static void fastcnn_dc_dw_f32 FASTCNN_DC_DW_ARGS(float) {
+        FASTCNN_DC_PICK(fastcnn_dc_dw, f32, FASTCNN_DC_DW_CALL);
     }
-    static void fastcnn_dc_dw_f64(const double* xp, Py_ssize_t HP, Py_ssize_t WP,
-            const double* dq, Py_ssize_t HQ, Py_ssize_t WQ, Py_ssize_t QT, Py_ssize_t QL,
-            double* dw, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
-            Py_ssize_t DH, Py_ssize_t DW) {
-        FASTCNN_DC_PICK(fastcnn_dc_dw, f64, (xp, HP, WP, dq, HQ, WQ, QT, QL, dw, Fg, Cg, OH, OW, DH, DW));
+    static void fastcnn_dc_dw_f64 FASTCNN_DC_DW_ARGS(double) {
+        FASTCNN_DC_PICK(fastcnn_dc_dw, f64, FASTCNN_DC_DW_CALL);
     }
     """
     enum: FASTCNN_DC_FB
@@ -302,14 +326,16 @@ cdef extern from *:
                             const double* bias, double* y, Py_ssize_t Fg, Py_ssize_t Cg,
                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW,
                             int relu) nogil
-    void fastcnn_dc_dw_f32(const float* xp, Py_ssize_t HP, Py_ssize_t WP, const float* dq,
-                           Py_ssize_t HQ, Py_ssize_t WQ, Py_ssize_t QT, Py_ssize_t QL,
-                           double* dw, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH,
-                           Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW) nogil
-    void fastcnn_dc_dw_f64(const double* xp, Py_ssize_t HP, Py_ssize_t WP, const double* dq,
-                           Py_ssize_t HQ, Py_ssize_t WQ, Py_ssize_t QT, Py_ssize_t QL,
-                           double* dw, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH,
-                           Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW) nogil
+    void fastcnn_dc_dw_f32(const float* xp, Py_ssize_t XS, Py_ssize_t HP, Py_ssize_t WP,
+                           const float* dq, Py_ssize_t QS, Py_ssize_t HQ, Py_ssize_t WQ,
+                           Py_ssize_t QT, Py_ssize_t QL, double* dw, Py_ssize_t n,
+                           Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
+                           Py_ssize_t DH, Py_ssize_t DW) nogil
+    void fastcnn_dc_dw_f64(const double* xp, Py_ssize_t XS, Py_ssize_t HP, Py_ssize_t WP,
+                           const double* dq, Py_ssize_t QS, Py_ssize_t HQ, Py_ssize_t WQ,
+                           Py_ssize_t QT, Py_ssize_t QL, double* dw, Py_ssize_t n,
+                           Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
+                           Py_ssize_t DH, Py_ssize_t DW) nogil
 
 
 FB = FASTCNN_DC_FB
@@ -365,18 +391,19 @@ def weight_grad(const floating[:, :, :, ::1] xp, const floating[:, :, :, ::1] dq
     cdef Py_ssize_t N = xp.shape[0], C = xp.shape[1], HP = xp.shape[2], WP = xp.shape[3]
     cdef Py_ssize_t F = dq.shape[1], HQ = dq.shape[2], WQ = dq.shape[3]
     cdef Py_ssize_t Cg = C // G, Fg = F // G
-    cdef Py_ssize_t n, g
+    cdef Py_ssize_t g
+    if N == 0:
+        return
     with nogil:
-        for n in range(N):
-            for g in range(G):
-                if floating is float:
-                    fastcnn_dc_dw_f32(&xp[n, g * Cg, 0, 0], HP, WP, &dq[n, g * Fg, 0, 0],
-                                      HQ, WQ, QT, QL, &dw[g * Fg, 0, 0], Fg, Cg, OH, OW,
-                                      DH, DW)
-                else:
-                    fastcnn_dc_dw_f64(&xp[n, g * Cg, 0, 0], HP, WP, &dq[n, g * Fg, 0, 0],
-                                      HQ, WQ, QT, QL, &dw[g * Fg, 0, 0], Fg, Cg, OH, OW,
-                                      DH, DW)
+        for g in range(G):
+            if floating is float:
+                fastcnn_dc_dw_f32(&xp[0, g * Cg, 0, 0], C * HP * WP, HP, WP,
+                                  &dq[0, g * Fg, 0, 0], F * HQ * WQ, HQ, WQ, QT, QL,
+                                  &dw[g * Fg, 0, 0], N, Fg, Cg, OH, OW, DH, DW)
+            else:
+                fastcnn_dc_dw_f64(&xp[0, g * Cg, 0, 0], C * HP * WP, HP, WP,
+                                  &dq[0, g * Fg, 0, 0], F * HQ * WQ, HQ, WQ, QT, QL,
+                                  &dw[g * Fg, 0, 0], N, Fg, Cg, OH, OW, DH, DW)
 
 
 def simd(level=None):

@@ -18,6 +18,11 @@ Paths (``choose_path``; ``forced_path`` overrides it, for tests):
     saves its input and the backward makes the columns again. Direct fused
     loops were measured and lost even on the 1->32 channel first MNIST
     layer, so there are none.
+  * "direct", for a backend whose table has it: register-blocked loops
+    for 3x3 stride 1 (``backends/_direct``), asked first for dilated convs
+    with more than PER_IMAGE_MAX_TAPS taps per group (Winograd would copy
+    the phase sub-grids); forced for any 3x3 stride-1 conv with padding up
+    to the filter's reach.
   * "winograd", for a backend whose table has it: 3x3 stride 1 (any
     padding, dilation and groups), with more than PER_IMAGE_MAX_TAPS taps
     per group and a batch of at least its MIN_BATCH (``backends/_winograd``);
@@ -58,6 +63,8 @@ The kernel table ``k`` (one object per backend):
                        they read x itself and clip at its borders
     winograd           the Winograd driver module, or None
     winograd_kernels() (with winograd) its tile-transform kernel module
+    direct             (optional) the direct-loops driver module, or None
+    direct_kernels()   (with direct) its kernel module
     per_image_max_taps (optional) Kg up to which the per-image path is
                        chosen; PER_IMAGE_MAX_TAPS if absent
     depthwise()        the direct depthwise kernel module, or None (the
@@ -184,6 +191,10 @@ def choose_path(k, g):
     # a smaller batch is one chunk, and only the whole-batch path's
     # products then split across the threads
     Kg = g.Kg
+    # dilated: the direct loops read the dilated taps where they lie, where
+    # Winograd copies each phase sub-grid out and back
+    if Kg > PER_IMAGE_MAX_TAPS and (g.DH > 1 or g.DW > 1) and path_applies(k, "direct", g):
+        return "direct"
     if Kg > PER_IMAGE_MAX_TAPS and g.N >= getattr(k.winograd, "MIN_BATCH", 0) \
             and path_applies(k, "winograd", g):
         return "winograd"
