@@ -6,7 +6,8 @@ conv2d is the shared GEMM driver (``backends/_gemm_conv``) over this
 backend's kernel table (``_ConvKernels``): im2col from a zero-padded copy
 of x, so no loop tests bounds and stride-1 columns run over the padded
 width; plus the Winograd F(4x4, 3x3) path (``backends/_winograd``) over
-``numba_winograd``. Pooling and relu call their kernels directly.
+``numba_winograd`` and the direct 3x3 loops (``backends/_direct``) over
+``numba_direct``. Pooling and relu call their kernels directly.
 
 Threads: every kernel is compiled single-threaded (no ``parallel``), so
 Numba's threading layer never starts: no GNU OpenMP or TBB team in the
@@ -31,7 +32,7 @@ import time
 
 import numpy as np
 
-from fastcnn.backends import _concurrent, _gemm_conv, _pooling, _relu, _winograd
+from fastcnn.backends import _concurrent, _direct, _gemm_conv, _pooling, _relu, _winograd
 from fastcnn.backends._workspace import outputs
 
 numba = None              # the numba module, imported with the kernels
@@ -53,6 +54,7 @@ class _ConvKernels:
     """The kernel table the shared conv driver calls (see _gemm_conv)."""
     padded_input = True
     winograd = _winograd
+    direct = _direct
 
     @staticmethod
     def winograd_kernels():
@@ -61,6 +63,14 @@ class _ConvKernels:
         _kernels()
         from fastcnn._kernels import numba_winograd
         return numba_winograd
+
+    @staticmethod
+    def direct_kernels():
+        """The direct 3x3 loops (see _direct), compiled or loaded from the
+        cache on the first direct conv."""
+        _kernels()
+        from fastcnn._kernels import numba_direct
+        return numba_direct
 
     @staticmethod
     def depthwise():
@@ -282,7 +292,7 @@ def warmup():
     _kernels()
     for dtype in (np.float32, np.float64):
         x = np.ones((2, 4, 8, 8), dtype=dtype)
-        for path in ("per_image", "batch", "winograd"):
+        for path in ("per_image", "batch", "winograd", "direct"):
             with _gemm_conv.forced_path(path):
                 y, s = conv2d_forward(x, np.ones((2, 4, 3, 3), dtype=dtype), None,
                                       (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 2, 8, 8))

@@ -1,0 +1,431 @@
+"""Numba kernels for the direct 3x3 stride-1 convolution: the forward, and
+with it dx (the same loops over dy), and dw. The same contract, packing and
+plane layout as ``cy_direct.pyx``, whose header states the formula, the
+layout and why; driven by ``fastcnn.backends._direct``.
+
+The forward's inner step is cy_direct's: RB rows of L outputs' inputs
+(one vector each) for one (c, kh, kw), times FB broadcast weights, added
+into RB*FB vector accumulators that stay in registers over all Cg*9 steps.
+LLVM's loop vectoriser cannot express that (it vectorises innermost loops
+only, and accumulators indexed by a loop are memory), so the vectors are
+LLVM vector values here: a small Numba type ``_Vec`` whose data model is
+``<L x T>``, and a few intrinsics on it and on tuples of it (load, splat,
+multiply-add, store, ...). A tuple of FB vectors is an aggregate that LLVM
+splits into FB registers, so ``acc = _fma(acc, w, x)`` over FB filters is
+FB multiply-adds on registers, as the C loops' ``acc[r][f] += wv * xv[r]``.
+
+The vector width follows the CPU Numba compiles for (``NUMBA_CPU_NAME`` /
+``NUMBA_CPU_FEATURES`` if set, else the host): 64 bytes and two rows a
+block with AVX-512, 32 bytes with AVX2, 16 bytes else; ``padded_shape``
+sizes the planes for the widest (16 lanes, 2 rows), as cy_direct's does.
+The multiply-adds are ``llvm.fmuladd``: fused where the CPU has FMA, so
+results differ from the reference by rounding only.
+
+Every kernel is single-threaded over the images it is given; the driver
+runs chunks of the batch concurrently. Deliberately not here: validation
+(``fastcnn.ops``), strides, other filter sizes, the choice of path
+(``backends._gemm_conv``).
+
+Shapes: x (n, C, H, W), y (n, F, OH, OW), G groups, Cg = C/G, Fg = F/G;
+padded planes xp (n, C, HP, WP), dy's dq (n, F, HQ, WQ); packed weights
+wp flat (G, ceil(Fg/FB), Cg, 9, FB).
+"""
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
+from numba.extending import intrinsic, models, register_model
+
+from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
+
+FB = 8          # filters per packed weight block (the packing)
+LMAX = 16       # the widest vector, in elements, for the plane sizes
+RBMAX = 2       # the most rows a forward block reads at once
+
+
+def _cpu_has(feature):
+    """Whether the CPU Numba compiles for has ``feature`` (e.g. 'avx512f'):
+    Numba's own choice ($NUMBA_CPU_FEATURES, else the host's less what
+    $NUMBA_ENABLE_AVX turns off)."""
+    features = config.CPU_FEATURES
+    if features is None:
+        features = get_host_cpu_features()
+    return f"+{feature}" in features.split(",")
+
+
+_AVX512 = _cpu_has("avx512f")
+VBYTES = 64 if _AVX512 else 32 if _cpu_has("avx2") else 16
+RB = 2 if _AVX512 else 1            # rows a forward block: 2*FB accumulators need 32 registers
+FBW = 4 if _AVX512 else 2           # filters a dw block: FBW*3 accumulators
+
+
+# ---------------------------------------------------------------- vectors ---
+
+class _Vec(types.Type):
+    """An LLVM vector of ``count`` elements of ``dtype``."""
+
+    def __init__(self, dtype, count):
+        self.dtype, self.count = dtype, count
+        super().__init__(name=f"Vec({dtype} x {count})")
+
+
+@register_model(_Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        elem = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(elem, fe_type.count))
+
+
+def _vec_of(arr):
+    return _Vec(arr.dtype, VBYTES * 8 // arr.dtype.bitwidth)
+
+
+def _pointer(context, builder, aty, arr, off, vty):
+    """Pointer to element ``off`` of C-contiguous ``arr``, as a vector pointer."""
+    data = context.make_array(aty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [off]), context.get_value_type(vty).as_pointer())
+
+
+def _splat(builder, vty_ll, s):
+    v = builder.insert_element(ir.Constant(vty_ll, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, ir.Constant(vty_ll, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vty_ll.count), None))
+
+
+def _fmuladd(builder, a, b, c):
+    """a*b + c, fused where the CPU has FMA (llvm.fmuladd)."""
+    vt = a.type
+    elem = "f32" if isinstance(vt.element, ir.FloatType) else "f64"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
+                                        f"llvm.fmuladd.v{vt.count}{elem}")
+    return builder.call(fn, [a, b, c])
+
+
+def _lane_below(builder, vty_ll, n):
+    """The mask of lanes i < n (n an int64)."""
+    idx = ir.Constant(ir.VectorType(ir.IntType(64), vty_ll.count), list(range(vty_ll.count)))
+    return builder.icmp_signed("<", idx, _splat(builder, idx.type, n))
+
+
+@intrinsic
+def _lanes(typingctx, arr):
+    """L: the lanes of a vector of arr's elements (a constant)."""
+    L = _vec_of(arr).count
+    return types.intp(arr), lambda context, builder, sig, args: context.get_constant(types.intp, L)
+
+
+@intrinsic
+def _load(typingctx, arr, off):
+    """The vector arr.flat[off:off + L] (no alignment asked)."""
+    vty = _vec_of(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _pointer(context, builder, sig.args[0], args[0], args[1], vty)
+        return builder.load(ptr, align=arr.dtype.bitwidth // 8)
+    return vty(arr, off), codegen
+
+
+@intrinsic
+def _store(typingctx, arr, off, v, n):
+    """arr.flat[off:off + n] = the first n (<= L) lanes of v."""
+    def codegen(context, builder, sig, args):
+        align = arr.dtype.bitwidth // 8
+        vec, n = args[2], args[3]
+        with builder.if_else(builder.icmp_signed("==", n, ir.Constant(n.type, v.count))) \
+                as (whole, part):
+            with whole:
+                ptr = _pointer(context, builder, sig.args[0], args[0], args[1], v)
+                builder.store(vec, ptr, align=align)
+            with part:
+                data = context.make_array(sig.args[0])(context, builder, args[0]).data
+                for i in range(v.count):
+                    k = ir.Constant(n.type, i)
+                    with builder.if_then(builder.icmp_signed("<", k, n)):
+                        e = builder.extract_element(vec, ir.Constant(ir.IntType(32), i))
+                        builder.store(e, builder.gep(data, [builder.add(args[1], k)]))
+        return context.get_dummy_value()
+    return types.void(arr, off, v, n), codegen
+
+
+@intrinsic
+def _splats(typingctx, arr, off, count, n):
+    """count vectors, vector j all arr.flat[off + j] for j < n, else 0."""
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    vty = _vec_of(arr)
+    tty = types.UniTuple(vty, count.literal_value)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        vll = context.get_value_type(vty)
+        out = context.get_value_type(tty)(ir.Undefined)
+        for j in range(count.literal_value):
+            k = ir.Constant(ir.IntType(64), j)
+            s = builder.load(builder.gep(data, [builder.add(args[1], k)]))
+            s = builder.select(builder.icmp_signed("<", k, args[3]), s, ir.Constant(s.type, 0))
+            out = builder.insert_value(out, _splat(builder, vll, s), j)
+        return out
+    return tty(arr, off, count, n), codegen
+
+
+@intrinsic
+def _loads(typingctx, arr, off, step, count, n):
+    """count vectors, vector j arr.flat[off + min(j, n - 1)*step:][:L] (n >= 1):
+    the rows past n repeat row n - 1, for loops that ignore them, without a
+    branch."""
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    vty = _vec_of(arr)
+    tty = types.UniTuple(vty, count.literal_value)
+
+    def codegen(context, builder, sig, args):
+        out = context.get_value_type(tty)(ir.Undefined)
+        last = builder.sub(args[4], ir.Constant(args[4].type, 1))
+        for j in range(count.literal_value):
+            k = ir.Constant(ir.IntType(64), j)
+            k = builder.select(builder.icmp_signed("<", k, last), k, last)
+            p = _pointer(context, builder, sig.args[0], args[0],
+                         builder.add(args[1], builder.mul(k, args[2])), vty)
+            out = builder.insert_value(out, builder.load(p, align=arr.dtype.bitwidth // 8), j)
+        return out
+    return tty(arr, off, step, count, n), codegen
+
+
+def _parts(builder, ty, value):
+    if isinstance(ty, types.UniTuple):
+        return [builder.extract_value(value, j) for j in range(ty.count)]
+    return None
+
+
+@intrinsic
+def _fma(typingctx, acc, a, b):
+    """acc + a*b lane by lane: acc a vector or a tuple of them, a and b the
+    same or single vectors (then used for every element of acc)."""
+    def codegen(context, builder, sig, args):
+        if not isinstance(sig.args[0], types.UniTuple):
+            return _fmuladd(builder, args[1], args[2], args[0])
+        accs = _parts(builder, sig.args[0], args[0])
+        n = len(accs)
+        aa = _parts(builder, sig.args[1], args[1]) or [args[1]] * n
+        bs = _parts(builder, sig.args[2], args[2]) or [args[2]] * n
+        out = context.get_value_type(sig.return_type)(ir.Undefined)
+        for j in range(n):
+            out = builder.insert_value(out, _fmuladd(builder, aa[j], bs[j], accs[j]), j)
+        return out
+    return acc(acc, a, b), codegen
+
+
+@intrinsic
+def _zero(typingctx, arr, count):
+    """count zero vectors of arr's elements."""
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    tty = types.UniTuple(_vec_of(arr), count.literal_value)
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(tty), None)
+    return tty(arr, count), codegen
+
+
+@intrinsic
+def _relu(typingctx, v):
+    """np.maximum(v, 0): NaN stays, the rest of <= 0 becomes +0."""
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(args[0].type, None)
+        return builder.select(builder.fcmp_ordered("<=", args[0], zero), zero, args[0])
+    return v(v), codegen
+
+
+@intrinsic
+def _keep(typingctx, v, n):
+    """v with the lanes from n on zeroed."""
+    def codegen(context, builder, sig, args):
+        mask = _lane_below(builder, args[0].type, args[1])
+        return builder.select(mask, args[0], ir.Constant(args[0].type, None))
+    return v(v, n), codegen
+
+
+@intrinsic
+def _widen_add(typingctx, acc, v):
+    """acc + v lane by lane, acc double vectors and v a tuple of the same
+    count of vectors of L floats or doubles: v's lanes in chunks of acc's
+    width, each widened to double and added."""
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        accs = _parts(builder, sig.args[0], args[0])
+        vs = _parts(builder, sig.args[1], args[1])
+        D = accs[0].type.count
+        out = context.get_value_type(sig.return_type)(ir.Undefined)
+        for j, (a, u) in enumerate(zip(accs, vs)):
+            for k in range(0, u.type.count, D):
+                part = builder.shuffle_vector(u, ir.Constant(u.type, ir.Undefined),
+                                              ir.Constant(ir.VectorType(i32, D),
+                                                          list(range(k, k + D))))
+                if part.type != a.type:
+                    part = builder.fpext(part, a.type)
+                a = builder.fadd(a, part)
+            out = builder.insert_value(out, a, j)
+        return out
+    return acc(acc, v), codegen
+
+
+@intrinsic
+def _hsum(typingctx, v):
+    """The sum of v's lanes (a pairwise tree)."""
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        u = args[0]
+        while u.type.count > 1:
+            h = u.type.count // 2
+            lo, hi = (builder.shuffle_vector(u, ir.Constant(u.type, ir.Undefined),
+                                             ir.Constant(ir.VectorType(i32, h),
+                                                         list(range(k, k + h))))
+                      for k in (0, h))
+            u = builder.fadd(lo, hi)
+        return builder.extract_element(u, ir.Constant(i32, 0))
+    return v.dtype(v), codegen
+
+
+# ------------------------------------------------------------------ kernels ---
+
+def padded_shape(H, W, PT, PL, OH, OW, DH, DW):
+    """(HP, WP): the padded planes ``forward`` fills for an input (H, W) at
+    (PT, PL) >= 0 and an output (OH, OW), large enough for every read of
+    the forward, of dw on them (as x or as dy) and of every vector width
+    (cy_direct's sizes)."""
+    OWL, WL = -(-OW // LMAX) * LMAX, -(-W // LMAX) * LMAX
+    return max(H + PT, OH + RBMAX - 1 + 2 * DH), max(W + PL, OWL + 2 * DW, PL + WL)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _pad(x, xp, n, c, PT, PL):
+    """xp[n, c] = x[n, c] at (PT, PL), zeros elsewhere."""
+    H, W = x.shape[2], x.shape[3]
+    HP, WP = xp.shape[2], xp.shape[3]
+    for r in range(HP):
+        row = xp[n, c, r]
+        if PT <= r < PT + H:
+            src = x[n, c, r - PT]
+            for j in range(PL):
+                row[j] = 0
+            dst = row[PL:PL + W]
+            for j in range(W):
+                dst[j] = src[j]
+            tail = row[PL + W:]
+            for j in range(WP - PL - W):
+                tail[j] = 0
+        else:
+            for j in range(WP):
+                row[j] = 0
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _put(y, o, step, acc, nf, nl, relu):
+    """y.flat[o + f*step:][:nl] = acc[f]'s first nl lanes, for f < nf."""
+    for f in range(nf):
+        v = acc[f]
+        if relu:
+            v = _relu(v)
+        _store(y, o + f * step, v, nl)
+
+
+@kernel(lambda t: void(ro(t, 4), ro(t, 1), ro(t, 1), rw(t, 4), rw(t, 4),
+                       i64, i64, i64, i64, i64, i64))
+def forward(x, wp, b, y, xp, G, PT, PL, DH, DW, relu):
+    """y = conv(x, w) + b (max(., 0) if relu) for 3x3 filters packed in wp,
+    stride 1, dilation (DH, DW), G groups; xp (n, C, HP, WP) from
+    ``padded_shape`` receives x's zero-padded planes."""
+    N, C = x.shape[0], x.shape[1]
+    F, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    HP, WP = xp.shape[2], xp.shape[3]
+    Cg, Fg = C // G, F // G
+    block = Cg * 9 * FB
+    L = _lanes(xp)
+    RS = DH * WP
+    for n in range(N):
+        for c in range(C):
+            _pad(x, xp, n, c, PT, PL)
+        for g in range(G):
+            x0 = (n * C + g * Cg) * HP * WP
+            for fb in range((Fg + FB - 1) // FB):
+                w0 = (g * ((Fg + FB - 1) // FB) + fb) * block
+                f0 = g * Fg + fb * FB
+                nf = min(FB, Fg - fb * FB)
+                bias = _splats(b, f0, FB, nf)
+                for oh in range(0, OH, RB):
+                    for ow0 in range(0, OW, L):
+                        a0 = a1 = a2 = a3 = bias
+                        for c in range(Cg):
+                            xc = x0 + (c * HP + oh) * WP + ow0
+                            wc = w0 + c * 9 * FB
+                            for kh in range(3):
+                                for kw in range(3):
+                                    xt = xc + kh * RS + kw * DW
+                                    wv = _splats(wp, wc + (kh * 3 + kw) * FB, FB, FB)
+                                    a0 = _fma(a0, wv, _load(xp, xt))
+                                    if RB >= 2:
+                                        a1 = _fma(a1, wv, _load(xp, xt + WP))
+                                    if RB >= 3:
+                                        a2 = _fma(a2, wv, _load(xp, xt + 2 * WP))
+                                    if RB >= 4:
+                                        a3 = _fma(a3, wv, _load(xp, xt + 3 * WP))
+                        nl = min(L, OW - ow0)
+                        o = ((n * F + f0) * OH + oh) * OW + ow0
+                        _put(y, o, OW * OH, a0, nf, nl, relu)
+                        if RB >= 2 and oh + 1 < OH:
+                            _put(y, o + OW, OW * OH, a1, nf, nl, relu)
+                        if RB >= 3 and oh + 2 < OH:
+                            _put(y, o + 2 * OW, OW * OH, a2, nf, nl, relu)
+                        if RB >= 4 and oh + 3 < OH:
+                            _put(y, o + 3 * OW, OW * OH, a3, nf, nl, relu)
+
+
+@kernel(lambda t: void(ro(t, 4), ro(t, 4), rw(types.float64, 3),
+                       i64, i64, i64, i64, i64, i64, i64))
+def weight_grad(xp, dq, dw, G, QT, QL, OH, OW, DH, DW):
+    """dw (F, C/G, 9) += the 3x3 filters' gradient over the images of xp (n,
+    C, HP, WP: the forward's padded planes) and dq (n, F, HQ, WQ: dy at
+    (QT, QL) of zero-padded planes, OH x OW of it)."""
+    N, C, HP, WP = xp.shape[0], xp.shape[1], xp.shape[2], xp.shape[3]
+    F, HQ, WQ = dq.shape[1], dq.shape[2], dq.shape[3]
+    Cg, Fg = C // G, F // G
+    L = _lanes(xp)
+    tail = OW % L
+    for n in range(N):
+        for g in range(G):
+            for fs in range(0, Fg, FBW):
+                nf = min(FBW, Fg - fs)
+                q0 = (n * F + g * Fg + fs) * HQ * WQ + QT * WQ + QL
+                for c in range(Cg):
+                    for kh in range(3):
+                        t0 = _zero(dw, FBW)
+                        t1 = t0
+                        t2 = t0
+                        for oh in range(0, OH, 16):
+                            s0 = _zero(xp, FBW)
+                            s1 = s0
+                            s2 = s0
+                            for r in range(oh, min(oh + 16, OH)):
+                                xr = ((n * C + g * Cg + c) * HP + r + kh * DH) * WP
+                                dr = q0 + r * WQ
+                                for ow0 in range(0, OW, L):
+                                    d = _loads(dq, dr + ow0, HQ * WQ, FBW, nf)
+                                    v0 = _load(xp, xr + ow0)
+                                    v1 = _load(xp, xr + ow0 + DW)
+                                    v2 = _load(xp, xr + ow0 + 2 * DW)
+                                    if ow0 + L > OW:
+                                        v0 = _keep(v0, tail)
+                                        v1 = _keep(v1, tail)
+                                        v2 = _keep(v2, tail)
+                                    s0 = _fma(s0, d, v0)
+                                    s1 = _fma(s1, d, v1)
+                                    s2 = _fma(s2, d, v2)
+                            t0 = _widen_add(t0, s0)
+                            t1 = _widen_add(t1, s1)
+                            t2 = _widen_add(t2, s2)
+                        for f in range(nf):
+                            dwf = dw[g * Fg + fs + f, c]
+                            dwf[kh * 3] += _hsum(t0[f])
+                            dwf[kh * 3 + 1] += _hsum(t1[f])
+                            dwf[kh * 3 + 2] += _hsum(t2[f])
