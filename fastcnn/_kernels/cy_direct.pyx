@@ -153,7 +153,7 @@ cdef extern from *:
             Py_ssize_t WP, const T* dq, Py_ssize_t QS, Py_ssize_t HQ, Py_ssize_t WQ,    \\
             Py_ssize_t QT, Py_ssize_t QL, double* dw, Py_ssize_t n, Py_ssize_t Fg,      \\
             Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW) {\\
-        Py_ssize_t f0, c, kh, kw, i, oh, ow0, f, l, nf, r, r0, re;                      \\
+        Py_ssize_t f0, c, kh, kw, i, oh, oh0, ow0, f, l, nf;                            \\
         /* rows per float block: about 64 vectors a lane before the double sums */    \\
         const Py_ssize_t RBK = 64 / ((OW + L - 1) / L) > 1 ? 64 / ((OW + L - 1) / L) : 1; \\
         Py_ssize_t plane[FBW];                                                          \\
@@ -161,34 +161,29 @@ cdef extern from *:
         T lanes[L];                                                                     \\
         double sums[FBW][3][L];                                                         \\
         FASTCNN_DC_MASK(mask, L, OW % L);                                               \\
-        /* images per pass: about 64 vectors a lane, so that one pass's planes stay    \\
-           in cache for the three kh, the channels and the filter blocks */            \\
-        const Py_ssize_t IB = RBK / OH > 1 ? RBK / OH : 1;                              \\
-        Py_ssize_t i0, ni;                                                              \\
-        for (i0 = 0; i0 < n; i0 += IB)                                                  \\
         for (f0 = 0; f0 < Fg; f0 += FBW) {                                              \\
-            ni = n - i0 < IB ? n - i0 : IB;                                             \\
             nf = Fg - f0 < FBW ? Fg - f0 : FBW;                                         \\
             /* filters past Fg read the last one's plane, and are not stored */         \\
             for (f = 0; f < FBW; f++) plane[f] = (f0 + (f < nf ? f : nf - 1)) * HQ * WQ; \\
             for (c = 0; c < Cg; c++)                                                    \\
             for (kh = 0; kh < 3; kh++) {                                                \\
                 memset(sums, 0, sizeof sums);                                           \\
-                i = i0;                                                                 \\
-                oh = 0;                                                                 \\
-                for (r0 = 0; r0 < ni * OH; r0 += RBK) {                                 \\
-                    /* a block of RBK rows, across images: no flush inside */           \\
+                for (i = 0; i < n; i++)                                                 \\
+                for (oh0 = 0; oh0 < OH; oh0 += RBK) {                                   \\
+                    /* a block of rows of one image: pointers stepped row by row */     \\
+                    const Py_ssize_t oe = oh0 + RBK < OH ? oh0 + RBK : OH;              \\
+                    const T* xr = xp + i * XS + (c * HP + oh0 + kh * DH) * WP;          \\
+                    const T* dp[FBW];                                                   \\
                     V acc[FBW][3];                                                      \\
-                    for (f = 0; f < FBW; f++)                                           \\
+                    for (f = 0; f < FBW; f++) {                                         \\
+                        dp[f] = dq + i * QS + plane[f] + (QT + oh0) * WQ + QL;          \\
                         for (kw = 0; kw < 3; kw++) acc[f][kw] = FASTCNN_DC_SPLAT(V, 0); \\
-                    re = r0 + RBK < ni * OH ? r0 + RBK : ni * OH;                       \\
-                    for (r = r0; r < re; r++) {                                         \\
-                        const T* xr = xp + i * XS + (c * HP + oh + kh * DH) * WP;       \\
-                        const T* dr = dq + i * QS + (QT + oh) * WQ + QL;                \\
+                    }                                                                   \\
+                    for (oh = oh0; oh < oe; oh++) {                                     \\
                         for (ow0 = 0; ow0 < OW; ow0 += L) {                             \\
                             V d[FBW], x0, x1, x2;                                       \\
                             for (f = 0; f < FBW; f++)                                   \\
-                                d[f] = FASTCNN_DC_LD(V, dr + plane[f] + ow0);           \\
+                                d[f] = FASTCNN_DC_LD(V, dp[f] + ow0);                   \\
                             x0 = FASTCNN_DC_LD(V, xr + ow0);                            \\
                             x1 = FASTCNN_DC_LD(V, xr + ow0 + DW);                       \\
                             x2 = FASTCNN_DC_LD(V, xr + ow0 + 2 * DW);                   \\
@@ -203,10 +198,8 @@ cdef extern from *:
                                 acc[f][2] += d[f] * x2;                                 \\
                             }                                                           \\
                         }                                                               \\
-                        if (++oh == OH) {                                               \\
-                            oh = 0;                                                     \\
-                            i++;                                                        \\
-                        }                                                               \\
+                        xr += WP;                                                       \\
+                        for (f = 0; f < FBW; f++) dp[f] += WQ;                          \\
                     }                                                                   \\
                     for (f = 0; f < FBW; f++)                                           \\
                         for (kw = 0; kw < 3; kw++) {                                    \\
