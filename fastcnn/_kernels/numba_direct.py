@@ -56,6 +56,8 @@ def _cpu_has(feature):
 
 _AVX512 = _cpu_has("avx512f")
 VBYTES = 64 if _AVX512 else 32 if _cpu_has("avx2") else 16
+FEW = 2
+KR = 8
 RB = 2 if _AVX512 else 1            # rows a forward block: 2*FB accumulators need 32 registers
 FBW = 4 if _AVX512 else 2           # filters a dw block: FBW*3 accumulators
 
@@ -126,26 +128,43 @@ def _load(typingctx, arr, off):
     return vty(arr, off), codegen
 
 
+def _store_ir(context, builder, aty, arr, off, vec, n):
+    """arr.flat[off:off + n] = the first n (<= L) lanes of vec."""
+    count = vec.type.count
+    data = context.make_array(aty)(context, builder, arr).data
+    with builder.if_else(builder.icmp_signed("==", n, ir.Constant(n.type, count))) \
+            as (whole, part):
+        with whole:
+            ptr = builder.bitcast(builder.gep(data, [off]), vec.type.as_pointer())
+            builder.store(vec, ptr, align=aty.dtype.bitwidth // 8)
+        with part:
+            for i in range(count):
+                k = ir.Constant(n.type, i)
+                with builder.if_then(builder.icmp_signed("<", k, n)):
+                    e = builder.extract_element(vec, ir.Constant(ir.IntType(32), i))
+                    builder.store(e, builder.gep(data, [builder.add(off, k)]))
+
+
 @intrinsic
-def _store(typingctx, arr, off, v, n):
-    """arr.flat[off:off + n] = the first n (<= L) lanes of v."""
+def _put(typingctx, arr, off, step, acc, nv, n, relu):
+    """arr.flat[off + j*step:][:n] = the first n lanes of acc[j] (of
+    np.maximum(acc[j], 0) if relu: NaN stays, the rest of <= 0 becomes
+    +0), for j < nv."""
     def codegen(context, builder, sig, args):
-        align = arr.dtype.bitwidth // 8
-        vec, n = args[2], args[3]
-        with builder.if_else(builder.icmp_signed("==", n, ir.Constant(n.type, v.count))) \
-                as (whole, part):
-            with whole:
-                ptr = _pointer(context, builder, sig.args[0], args[0], args[1], v)
-                builder.store(vec, ptr, align=align)
-            with part:
-                data = context.make_array(sig.args[0])(context, builder, args[0]).data
-                for i in range(v.count):
-                    k = ir.Constant(n.type, i)
-                    with builder.if_then(builder.icmp_signed("<", k, n)):
-                        e = builder.extract_element(vec, ir.Constant(ir.IntType(32), i))
-                        builder.store(e, builder.gep(data, [builder.add(args[1], k)]))
+        arr_, off_, step_, acc_, nv_, n_, relu_ = args
+        relu_on = builder.icmp_signed("!=", relu_, ir.Constant(relu_.type, 0))
+        for j, v in enumerate(_parts(builder, sig.args[3], acc_)):
+            k = ir.Constant(nv_.type, j)
+            with builder.if_then(builder.icmp_signed("<", k, nv_)):
+                zero = ir.Constant(v.type, None)
+                cut = builder.and_(builder.fcmp_ordered("<=", v, zero),
+                                   _splat(builder, ir.VectorType(ir.IntType(1), v.type.count),
+                                          relu_on))
+                v = builder.select(cut, zero, v)
+                _store_ir(context, builder, sig.args[0], arr_, builder.add(off_, builder.mul(k, step_)),
+                          v, n_)
         return context.get_dummy_value()
-    return types.void(arr, off, v, n), codegen
+    return types.void(arr, off, step, acc, nv, n, relu), codegen
 
 
 @intrinsic
@@ -167,6 +186,24 @@ def _splats(typingctx, arr, off, count, n):
             out = builder.insert_value(out, _splat(builder, vll, s), j)
         return out
     return tty(arr, off, count, n), codegen
+
+
+@intrinsic
+def _fill(typingctx, arr, off, count):
+    """count vectors all arr.flat[off]."""
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    vty = _vec_of(arr)
+    tty = types.UniTuple(vty, count.literal_value)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        v = _splat(builder, context.get_value_type(vty), builder.load(builder.gep(data, [args[1]])))
+        out = context.get_value_type(tty)(ir.Undefined)
+        for j in range(count.literal_value):
+            out = builder.insert_value(out, v, j)
+        return out
+    return tty(arr, off, count), codegen
 
 
 @intrinsic
@@ -226,15 +263,6 @@ def _zero(typingctx, arr, count):
     def codegen(context, builder, sig, args):
         return ir.Constant(context.get_value_type(tty), None)
     return tty(arr, count), codegen
-
-
-@intrinsic
-def _relu(typingctx, v):
-    """np.maximum(v, 0): NaN stays, the rest of <= 0 becomes +0."""
-    def codegen(context, builder, sig, args):
-        zero = ir.Constant(args[0].type, None)
-        return builder.select(builder.fcmp_ordered("<=", args[0], zero), zero, args[0])
-    return v(v), codegen
 
 
 @intrinsic
@@ -321,13 +349,49 @@ def _pad(x, xp, n, c, PT, PL):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _put(y, o, step, acc, nf, nl, relu):
-    """y.flat[o + f*step:][:nl] = acc[f]'s first nl lanes, for f < nf."""
+def _filters_block(xp, x0, WP, HP, wp, w0, b, f0, nf, y, y0, OH, OW, Cg, DH, DW, relu):
+    """Filters f0 .. f0+nf-1 (nf <= FB, block w0 of wp) of one image and
+    group, RB rows of L outputs of FB filters at a time."""
+    L = _lanes(xp)
+    bias = _splats(b, f0, FB, nf)
+    for oh in range(0, OH, RB):
+        for ow0 in range(0, OW, L):
+            a0 = a1 = bias
+            for c in range(Cg):
+                xc = x0 + (c * HP + oh) * WP + ow0
+                wc = w0 + c * 9 * FB
+                for kh in range(3):
+                    for kw in range(3):
+                        xt = xc + kh * DH * WP + kw * DW
+                        wv = _splats(wp, wc + (kh * 3 + kw) * FB, FB, FB)
+                        a0 = _fma(a0, wv, _load(xp, xt))
+                        if RB == 2:
+                            a1 = _fma(a1, wv, _load(xp, xt + WP))
+            nl = min(L, OW - ow0)
+            o = y0 + oh * OW + ow0
+            _put(y, o, OW * OH, a0, nf, nl, relu)
+            if RB == 2 and oh + 1 < OH:
+                _put(y, o + OW, OW * OH, a1, nf, nl, relu)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _rows_block(xp, x0, WP, HP, wp, w0, b, f0, nf, y, y0, OH, OW, Cg, DH, DW, relu):
+    """The same for few filters (nf <= FEW): one filter at a time, KR rows
+    of L outputs, so no accumulator is spent on a filter past nf."""
+    L = _lanes(xp)
     for f in range(nf):
-        v = acc[f]
-        if relu:
-            v = _relu(v)
-        _store(y, o + f * step, v, nl)
+        for oh in range(0, OH, KR):
+            nr = min(KR, OH - oh)
+            for ow0 in range(0, OW, L):
+                acc = _fill(b, f0 + f, KR)
+                for c in range(Cg):
+                    xc = x0 + (c * HP + oh) * WP + ow0
+                    wc = w0 + c * 9 * FB + f
+                    for kh in range(3):
+                        for kw in range(3):
+                            rows = _loads(xp, xc + kh * DH * WP + kw * DW, WP, KR, nr)
+                            acc = _fma(acc, _fill(wp, wc + (kh * 3 + kw) * FB, 1)[0], rows)
+                _put(y, y0 + (f * OH + oh) * OW + ow0, OW, acc, nr, min(L, OW - ow0), relu)
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 1), ro(t, 1), rw(t, 4), rw(t, 4),
@@ -340,45 +404,23 @@ def forward(x, wp, b, y, xp, G, PT, PL, DH, DW, relu):
     F, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     HP, WP = xp.shape[2], xp.shape[3]
     Cg, Fg = C // G, F // G
-    block = Cg * 9 * FB
-    L = _lanes(xp)
-    RS = DH * WP
+    blocks = (Fg + FB - 1) // FB
     for n in range(N):
         for c in range(C):
             _pad(x, xp, n, c, PT, PL)
         for g in range(G):
             x0 = (n * C + g * Cg) * HP * WP
-            for fb in range((Fg + FB - 1) // FB):
-                w0 = (g * ((Fg + FB - 1) // FB) + fb) * block
+            for fb in range(blocks):
+                w0 = (g * blocks + fb) * Cg * 9 * FB
                 f0 = g * Fg + fb * FB
                 nf = min(FB, Fg - fb * FB)
-                bias = _splats(b, f0, FB, nf)
-                for oh in range(0, OH, RB):
-                    for ow0 in range(0, OW, L):
-                        a0 = a1 = a2 = a3 = bias
-                        for c in range(Cg):
-                            xc = x0 + (c * HP + oh) * WP + ow0
-                            wc = w0 + c * 9 * FB
-                            for kh in range(3):
-                                for kw in range(3):
-                                    xt = xc + kh * RS + kw * DW
-                                    wv = _splats(wp, wc + (kh * 3 + kw) * FB, FB, FB)
-                                    a0 = _fma(a0, wv, _load(xp, xt))
-                                    if RB >= 2:
-                                        a1 = _fma(a1, wv, _load(xp, xt + WP))
-                                    if RB >= 3:
-                                        a2 = _fma(a2, wv, _load(xp, xt + 2 * WP))
-                                    if RB >= 4:
-                                        a3 = _fma(a3, wv, _load(xp, xt + 3 * WP))
-                        nl = min(L, OW - ow0)
-                        o = ((n * F + f0) * OH + oh) * OW + ow0
-                        _put(y, o, OW * OH, a0, nf, nl, relu)
-                        if RB >= 2 and oh + 1 < OH:
-                            _put(y, o + OW, OW * OH, a1, nf, nl, relu)
-                        if RB >= 3 and oh + 2 < OH:
-                            _put(y, o + 2 * OW, OW * OH, a2, nf, nl, relu)
-                        if RB >= 4 and oh + 3 < OH:
-                            _put(y, o + 3 * OW, OW * OH, a3, nf, nl, relu)
+                y0 = (n * F + f0) * OH * OW
+                if nf <= FEW:
+                    _rows_block(xp, x0, WP, HP, wp, w0, b, f0, nf, y, y0, OH, OW, Cg, DH,
+                                DW, relu)
+                else:
+                    _filters_block(xp, x0, WP, HP, wp, w0, b, f0, nf, y, y0, OH, OW, Cg,
+                                   DH, DW, relu)
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 4), rw(types.float64, 3),
