@@ -7,12 +7,22 @@ The forward's inner step is cy_direct's: RB rows of L outputs' inputs
 (one vector each) for one (c, kh, kw), times FB broadcast weights, added
 into RB*FB vector accumulators that stay in registers over all Cg*9 steps.
 LLVM's loop vectoriser cannot express that (it vectorises innermost loops
-only, and accumulators indexed by a loop are memory), so the vectors are
-LLVM vector values here: a small Numba type ``_Vec`` whose data model is
-``<L x T>``, and a few intrinsics on it and on tuples of it (load, splat,
-multiply-add, store, ...). A tuple of FB vectors is an aggregate that LLVM
-splits into FB registers, so ``acc = _fma(acc, w, x)`` over FB filters is
-FB multiply-adds on registers, as the C loops' ``acc[r][f] += wv * xv[r]``.
+only, and accumulators indexed by a loop are memory: plain loops written
+so ran some 30 times slower), so the vectors are LLVM vector values here:
+a small Numba type ``_Vec`` whose data model is ``<L x T>``, and a few
+intrinsics on it and on tuples of it (load, broadcast, multiply-add,
+store, ...). A tuple of FB vectors is an aggregate that LLVM splits into
+FB registers, so ``acc = _fma(acc, w, x)`` over FB filters is FB
+multiply-adds on registers, as the C loops' ``acc[r][f] += wv * xv[r]``.
+A block of at most FEW filters (the dx of a 1-channel input: one filter)
+runs one filter over KR rows instead, so that no accumulator is spent on
+an absent filter.
+
+dw is cy_direct's too (FBW filters' three kw sums in 3*FBW vector
+accumulators over the rows, the lanes past OW masked to zero in x), with
+the float blocks of 16 rows added into double vectors, not lane by lane
+into double scalars (that serial chain of adds cost more than the
+products on narrow planes): one tree sum per (filters, c, kh, image).
 
 The vector width follows the CPU Numba compiles for (``NUMBA_CPU_NAME`` /
 ``NUMBA_CPU_FEATURES`` if set, else the host): 64 bytes and two rows a
@@ -30,7 +40,6 @@ Shapes: x (n, C, H, W), y (n, F, OH, OW), G groups, Cg = C/G, Fg = F/G;
 padded planes xp (n, C, HP, WP), dy's dq (n, F, HQ, WQ); packed weights
 wp flat (G, ceil(Fg/FB), Cg, 9, FB).
 """
-import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils, config
@@ -55,11 +64,11 @@ def _cpu_has(feature):
 
 
 _AVX512 = _cpu_has("avx512f")
-VBYTES = 64 if _AVX512 else 32 if _cpu_has("avx2") else 16
-FEW = 2
-KR = 8
-RB = 2 if _AVX512 else 1            # rows a forward block: 2*FB accumulators need 32 registers
-FBW = 4 if _AVX512 else 2           # filters a dw block: FBW*3 accumulators
+VBYTES = 64 if _AVX512 else 32 if _cpu_has("avx2") else 16   # bytes a vector
+RB = 2 if _AVX512 else 1   # rows a forward block: RB*FB accumulators, 16 need 32 registers
+FEW = 2                    # blocks of at most FEW filters go one filter at a time,
+KR = 8                     # KR rows of it a block
+FBW = 4 if _AVX512 else 2  # filters a dw block: 3*FBW accumulators
 
 
 # ---------------------------------------------------------------- vectors ---
@@ -80,6 +89,7 @@ class _VecModel(models.PrimitiveModel):
 
 
 def _vec_of(arr):
+    """The vector type of arr's elements."""
     return _Vec(arr.dtype, VBYTES * 8 // arr.dtype.bitwidth)
 
 
@@ -90,6 +100,7 @@ def _pointer(context, builder, aty, arr, off, vty):
 
 
 def _splat(builder, vty_ll, s):
+    """The LLVM vector of type vty_ll with every lane s."""
     v = builder.insert_element(ir.Constant(vty_ll, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
     return builder.shuffle_vector(v, ir.Constant(vty_ll, ir.Undefined),
                                   ir.Constant(ir.VectorType(ir.IntType(32), vty_ll.count), None))
@@ -161,8 +172,8 @@ def _put(typingctx, arr, off, step, acc, nv, n, relu):
                                    _splat(builder, ir.VectorType(ir.IntType(1), v.type.count),
                                           relu_on))
                 v = builder.select(cut, zero, v)
-                _store_ir(context, builder, sig.args[0], arr_, builder.add(off_, builder.mul(k, step_)),
-                          v, n_)
+                at = builder.add(off_, builder.mul(k, step_))
+                _store_ir(context, builder, sig.args[0], arr_, at, v, n_)
         return context.get_dummy_value()
     return types.void(arr, off, step, acc, nv, n, relu), codegen
 
@@ -190,7 +201,7 @@ def _splats(typingctx, arr, off, count, n):
 
 @intrinsic
 def _fill(typingctx, arr, off, count):
-    """count vectors all arr.flat[off]."""
+    """count vectors, every lane arr.flat[off]."""
     if not isinstance(count, types.IntegerLiteral):
         return None
     vty = _vec_of(arr)
@@ -230,6 +241,7 @@ def _loads(typingctx, arr, off, step, count, n):
 
 
 def _parts(builder, ty, value):
+    """A tuple's elements, or None for a single vector."""
     if isinstance(ty, types.UniTuple):
         return [builder.extract_value(value, j) for j in range(ty.count)]
     return None
