@@ -117,3 +117,68 @@ def test_tie_of_zeros_returns_the_first_element_itself(backend, first):
         y, _ = ops.adaptive_max_pool2d_forward(np.tile(x, 4), out, backend=backend)
         ry, _ = ops.adaptive_max_pool2d_forward(np.tile(x, 4), out, backend="loops")
         np.testing.assert_array_equal(np.signbit(y), np.signbit(ry))
+
+
+WIDTHS = [2, 3, 4, 7, 8, 9, 14, 15, 16, 17, 28, 31, 32, 33, 40, 67]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plain_2x2_pooling_at_every_row_width(any_backend, dtype):
+    # the compiled backends' 2x2/2 loops take rows in vectors of 16, 8 or 4
+    # outputs with an overlapping last vector, and shorter rows one by one:
+    # widths around each, odd input sizes (a row and a column left over),
+    # ties, NaN, -inf, -0.0 and windows of negatives against the spec
+    rng = np.random.default_rng(5)
+    for W in WIDTHS:
+        x = rng.integers(-3, 3, size=(2, 3, 5, W)).astype(dtype)   # many ties
+        x[0, 0, rng.integers(0, 5, 4), rng.integers(0, W, 4)] = np.nan
+        x[0, 1, 0, :] = -np.inf
+        x[1, 2] = -np.abs(x[1, 2]) - 1                              # negatives only
+        x[1, 0, 1, ::2] = -0.0
+        y, ctx = ops.max_pool2d_forward(x, 2, backend=any_backend)
+        want, wctx = ops.max_pool2d_forward(x, 2, backend="loops")
+        np.testing.assert_array_equal(y, want, err_msg=f"W={W}")
+        if any_backend != "im2col":      # its np.maximum may give +0 for -0 (its docstring)
+            assert (np.signbit(y) == np.signbit(want)).all()
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        np.testing.assert_array_equal(ops.max_pool2d_backward(dy, ctx),
+                                      ops.max_pool2d_backward(dy, wctx), err_msg=f"W={W}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_relu_2x2_pooling_at_every_row_width(any_backend, dtype):
+    # conv (1x1, weight 1: the pooled input is x itself) + ReLU + 2x2 max
+    # pooling fused, against the composition on `loops`: the fused loops'
+    # ReLU marks (windows of negatives, -0.0 and NaN) at every row width
+    rng = np.random.default_rng(6)
+    w = np.ones((1, 1, 1, 1), dtype=dtype)
+    for W in WIDTHS:
+        x = rng.integers(-3, 3, size=(2, 1, 6, W)).astype(dtype)
+        x[0, 0, rng.integers(0, 6, 3), rng.integers(0, W, 3)] = np.nan
+        x[1, 0, 2:4] = -np.abs(x[1, 0, 2:4]) - 1
+        x[1, 0, 0, ::3] = -0.0
+        y, ctx = ops.conv2d_relu_max_pool2d_forward(x, w, None, pool_kernel_size=2,
+                                                    backend=any_backend)
+        z, c1 = ops.conv2d_forward(x, w, None, backend="loops")
+        r, c2 = ops.relu_forward(z, backend="loops")
+        want, c3 = ops.max_pool2d_forward(r, 2, backend="loops")
+        np.testing.assert_array_equal(y, want, err_msg=f"W={W}")
+        assert (np.signbit(y) == np.signbit(want)).all()
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx = ops.conv2d_relu_max_pool2d_backward(dy, ctx)[0]
+        d = ops.relu_backward(ops.max_pool2d_backward(dy, c3), c2)
+        np.testing.assert_array_equal(dx, ops.conv2d_backward(d, c1)[0], err_msg=f"W={W}")
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_cython_2x2_pooling_at_every_vector_width(fused):
+    cy = pytest.importorskip("fastcnn._kernels.cy_pool")
+    best = cy.simd(9)                       # the CPU's best (asking for more gives that)
+    test = test_fused_relu_2x2_pooling_at_every_row_width if fused else \
+        test_plain_2x2_pooling_at_every_row_width
+    try:
+        for level in range(best + 1):
+            assert cy.simd(level) == level
+            test("cython", np.float32)
+    finally:
+        cy.simd(9)

@@ -50,6 +50,183 @@ cdef Py_ssize_t* _ranges(Py_ssize_t K, Py_ssize_t S, Py_ssize_t P, Py_ssize_t D,
     return r
 
 
+cdef extern from *:
+    """
+    /* fastcnn: the plain 2x2 stride-2 max pooling (no padding, dilation or
+       ceil_mode overrun) of whole planes, each window read straight from
+       its two input rows: the four taps in row-major order with _max_tap's
+       rule (strict >, the first NaN wins), argmax the flat input index;
+       relu: _max_planes' ReLU marks. Float rows go L outputs at a time
+       (the even and odd columns of two loads shuffled apart), a row's last
+       vector overlapping the one before (the same values again); AVX-512
+       (16, 8 or 4 lanes), AVX2 (8 or 4) and SSE2 (4), picked at the first
+       call from what the CPU has; double, rows of under 4 outputs and
+       non-x86 CPUs run the scalar loop. */
+    #define FASTCNN_P22_TAP(v, b, a, off) do {                                          \\
+        take = (v > b) | ((v != v) & (b == b));                                         \\
+        b = take ? v : b;                                                               \\
+        a = take ? off : a;                                                             \\
+    } while (0)
+    #define FASTCNN_P22_SCALAR(T, S, ATTR)                                              \\
+    static ATTR void fastcnn_p22row_##S(const T* r0, const T* r1, T* y, int* arg,       \\
+            Py_ssize_t n, int base, int W, int relu) {                                  \\
+        Py_ssize_t i;                                                                   \\
+        int take;                                                                       \\
+        for (i = 0; i < n; i++) {                                                       \\
+            const int j = base + 2 * (int)i;                                            \\
+            T b = r0[2 * i], v;                                                         \\
+            int a = j;                                                                  \\
+            v = r0[2 * i + 1]; FASTCNN_P22_TAP(v, b, a, j + 1);                         \\
+            v = r1[2 * i]; FASTCNN_P22_TAP(v, b, a, j + W);                             \\
+            v = r1[2 * i + 1]; FASTCNN_P22_TAP(v, b, a, j + W + 1);                     \\
+            if (relu && !(b > 0)) {                                                     \\
+                if (b == b) { b = 0; a = -j - 1; } else a = -a - 1;                     \\
+            }                                                                           \\
+            y[i] = b;                                                                   \\
+            arg[i] = a;                                                                 \\
+        }                                                                               \\
+    }
+    #define FASTCNN_P22_PLANES(T, S, ATTR, ROWS)                                        \\
+    static ATTR void fastcnn_p22planes_##S(const T* x, T* y, int* arg, Py_ssize_t P,    \\
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) {       \\
+        Py_ssize_t p, oh;                                                               \\
+        for (p = 0; p < P; p++)                                                         \\
+            for (oh = 0; oh < OH; oh++) {                                               \\
+                const T* r0 = x + (p * H + 2 * oh) * W;                                 \\
+                const T* r1 = r0 + W;                                                   \\
+                T* yr = y + (p * OH + oh) * OW;                                         \\
+                int* ar = arg + (p * OH + oh) * OW;                                     \\
+                const int base = (int)(2 * oh * W);                                     \\
+                ROWS                                                                    \\
+            }                                                                           \\
+    }
+    FASTCNN_P22_SCALAR(float, f32_base, )
+    FASTCNN_P22_SCALAR(double, f64_base, )
+    FASTCNN_P22_PLANES(float, f32_base, , fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
+    FASTCNN_P22_PLANES(double, f64_base, , fastcnn_p22row_f64_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
+    #if defined(__GNUC__) && defined(__x86_64__) && __GNUC__ >= 12
+    /* L outputs from column pair i of rows r0, r1 (V, VI: L-lane types) */
+    #define FASTCNN_P22_BODY(V, VI, EVEN, ODD, LANES2) {                                \\
+        const VI j = LANES2 + (base + 2 * (int)i), zero = (VI){0};                      \\
+        const Py_ssize_t L = sizeof(V) / sizeof(float);                                 \\
+        V p0, p1, q0, q1, b, v;                                                         \\
+        VI a, take;                                                                     \\
+        memcpy(&p0, r0 + 2 * i, sizeof p0); memcpy(&p1, r0 + 2 * i + L, sizeof p1);   \\
+        memcpy(&q0, r1 + 2 * i, sizeof q0); memcpy(&q1, r1 + 2 * i + L, sizeof q1);   \\
+        b = EVEN(p0, p1);                                                               \\
+        a = j;                                                                          \\
+        v = ODD(p0, p1);                                                                \\
+        take = (v > b) | ((v != v) & (b == b));                                         \\
+        b = (V)(((VI)v & take) | ((VI)b & ~take)); a = (take & (j + 1)) | (~take & a); \\
+        v = EVEN(q0, q1);                                                               \\
+        take = (v > b) | ((v != v) & (b == b));                                         \\
+        b = (V)(((VI)v & take) | ((VI)b & ~take)); a = (take & (j + W)) | (~take & a); \\
+        v = ODD(q0, q1);                                                                \\
+        take = (v > b) | ((v != v) & (b == b));                                         \\
+        b = (V)(((VI)v & take) | ((VI)b & ~take));                                      \\
+        a = (take & (j + W + 1)) | (~take & a);                                         \\
+        if (relu) {                                                                     \\
+            const VI stop = ~(b > (V){0}), num = b == b;                                \\
+            a = (stop & num & (zero - j - 1)) | (stop & ~num & (zero - a - 1))          \\
+                | (~stop & a);                                                          \\
+            b = (V)((VI)b & ~(stop & num));                                             \\
+        }                                                                               \\
+        memcpy(yr + i, &b, sizeof b);                                                   \\
+        memcpy(ar + i, &a, sizeof a);                                                   \\
+    }
+    typedef float fastcnn_p22_f16 __attribute__((vector_size(64)));
+    typedef int fastcnn_p22_i16 __attribute__((vector_size(64)));
+    typedef float fastcnn_p22_f8 __attribute__((vector_size(32)));
+    typedef int fastcnn_p22_i8 __attribute__((vector_size(32)));
+    typedef float fastcnn_p22_f4 __attribute__((vector_size(16)));
+    typedef int fastcnn_p22_i4 __attribute__((vector_size(16)));
+    #define FASTCNN_P22_E16(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14,  \\
+                                                       16, 18, 20, 22, 24, 26, 28, 30)
+    #define FASTCNN_P22_O16(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15,  \\
+                                                       17, 19, 21, 23, 25, 27, 29, 31)
+    #define FASTCNN_P22_E8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
+    #define FASTCNN_P22_O8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+    #define FASTCNN_P22_J16 ((fastcnn_p22_i16){0, 2, 4, 6, 8, 10, 12, 14,                    \\
+                                               16, 18, 20, 22, 24, 26, 28, 30})
+    #define FASTCNN_P22_J8 ((fastcnn_p22_i8){0, 2, 4, 6, 8, 10, 12, 14})
+    #define FASTCNN_P22_E4(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6)
+    #define FASTCNN_P22_O4(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7)
+    #define FASTCNN_P22_J4 ((fastcnn_p22_i4){0, 2, 4, 6})
+    #define FASTCNN_P22_ROWFN(NAME, V, VI, E, O, J, ATTR)                               \\
+    static inline ATTR void NAME(const float* r0, const float* r1, float* yr, int* ar,  \\
+            Py_ssize_t OW, int base, int W, int relu) {                                 \\
+        const Py_ssize_t L = sizeof(V) / sizeof(float);                                 \\
+        Py_ssize_t i;                                                                   \\
+        /* the last vector ends at OW, over lanes written already */                   \\
+        for (i = 0; i < OW; i = i + L < OW && i + 2 * L > OW ? OW - L : i + L)          \\
+            FASTCNN_P22_BODY(V, VI, E, O, J)                                            \\
+    }
+    #define FASTCNN_P22_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+    #define FASTCNN_P22_AVX2 __attribute__((target("avx2,fma")))
+    FASTCNN_P22_ROWFN(fastcnn_p22row16_avx512, fastcnn_p22_f16, fastcnn_p22_i16,
+                      FASTCNN_P22_E16, FASTCNN_P22_O16, FASTCNN_P22_J16, FASTCNN_P22_AVX512)
+    FASTCNN_P22_ROWFN(fastcnn_p22row8_avx512, fastcnn_p22_f8, fastcnn_p22_i8,
+                      FASTCNN_P22_E8, FASTCNN_P22_O8, FASTCNN_P22_J8, FASTCNN_P22_AVX512)
+    FASTCNN_P22_ROWFN(fastcnn_p22row8_avx2, fastcnn_p22_f8, fastcnn_p22_i8,
+                      FASTCNN_P22_E8, FASTCNN_P22_O8, FASTCNN_P22_J8, FASTCNN_P22_AVX2)
+    FASTCNN_P22_ROWFN(fastcnn_p22row4_avx512, fastcnn_p22_f4, fastcnn_p22_i4,
+                      FASTCNN_P22_E4, FASTCNN_P22_O4, FASTCNN_P22_J4, FASTCNN_P22_AVX512)
+    FASTCNN_P22_ROWFN(fastcnn_p22row4_avx2, fastcnn_p22_f4, fastcnn_p22_i4,
+                      FASTCNN_P22_E4, FASTCNN_P22_O4, FASTCNN_P22_J4, FASTCNN_P22_AVX2)
+    FASTCNN_P22_ROWFN(fastcnn_p22row4_base, fastcnn_p22_f4, fastcnn_p22_i4,
+                      FASTCNN_P22_E4, FASTCNN_P22_O4, FASTCNN_P22_J4, )
+    FASTCNN_P22_PLANES(float, f32_avx512, FASTCNN_P22_AVX512,
+        if (OW >= 16) fastcnn_p22row16_avx512(r0, r1, yr, ar, OW, base, (int)W, relu);
+        else if (OW >= 8) fastcnn_p22row8_avx512(r0, r1, yr, ar, OW, base, (int)W, relu);
+        else if (OW >= 4) fastcnn_p22row4_avx512(r0, r1, yr, ar, OW, base, (int)W, relu);
+        else fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
+    FASTCNN_P22_PLANES(float, f32_avx2, FASTCNN_P22_AVX2,
+        if (OW >= 8) fastcnn_p22row8_avx2(r0, r1, yr, ar, OW, base, (int)W, relu);
+        else if (OW >= 4) fastcnn_p22row4_avx2(r0, r1, yr, ar, OW, base, (int)W, relu);
+        else fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
+    FASTCNN_P22_PLANES(float, f32_sse, ,
+        if (OW >= 4) fastcnn_p22row4_base(r0, r1, yr, ar, OW, base, (int)W, relu);
+        else fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
+    static int fastcnn_p22_level = -1;
+    /* want < 0: the level in use (2 AVX-512, 1 AVX2, 0 SSE2); else use
+       min(want, the CPU's best) from now on */
+    static int fastcnn_p22_simd(int want) {
+        if (fastcnn_p22_level < 0 || want >= 0) {
+            int best;
+            __builtin_cpu_init();
+            best = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+                && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") ? 2
+                : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+            fastcnn_p22_level = want < 0 || want > best ? best : want;
+        }
+        return fastcnn_p22_level;
+    }
+    static void fastcnn_pool22_f32(const float* x, float* y, int* arg, Py_ssize_t P,
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) {
+        int l = fastcnn_p22_level < 0 ? fastcnn_p22_simd(-1) : fastcnn_p22_level;
+        if (l == 2) fastcnn_p22planes_f32_avx512(x, y, arg, P, H, W, OH, OW, relu);
+        else if (l == 1) fastcnn_p22planes_f32_avx2(x, y, arg, P, H, W, OH, OW, relu);
+        else fastcnn_p22planes_f32_sse(x, y, arg, P, H, W, OH, OW, relu);
+    }
+    #else
+    static int fastcnn_p22_simd(int want) { (void)want; return 0; }
+    static void fastcnn_pool22_f32(const float* x, float* y, int* arg, Py_ssize_t P,
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) {
+        fastcnn_p22planes_f32_base(x, y, arg, P, H, W, OH, OW, relu);
+    }
+    #endif
+    static void fastcnn_pool22_f64(const double* x, double* y, int* arg, Py_ssize_t P,
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) {
+        fastcnn_p22planes_f64_base(x, y, arg, P, H, W, OH, OW, relu);
+    }
+    """
+    int fastcnn_p22_simd(int want) nogil
+    void fastcnn_pool22_f32(const float* x, float* y, int* arg, Py_ssize_t P, Py_ssize_t H,
+                            Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) nogil
+    void fastcnn_pool22_f64(const double* x, double* y, int* arg, Py_ssize_t P, Py_ssize_t H,
+                            Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) nogil
+
+
 cdef inline void _max_tap(floating* best, int* arg, const floating* src,
                           Py_ssize_t SW, Py_ssize_t n, int idx0,
                           int didx) noexcept nogil:
@@ -83,6 +260,15 @@ cdef void _max_planes(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
     cdef const Py_ssize_t* first_w = r + 2 * KW
     cdef floating* yrow
     cdef int* arow
+    if (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0 and DH == 1
+            and DW == 1 and 2 * OH <= H and 2 * OW <= W and N * C > 0):
+        if floating is float:
+            fastcnn_pool22_f32(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0],
+                               N * C, H, W, OH, OW, relu)
+        else:
+            fastcnn_pool22_f64(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0],
+                               N * C, H, W, OH, OW, relu)
+        return
     for item in range(N * C):
         n = item // C
         c = item % C
@@ -624,3 +810,11 @@ def global_max_forward(const floating[:, ::1] x, floating[::1] y, int[::1] argma
             where = _plane_argmax(&x[p, 0], L)
             y[p] = x[p, where]
             argmax[p] = <int>where
+
+
+def simd(level=None):
+    """The vector code of the plain 2x2 max pooling: 2 AVX-512, 1 AVX2, 0
+    SSE2 (x86-64; elsewhere always 0, the scalar loop). ``simd(k)`` makes
+    it use level k (at most what the CPU has) from now on; for tests that
+    cover each."""
+    return fastcnn_p22_simd(-1 if level is None else int(level))

@@ -10,7 +10,9 @@ rows of cols into G blocks, one per group: each product becomes one GEMM
 per group, all groups in one stacked matmul (groups = 1 stays one 2-D
 product; depthwise is G products of (Fg, KH*KW) by (KH*KW, N*OH*OW)).
 Pooling reads the same window view one kernel offset at a time: max keeps
-the running maximum and the offset it came from, avg sums and divides by
+the running maximum (np.maximum: where +0 and -0 tie for the maximum, the
+value may have either sign, though argmax and so the gradient follow the
+first-maximum rule) and the offset it came from, avg sums and divides by
 KH*KW. Every step is a whole-array NumPy
 operation in the input's dtype; ``saved`` keeps cols and a copy of w for the
 backward pass. The products run through ``_concurrent.matmul`` (BLAS at one
