@@ -20,7 +20,9 @@ PyTorch's divisor for the window's place (``_divisor``), or by
 divisor_override when it is not 0.
 """
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from fastcnn._kernels.numba_common import JIT_OPTIONS, kernel, ro, rw, i32, i64, void
 
@@ -41,6 +43,170 @@ def _first_real(o, S, P, D):
     return start if start >= 0 else start + D * ((D - 1 - start) // D)
 
 
+# ------------------------------------------ 2x2 stride-2 max pooling ---
+# The plain 2x2 stride-2 max pooling (no padding, dilation or ceil_mode
+# overrun), cy_pool's fast path: the four taps of each window read straight
+# from its two input rows, in row-major order with max_pool2d_forward's
+# rule (strict >, the first NaN wins), argmax the flat index in the plane;
+# with relu, _relu_marks' ReLU and marks (the window's first real element is
+# its top left). A row goes L outputs at a time: two loads of L elements
+# from each input row, their even and odd columns shuffled apart, then three
+# compare-and-selects. LLVM's loop vectoriser does not turn the plain loop
+# (stride-2 loads, two selects a tap) into that, so the vectors are LLVM
+# vector values, built by one intrinsic per block of L outputs. The widest
+# vector that fits the row is used (64, 32 or 16 bytes: 16, 8 or 4 floats,
+# 8, 4 or 2 doubles; LLVM splits a vector wider than the CPU's registers),
+# the row's last one ending at OW, over outputs done already (the same
+# values again); rows narrower than 16 bytes of outputs run the scalar loop.
+
+def _even_odd(L, first):
+    """The shuffle mask of lanes first, first + 2, ... of two L-lane vectors."""
+    return ir.Constant(ir.VectorType(ir.IntType(32), L), list(range(first, 2 * L, 2)))
+
+
+def _vector_at(context, builder, aty, arr, off, vty):
+    """Pointer to element ``off`` of C-contiguous ``arr``, as a vector pointer."""
+    data = context.make_array(aty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [off]), vty.as_pointer())
+
+
+@intrinsic
+def _p22_lanes(typingctx, x, width):
+    """The lanes of a ``width``-byte vector of x's elements (a constant)."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+    L = width.literal_value * 8 // x.dtype.bitwidth
+    return types.intp(x, width), lambda context, builder, sig, args: \
+        context.get_constant(types.intp, L)
+
+
+@intrinsic
+def _p22_block(typingctx, x, y, argmax, xo, yo, j, W, width, relu):
+    """y.flat[yo:yo + L] and argmax.flat[yo:yo + L] (L: the lanes of a
+    ``width``-byte vector) of the windows whose top left elements are
+    x.flat[xo + 2k], at flat index j + 2k in the plane (k < L), their
+    bottom rows W further on; relu: ReLU'd and marked as _relu_marks does."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+    L = width.literal_value * 8 // x.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        x_, y_, a_, xo_, yo_, j_, W_, _, relu_ = args
+        int32 = ir.IntType(32)
+        V = ir.VectorType(context.get_value_type(sig.args[0].dtype), L)
+        VI = ir.VectorType(int32, L)
+        size = sig.args[0].dtype.bitwidth // 8
+
+        def load(off):
+            return builder.load(_vector_at(context, builder, sig.args[0], x_, off, V),
+                                align=size)
+
+        def splat(s):
+            v = builder.insert_element(ir.Constant(VI, ir.Undefined), s, ir.Constant(int32, 0))
+            return builder.shuffle_vector(v, ir.Constant(VI, ir.Undefined),
+                                          ir.Constant(VI, None))
+
+        evens, odds = _even_odd(L, 0), _even_odd(L, 1)
+        Lc = ir.Constant(xo_.type, L)
+        p0, p1 = load(xo_), load(builder.add(xo_, Lc))
+        below = builder.add(xo_, W_)
+        q0, q1 = load(below), load(builder.add(below, Lc))
+        jv = builder.add(splat(builder.trunc(j_, int32)),
+                         ir.Constant(VI, list(range(0, 2 * L, 2))))
+        Wv = splat(builder.trunc(W_, int32))
+        one = ir.Constant(VI, [1] * L)
+        b = builder.shuffle_vector(p0, p1, evens)
+        a = jv
+        for src, at in ((builder.shuffle_vector(p0, p1, odds), builder.add(jv, one)),
+                        (builder.shuffle_vector(q0, q1, evens), builder.add(jv, Wv)),
+                        (builder.shuffle_vector(q0, q1, odds),
+                         builder.add(builder.add(jv, Wv), one))):
+            # take = (v > b) | (isnan(v) & !isnan(b))
+            b_num = builder.fcmp_ordered("ord", b, b)
+            take = builder.or_(builder.fcmp_ordered(">", src, b),
+                               builder.and_(builder.fcmp_unordered("uno", src, src), b_num))
+            b = builder.select(take, src, b)
+            a = builder.select(take, at, a)
+        relu_on = builder.icmp_signed("!=", relu_, ir.Constant(relu_.type, 0))
+        num = builder.fcmp_ordered("ord", b, b)
+        stop = builder.fcmp_unordered("ule", b, ir.Constant(V, None))   # not (b > 0)
+        zeroed = builder.and_(stop, num)
+        # a number <= 0 becomes +0, marked -(top left) - 1; a NaN stays, marked -a - 1
+        a_relu = builder.select(zeroed, builder.not_(jv), builder.select(stop, builder.not_(a), a))
+        b_relu = builder.select(zeroed, ir.Constant(V, None), b)
+        a = builder.select(relu_on, a_relu, a)
+        b = builder.select(relu_on, b_relu, b)
+        builder.store(b, _vector_at(context, builder, sig.args[1], y_, yo_, V), align=size)
+        builder.store(a, _vector_at(context, builder, sig.args[2], a_, yo_, VI), align=4)
+        return context.get_dummy_value()
+    return types.void(x, y, argmax, xo, yo, j, W, width, relu), codegen
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _is_2x2(KH, KW, SH, SW, PH, PW, DH, DW, H, W, OH, OW):
+    """Whether the window is _pool22's: 2x2, stride 2, no padding or
+    dilation, no window past the input."""
+    return (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0
+            and DH == 1 and DW == 1 and 2 * OH <= H and 2 * OW <= W)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _p22_row(x, y, argmax, xo, yo, j, W, OW, width, relu):
+    """One output row (OW >= L) in blocks of L outputs, the last one ending
+    at OW."""
+    L = _p22_lanes(x, width)
+    i = 0
+    while i < OW:
+        _p22_block(x, y, argmax, xo + 2 * i, yo + i, j + 2 * i, W, width, relu)
+        i = OW - L if i + L < OW and i + 2 * L > OW else i + L
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _pool22(x, y, argmax, relu):
+    """The plain 2x2 stride-2 max pooling of planes x into y, argmax (with
+    relu: ReLU'd and marked). A row of fewer outputs than a 16-byte vector
+    holds (3 floats at most) goes window by window."""
+    NC, H, W = x.shape
+    _, OH, OW = y.shape
+    zero = np.zeros(1, y.dtype)[0]
+    xf = x.reshape(NC * H * W)
+    yf = y.reshape(NC * OH * OW)
+    af = argmax.reshape(NC * OH * OW)
+    for p in range(NC):
+        for oh in range(OH):
+            xo = (p * H + 2 * oh) * W
+            yo = (p * OH + oh) * OW
+            j = 2 * oh * W
+            if OW >= _p22_lanes(x, 64):
+                _p22_row(x, y, argmax, xo, yo, j, W, OW, 64, relu)
+            elif OW >= _p22_lanes(x, 32):
+                _p22_row(x, y, argmax, xo, yo, j, W, OW, 32, relu)
+            elif OW >= _p22_lanes(x, 16):
+                _p22_row(x, y, argmax, xo, yo, j, W, OW, 16, relu)
+            else:
+                for ow in range(OW):
+                    k = xo + 2 * ow
+                    first = j + 2 * ow
+                    best = xf[k]
+                    where = first
+                    v = xf[k + 1]
+                    if (v > best) | ((v != v) & (best == best)):
+                        best, where = v, first + 1
+                    v = xf[k + W]
+                    if (v > best) | ((v != v) & (best == best)):
+                        best, where = v, first + W
+                    v = xf[k + W + 1]
+                    if (v > best) | ((v != v) & (best == best)):
+                        best, where = v, first + W + 1
+                    if relu and not (best > zero):
+                        if best == best:
+                            best, where = zero, -first - 1
+                        else:
+                            where = -where - 1
+                    yf[yo + ow] = best
+                    af[yo + ow] = where
+
+
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3),
                        i64, i64, i64, i64, i64, i64, i64, i64))
 def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
@@ -54,7 +220,8 @@ def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
     data-dependent one. Padding acts as -inf, i.e. is skipped. Ties keep the
     first maximum in row-major window order (strict >). A NaN wins over any
     number and the first NaN stays (NaN > v and v > NaN are both false), so
-    the output is NaN and the gradient goes to that first NaN.
+    the output is NaN and the gradient goes to that first NaN. The plain
+    2x2 stride-2 window is ``_pool22``'s, in vectors.
 
     No branch on `take`: LLVM turns a select shared by y and argmax into a
     branch, mispredicted on random data (about 3x slower), so argmax is
@@ -65,6 +232,9 @@ def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
     """
     NC, H, W = x.shape
     _, OH, OW = y.shape
+    if _is_2x2(KH, KW, SH, SW, PH, PW, DH, DW, H, W, OH, OW):
+        _pool22(x, y, argmax, False)
+        return
     lo = np.empty(KW, np.int64)
     hi = np.empty(KW, np.int64)
     for kw in range(KW):
@@ -103,34 +273,9 @@ def max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3)))
 def max_pool2d_forward_2x2(x, y, argmax):
-    """max_pool2d_forward for kernel 2, stride 2, no padding (the common
-    case), same semantics. With the window unrolled the loop over ow has a
-    fixed body that LLVM vectorises; the generic loop has data-dependent trip
-    counts and runs scalar, about 5x slower."""
-    NC, H, W = x.shape
-    _, OH, OW = y.shape
-    for i in range(NC):
-        xi = x[i]
-        for oh in range(OH):
-            top = xi[2 * oh]
-            bot = xi[2 * oh + 1]
-            for ow in range(OW):
-                best = top[2 * ow]
-                where = 2 * oh * W + 2 * ow
-                v = top[2 * ow + 1]
-                take = (v > best) | ((v != v) & (best == best))
-                best = v if take else best
-                where = where + 1 if take else where
-                v = bot[2 * ow]
-                take = (v > best) | ((v != v) & (best == best))
-                best = v if take else best
-                where = (2 * oh + 1) * W + 2 * ow if take else where
-                v = bot[2 * ow + 1]
-                take = (v > best) | ((v != v) & (best == best))
-                best = v if take else best
-                where = (2 * oh + 1) * W + 2 * ow + 1 if take else where
-                y[i, oh, ow] = best
-                argmax[i, oh, ow] = where
+    """max_pool2d_forward for kernel 2, stride 2, no padding, with
+    2*OH <= H and 2*OW <= W (the common case), same results: ``_pool22``."""
+    _pool22(x, y, argmax, False)
 
 
 @kernel(lambda t: void(ro(t, 3), ro(i32, 3), rw(t, 2)))
@@ -171,10 +316,14 @@ def max_relu_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
     """y = relu(max pooling of x), which is the max pooling of relu(x)
     (relu is monotone and keeps a NaN); argmax as max_pool2d_forward's but
     marked where the ReLU's mask stops the gradient (``_relu_marks``, read
-    by max_relu_pool2d_backward). Plane by plane: the pooling kernel (the
-    2x2 one where it applies), then the marks while the plane is in cache."""
+    by max_relu_pool2d_backward). Plane by plane: the pooling kernel, then
+    the marks while the plane is in cache; the plain 2x2 stride-2 pooling
+    is ``_pool22``, the marks in its loop."""
     NC, H, W = x.shape
     _, OH, OW = y.shape
+    if _is_2x2(KH, KW, SH, SW, PH, PW, DH, DW, H, W, OH, OW):
+        _pool22(x, y, argmax, True)
+        return
     for i in range(NC):
         max_pool2d_forward(x[i:i + 1], y[i:i + 1], argmax[i:i + 1],
                            KH, KW, SH, SW, PH, PW, DH, DW)
@@ -183,47 +332,9 @@ def max_relu_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 3), rw(i32, 3)))
 def max_relu_pool2d_forward_2x2(x, y, argmax):
-    """max_relu_pool2d_forward for kernel 2, stride 2, no padding: each
-    output row as max_pool2d_forward_2x2 computes it, then the ReLU and the
-    marks as selects over that row while it is in cache (a window's first
-    real element is its top left). One loop doing both was slower: LLVM no
-    longer vectorised it."""
-    NC, H, W = x.shape
-    _, OH, OW = y.shape
-    zero = np.zeros(1, y.dtype)[0]
-    for i in range(NC):
-        xi = x[i]
-        for oh in range(OH):
-            top = xi[2 * oh]
-            bot = xi[2 * oh + 1]
-            yrow = y[i, oh]
-            arow = argmax[i, oh]
-            for ow in range(OW):
-                first = 2 * oh * W + 2 * ow
-                best = top[2 * ow]
-                where = first
-                v = top[2 * ow + 1]
-                take = (v > best) | ((v != v) & (best == best))
-                best = v if take else best
-                where = first + 1 if take else where
-                v = bot[2 * ow]
-                take = (v > best) | ((v != v) & (best == best))
-                best = v if take else best
-                where = first + W if take else where
-                v = bot[2 * ow + 1]
-                take = (v > best) | ((v != v) & (best == best))
-                best = v if take else best
-                where = first + W + 1 if take else where
-                yrow[ow] = best
-                arow[ow] = where
-            for ow in range(OW):
-                best = yrow[ow]
-                where = arow[ow]
-                pos = best > zero
-                nan = best != best
-                yrow[ow] = best if pos | nan else zero
-                marked = -(where if nan else np.int32(2 * oh * W + 2 * ow)) - 1
-                arow[ow] = where if pos else marked
+    """max_relu_pool2d_forward for kernel 2, stride 2, no padding, with
+    2*OH <= H and 2*OW <= W, same results: ``_pool22`` with its ReLU."""
+    _pool22(x, y, argmax, True)
 
 
 @kernel(lambda t: void(ro(t, 3), ro(i32, 3), rw(t, 2)))
