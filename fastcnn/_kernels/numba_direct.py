@@ -7,13 +7,13 @@ The forward's inner step is cy_direct's: RB rows of L outputs' inputs
 (one vector each) for one (c, kh, kw), times FB broadcast weights, added
 into RB*FB vector accumulators that stay in registers over all Cg*9 steps.
 LLVM's loop vectoriser cannot express that (it vectorises innermost loops
-only, and accumulators indexed by a loop are memory: plain loops written
-so ran some 30 times slower), so the vectors are LLVM vector values here:
-a small Numba type ``_Vec`` whose data model is ``<L x T>``, and a few
-intrinsics on it and on tuples of it (load, broadcast, multiply-add,
-store, ...). A tuple of FB vectors is an aggregate that LLVM splits into
-FB registers, so ``acc = _fma(acc, w, x)`` over FB filters is FB
-multiply-adds on registers, as the C loops' ``acc[r][f] += wv * xv[r]``.
+only, and accumulators indexed by a loop live in memory), so the vectors
+are LLVM vector values here: a small Numba type ``_Vec`` whose data model
+is ``<L x T>``, and a few intrinsics on it and on tuples of it (load,
+broadcast, multiply-add, store, ...). A tuple of FB vectors is an
+aggregate that LLVM splits into FB registers, so ``acc = _fma(acc, w, x)``
+over FB filters is FB multiply-adds on registers, as the C loops'
+``acc[r][f] += wv * xv[r]``.
 A block of at most FEW filters (the dx of a 1-channel input: one filter)
 runs one filter over KR rows instead, so that no accumulator is spent on
 an absent filter.
