@@ -170,8 +170,9 @@ def test_fused_relu_2x2_pooling_at_every_row_width(any_backend, dtype):
         np.testing.assert_array_equal(dx, ops.conv2d_backward(d, c1)[0], err_msg=f"W={W}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
-def test_cython_2x2_pooling_at_every_vector_width(fused):
+def test_cython_2x2_pooling_at_every_vector_width(fused, dtype):
     cy = pytest.importorskip("fastcnn._kernels.cy_pool")
     best = cy.simd(9)                       # the CPU's best (asking for more gives that)
     test = test_fused_relu_2x2_pooling_at_every_row_width if fused else \
@@ -179,6 +180,6 @@ def test_cython_2x2_pooling_at_every_vector_width(fused):
     try:
         for level in range(best + 1):
             assert cy.simd(level) == level
-            test("cython", np.float32)
+            test("cython", dtype)
     finally:
         cy.simd(9)

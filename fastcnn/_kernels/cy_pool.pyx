@@ -59,9 +59,10 @@ cdef extern from *:
        relu: _max_planes' ReLU marks. Float rows go L outputs at a time
        (the even and odd columns of two loads shuffled apart), a row's last
        vector overlapping the one before (the same values again); AVX-512
-       (16, 8 or 4 lanes), AVX2 (8 or 4) and SSE2 (4), picked at the first
-       call from what the CPU has; double, rows of under 4 outputs and
-       non-x86 CPUs run the scalar loop. */
+       (16, 8 or 4 floats; 8, 4 or 2 doubles), AVX2 and SSE2 (as many lanes
+       as their registers hold), picked at the first call from what the CPU
+       has; rows too short for a vector and non-x86 CPUs run the scalar
+       loop. */
     #define FASTCNN_P22_TAP(v, b, a, off) do {                                          \\
         take = (v > b) | ((v != v) & (b == b));                                         \\
         b = take ? v : b;                                                               \\
@@ -105,88 +106,119 @@ cdef extern from *:
     FASTCNN_P22_PLANES(float, f32_base, , fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
     FASTCNN_P22_PLANES(double, f64_base, , fastcnn_p22row_f64_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
     #if defined(__GNUC__) && defined(__x86_64__) && __GNUC__ >= 12
-    /* L outputs from column pair i of rows r0, r1 (V, VI: L-lane types) */
-    #define FASTCNN_P22_BODY(V, VI, EVEN, ODD, LANES2) {                                \\
+    /* L outputs from column pair i of rows r0, r1: V the L-lane vector of T,
+       VM its compare masks, VI L int lanes (argmax) */
+    #define FASTCNN_P22_BODY(T, V, VM, VI, EVEN, ODD, LANES2) {                         \\
         const VI j = LANES2 + (base + 2 * (int)i), zero = (VI){0};                      \\
-        const Py_ssize_t L = sizeof(V) / sizeof(float);                                 \\
+        const Py_ssize_t L = sizeof(V) / sizeof(T);                                     \\
         V p0, p1, q0, q1, b, v;                                                         \\
-        VI a, take;                                                                     \\
+        VM t;                                                                           \\
+        VI a, ti;                                                                       \\
         memcpy(&p0, r0 + 2 * i, sizeof p0); memcpy(&p1, r0 + 2 * i + L, sizeof p1);   \\
         memcpy(&q0, r1 + 2 * i, sizeof q0); memcpy(&q1, r1 + 2 * i + L, sizeof q1);   \\
         b = EVEN(p0, p1);                                                               \\
         a = j;                                                                          \\
         v = ODD(p0, p1);                                                                \\
-        take = (v > b) | ((v != v) & (b == b));                                         \\
-        b = (V)(((VI)v & take) | ((VI)b & ~take)); a = (take & (j + 1)) | (~take & a); \\
+        t = (v > b) | ((v != v) & (b == b)); ti = __builtin_convertvector(t, VI);       \\
+        b = (V)(((VM)v & t) | ((VM)b & ~t)); a = (ti & (j + 1)) | (~ti & a);            \\
         v = EVEN(q0, q1);                                                               \\
-        take = (v > b) | ((v != v) & (b == b));                                         \\
-        b = (V)(((VI)v & take) | ((VI)b & ~take)); a = (take & (j + W)) | (~take & a); \\
+        t = (v > b) | ((v != v) & (b == b)); ti = __builtin_convertvector(t, VI);       \\
+        b = (V)(((VM)v & t) | ((VM)b & ~t)); a = (ti & (j + W)) | (~ti & a);            \\
         v = ODD(q0, q1);                                                                \\
-        take = (v > b) | ((v != v) & (b == b));                                         \\
-        b = (V)(((VI)v & take) | ((VI)b & ~take));                                      \\
-        a = (take & (j + W + 1)) | (~take & a);                                         \\
+        t = (v > b) | ((v != v) & (b == b)); ti = __builtin_convertvector(t, VI);       \\
+        b = (V)(((VM)v & t) | ((VM)b & ~t)); a = (ti & (j + W + 1)) | (~ti & a);        \\
         if (relu) {                                                                     \\
-            const VI stop = ~(b > (V){0}), num = b == b;                                \\
-            a = (stop & num & (zero - j - 1)) | (stop & ~num & (zero - a - 1))          \\
-                | (~stop & a);                                                          \\
-            b = (V)((VI)b & ~(stop & num));                                             \\
+            const VM stop = ~(b > (V){0}), num = b == b;                                \\
+            const VI si = __builtin_convertvector(stop, VI);                            \\
+            const VI ni = __builtin_convertvector(num, VI);                             \\
+            a = (si & ni & (zero - j - 1)) | (si & ~ni & (zero - a - 1)) | (~si & a);   \\
+            b = (V)((VM)b & ~(stop & num));                                             \\
         }                                                                               \\
         memcpy(yr + i, &b, sizeof b);                                                   \\
         memcpy(ar + i, &a, sizeof a);                                                   \\
     }
-    typedef float fastcnn_p22_f16 __attribute__((vector_size(64)));
-    typedef int fastcnn_p22_i16 __attribute__((vector_size(64)));
-    typedef float fastcnn_p22_f8 __attribute__((vector_size(32)));
-    typedef int fastcnn_p22_i8 __attribute__((vector_size(32)));
-    typedef float fastcnn_p22_f4 __attribute__((vector_size(16)));
-    typedef int fastcnn_p22_i4 __attribute__((vector_size(16)));
+    #define FASTCNN_P22_VEC(N, T, L) typedef T N __attribute__((vector_size(L * sizeof(T))));
+    FASTCNN_P22_VEC(fastcnn_p22_f16, float, 16)
+    FASTCNN_P22_VEC(fastcnn_p22_f8, float, 8)
+    FASTCNN_P22_VEC(fastcnn_p22_f4, float, 4)
+    FASTCNN_P22_VEC(fastcnn_p22_d8, double, 8)
+    FASTCNN_P22_VEC(fastcnn_p22_d4, double, 4)
+    FASTCNN_P22_VEC(fastcnn_p22_d2, double, 2)
+    FASTCNN_P22_VEC(fastcnn_p22_l8, long long, 8)
+    FASTCNN_P22_VEC(fastcnn_p22_l4, long long, 4)
+    FASTCNN_P22_VEC(fastcnn_p22_l2, long long, 2)
+    FASTCNN_P22_VEC(fastcnn_p22_i16, int, 16)
+    FASTCNN_P22_VEC(fastcnn_p22_i8, int, 8)
+    FASTCNN_P22_VEC(fastcnn_p22_i4, int, 4)
+    FASTCNN_P22_VEC(fastcnn_p22_i2, int, 2)
     #define FASTCNN_P22_E16(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14,  \\
                                                        16, 18, 20, 22, 24, 26, 28, 30)
     #define FASTCNN_P22_O16(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15,  \\
                                                        17, 19, 21, 23, 25, 27, 29, 31)
     #define FASTCNN_P22_E8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
     #define FASTCNN_P22_O8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+    #define FASTCNN_P22_E4(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6)
+    #define FASTCNN_P22_O4(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7)
+    #define FASTCNN_P22_E2(a, b) __builtin_shufflevector(a, b, 0, 2)
+    #define FASTCNN_P22_O2(a, b) __builtin_shufflevector(a, b, 1, 3)
     #define FASTCNN_P22_J16 ((fastcnn_p22_i16){0, 2, 4, 6, 8, 10, 12, 14,                    \\
                                                16, 18, 20, 22, 24, 26, 28, 30})
     #define FASTCNN_P22_J8 ((fastcnn_p22_i8){0, 2, 4, 6, 8, 10, 12, 14})
-    #define FASTCNN_P22_E4(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6)
-    #define FASTCNN_P22_O4(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7)
     #define FASTCNN_P22_J4 ((fastcnn_p22_i4){0, 2, 4, 6})
-    #define FASTCNN_P22_ROWFN(NAME, V, VI, E, O, J, ATTR)                               \\
-    static inline ATTR void NAME(const float* r0, const float* r1, float* yr, int* ar,  \\
+    #define FASTCNN_P22_J2 ((fastcnn_p22_i2){0, 2})
+    /* a row in vectors of L, the last one ending at OW (over lanes written
+       already); OW >= L */
+    #define FASTCNN_P22_ROWFN(NAME, T, V, VM, VI, E, O, J, ATTR)                        \\
+    static inline ATTR void NAME(const T* r0, const T* r1, T* yr, int* ar,              \\
             Py_ssize_t OW, int base, int W, int relu) {                                 \\
-        const Py_ssize_t L = sizeof(V) / sizeof(float);                                 \\
+        const Py_ssize_t L = sizeof(V) / sizeof(T);                                     \\
         Py_ssize_t i;                                                                   \\
-        /* the last vector ends at OW, over lanes written already */                   \\
         for (i = 0; i < OW; i = i + L < OW && i + 2 * L > OW ? OW - L : i + L)          \\
-            FASTCNN_P22_BODY(V, VI, E, O, J)                                            \\
+            FASTCNN_P22_BODY(T, V, VM, VI, E, O, J)                                     \\
     }
     #define FASTCNN_P22_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
     #define FASTCNN_P22_AVX2 __attribute__((target("avx2,fma")))
-    FASTCNN_P22_ROWFN(fastcnn_p22row16_avx512, fastcnn_p22_f16, fastcnn_p22_i16,
-                      FASTCNN_P22_E16, FASTCNN_P22_O16, FASTCNN_P22_J16, FASTCNN_P22_AVX512)
-    FASTCNN_P22_ROWFN(fastcnn_p22row8_avx512, fastcnn_p22_f8, fastcnn_p22_i8,
-                      FASTCNN_P22_E8, FASTCNN_P22_O8, FASTCNN_P22_J8, FASTCNN_P22_AVX512)
-    FASTCNN_P22_ROWFN(fastcnn_p22row8_avx2, fastcnn_p22_f8, fastcnn_p22_i8,
-                      FASTCNN_P22_E8, FASTCNN_P22_O8, FASTCNN_P22_J8, FASTCNN_P22_AVX2)
-    FASTCNN_P22_ROWFN(fastcnn_p22row4_avx512, fastcnn_p22_f4, fastcnn_p22_i4,
-                      FASTCNN_P22_E4, FASTCNN_P22_O4, FASTCNN_P22_J4, FASTCNN_P22_AVX512)
-    FASTCNN_P22_ROWFN(fastcnn_p22row4_avx2, fastcnn_p22_f4, fastcnn_p22_i4,
-                      FASTCNN_P22_E4, FASTCNN_P22_O4, FASTCNN_P22_J4, FASTCNN_P22_AVX2)
-    FASTCNN_P22_ROWFN(fastcnn_p22row4_base, fastcnn_p22_f4, fastcnn_p22_i4,
-                      FASTCNN_P22_E4, FASTCNN_P22_O4, FASTCNN_P22_J4, )
+    #define FASTCNN_P22_ROWS(ISA, ATTR)                                                 \\
+    FASTCNN_P22_ROWFN(fastcnn_p22row16_##ISA, float, fastcnn_p22_f16, fastcnn_p22_i16,  \\
+                      fastcnn_p22_i16, FASTCNN_P22_E16, FASTCNN_P22_O16, FASTCNN_P22_J16, ATTR) \\
+    FASTCNN_P22_ROWFN(fastcnn_p22row8_##ISA, float, fastcnn_p22_f8, fastcnn_p22_i8,     \\
+                      fastcnn_p22_i8, FASTCNN_P22_E8, FASTCNN_P22_O8, FASTCNN_P22_J8, ATTR) \\
+    FASTCNN_P22_ROWFN(fastcnn_p22row4_##ISA, float, fastcnn_p22_f4, fastcnn_p22_i4,     \\
+                      fastcnn_p22_i4, FASTCNN_P22_E4, FASTCNN_P22_O4, FASTCNN_P22_J4, ATTR) \\
+    FASTCNN_P22_ROWFN(fastcnn_p22rowd8_##ISA, double, fastcnn_p22_d8, fastcnn_p22_l8,   \\
+                      fastcnn_p22_i8, FASTCNN_P22_E8, FASTCNN_P22_O8, FASTCNN_P22_J8, ATTR) \\
+    FASTCNN_P22_ROWFN(fastcnn_p22rowd4_##ISA, double, fastcnn_p22_d4, fastcnn_p22_l4,   \\
+                      fastcnn_p22_i4, FASTCNN_P22_E4, FASTCNN_P22_O4, FASTCNN_P22_J4, ATTR) \\
+    FASTCNN_P22_ROWFN(fastcnn_p22rowd2_##ISA, double, fastcnn_p22_d2, fastcnn_p22_l2,   \\
+                      fastcnn_p22_i2, FASTCNN_P22_E2, FASTCNN_P22_O2, FASTCNN_P22_J2, ATTR)
+    FASTCNN_P22_ROWS(avx512, FASTCNN_P22_AVX512)
+    FASTCNN_P22_ROWS(avx2, FASTCNN_P22_AVX2)
+    FASTCNN_P22_ROWS(sse, )
+    #define FASTCNN_P22_ARGS (r0, r1, yr, ar, OW, base, (int)W, relu)
     FASTCNN_P22_PLANES(float, f32_avx512, FASTCNN_P22_AVX512,
-        if (OW >= 16) fastcnn_p22row16_avx512(r0, r1, yr, ar, OW, base, (int)W, relu);
-        else if (OW >= 8) fastcnn_p22row8_avx512(r0, r1, yr, ar, OW, base, (int)W, relu);
-        else if (OW >= 4) fastcnn_p22row4_avx512(r0, r1, yr, ar, OW, base, (int)W, relu);
-        else fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
+        if (OW >= 16) fastcnn_p22row16_avx512 FASTCNN_P22_ARGS;
+        else if (OW >= 8) fastcnn_p22row8_avx512 FASTCNN_P22_ARGS;
+        else if (OW >= 4) fastcnn_p22row4_avx512 FASTCNN_P22_ARGS;
+        else fastcnn_p22row_f32_base FASTCNN_P22_ARGS;)
     FASTCNN_P22_PLANES(float, f32_avx2, FASTCNN_P22_AVX2,
-        if (OW >= 8) fastcnn_p22row8_avx2(r0, r1, yr, ar, OW, base, (int)W, relu);
-        else if (OW >= 4) fastcnn_p22row4_avx2(r0, r1, yr, ar, OW, base, (int)W, relu);
-        else fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
+        if (OW >= 8) fastcnn_p22row8_avx2 FASTCNN_P22_ARGS;
+        else if (OW >= 4) fastcnn_p22row4_avx2 FASTCNN_P22_ARGS;
+        else fastcnn_p22row_f32_base FASTCNN_P22_ARGS;)
     FASTCNN_P22_PLANES(float, f32_sse, ,
-        if (OW >= 4) fastcnn_p22row4_base(r0, r1, yr, ar, OW, base, (int)W, relu);
-        else fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
+        if (OW >= 4) fastcnn_p22row4_sse FASTCNN_P22_ARGS;
+        else fastcnn_p22row_f32_base FASTCNN_P22_ARGS;)
+    FASTCNN_P22_PLANES(double, f64_avx512, FASTCNN_P22_AVX512,
+        if (OW >= 8) fastcnn_p22rowd8_avx512 FASTCNN_P22_ARGS;
+        else if (OW >= 4) fastcnn_p22rowd4_avx512 FASTCNN_P22_ARGS;
+        else if (OW >= 2) fastcnn_p22rowd2_avx512 FASTCNN_P22_ARGS;
+        else fastcnn_p22row_f64_base FASTCNN_P22_ARGS;)
+    FASTCNN_P22_PLANES(double, f64_avx2, FASTCNN_P22_AVX2,
+        if (OW >= 4) fastcnn_p22rowd4_avx2 FASTCNN_P22_ARGS;
+        else if (OW >= 2) fastcnn_p22rowd2_avx2 FASTCNN_P22_ARGS;
+        else fastcnn_p22row_f64_base FASTCNN_P22_ARGS;)
+    FASTCNN_P22_PLANES(double, f64_sse, ,
+        if (OW >= 2) fastcnn_p22rowd2_sse FASTCNN_P22_ARGS;
+        else fastcnn_p22row_f64_base FASTCNN_P22_ARGS;)
     static int fastcnn_p22_level = -1;
     /* want < 0: the level in use (2 AVX-512, 1 AVX2, 0 SSE2); else use
        min(want, the CPU's best) from now on */
@@ -208,17 +240,24 @@ cdef extern from *:
         else if (l == 1) fastcnn_p22planes_f32_avx2(x, y, arg, P, H, W, OH, OW, relu);
         else fastcnn_p22planes_f32_sse(x, y, arg, P, H, W, OH, OW, relu);
     }
+    static void fastcnn_pool22_f64(const double* x, double* y, int* arg, Py_ssize_t P,
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) {
+        int l = fastcnn_p22_level < 0 ? fastcnn_p22_simd(-1) : fastcnn_p22_level;
+        if (l == 2) fastcnn_p22planes_f64_avx512(x, y, arg, P, H, W, OH, OW, relu);
+        else if (l == 1) fastcnn_p22planes_f64_avx2(x, y, arg, P, H, W, OH, OW, relu);
+        else fastcnn_p22planes_f64_sse(x, y, arg, P, H, W, OH, OW, relu);
+    }
     #else
     static int fastcnn_p22_simd(int want) { (void)want; return 0; }
     static void fastcnn_pool22_f32(const float* x, float* y, int* arg, Py_ssize_t P,
             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) {
         fastcnn_p22planes_f32_base(x, y, arg, P, H, W, OH, OW, relu);
     }
-    #endif
     static void fastcnn_pool22_f64(const double* x, double* y, int* arg, Py_ssize_t P,
             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) {
         fastcnn_p22planes_f64_base(x, y, arg, P, H, W, OH, OW, relu);
     }
+    #endif
     """
     int fastcnn_p22_simd(int want) nogil
     void fastcnn_pool22_f32(const float* x, float* y, int* arg, Py_ssize_t P, Py_ssize_t H,
