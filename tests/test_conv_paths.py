@@ -233,10 +233,14 @@ def test_paths_chosen_by_shape(backend):
     # Winograd runs dilated (phase by phase) and grouped 3x3 convs too
     wino288 = "winograd" if k.winograd is not None else im2col(288)
     wino144 = "winograd" if k.winograd is not None else im2col(144)
-    # ... but a table with the direct loops takes those for dilated ones
+    # ... but a table with the direct loops takes those for dilated ones and
+    # for grouped ones of up to 32 channels a group
     dil288 = "direct" if getattr(k, "direct", None) is not None else wino288
     assert choose(_g(64, 32, 3, 3, (1, 1), dilation=(2, 2))) == dil288
-    assert choose(_g(64, 64, 3, 3, (1, 1), F=64, groups=4)) == wino144
+    grp144 = "direct" if getattr(k, "direct", None) is not None else wino144
+    assert choose(_g(64, 64, 3, 3, (1, 1), F=64, groups=4)) == grp144
+    wino576 = "winograd" if k.winograd is not None else im2col(576)
+    assert choose(_g(64, 128, 3, 3, (1, 1), F=128, groups=2)) == wino576   # 64 a group
     assert choose(_g(64, 8, 3, 3, (1, 1), groups=4)) == "per_image"    # Kg=18
     assert choose(_g(64, 64, 1, 1, (1, 1), F=128, pad=0)) == "pointwise"
     assert choose(_g(64, 64, 1, 1, (2, 2), F=128, pad=0, groups=2)) == "pointwise"

@@ -21,8 +21,9 @@ Paths (``choose_path``; ``forced_path`` overrides it, for tests):
   * "direct", for a backend whose table has it: register-blocked loops
     for 3x3 stride 1 (``backends/_direct``), asked first for dilated convs
     with more than PER_IMAGE_MAX_TAPS taps per group (Winograd would copy
-    the phase sub-grids); forced for any 3x3 stride-1 conv with padding up
-    to the filter's reach.
+    the phase sub-grids) and for grouped ones with up to DIRECT_MAX_TAPS
+    (Winograd's per-group products are small); forced for any 3x3
+    stride-1 conv with padding up to the filter's reach.
   * "winograd", for a backend whose table has it: 3x3 stride 1 (any
     padding, dilation and groups), with more than PER_IMAGE_MAX_TAPS taps
     per group and a batch of at least its MIN_BATCH (``backends/_winograd``);
@@ -96,6 +97,10 @@ PER_IMAGE_MAX_TAPS = 32
 # Bytes of columns per block of images in the per-image path: about what
 # stays in a core's L2 between the im2col and the product.
 PER_IMAGE_BLOCK_BYTES = 1 << 20
+
+# Taps per group up to which a grouped conv takes the direct loops (32
+# channels a group of 3x3): Winograd won on dense 32- and 128-channel layers.
+DIRECT_MAX_TAPS = 288
 
 PATHS = ("per_image", "batch", "winograd", "pointwise", "depthwise", "direct")
 _forced = contextvars.ContextVar("fastcnn_forced_conv_path", default=None)
@@ -192,8 +197,11 @@ def choose_path(k, g):
     # products then split across the threads
     Kg = g.Kg
     # dilated: the direct loops read the dilated taps where they lie, where
-    # Winograd copies each phase sub-grid out and back
-    if Kg > PER_IMAGE_MAX_TAPS and (g.DH > 1 or g.DW > 1) and path_applies(k, "direct", g):
+    # Winograd copies each phase sub-grid out and back; grouped with few
+    # channels a group: Winograd's per-group products are too small to run
+    # at speed (both measured at batch 64, fwd+bwd)
+    if Kg > PER_IMAGE_MAX_TAPS and (g.DH > 1 or g.DW > 1 or 1 < g.G and Kg <= DIRECT_MAX_TAPS) \
+            and path_applies(k, "direct", g):
         return "direct"
     if Kg > PER_IMAGE_MAX_TAPS and g.N >= getattr(k.winograd, "MIN_BATCH", 0) \
             and path_applies(k, "winograd", g):
