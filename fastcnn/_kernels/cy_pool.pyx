@@ -103,8 +103,6 @@ cdef extern from *:
     }
     FASTCNN_P22_SCALAR(float, f32_base, )
     FASTCNN_P22_SCALAR(double, f64_base, )
-    FASTCNN_P22_PLANES(float, f32_base, , fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
-    FASTCNN_P22_PLANES(double, f64_base, , fastcnn_p22row_f64_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
     #if defined(__GNUC__) && defined(__x86_64__) && __GNUC__ >= 12
     /* L outputs from column pair i of rows r0, r1: V the L-lane vector of T,
        VM its compare masks, VI L int lanes (argmax) */
@@ -248,6 +246,9 @@ cdef extern from *:
         else fastcnn_p22planes_f64_sse(x, y, arg, P, H, W, OH, OW, relu);
     }
     #else
+    /* elsewhere: the scalar loop over whole planes */
+    FASTCNN_P22_PLANES(float, f32_base, , fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
+    FASTCNN_P22_PLANES(double, f64_base, , fastcnn_p22row_f64_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
     static int fastcnn_p22_simd(int want) { (void)want; return 0; }
     static void fastcnn_pool22_f32(const float* x, float* y, int* arg, Py_ssize_t P,
             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) {
