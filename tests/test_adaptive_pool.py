@@ -235,6 +235,31 @@ def _check_global_plane(backend, x, dy, dtype):
         assert ym[1, 1, 0, 0] == np.inf and dx[1, 1].flat[L - 1] == 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cython_global_average_at_every_vector_width(dtype):
+    # cy_pool sums 16, 8, 4 or 2 planes at a time in vectors (by the CPU's
+    # level and dtype): 37 planes are whole blocks and a remainder at every
+    # width, against the plane means in float64; a NaN or inf plane in a
+    # block must stay in its own lane
+    cy = pytest.importorskip("fastcnn._kernels.cy_pool")
+    best = cy.simd(9)
+    rng = np.random.default_rng(11)
+    try:
+        for level in range(best + 1):
+            assert cy.simd(level) == level
+            for H, W in PLANES:
+                x = rng.standard_normal((1, 37, H, W)).astype(dtype)
+                x[0, 5].flat[-1] = np.nan
+                x[0, 18].flat[0] = np.inf
+                y, _ = ops.adaptive_avg_pool2d_forward(x, 1, backend="cython")
+                want = x.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+                np.testing.assert_allclose(y, want, rtol=TOL[dtype], atol=TOL[dtype],
+                                           err_msg=f"level {level}, plane {H}x{W}")
+                assert np.isnan(y[0, 5, 0, 0]) and y[0, 18, 0, 0] == np.inf
+    finally:
+        cy.simd(9)
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_global_pooling_long_planes_split_across_threads(backend, op):
     # enough elements for the pool to split the planes; planes long enough

@@ -245,6 +245,98 @@ cdef extern from *:
         else if (l == 1) fastcnn_p22planes_f64_avx2(x, y, arg, P, H, W, OH, OW, relu);
         else fastcnn_p22planes_f64_sse(x, y, arg, P, H, W, OH, OW, relu);
     }
+    /* fastcnn: global average pooling's plane sums, B planes at a time in
+       B-lane vectors: each plane's whole vectors summed lane-wise into one
+       accumulator (its last L % B elements apart, in order), then the B
+       accumulators folded into one vector of B plane sums by halving
+       shuffles (lane j: plane j), instead of B horizontal sums. */
+    #define FASTCNN_GA_FN(NAME, T, V, B, ATTR, FOLD)                                    \\
+    static ATTR void NAME(const T* x, T* y, Py_ssize_t P, Py_ssize_t L) {               \\
+        Py_ssize_t p, r, i;                                                             \\
+        for (p = 0; p + B <= P; p += B) {                                               \\
+            V acc[B], s, t;                                                             \\
+            T tail[B];                                                                  \\
+            for (r = 0; r < B; r++) {                                                   \\
+                const T* row = x + (p + r) * L;                                         \\
+                V a = (V){0}, v;                                                        \\
+                T u = 0;                                                                \\
+                for (i = 0; i + B <= L; i += B) { memcpy(&v, row + i, sizeof v); a += v; } \\
+                for (; i < L; i++) u += row[i];                                         \\
+                acc[r] = a;                                                             \\
+                tail[r] = u;                                                            \\
+            }                                                                           \\
+            FOLD                                                                        \\
+            memcpy(&t, tail, sizeof t);                                                 \\
+            s = (s + t) / (T)L;                                                         \\
+            memcpy(y + p, &s, sizeof s);                                                \\
+        }                                                                               \\
+        for (; p < P; p++) {                                                            \\
+            T u = 0;                                                                    \\
+            for (i = 0; i < L; i++) u += x[p * L + i];                                  \\
+            y[p] = u / (T)L;                                                            \\
+        }                                                                               \\
+    }
+    #define FASTCNN_GA_SH(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+    #define FASTCNN_GA_FOLD2                                                            \\
+        s = FASTCNN_GA_SH(acc[0], acc[1], 0, 2) + FASTCNN_GA_SH(acc[0], acc[1], 1, 3);
+    #define FASTCNN_GA_FOLD4 {                                                          \\
+        __typeof__(acc[0]) h[2];                                                        \\
+        for (r = 0; r < 2; r++)                                                         \\
+            h[r] = FASTCNN_GA_SH(acc[2*r], acc[2*r+1], 0, 1, 4, 5)                      \\
+                 + FASTCNN_GA_SH(acc[2*r], acc[2*r+1], 2, 3, 6, 7);                     \\
+        s = FASTCNN_GA_SH(h[0], h[1], 0, 2, 4, 6) + FASTCNN_GA_SH(h[0], h[1], 1, 3, 5, 7); }
+    #define FASTCNN_GA_FOLD8 {                                                          \\
+        __typeof__(acc[0]) h[4], q[2];                                                  \\
+        for (r = 0; r < 4; r++)                                                         \\
+            h[r] = FASTCNN_GA_SH(acc[2*r], acc[2*r+1], 0, 1, 2, 3, 8, 9, 10, 11)        \\
+                 + FASTCNN_GA_SH(acc[2*r], acc[2*r+1], 4, 5, 6, 7, 12, 13, 14, 15);     \\
+        for (r = 0; r < 2; r++)                                                         \\
+            q[r] = FASTCNN_GA_SH(h[2*r], h[2*r+1], 0, 1, 4, 5, 8, 9, 12, 13)            \\
+                 + FASTCNN_GA_SH(h[2*r], h[2*r+1], 2, 3, 6, 7, 10, 11, 14, 15);         \\
+        s = FASTCNN_GA_SH(q[0], q[1], 0, 2, 4, 6, 8, 10, 12, 14)                        \\
+          + FASTCNN_GA_SH(q[0], q[1], 1, 3, 5, 7, 9, 11, 13, 15); }
+    #define FASTCNN_GA_FOLD16 {                                                         \\
+        __typeof__(acc[0]) h[8], q[4], o[2];                                            \\
+        for (r = 0; r < 8; r++)                                                         \\
+            h[r] = FASTCNN_GA_SH(acc[2*r], acc[2*r+1], 0, 1, 2, 3, 4, 5, 6, 7,          \\
+                                 16, 17, 18, 19, 20, 21, 22, 23)                        \\
+                 + FASTCNN_GA_SH(acc[2*r], acc[2*r+1], 8, 9, 10, 11, 12, 13, 14, 15,    \\
+                                 24, 25, 26, 27, 28, 29, 30, 31);                       \\
+        for (r = 0; r < 4; r++)                                                         \\
+            q[r] = FASTCNN_GA_SH(h[2*r], h[2*r+1], 0, 1, 2, 3, 8, 9, 10, 11,            \\
+                                 16, 17, 18, 19, 24, 25, 26, 27)                        \\
+                 + FASTCNN_GA_SH(h[2*r], h[2*r+1], 4, 5, 6, 7, 12, 13, 14, 15,          \\
+                                 20, 21, 22, 23, 28, 29, 30, 31);                       \\
+        for (r = 0; r < 2; r++)                                                         \\
+            o[r] = FASTCNN_GA_SH(q[2*r], q[2*r+1], 0, 1, 4, 5, 8, 9, 12, 13,            \\
+                                 16, 17, 20, 21, 24, 25, 28, 29)                        \\
+                 + FASTCNN_GA_SH(q[2*r], q[2*r+1], 2, 3, 6, 7, 10, 11, 14, 15,          \\
+                                 18, 19, 22, 23, 26, 27, 30, 31);                       \\
+        s = FASTCNN_GA_SH(o[0], o[1], 0, 2, 4, 6, 8, 10, 12, 14,                        \\
+                          16, 18, 20, 22, 24, 26, 28, 30)                               \\
+          + FASTCNN_GA_SH(o[0], o[1], 1, 3, 5, 7, 9, 11, 13, 15,                        \\
+                          17, 19, 21, 23, 25, 27, 29, 31); }
+    FASTCNN_GA_FN(fastcnn_ga_f32_avx512, float, fastcnn_p22_f16, 16, FASTCNN_P22_AVX512,
+                  FASTCNN_GA_FOLD16)
+    FASTCNN_GA_FN(fastcnn_ga_f32_avx2, float, fastcnn_p22_f8, 8, FASTCNN_P22_AVX2, FASTCNN_GA_FOLD8)
+    FASTCNN_GA_FN(fastcnn_ga_f32_sse, float, fastcnn_p22_f4, 4, , FASTCNN_GA_FOLD4)
+    FASTCNN_GA_FN(fastcnn_ga_f64_avx512, double, fastcnn_p22_d8, 8, FASTCNN_P22_AVX512,
+                  FASTCNN_GA_FOLD8)
+    FASTCNN_GA_FN(fastcnn_ga_f64_avx2, double, fastcnn_p22_d4, 4, FASTCNN_P22_AVX2,
+                  FASTCNN_GA_FOLD4)
+    FASTCNN_GA_FN(fastcnn_ga_f64_sse, double, fastcnn_p22_d2, 2, , FASTCNN_GA_FOLD2)
+    static void fastcnn_global_avg_f32(const float* x, float* y, Py_ssize_t P, Py_ssize_t L) {
+        int l = fastcnn_p22_level < 0 ? fastcnn_p22_simd(-1) : fastcnn_p22_level;
+        if (l == 2) fastcnn_ga_f32_avx512(x, y, P, L);
+        else if (l == 1) fastcnn_ga_f32_avx2(x, y, P, L);
+        else fastcnn_ga_f32_sse(x, y, P, L);
+    }
+    static void fastcnn_global_avg_f64(const double* x, double* y, Py_ssize_t P, Py_ssize_t L) {
+        int l = fastcnn_p22_level < 0 ? fastcnn_p22_simd(-1) : fastcnn_p22_level;
+        if (l == 2) fastcnn_ga_f64_avx512(x, y, P, L);
+        else if (l == 1) fastcnn_ga_f64_avx2(x, y, P, L);
+        else fastcnn_ga_f64_sse(x, y, P, L);
+    }
     #else
     /* elsewhere: the scalar loop over whole planes */
     FASTCNN_P22_PLANES(float, f32_base, , fastcnn_p22row_f32_base(r0, r1, yr, ar, OW, base, (int)W, relu);)
@@ -258,6 +350,18 @@ cdef extern from *:
             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) {
         fastcnn_p22planes_f64_base(x, y, arg, P, H, W, OH, OW, relu);
     }
+    /* elsewhere: one plane at a time */
+    #define FASTCNN_GA_SCALAR(T, S)                                                     \\
+    static void fastcnn_global_avg_##S(const T* x, T* y, Py_ssize_t P, Py_ssize_t L) {  \\
+        Py_ssize_t p, i;                                                                \\
+        for (p = 0; p < P; p++) {                                                       \\
+            T u = 0;                                                                    \\
+            for (i = 0; i < L; i++) u += x[p * L + i];                                  \\
+            y[p] = u / (T)L;                                                            \\
+        }                                                                               \\
+    }
+    FASTCNN_GA_SCALAR(float, f32)
+    FASTCNN_GA_SCALAR(double, f64)
     #endif
     """
     int fastcnn_p22_simd(int want) nogil
@@ -265,6 +369,8 @@ cdef extern from *:
                             Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) nogil
     void fastcnn_pool22_f64(const double* x, double* y, int* arg, Py_ssize_t P, Py_ssize_t H,
                             Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int relu) nogil
+    void fastcnn_global_avg_f32(const float* x, float* y, Py_ssize_t P, Py_ssize_t L) nogil
+    void fastcnn_global_avg_f64(const double* x, double* y, Py_ssize_t P, Py_ssize_t L) nogil
 
 
 cdef inline void _max_tap(floating* best, int* arg, const floating* src,
@@ -756,6 +862,21 @@ cdef extern from *:
     }
     """
     Py_ssize_t fastcnn_argmax_f32(const float* a, Py_ssize_t L) nogil
+
+
+def global_avg_forward(const floating[:, ::1] x, floating[::1] y):
+    """y[p] = mean of plane x[p] (x (N*C, H*W)): the sum in the input's
+    precision, several planes at a time in vectors (the C above), then
+    divided by H*W, so a plane of equal values whose sum is exact has
+    exactly that mean."""
+    cdef Py_ssize_t P = x.shape[0], L = x.shape[1]
+    if P == 0:
+        return
+    with nogil:
+        if floating is float:
+            fastcnn_global_avg_f32(&x[0, 0], &y[0], P, L)
+        else:
+            fastcnn_global_avg_f64(&x[0, 0], &y[0], P, L)
 
 
 def global_avg_backward(const floating[::1] dy, floating[:, ::1] dx):

@@ -13,12 +13,12 @@ Adaptive pooling's driver is here too, over a backend's table of kernels
 argmax has max_pool2d's format, so its backward is max_pool2d's. Global
 pooling is one pass over memory per direction, so its per-call cost is
 kept small: a problem too small to earn a second thread runs directly,
-with no split. Global average pooling's forward is the same for every
-backend: the planes' sums are one matrix-vector product with a vector of
-ones, which BLAS's gemv runs at memory speed, short planes (49 elements at
-7x7) included - as fast as a hand-vectorised C loop, and faster than any
-Numba loop, as LLVM does not vectorise a float reduction without
-reassociation. The sums are in the input's precision, with gemv's several
+with no split. Global average pooling's forward is a backend's
+``global_avg_forward``: cython's sums several planes at a time in vectors
+(cy_pool); ``gemv_plane_means`` (a matrix-vector product with a vector of
+ones, which BLAS runs near memory speed, short planes of 49 elements at 7x7
+included) serves numba, as LLVM does not vectorise a float reduction
+without reassociation. The sums are in the input's precision, with several
 running sums, as PyTorch's mean.
 
 Deliberately not here: argument checks (``fastcnn.ops``), the loops
@@ -70,6 +70,7 @@ class AdaptiveKernels(NamedTuple):
     max_forward: Callable          # (x planes, y planes, argmax planes)
     global_avg_backward: Callable  # (dy (N*C,), dx (N*C, H*W))
     global_max_forward: Callable   # (x (N*C, H*W), y (N*C,), argmax (N*C,))
+    global_avg_forward: Callable   # (x (N*C, H*W), y (N*C,)): the planes' means
 
 
 def _flat(a):
@@ -77,7 +78,7 @@ def _flat(a):
     return a.reshape(N * C, H * W)
 
 
-def _plane_means(x, y):
+def gemv_plane_means(x, y):
     """y[p] = mean of row x[p] (x (P, L), y (P,)): gemv with ones, then the
     division, so that a plane of equal values has exactly that mean. BLAS
     at one thread (fastcnn's pool splits the rows)."""
@@ -100,7 +101,7 @@ def adaptive_avg_forward(k, x, output_size):
     N, C, _, _ = x.shape
     y = outputs.take((N, C, *output_size), x.dtype)
     if output_size == (1, 1):
-        _global(_plane_means, [_flat(x), y.reshape(-1)], x.size)
+        _global(k.global_avg_forward, [_flat(x), y.reshape(-1)], x.size)
     else:
         over_rows(k.avg_forward, [k.planes(x), k.planes(y)], (), x.size + y.size)
     return y, x.shape

@@ -95,8 +95,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
     return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation, groups, y_shape)
 
 
-def conv2d_backward(dy, saved):
-    return _gemm_conv.backward(_ConvKernels, dy, saved)
+def conv2d_backward(dy, saved, input_grad=True):
+    return _gemm_conv.backward(_ConvKernels, dy, saved, input_grad=input_grad)
 
 
 # ---------------------------------------------------------------- pooling
@@ -150,7 +150,8 @@ def avg_pool2d_backward(dy, saved):
 
 _ADAPTIVE = _pooling.AdaptiveKernels(
     _planes, cy_pool.adaptive_avg_forward, cy_pool.adaptive_avg_backward,
-    cy_pool.adaptive_max_forward, cy_pool.global_avg_backward, cy_pool.global_max_forward)
+    cy_pool.adaptive_max_forward, cy_pool.global_avg_backward, cy_pool.global_max_forward,
+    cy_pool.global_avg_forward)
 
 
 def adaptive_avg_pool2d_forward(x, output_size):
@@ -180,8 +181,8 @@ def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, y_shape):
                               y_shape, relu=True)
 
 
-def conv2d_relu_backward(dy, saved):
-    return _gemm_conv.backward(_ConvKernels, dy, saved)
+def conv2d_relu_backward(dy, saved, input_grad=True):
+    return _gemm_conv.backward(_ConvKernels, dy, saved, input_grad=input_grad)
 
 
 def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, conv_shape,
@@ -205,7 +206,7 @@ def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, c
     return y, (conv_saved, conv_shape, argmax)
 
 
-def conv2d_relu_max_pool2d_backward(dy, saved):
+def conv2d_relu_max_pool2d_backward(dy, saved, input_grad=True):
     conv_saved, conv_shape, argmax = saved
     if _gemm_conv.takes_blocks(conv_saved):
         def produce(n0, dz):         # the conv's dy for a block of images, in cache
@@ -213,11 +214,12 @@ def conv2d_relu_max_pool2d_backward(dy, saved):
             cy_pool.max_relu_backward(_planes(dy[n0:n0 + n]), _planes(argmax[n0:n0 + n]),
                                       _planes(dz))
 
-        return _gemm_conv.backward(_ConvKernels, None, conv_saved, produce=produce)
+        return _gemm_conv.backward(_ConvKernels, None, conv_saved, produce=produce,
+                                   input_grad=input_grad)
     dz = outputs.take(conv_shape, dy.dtype)
     _concurrent.over_rows(cy_pool.max_relu_backward,
                           [_planes(dy), _planes(argmax), _planes(dz)], (), dz.size + dy.size)
-    return _gemm_conv.backward(_ConvKernels, dz, conv_saved)
+    return _gemm_conv.backward(_ConvKernels, dz, conv_saved, input_grad=input_grad)
 
 
 # ---------------------------------------------------------------- relu

@@ -116,9 +116,9 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
     return _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation, groups, y_shape)
 
 
-def conv2d_backward(dy, saved):
+def conv2d_backward(dy, saved, input_grad=True):
     _kernels()
-    return _gemm_conv.backward(_ConvKernels, dy, saved)
+    return _gemm_conv.backward(_ConvKernels, dy, saved, input_grad=input_grad)
 
 
 # --------------------------------------------------------------- pooling ---
@@ -190,7 +190,7 @@ def _adaptive_kernels():
         _adaptive = _pooling.AdaptiveKernels(
             _planes, _pool.adaptive_avg_pool2d_forward, _pool.adaptive_avg_pool2d_backward,
             _pool.adaptive_max_pool2d_forward, _pool.global_avg_pool2d_backward,
-            _pool.global_max_pool2d_forward)
+            _pool.global_max_pool2d_forward, _pooling.gemv_plane_means)
     return _adaptive
 
 
@@ -222,9 +222,9 @@ def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, y_shape):
                               y_shape, relu=True)
 
 
-def conv2d_relu_backward(dy, saved):
+def conv2d_relu_backward(dy, saved, input_grad=True):
     _kernels()
-    return _gemm_conv.backward(_ConvKernels, dy, saved)
+    return _gemm_conv.backward(_ConvKernels, dy, saved, input_grad=input_grad)
 
 
 def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, conv_shape,
@@ -252,7 +252,7 @@ def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, c
     return y, (conv_saved, conv_shape, argmax)
 
 
-def conv2d_relu_max_pool2d_backward(dy, saved):
+def conv2d_relu_max_pool2d_backward(dy, saved, input_grad=True):
     _kernels()
     conv_saved, conv_shape, argmax = saved
     if _gemm_conv.takes_blocks(conv_saved):
@@ -261,12 +261,13 @@ def conv2d_relu_max_pool2d_backward(dy, saved):
             _pool.max_relu_pool2d_backward(_planes(dy[n0:n0 + n]), _planes(argmax[n0:n0 + n]),
                                            _planes(dz, flat=True))
 
-        return _gemm_conv.backward(_ConvKernels, None, conv_saved, produce=produce)
+        return _gemm_conv.backward(_ConvKernels, None, conv_saved, produce=produce,
+                                   input_grad=input_grad)
     dz = outputs.take(conv_shape, dy.dtype)
     _concurrent.over_rows(_pool.max_relu_pool2d_backward,
                           [_planes(dy), _planes(argmax), _planes(dz, flat=True)], (),
                           dz.size + dy.size)
-    return _gemm_conv.backward(_ConvKernels, dz, conv_saved)
+    return _gemm_conv.backward(_ConvKernels, dz, conv_saved, input_grad=input_grad)
 
 
 # ------------------------------------------------------------------ relu ---
