@@ -2,7 +2,7 @@
 
     y, ctx = conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
                             *, backend=None)
-    dx, dw, db = conv2d_backward(dy, ctx)
+    dx, dw, db = conv2d_backward(dy, ctx, *, input_grad=True)
     y, ctx = max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1,
                                 ceil_mode=False, *, backend=None)
     dx = max_pool2d_backward(dy, ctx)
@@ -21,12 +21,16 @@ section at the end)::
 
     y, ctx = conv2d_relu_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
                                  *, backend=None)
-    dx, dw, db = conv2d_relu_backward(dy, ctx)
+    dx, dw, db = conv2d_relu_backward(dy, ctx, *, input_grad=True)
     y, ctx = conv2d_relu_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1,
                                             groups=1, pool_kernel_size=2, pool_stride=None,
                                             pool_padding=0, pool_dilation=1,
                                             pool_ceil_mode=False, *, backend=None)
-    dx, dw, db = conv2d_relu_max_pool2d_backward(dy, ctx)
+    dx, dw, db = conv2d_relu_max_pool2d_backward(dy, ctx, *, input_grad=True)
+
+The conv backwards' input_grad=False returns (None, dw, db) without
+computing dx: for a network's first layer, whose input (the images) needs
+no gradient; PyTorch never computes it either. dw and db are the same.
 
 Semantics are PyTorch's F.conv2d / F.max_pool2d / F.avg_pool2d (NCHW,
 weights (F, C // groups, KH, KW)):
@@ -147,10 +151,12 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, b
     return _forward("conv2d", backend, args, y_shape)
 
 
-def conv2d_backward(dy, ctx):
-    """dy (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C // groups, KH, KW), db (F,)."""
+def conv2d_backward(dy, ctx, *, input_grad=True):
+    """dy (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C // groups, KH, KW), db (F,).
+    input_grad=False: dx is None and is not computed (the network's input)."""
     dy = _grad(dy, ctx, "conv2d")
-    return get_module(ctx.backend).conv2d_backward(dy, ctx.saved)
+    input_grad = _shapes.flag(input_grad, "input_grad")
+    return get_module(ctx.backend).conv2d_backward(dy, ctx.saved, input_grad)
 
 
 def _pool_args(x, kernel_size, stride, padding, ceil_mode, dilation=1):
@@ -330,14 +336,16 @@ def conv2d_relu_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
     return y, FusedContext("conv2d_relu", name, saved, y_shape, args[0].dtype, fused)
 
 
-def conv2d_relu_backward(dy, ctx):
-    """dy (N, F, OH, OW) -> dx, dw, db of conv2d_relu_forward."""
+def conv2d_relu_backward(dy, ctx, *, input_grad=True):
+    """dy (N, F, OH, OW) -> dx, dw, db of conv2d_relu_forward; dx None,
+    not computed, with input_grad=False."""
     dy = _grad(dy, ctx, "conv2d_relu")
+    input_grad = _shapes.flag(input_grad, "input_grad")
     mod = get_module(ctx.backend)
     if ctx.fused:
-        return mod.conv2d_relu_backward(dy, ctx.saved)
+        return mod.conv2d_relu_backward(dy, ctx.saved, input_grad)
     conv_saved, relu_saved = ctx.saved
-    return mod.conv2d_backward(mod.relu_backward(dy, relu_saved), conv_saved)
+    return mod.conv2d_backward(mod.relu_backward(dy, relu_saved), conv_saved, input_grad)
 
 
 def conv2d_relu_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
@@ -363,12 +371,14 @@ def conv2d_relu_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1
     return y, FusedContext("conv2d_relu_max_pool2d", name, saved, y_shape, args[0].dtype, fused)
 
 
-def conv2d_relu_max_pool2d_backward(dy, ctx):
-    """dy (N, F, POH, POW) -> dx, dw, db of conv2d_relu_max_pool2d_forward."""
+def conv2d_relu_max_pool2d_backward(dy, ctx, *, input_grad=True):
+    """dy (N, F, POH, POW) -> dx, dw, db of conv2d_relu_max_pool2d_forward;
+    dx None, not computed, with input_grad=False."""
     dy = _grad(dy, ctx, "conv2d_relu_max_pool2d")
+    input_grad = _shapes.flag(input_grad, "input_grad")
     mod = get_module(ctx.backend)
     if ctx.fused:
-        return mod.conv2d_relu_max_pool2d_backward(dy, ctx.saved)
+        return mod.conv2d_relu_max_pool2d_backward(dy, ctx.saved, input_grad)
     conv_saved, relu_saved, pool_saved = ctx.saved
     dr = mod.max_pool2d_backward(dy, pool_saved)
-    return mod.conv2d_backward(mod.relu_backward(dr, relu_saved), conv_saved)
+    return mod.conv2d_backward(mod.relu_backward(dr, relu_saved), conv_saved, input_grad)

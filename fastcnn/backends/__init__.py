@@ -55,7 +55,7 @@ input and never re-check it:
 The twelve functions (same names, same signatures in every backend)::
 
     conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape) -> (y, saved)
-    conv2d_backward(dy, saved)                 -> (dx, dw, db)   # db (F,) always
+    conv2d_backward(dy, saved, input_grad=True) -> (dx, dw, db)  # db (F,) always
     max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw) -> (y, saved)
     max_pool2d_backward(dy, saved)             -> dx
     avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad,
@@ -74,11 +74,15 @@ others from the twelve kernels above on the same backend)::
 
     conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, y_shape)
                                                -> (y, saved)
-    conv2d_relu_backward(dy, saved)            -> (dx, dw, db)
+    conv2d_relu_backward(dy, saved, input_grad=True) -> (dx, dw, db)
     conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups,
                                    conv_shape, kernel, pool_stride, pool_padding,
                                    pool_dilation, out_hw) -> (y, saved)
-    conv2d_relu_max_pool2d_backward(dy, saved) -> (dx, dw, db)
+    conv2d_relu_max_pool2d_backward(dy, saved, input_grad=True) -> (dx, dw, db)
+
+``input_grad`` (a bool) False: dx is None and its work is skipped (the
+gradient of a network's input, which no one uses); dw and db are those
+input_grad=True gives.
 
 Their results are those of the composition conv2d -> relu (-> max_pool2d)
 with the arguments above (conv_shape is the conv's y_shape, the pool's

@@ -53,7 +53,7 @@ class Kernels:
             y += b[:, None, None]
         return y, (cols, w.copy(), geometry)                 # w: backward's own copy
 
-    def conv2d_backward(self, dy, saved):
+    def conv2d_backward(self, dy, saved, input_grad=True):
         # dw[g] = sum_n dy[n, g] @ cols[n, g].T; dcols[n, g] = w[g].T @ dy[n, g];
         # dx[n, c, h, w] = sum of dcols[n, (c, i, j), p] over the taps (i, j, p) that read it
         e, xp = self.engine, self.engine.xp
@@ -65,6 +65,8 @@ class Kernels:
         db = dy.sum(axis=(0, 2, 3))
         dw = xp.matmul(dy4.transpose(1, 2, 0, 3).reshape(G, F // G, N * P),
                        cols.transpose(1, 0, 3, 2).reshape(G, N * P, K)).reshape(w.shape)
+        if not input_grad:                                  # no dcols, no col2im
+            return None, dw, db
         w3 = w.reshape(G, F // G, K)
         dcols = xp.matmul(w3.transpose(0, 2, 1), dy4)      # (N, G, K, P)
         C = G * CG

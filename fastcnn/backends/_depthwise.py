@@ -88,15 +88,18 @@ def forward(kern, x, w, b, stride, padding, dilation, y_shape, relu=False):
     return y, _Saved(x.shape, w3, xp, blocks, params)
 
 
-def backward(kern, dy, saved):
+def backward(kern, dy, saved, input_grad=True):
     """conv2d_backward of the kernel contract for the saved forward:
-    (dx, dw, db)."""
+    (dx, dw, db); input_grad=False gives dx None."""
     N, C, H, W = saved.x_shape
     F, KH, KW = saved.w.shape
     OH, OW = dy.shape[2:]
     SH, SW, DH, DW, PT, PL = saved.params
     M, WQ = F // C, saved.xp.shape[3]
-    dx = outputs.take(saved.x_shape, dy.dtype)
+    # the kernels make dx and dw in one call, one pass over dy, with no way
+    # to leave dx out (cy_depthwise.backward): input_grad=False still
+    # computes dx, into a workspace array, and drops it
+    dx = (outputs if input_grad else workspace).take(saved.x_shape, dy.dtype)
     image_ranges = sorted({blk[:2] for blk in saved.blocks})
     dw_parts = np.empty((len(image_ranges), F, KH * KW))
     db_parts = np.empty((len(image_ranges), F))
@@ -122,4 +125,4 @@ def backward(kern, dy, saved):
     _run(piece, saved.blocks)
     dw = outputs.take((F, 1, KH, KW), dy.dtype)
     dw.reshape(F, KH * KW)[...] = dw_parts.sum(axis=0)
-    return dx, dw, db_parts.sum(axis=0).astype(dy.dtype)
+    return dx if input_grad else None, dw, db_parts.sum(axis=0).astype(dy.dtype)

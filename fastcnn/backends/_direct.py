@@ -69,21 +69,29 @@ def forward(k, x, w, b, y, g, relu=False):
     return xp, w.copy()
 
 
-def backward(k, dy, g, saved):
+def backward(k, dy, g, saved, input_grad=True):
     """(dx, dw, db) for the forward that saved ``saved`` (without its relu:
-    the caller masks dy)."""
+    the caller masks dy); input_grad=False: dx is None, its pass skipped."""
     kd = k.direct_kernels()
     xp, w = saved
     # dx = the forward's loops over dy padded by the filter's reach less PT, PL
     QT, QL = 2 * g.DH - g.PT, 2 * g.DW - g.PL
     HQ, WQ = kd.padded_shape(g.OH, g.OW, QT, QL, g.H, g.W, g.DH, g.DW)
     dq = workspace.take((g.N, g.F, HQ, WQ), dy.dtype)
-    dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype)
-    wt = pack(flipped(w, g.G), g.G, kd.FB)
-    zeros = np.zeros(g.C, dtype=dy.dtype)
+    if input_grad:
+        dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype)
+        wt = pack(flipped(w, g.G), g.G, kd.FB)
+        zeros = np.zeros(g.C, dtype=dy.dtype)
+    else:
+        dx = None
 
     def chunk(sl):
-        kd.forward(dy[sl], wt, zeros, dx[sl], dq[sl], g.G, QT, QL, g.DH, g.DW, 0)
+        if dx is not None:      # the dx pass pads dy into dq as it goes
+            kd.forward(dy[sl], wt, zeros, dx[sl], dq[sl], g.G, QT, QL, g.DH, g.DW, 0)
+        else:                   # dw's planes without it: the same zero-padded dy
+            q = dq[sl]
+            q.fill(0)
+            q[:, :, QT:QT + g.OH, QL:QL + g.OW] = dy[sl]
         dw_c = np.zeros((g.F, g.C // g.G, 9))
         kd.weight_grad(xp[sl], dq[sl], dw_c, g.G, QT, QL, g.OH, g.OW, g.DH, g.DW)
         return dw_c, dy[sl].sum(axis=(0, 2, 3), dtype=np.float64)

@@ -296,9 +296,10 @@ def takes_blocks(saved):
     return saved[0] == "per_image" and len(saved) == 3
 
 
-def backward(k, dy, saved, produce=None):
+def backward(k, dy, saved, produce=None, input_grad=True):
     """conv2d_backward of the kernel contract: (dx, dw, db); for a forward
-    with relu, the ReLU's mask is applied to dy first. With
+    with relu, the ReLU's mask is applied to dy first. input_grad=False:
+    dx is None, its products and col2im skipped on every path. With
     ``produce`` (only where ``takes_blocks(saved)``; dy is then None),
     produce(n0, d) writes images n0 .. n0+n-1 of dy into d (n, F, OH, OW),
     a workspace block used and overwritten right after: the fused
@@ -310,24 +311,30 @@ def backward(k, dy, saved, produce=None):
         dy, mask = _relu.backward(k.relu_backward, dy, mask), None
     if path == "depthwise":
         from fastcnn.backends import _depthwise
-        return _depthwise.backward(k.depthwise(), dy, data)
+        return _depthwise.backward(k.depthwise(), dy, data, input_grad)
     if path == "winograd":
-        return k.winograd.backward(k, dy, g, data)
+        return k.winograd.backward(k, dy, g, data, input_grad)
     if path == "direct":
-        return k.direct.backward(k, dy, g, data)
+        return k.direct.backward(k, dy, g, data, input_grad)
     wb, chunks, RP = data
-    dx = outputs.take((g.N, g.C, g.H, g.W), wb.dtype)
+    # the chunk backwards skip dx's product and col2im where their dx is None
+    dx = outputs.take((g.N, g.C, g.H, g.W), wb.dtype) if input_grad else None
+
+    def dx_of(sl):
+        return None if dx is None else dx[sl]
+
     fn = {"per_image": _per_image_backward, "batch": _batch_backward,
           "pointwise": _pointwise_backward}[path]
     if produce is not None:
         parts = _map(lambda item: _per_image_backward(
-            k, g, None, wb, item[1], RP, dx[item[0]], None,
+            k, g, None, wb, item[1], RP, dx_of(item[0]), None,
             lambda n0, d, _start=item[0].start: produce(_start + n0, d)), chunks)
     elif mask is not None:
-        parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx[item[0]],
+        parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx_of(item[0]),
                                      mask[item[0]]), chunks)
     else:
-        parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx[item[0]]), chunks)
+        parts = _map(lambda item: fn(k, g, dy[item[0]], wb, item[1], RP, dx_of(item[0])),
+                     chunks)
     # summed over the chunks: dw and db (only they) depend on the thread
     # count, in their last bits (another rounding order)
     dw = outputs.take((g.F, g.C // g.G, g.KH, g.KW), wb.dtype)
@@ -437,13 +444,13 @@ def _per_image_backward(k, g, dy, wb, saved, RP, dx, mask=None, produce=None):
         mask4 = mask.reshape(n, G, g.Fg, P)
         dym = workspace.take((b, G, g.Fg, P), dtype)
     cols = _image_cols(g, b, dtype)
-    dcols = workspace.take((b, G, Kg, P), dtype)
+    dcols = workspace.take((b, G, Kg, P), dtype) if dx is not None else None
     dwb = np.zeros((G, g.Fg, Kg + 1), dtype=dtype)
     part = np.empty((b, G, g.Fg, Kg + 1), dtype=dtype)
     wT = wb[:, :, :Kg].transpose(0, 2, 1)
     for i0 in range(0, n, b):
         m = min(n, i0 + b) - i0
-        c, d = cols[:m], dcols[:m]
+        c = cols[:m]
         k.im2col(saved[i0:i0 + m], c[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
         if produce is not None:
             produce(i0, dyb[:m])
@@ -453,8 +460,9 @@ def _per_image_backward(k, g, dy, wb, saved, RP, dx, mask=None, produce=None):
         if mask is not None:
             dy_blk = np.multiply(dy_blk, mask4[i0:i0 + m], out=dym[:m])
         dwb += np.matmul(dy_blk, c.transpose(0, 1, 3, 2), out=part[:m]).sum(axis=0)
-        np.matmul(wT, dy_blk, out=d)
-        k.col2im(d.transpose(1, 2, 0, 3), dx[i0:i0 + m], g, RP)
+        if dx is not None:                   # None: input_grad=False
+            d = np.matmul(wT, dy_blk, out=dcols[:m])
+            k.col2im(d.transpose(1, 2, 0, 3), dx[i0:i0 + m], g, RP)
     return dwb[:, :, :Kg].reshape(g.F, Kg), dwb[:, :, Kg].reshape(g.F)
 
 
@@ -493,9 +501,10 @@ def _batch_backward(k, g, dy, wb, cols, RP, dx):
     # but its long inner dimension N*L stays whole in every block when it
     # splits over the rows of cols (dw's columns).
     dwT = _gmatmul(cols, dyF.transpose(0, 2, 1), np.empty((G, Kg, g.Fg), dtype=dy.dtype))
-    dcols = _gmatmul(wb[:, :, :Kg].transpose(0, 2, 1), dyF,
-                     workspace.take((G, Kg, n * L), dy.dtype))
-    k.col2im(dcols.reshape(G, Kg, n, L), dx, g, RP)
+    if dx is not None:                       # None: input_grad=False
+        dcols = _gmatmul(wb[:, :, :Kg].transpose(0, 2, 1), dyF,
+                         workspace.take((G, Kg, n * L), dy.dtype))
+        k.col2im(dcols.reshape(G, Kg, n, L), dx, g, RP)
     return dwT.transpose(0, 2, 1).reshape(F, Kg), db
 
 
@@ -534,6 +543,9 @@ def _pointwise_backward(k, g, dy, wb, xs, RP, dx):
     n, G, Fg, Cg, P = dy.shape[0], g.G, g.Fg, g.C // g.G, g.P
     dy4 = dy.reshape(n, G, Fg, P)
     dwb = np.matmul(dy4, xs.transpose(0, 1, 3, 2)).sum(axis=0)       # (G, Fg, Cg+1)
+    dw, db = dwb[:, :, :Cg].reshape(g.F, Cg), dwb[:, :, Cg].reshape(g.F)
+    if dx is None:                           # input_grad=False
+        return dw, db
     wT = wb[:, :, :Cg].transpose(0, 2, 1)
     if (g.SH, g.SW) == (1, 1):
         np.matmul(wT, dy4, out=dx.reshape(n, G, Cg, P))
@@ -541,4 +553,4 @@ def _pointwise_backward(k, g, dy, wb, xs, RP, dx):
         dxs = np.matmul(wT, dy4, out=workspace.take((n, G, Cg, P), dy.dtype))
         dx.fill(0)
         dx[:, :, ::g.SH, ::g.SW] = dxs.reshape(n, g.C, g.OH, g.OW)
-    return dwb[:, :, :Cg].reshape(g.F, Cg), dwb[:, :, Cg].reshape(g.F)
+    return dw, db

@@ -72,14 +72,15 @@ def forward(k, x, w, b, y, g, relu=False):
     return U, phases
 
 
-def backward(k, dy, g, saved):
+def backward(k, dy, g, saved, input_grad=True):
     """The exact adjoint of forward (without relu), chunk by chunk
     (concurrently) and phase by phase: dx per chunk, dU and db summed over
-    chunks and phases, then dw = G^T dU G."""
+    chunks and phases, then dw = G^T dU G. input_grad=False: dx is None,
+    and no dV product, input-gradient transform or crop runs."""
     wino = k.winograd_kernels()
     U, phases = saved
-    dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype)
-    if len(phases) < g.DH * g.DW:
+    dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype) if input_grad else None
+    if input_grad and len(phases) < g.DH * g.DW:
         dx.fill(0)          # input phases that reach no output
     dU = np.zeros_like(U)
     db = np.zeros(g.F, dtype=np.float64)
@@ -89,9 +90,10 @@ def backward(k, dy, g, saved):
             continue
         _, rows, cols = ph
         dyp = _copy(dy[:, :, rows[1]::g.DH, cols[1]::g.DW])
-        dxp = workspace.take((g.N, g.C, gp.H, gp.W), dy.dtype)
+        dxp = workspace.take((g.N, g.C, gp.H, gp.W), dy.dtype) if input_grad else None
         _backward_chunks(wino, dyp, U, chunks, gp, dxp, dU, db)
-        dx[:, :, rows[0]::g.DH, cols[0]::g.DW] = dxp
+        if input_grad:
+            dx[:, :, rows[0]::g.DH, cols[0]::g.DW] = dxp
     dw = outputs.take((g.F, g.C // g.G, 3, 3), dy.dtype)
     wino.weight_grad_transform(dU, dw)
     return dx, dw, db.astype(dy.dtype)
@@ -134,7 +136,8 @@ def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db):
         sl, (V, bands) = item
         dU_c = np.zeros_like(dU)
         db_c = np.zeros(g.F, dtype=np.float64)
-        _backward_chunk(wino, dy[sl], U, V, bands, g, dx[sl], dU_c, db_c)
+        _backward_chunk(wino, dy[sl], U, V, bands, g, None if dx is None else dx[sl],
+                        dU_c, db_c)
         return dU_c, db_c
 
     for dU_c, db_c in _concurrent.run(chunk, chunks):
@@ -197,18 +200,20 @@ def _forward_chunk(wino, x, U, b, y, g, relu):
 
 def _backward_chunk(wino, dy, U, V, bands, g, dx, dU, db):
     """One chunk, band by band: dM, then dU += dM V^T and dV = U^T dM,
-    scatter-added into the chunk's dx; db += the chunk's sum of dy."""
+    scatter-added into the chunk's dx (no dV where dx is None);
+    db += the chunk's sum of dy."""
     N, C, F, G = dy.shape[0], g.C, g.F, g.G
     Cg, Fg = C // G, F // G
     TH, TW = _tiles(g)
     dU4 = dU.reshape(36, G, Fg, Cg)
     dU_band = np.empty_like(dU4)
     UT = U.reshape(36, G, Fg, Cg).transpose(0, 1, 3, 2)
-    xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), dy.dtype)
     dys = workspace.take((F, 4 * TH, 4 * TW, N), dy.dtype)
     wino.pack_planes(dy, dys, 0, 0)
     band_dM = _band_buffer(bands[0][1], F, TW, N, dy.dtype)
-    band_dV = _band_buffer(bands[0][1], C, TW, N, dy.dtype)
+    if dx is not None:
+        xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), dy.dtype)
+        band_dV = _band_buffer(bands[0][1], C, TW, N, dy.dtype)
     for th0, th1 in bands:
         r = th1 - th0
         L = r * TW * N
@@ -218,7 +223,10 @@ def _backward_chunk(wino, dy, U, V, bands, g, dx, dU, db):
         Vb = _band(V, th0, th1, C, TW, N).reshape(36, G, Cg, L)
         np.matmul(dM4, Vb.transpose(0, 1, 3, 2), out=dU_band)
         dU4 += dU_band
+        if dx is None:
+            continue
         dV = band_dV(r)
         np.matmul(UT, dM4, out=dV.reshape(36, G, Cg, L))
         wino.grad_input_transform(dV, xs, th0)
-    wino.crop_planes(xs, dx, g.PT, g.PL)
+    if dx is not None:
+        wino.crop_planes(xs, dx, g.PT, g.PL)

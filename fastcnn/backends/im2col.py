@@ -125,7 +125,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
     return y, (cols, batched, w.copy(), x.shape, stride, padding, dilation, groups)
 
 
-def conv2d_backward(dy, saved):
+def conv2d_backward(dy, saved, input_grad=True):
+    # input_grad=False skips dcols and the col2im (dx is None)
     # dw[g*Fg+f, (c, i, j)] = sum_{n,p,q} dy[n, g*Fg+f, p, q] * cols[(g*Cg+c, i, j), (n, p, q)]
     # dcols[group g's rows] = wg[g].T @ dy[group g's filters]
     # dxp[n, c, p*SH + i*DH, q*SW + j*DW] += dcols[(c, i, j), (n, p, q)]
@@ -138,6 +139,8 @@ def conv2d_backward(dy, saved):
         dy3 = dy.reshape(N * G, F // G, OH * OW)
         db = dy.sum(axis=(0, 2, 3))
         dw = matmul(dy3, cols.transpose(0, 2, 1)).reshape(N, F, -1).sum(axis=0)
+        if not input_grad:
+            return None, dw.reshape(F, Cg, KH, KW), db
         dcols = matmul(_per_image(wg.transpose(0, 2, 1), N), dy3).reshape(N, C, KH, KW, OH, OW)
         dxp = np.zeros((N, C, Hp, Wp), dy.dtype)
         _col2im(dxp, dcols.transpose(2, 3, 0, 1, 4, 5), stride, dilation)
@@ -148,6 +151,8 @@ def conv2d_backward(dy, saved):
     dy2 = dy2.reshape(G, F // G, N * OH * OW)
     db = dy2.sum(axis=2).reshape(F)
     dw = _grouped(dy2, cols.transpose(0, 2, 1)).reshape(F, Cg, KH, KW)
+    if not input_grad:
+        return None, dw, db
     dcols = _grouped(wg.transpose(0, 2, 1), dy2).reshape(C, KH, KW, N, OH, OW)
     # col2im into a (C, N, Hp, Wp) buffer, dcols' own axis order, so that the
     # adds run along whole output rows; one transposing copy makes it NCHW.

@@ -58,7 +58,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, y_shape):
     return y, (xp, w.copy(), stride, padding, dilation, groups)
 
 
-def conv2d_backward(dy, saved):
+def conv2d_backward(dy, saved, input_grad=True):
     # dw[g*Fg+f, c, kh, kw] = sum_{n,i,j}
     #                          dy[n, g*Fg+f, i, j] * xp[n, g*Cg+c, i*SH + kh*DH, j*SW + kw*DW]
     # dxp[n, g*Cg+c, i*SH + kh*DH, j*SW + kw*DW] += sum_{f<Fg}
@@ -68,15 +68,18 @@ def conv2d_backward(dy, saved):
     F, Cg, KH, KW = w.shape
     N, _, OH, OW = dy.shape
     wg = w.reshape(G, F // G, Cg, KH, KW)                      # (G, Fg, Cg, KH, KW)
-    dxp = np.zeros_like(xp)
+    dxp = np.zeros_like(xp) if input_grad else None           # input_grad=False: no dx
     dwg = np.zeros_like(wg)
     for i, j, rows, cols in _windows(OH, OW, stride, (KH, KW), dilation):
         d = dy[:, :, i, j].reshape(N, G, F // G)               # (N, G, Fg)
         patch = xp[:, :, rows, cols].reshape(N, G, Cg, KH, KW)
         dwg += np.einsum("ngf,ngchw->gfchw", d, patch)
-        dxp[:, :, rows, cols] += np.einsum("ngf,gfchw->ngchw", d, wg).reshape(N, G * Cg, KH, KW)
+        if input_grad:
+            dxp[:, :, rows, cols] += np.einsum("ngf,gfchw->ngchw", d, wg).reshape(
+                N, G * Cg, KH, KW)
     db = dy.sum(axis=(0, 2, 3))                                # (F,)
-    return _unpad(dxp, padding).copy(), dwg.reshape(F, Cg, KH, KW), db
+    dx = _unpad(dxp, padding).copy() if input_grad else None
+    return dx, dwg.reshape(F, Cg, KH, KW), db
 
 
 # ---------------------------------------------------------------- max pooling
