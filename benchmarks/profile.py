@@ -90,7 +90,8 @@ def fastcnn_parts(impl, model_name, batch, training, repeats, fuse=True):
             return
         _, dh = timed("loss (softmax cross-entropy)", softmax_cross_entropy, h, y)
         for name, s in zip(names[::-1], steps[::-1]):
-            dh = timed(f"backward {name}", s.backward, dh)
+            # input_grad: the first step's dx skipped, as in train_step
+            dh = timed(f"backward {name}", s.backward, dh, s is not steps[0])
         timed("optimizer (SGD momentum)", opt.step)
 
     def whole():

@@ -30,6 +30,7 @@ import operator
 
 from fastcnn import ops
 from fastcnn.nn.layers import Conv2d, MaxPool2d, ReLU
+from fastcnn.nn.module import input_grad_flag
 
 _enabled = contextvars.ContextVar("fastcnn_nn_fusion", default=True)
 
@@ -52,7 +53,8 @@ def fusion_enabled():
 
 class FusedStep:
     """Conv2d -> ReLU (-> MaxPool2d) run as one op; its backward fills the
-    conv's gradients as Conv2d.backward would."""
+    conv's gradients as Conv2d.backward would (input_grad=False: returns
+    None, dx not computed)."""
 
     __slots__ = ("layers", "conv", "pool", "_ctx")
 
@@ -79,14 +81,15 @@ class FusedStep:
             y, self._ctx = ops.conv2d_relu_max_pool2d_forward(*args, *self.pool.op_args())
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        input_grad = input_grad_flag(input_grad)
         ctx, self._ctx = self._ctx, None
         if ctx is None:
             raise RuntimeError("Conv2d.backward called without a preceding forward")
         if self.pool is None:
-            dx, dw, db = ops.conv2d_relu_backward(dy, ctx)
+            dx, dw, db = ops.conv2d_relu_backward(dy, ctx, input_grad=input_grad)
         else:
-            dx, dw, db = ops.conv2d_relu_max_pool2d_backward(dy, ctx)
+            dx, dw, db = ops.conv2d_relu_max_pool2d_backward(dy, ctx, input_grad=input_grad)
         self.conv.weight.grad = dw
         if self.conv.bias is not None:
             self.conv.bias.grad = db

@@ -12,13 +12,17 @@ next conv or pooling kernel needs. Every layer keeps its input dtype:
 float32 in, float32 out.
 
 Shapes: x (N, C, H, W) for conv/pool, (N, D) for Linear.
+
+``backward(dy, input_grad=False)`` returns None instead of dx: Conv2d and
+Linear still fill their grads but skip dx's work; a layer without
+parameters then only drops its forward's state.
 """
 import numpy as np
 
 from fastcnn import ops
 from fastcnn.backends._concurrent import matmul
 from fastcnn.nn import init as _init
-from fastcnn.nn.module import Module, Parameter
+from fastcnn.nn.module import Module, Parameter, input_grad_flag
 
 
 def _rng(rng):
@@ -41,6 +45,15 @@ class _Layer(Module):
             raise RuntimeError(f"{type(self).__name__}.backward called without a "
                                f"preceding forward")
         return saved
+
+    def _no_input_grad(self, input_grad):
+        """Whether backward is asked for no dx (input_grad False), the
+        forward's state then dropped: a layer without parameters has
+        nothing left to do."""
+        if input_grad_flag(input_grad):
+            return False
+        self._take()
+        return True
 
 
 class Conv2d(_Layer):
@@ -73,8 +86,9 @@ class Conv2d(_Layer):
                                             self.dilation, self.groups)
         return y
 
-    def backward(self, dy):
-        dx, dw, db = ops.conv2d_backward(dy, self._take())
+    def backward(self, dy, input_grad=True):
+        input_grad = input_grad_flag(input_grad)
+        dx, dw, db = ops.conv2d_backward(dy, self._take(), input_grad=input_grad)
         self.weight.grad = dw
         if self.bias is not None:
             self.bias.grad = db
@@ -107,7 +121,9 @@ class _Pool2d(_Layer):
         return (self.kernel_size, self.stride, self.padding,
                 *(getattr(self, name) for name in self._extra))
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         return type(self)._backward(dy, self._take())
 
     def __repr__(self):
@@ -154,7 +170,9 @@ class _AdaptivePool2d(_Layer):
         y, self._saved = type(self)._forward(x, self.output_size)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         return type(self)._backward(dy, self._take())
 
     def __repr__(self):
@@ -181,7 +199,9 @@ class ReLU(_Layer):
         y, self._saved = ops.relu_forward(x)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         return ops.relu_backward(dy, self._take())
 
     def __repr__(self):
@@ -195,7 +215,9 @@ class Flatten(_Layer):
         self._saved = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         return dy.reshape(self._take())
 
     def __repr__(self):
@@ -226,12 +248,13 @@ class Linear(_Layer):
             y += self.bias.data
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        input_grad = input_grad_flag(input_grad)
         x = self._take()
         self.weight.grad = matmul(dy.T, x)
         if self.bias is not None:
             self.bias.grad = dy.sum(axis=0)
-        return matmul(dy, self.weight.data)
+        return matmul(dy, self.weight.data) if input_grad else None
 
     def __repr__(self):
         out_f, in_f = self.weight.shape
@@ -261,7 +284,9 @@ class Dropout(_Layer):
         self._saved = keep
         return x * keep * x.dtype.type(1.0 / (1.0 - self.p))
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         keep = self._take()
         if keep is False:
             return dy

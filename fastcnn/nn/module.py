@@ -4,11 +4,17 @@ A layer is a pair ``forward(x) -> y`` / ``backward(dy) -> dx``: forward keeps
 what backward needs on the layer itself (one pending forward per layer),
 backward fills ``p.grad`` of each of the layer's parameters. Gradients are
 *overwritten*, not accumulated: one forward, one backward, one optimizer step.
+``backward(dy, input_grad=False)`` fills the same ``p.grad`` but returns None
+and skips dx's work where it can: the gradient of the model's input (the
+images), which a training step never uses; PyTorch does not compute it
+either, since the input does not require grad.
 Parameters and gradients are plain NumPy arrays of the model's dtype.
 
 This module deliberately has no autograd graph and no knowledge of backends.
 """
 import numpy as np
+
+from fastcnn import _shapes
 
 
 class Parameter:
@@ -40,7 +46,10 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """Fill the parameters' grad from dy, the gradient of the last
+        forward's output; return dx, the gradient of its input, or None
+        (not computed) with input_grad=False."""
         raise NotImplementedError
 
     def __call__(self, x):
@@ -102,6 +111,11 @@ class Module:
         return params[0].dtype if params else None
 
 
+def input_grad_flag(value):
+    """backward's input_grad, checked: a bool, else a TypeError naming it."""
+    return _shapes.flag(value, "input_grad")
+
+
 def _child_seed(seed, i):
     entropy = list(seed) if isinstance(seed, (list, tuple)) else [seed]
     return entropy + [i]
@@ -138,12 +152,16 @@ class Sequential(Module):
         self._pending = steps
         return x
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """The layers' backwards in reverse order. input_grad=False is passed
+        to the first step only (the others' dx is the next one's dy): it
+        skips the first layer's dx, and this returns None."""
+        input_grad = input_grad_flag(input_grad)
         # the steps the forward took, fused or not, whatever the switch says now
         steps, self._pending = self._pending or self.layers, None
-        for step in reversed(steps):
-            dy = step.backward(dy)
-        return dy
+        for i in range(len(steps) - 1, -1, -1):
+            dy = steps[i].backward(dy) if i else steps[i].backward(dy, input_grad=input_grad)
+        return dy if input_grad else None
 
     def named_parameters(self, prefix=""):
         for i, layer in enumerate(self.layers):
