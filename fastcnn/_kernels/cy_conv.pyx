@@ -15,15 +15,16 @@ first layer they were 3x slower than im2col + per-image BLAS.
 
 Shapes: x (N, C, H, W), w (F, C/G, KH, KW) for G groups, y/dy
 (N, F, OH, OW), stride (SH, SW), dilation (DH, DW), top/left padding PT, PL
-(bottom/right padding only shows up in OH, OW). Padding is never
-materialised: every loop clips its range of output columns to the ones
-whose input column lies inside the image.
+(bottom/right padding only shows up in OH, OW). The input is never
+padded as a whole: the generic loops clip each range of output columns to
+the ones whose input column lies inside the image; the column-stride-2
+loops pad one plane's two column phases at a time, in a small scratch.
 Column matrix: cols[g, k, n, p] with k = (c', kh, kw) within group g,
 Kg = C/G*KH*KW and p = (oh, ow), P = OH*OW, so the product of group g's
 rows of w with cols[g] is group g's output channels.
 """
 from cython cimport floating
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 
 from fastcnn._kernels._rows cimport _axpy, _hi, _lo, _zero
 
@@ -65,6 +66,152 @@ cdef Py_ssize_t* _dilated_tap_ranges(Py_ssize_t KW, Py_ssize_t SW, Py_ssize_t DW
     return r
 
 
+# ------------------------------------------------- stride-2 column phases --
+# A stride-2 tap reads every other input column: ow*2 + off, off = kw - PL.
+# Split into its even and odd columns, a plane makes every tap's run a
+# contiguous one (phase off & 1, shifted by floor(off / 2)); with the two
+# phase planes zero-padded (rows PT above, columns PLh = ceil(PL/2) to the
+# left, and as many as the last window reaches below and to the right) no
+# tap needs clipping either: im2col copies whole rows of OW and col2im adds
+# them, in fixed-size pieces, where the generic loops gather and scatter
+# element by element between clipped bounds.
+
+cdef struct _Phases:
+    Py_ssize_t HPd, WPd, PLh     # padded phase plane rows, pitch, left pad
+
+
+cdef inline _Phases _phases(Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                            Py_ssize_t SH, Py_ssize_t DH, Py_ssize_t PT, Py_ssize_t PL,
+                            Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """The padded phase planes' sizes: every row oh*SH + kh*DH (padded) and
+    every column ow + floor((kw - PL) / 2) + PLh of a tap is inside."""
+    cdef _Phases p
+    cdef Py_ssize_t last = KW - 1 - PL
+    p.PLh = (PL + 1) // 2
+    # last - (last & 1) is even: exact division under C's and Python's rules
+    p.WPd = p.PLh + max((W + 1) // 2, OW + (last - (last & 1)) // 2)
+    p.HPd = PT + max(H, (OH - 1) * SH + (KH - 1) * DH - PT + 1)
+    return p
+
+
+cdef inline void _copy_row(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    """dst[0:n] = src[0:n] in pieces of constant size: a loop of unknown
+    count would be compiled into a call of memcpy, which costs more than
+    these short rows."""
+    cdef Py_ssize_t i = 0, j
+    while i + 8 <= n:
+        for j in range(8):
+            dst[i + j] = src[i + j]
+        i += 8
+    if i + 4 <= n:
+        for j in range(4):
+            dst[i + j] = src[i + j]
+        i += 4
+    while i < n:
+        dst[i] = src[i]
+        i += 1
+
+
+cdef inline void _split_cols(const floating* src, floating* ev, floating* od,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t pitch) noexcept nogil:
+    """ev[ih, j] = src[ih, 2j], od[ih, j] = src[ih, 2j+1] (rows pitch apart)."""
+    cdef Py_ssize_t ih, j, W2 = W // 2
+    cdef const floating* s
+    cdef floating* e
+    cdef floating* o
+    for ih in range(H):
+        s = src + ih * W
+        e = ev + ih * pitch
+        o = od + ih * pitch
+        for j in range(W2):
+            e[j] = s[2 * j]
+            o[j] = s[2 * j + 1]
+        if W & 1:
+            e[W2] = s[W - 1]
+
+
+cdef inline void _merge_cols(const floating* ev, const floating* od, floating* dst,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t pitch) noexcept nogil:
+    """The inverse of _split_cols: dst[ih, 2j] = ev[ih, j], dst[ih, 2j+1] = od[ih, j]."""
+    cdef Py_ssize_t ih, j, W2 = W // 2
+    cdef floating* d
+    cdef const floating* e
+    cdef const floating* o
+    for ih in range(H):
+        d = dst + ih * W
+        e = ev + ih * pitch
+        o = od + ih * pitch
+        for j in range(W2):
+            d[2 * j] = e[j]
+            d[2 * j + 1] = o[j]
+        if W & 1:
+            d[W - 1] = e[W2]
+
+
+cdef inline const floating* _tap(const floating* ev, _Phases p, Py_ssize_t kh,
+                                 Py_ssize_t kw, Py_ssize_t DH, Py_ssize_t PL) noexcept nogil:
+    """Where tap (kh, kw)'s output row 0 starts in the padded phase planes
+    (ev, then the odd plane HPd*WPd further)."""
+    cdef Py_ssize_t off = kw - PL
+    return (ev + (off & 1) * p.HPd * p.WPd + kh * DH * p.WPd + p.PLh
+            + (off - (off & 1)) // 2)
+
+
+cdef void _im2col_s2(const floating[:, :, :, ::1] x, floating[:, :, :, :] cols,
+                     Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t DH,
+                     Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t OH, Py_ssize_t OW,
+                     floating* ev, _Phases p) noexcept nogil:
+    """im2col for column stride 2 without column dilation, plane by plane
+    through its padded column phases (ev: zeroed scratch of 2*HPd*WPd)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t T = KH * KW, Kg = cols.shape[1]
+    cdef Py_ssize_t n, c, k, gk, kh, kw, oh
+    cdef floating* inner = ev + PT * p.WPd + p.PLh
+    cdef const floating* src
+    for n in range(N):
+        for c in range(C):
+            _split_cols(&x[n, c, 0, 0], inner, inner + p.HPd * p.WPd, H, W, p.WPd)
+            for kh in range(KH):
+                for kw in range(KW):
+                    k = c * T + kh * KW + kw
+                    gk = k // Kg
+                    src = _tap(ev, p, kh, kw, DH, PL)
+                    for oh in range(OH):
+                        _copy_row(&cols[gk, k - gk * Kg, n, oh * OW],
+                                  src + oh * SH * p.WPd, OW)
+
+
+cdef void _col2im_s2(const floating[:, :, :, :] dcols, floating[:, :, :, ::1] dx,
+                     Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t DH,
+                     Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t OH, Py_ssize_t OW,
+                     floating* ev, _Phases p) noexcept nogil:
+    """col2im for column stride 2 without column dilation: each plane summed
+    into its padded column phases (ev: scratch of 2*HPd*WPd), whose inside
+    is then interleaved into dx."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t T = KH * KW, Cg = C // dcols.shape[0]
+    cdef Py_ssize_t item, n, c, gc, k0, kh, kw, oh, ow
+    cdef floating* inner = ev + PT * p.WPd + p.PLh
+    cdef floating* dst
+    cdef const floating* src
+    for item in range(N * C):
+        n = item // C
+        c = item % C
+        gc = c // Cg
+        k0 = (c - gc * Cg) * T
+        _zero(ev, 2 * p.HPd * p.WPd)
+        for kh in range(KH):
+            for kw in range(KW):
+                dst = <floating*>_tap(ev, p, kh, kw, DH, PL)
+                src = &dcols[gc, k0 + kh * KW + kw, n, 0]
+                for oh in range(OH):
+                    for ow in range(OW):
+                        dst[ow] += src[ow]
+                    dst += SH * p.WPd
+                    src += OW
+        _merge_cols(inner, inner + p.HPd * p.WPd, &dx[n, c, 0, 0], H, W, p.WPd)
+
+
 def im2col(const floating[:, :, :, ::1] x, floating[:, :, :, :] cols,
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
            Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t PT, Py_ssize_t PL,
@@ -81,7 +228,17 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, :, :] cols,
     cdef floating* dst
     cdef const floating* src
     cdef Py_ssize_t* r = _dilated_tap_ranges(KW, SW, DW, PL, W, OW)
+    cdef floating* ev = NULL
+    cdef _Phases p
     try:
+        if SW == 2 and DW == 1:
+            p = _phases(H, W, KH, KW, SH, DH, PT, PL, OH, OW)
+            ev = <floating*>calloc(2 * p.HPd * p.WPd, sizeof(floating))
+            if ev == NULL:
+                raise MemoryError()
+            with nogil:
+                _im2col_s2(x, cols, KH, KW, SH, DH, PT, PL, OH, OW, ev, p)
+            return
         with nogil:
             for k in range(K):
                 c = k // T
@@ -109,6 +266,7 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, :, :] cols,
                                 dst[ow] = src[ow * SW + off]
                         _zero(dst + hi, OW - hi)
     finally:
+        free(ev)
         free(r)
 
 
@@ -125,7 +283,17 @@ def col2im(const floating[:, :, :, :] dcols, floating[:, :, :, ::1] dx,
     cdef Py_ssize_t T = KH * KW, Cg = C // dcols.shape[0]
     cdef Py_ssize_t item, n, c, gc, k0, kh, kw, oh, ih, lo
     cdef Py_ssize_t* r = _dilated_tap_ranges(KW, SW, DW, PL, W, OW)
+    cdef floating* ev = NULL
+    cdef _Phases p
     try:
+        if SW == 2 and DW == 1:
+            p = _phases(H, W, KH, KW, SH, DH, PT, PL, OH, OW)
+            ev = <floating*>malloc(2 * p.HPd * p.WPd * sizeof(floating))
+            if ev == NULL:
+                raise MemoryError()
+            with nogil:
+                _col2im_s2(dcols, dx, KH, KW, SH, DH, PT, PL, OH, OW, ev, p)
+            return
         with nogil:
             for item in range(N * C):
                 n = item // C
@@ -145,6 +313,7 @@ def col2im(const floating[:, :, :, :] dcols, floating[:, :, :, ::1] dx,
                                       &dcols[gc, k0 + kh * KW + kw, n, oh * OW + lo], 1,
                                       1, r[KW + kw] - lo)
     finally:
+        free(ev)
         free(r)
 
 
