@@ -58,6 +58,9 @@ CASES = [
     (2, 4, 7, 9, 6, 1, 1, (2, 3), 0, 1, 2, True),   # pointwise, strided, grouped
     (2, 4, 5, 5, 4, 1, 1, 1, 0, 3, 4, False),       # pointwise depthwise; dilation moot
     (2, 3, 5, 6, 2, 1, 1, 2, 1, 1, 1, True),        # 1x1 with padding: not pointwise
+    # stride-2 columns (the compiled im2col's column-phase loops)
+    (2, 4, 9, 7, 6, 3, 3, 2, 1, 1, 2, True),        # 3x3/2 pad 1, odd sizes, groups: column phases
+    (1, 2, 6, 8, 3, 3, 4, (1, 2), (2, 3), 1, 1, False),  # stride-2 columns, padding past half the kernel
 ]
 
 
@@ -248,8 +251,14 @@ def test_paths_chosen_by_shape(backend):
     depthwise = _g(64, 8, 3, 3, (1, 1), groups=8)
     assert choose(depthwise) == ("depthwise" if k.depthwise is not None else "per_image")
     if k.winograd is not None:
+        # a batch too small for Winograd: the direct loops where the table
+        # has them (3x3 stride 1), else the im2col products
         small = k.winograd.MIN_BATCH - 1
-        assert choose(_g(small, 32, 3, 3, (1, 1))) == im2col(288)
+        direct = getattr(k, "direct", None) is not None
+        assert choose(_g(small, 32, 3, 3, (1, 1))) == ("direct" if direct else im2col(288))
+        assert choose(_g(1, 32, 3, 3, (1, 1))) == ("direct" if direct else im2col(288))
+        assert choose(_g(1, 32, 3, 3, (2, 2))) == "batch"             # direct: stride 1 only
+        assert choose(_g(small + 1, 32, 3, 3, (1, 1))) == "winograd"
 
 
 @pytest.mark.parametrize("backend", DRIVEN)

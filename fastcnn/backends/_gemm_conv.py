@@ -199,12 +199,15 @@ def choose_path(k, g):
     # dilated: the direct loops read the dilated taps where they lie, where
     # Winograd copies each phase sub-grid out and back; grouped with few
     # channels a group: Winograd's per-group products are too small to run
-    # at speed (both measured at batch 64, fwd+bwd)
-    if Kg > PER_IMAGE_MAX_TAPS and (g.DH > 1 or g.DW > 1 or 1 < g.G and Kg <= DIRECT_MAX_TAPS) \
+    # at speed (both measured at batch 64, fwd+bwd); a batch too small for
+    # Winograd's vector lanes: the direct loops beat the im2col products
+    # there (measured at batch 1 and 4, the MNIST conv2)
+    few_images = g.N < getattr(k.winograd, "MIN_BATCH", 0)
+    if Kg > PER_IMAGE_MAX_TAPS and (g.DH > 1 or g.DW > 1 or few_images
+                                    or 1 < g.G and Kg <= DIRECT_MAX_TAPS) \
             and path_applies(k, "direct", g):
         return "direct"
-    if Kg > PER_IMAGE_MAX_TAPS and g.N >= getattr(k.winograd, "MIN_BATCH", 0) \
-            and path_applies(k, "winograd", g):
+    if Kg > PER_IMAGE_MAX_TAPS and not few_images and path_applies(k, "winograd", g):
         return "winograd"
     table_limit = getattr(k, "per_image_max_taps", PER_IMAGE_MAX_TAPS)
     if Kg <= min(table_limit, PER_IMAGE_MAX_TAPS):   # either limit: no thread count asked
