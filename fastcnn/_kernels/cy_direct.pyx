@@ -20,11 +20,15 @@ dx is this forward on dy: dx = conv(dy zero-padded by (2DH - PT, 2DW - PL),
 w flipped and with F and C/G swapped), so the same loops and the same
 padded-plane layout serve it. dw[f, c, kh, kw] += the dot product of dy's
 plane f with xp's plane c shifted by (kh*DH, kw*DW): per (c, kh), FBW
-filters' three kw sums in 3*FBW vector accumulators over the rows of
-every image of the call, dy read from its padded planes (the ones dx was
+filters' three kw sums in 3*FBW vector accumulators over the rows of a
+block of images (whole images while a lane sums at most 64 vectors, else
+rows of one image), dy read from its padded planes (the ones dx was
 computed from), the lanes past OW masked to zero in x (0 * inf would be
-NaN), added lane by lane in double every 64 vectors a lane and summed
-once per (filters, c, kh) and call.
+NaN). Every (filters, c, kh) runs over one block before the next block,
+so the block's planes are read from cache, not memory (over the whole
+call per (filters, c, kh), the planes of a chunk of the batch were read
+from memory FBW*Cg*3 times over); each block's float sums are widened to
+double and summed in a tree of vector halves into dw.
 
 Layouts: ``forward`` writes each image's padded planes into ``xp`` (n, C,
 HP, WP) before it reads them, and the driver keeps xp for the backward
@@ -100,7 +104,7 @@ cdef extern from *:
     FASTCNN_DC_PAD(float, f32)
     FASTCNN_DC_PAD(double, f64)
 
-    #define FASTCNN_DC_KERNELS(T, S, V, VI, L, RB, FBW, ATTR)                           \\
+    #define FASTCNN_DC_KERNELS(T, S, V, VI, L, RB, FBW, ATTR, HSUM)                       \\
     /* y (Fg, OH, OW) = bias + conv(xp (Cg, HP, WP), wp (ceil(Fg/FB), Cg, 9, FB)) */    \\
     static ATTR void fastcnn_dc_fwd_##S(const T* xp, Py_ssize_t HP, Py_ssize_t WP,      \\
             const T* wp, const T* bias, T* y, Py_ssize_t Fg, Py_ssize_t Cg,             \\
@@ -147,77 +151,86 @@ cdef extern from *:
         }                                                                               \\
     }                                                                                   \\
     /* dw (Fg, Cg, 9) += sum_{i<n, oh<OH, ow<OW} dq[i, f, QT+oh, QL+ow]          \\
-       * xp[i, c, oh+kh*DH, ow+kw*DW], images XS and QS elements apart; float     \\
-       vector sums over 64 vectors at most, then added lane by lane in double */ \\
+       * xp[i, c, oh+kh*DH, ow+kw*DW], images XS and QS elements apart. The    \\
+       images go in blocks (whole images while a lane sums at most 64 vectors    \\
+       in float, else blocks of rows of one image), each block's planes read   \\
+       by every (filters, c, kh) while they are in cache; a block's float sums \\
+       are widened and summed in double into dw. */                             \\
     static ATTR void fastcnn_dc_dw_##S(const T* xp, Py_ssize_t XS, Py_ssize_t HP,       \\
             Py_ssize_t WP, const T* dq, Py_ssize_t QS, Py_ssize_t HQ, Py_ssize_t WQ,    \\
             Py_ssize_t QT, Py_ssize_t QL, double* dw, Py_ssize_t n, Py_ssize_t Fg,      \\
             Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW) {\\
-        Py_ssize_t f0, c, kh, kw, i, oh, oh0, ow0, f, l, nf;                            \\
-        /* rows per float block: about 64 vectors a lane before the double sums */    \\
-        const Py_ssize_t RBK = 64 / ((OW + L - 1) / L) > 1 ? 64 / ((OW + L - 1) / L) : 1; \\
+        Py_ssize_t i0, ie, oh0, oe, f0, c, kh, kw, i, oh, ow0, f, nf;                   \\
+        const Py_ssize_t VR = (OW + L - 1) / L;             /* vectors a row */       \\
+        const Py_ssize_t IB = OH * VR <= 64 ? 64 / (OH * VR) : 1;  /* images a block */ \\
+        const Py_ssize_t RBK = IB > 1 ? OH : 64 / VR > 1 ? 64 / VR : 1;  /* rows */   \\
         Py_ssize_t plane[FBW];                                                          \\
         VI mask;                                                                        \\
-        T lanes[L];                                                                     \\
-        double sums[FBW][3][L];                                                         \\
         FASTCNN_DC_MASK(mask, L, OW % L);                                               \\
-        for (f0 = 0; f0 < Fg; f0 += FBW) {                                              \\
-            nf = Fg - f0 < FBW ? Fg - f0 : FBW;                                         \\
-            /* filters past Fg read the last one's plane, and are not stored */         \\
-            for (f = 0; f < FBW; f++) plane[f] = (f0 + (f < nf ? f : nf - 1)) * HQ * WQ; \\
-            for (c = 0; c < Cg; c++)                                                    \\
-            for (kh = 0; kh < 3; kh++) {                                                \\
-                memset(sums, 0, sizeof sums);                                           \\
-                for (i = 0; i < n; i++)                                                 \\
-                for (oh0 = 0; oh0 < OH; oh0 += RBK) {                                   \\
-                    /* a block of rows of one image: pointers stepped row by row */     \\
-                    const Py_ssize_t oe = oh0 + RBK < OH ? oh0 + RBK : OH;              \\
-                    const T* xr = xp + i * XS + (c * HP + oh0 + kh * DH) * WP;          \\
-                    const T* dp[FBW];                                                   \\
+        for (i0 = 0; i0 < n; i0 += IB)                                                  \\
+        for (oh0 = 0; oh0 < OH; oh0 += RBK) {                                           \\
+            ie = i0 + IB < n ? i0 + IB : n;                                             \\
+            oe = oh0 + RBK < OH ? oh0 + RBK : OH;                                       \\
+            for (f0 = 0; f0 < Fg; f0 += FBW) {                                          \\
+                nf = Fg - f0 < FBW ? Fg - f0 : FBW;                                     \\
+                /* filters past Fg read the last one's plane, and are not stored */     \\
+                for (f = 0; f < FBW; f++)                                               \\
+                    plane[f] = (f0 + (f < nf ? f : nf - 1)) * HQ * WQ + (QT + oh0) * WQ + QL; \\
+                for (c = 0; c < Cg; c++)                                                \\
+                for (kh = 0; kh < 3; kh++) {                                            \\
                     V acc[FBW][3];                                                      \\
-                    for (f = 0; f < FBW; f++) {                                         \\
-                        dp[f] = dq + i * QS + plane[f] + (QT + oh0) * WQ + QL;          \\
-                        for (kw = 0; kw < 3; kw++) acc[f][kw] = FASTCNN_DC_SPLAT(V, 0); \\
-                    }                                                                   \\
-                    for (oh = oh0; oh < oe; oh++) {                                     \\
-                        for (ow0 = 0; ow0 < OW; ow0 += L) {                             \\
-                            V d[FBW], x0, x1, x2;                                       \\
-                            for (f = 0; f < FBW; f++)                                   \\
-                                d[f] = FASTCNN_DC_LD(V, dp[f] + ow0);                   \\
-                            x0 = FASTCNN_DC_LD(V, xr + ow0);                            \\
-                            x1 = FASTCNN_DC_LD(V, xr + ow0 + DW);                       \\
-                            x2 = FASTCNN_DC_LD(V, xr + ow0 + 2 * DW);                   \\
-                            if (ow0 + L > OW) {                                         \\
-                                x0 = FASTCNN_DC_KEEP(V, VI, x0, mask);                  \\
-                                x1 = FASTCNN_DC_KEEP(V, VI, x1, mask);                  \\
-                                x2 = FASTCNN_DC_KEEP(V, VI, x2, mask);                  \\
-                            }                                                           \\
-                            for (f = 0; f < FBW; f++) {                                 \\
-                                acc[f][0] += d[f] * x0;                                 \\
-                                acc[f][1] += d[f] * x1;                                 \\
-                                acc[f][2] += d[f] * x2;                                 \\
-                            }                                                           \\
-                        }                                                               \\
-                        xr += WP;                                                       \\
-                        for (f = 0; f < FBW; f++) dp[f] += WQ;                          \\
-                    }                                                                   \\
                     for (f = 0; f < FBW; f++)                                           \\
-                        for (kw = 0; kw < 3; kw++) {                                    \\
-                            const V a = acc[f][kw];   /* by value: acc stays in registers */ \\
-                            memcpy(lanes, &a, sizeof lanes);                            \\
-                            for (l = 0; l < L; l++) sums[f][kw][l] += lanes[l];         \\
+                        for (kw = 0; kw < 3; kw++) acc[f][kw] = FASTCNN_DC_SPLAT(V, 0); \\
+                    for (i = i0; i < ie; i++) {                                         \\
+                        /* pointers stepped row by row */                               \\
+                        const T* xr = xp + i * XS + (c * HP + oh0 + kh * DH) * WP;      \\
+                        const T* dp[FBW];                                               \\
+                        for (f = 0; f < FBW; f++) dp[f] = dq + i * QS + plane[f];       \\
+                        for (oh = oh0; oh < oe; oh++) {                                 \\
+                            for (ow0 = 0; ow0 < OW; ow0 += L) {                         \\
+                                V d[FBW], x0, x1, x2;                                   \\
+                                for (f = 0; f < FBW; f++)                               \\
+                                    d[f] = FASTCNN_DC_LD(V, dp[f] + ow0);               \\
+                                x0 = FASTCNN_DC_LD(V, xr + ow0);                        \\
+                                x1 = FASTCNN_DC_LD(V, xr + ow0 + DW);                   \\
+                                x2 = FASTCNN_DC_LD(V, xr + ow0 + 2 * DW);               \\
+                                if (ow0 + L > OW) {                                     \\
+                                    x0 = FASTCNN_DC_KEEP(V, VI, x0, mask);              \\
+                                    x1 = FASTCNN_DC_KEEP(V, VI, x1, mask);              \\
+                                    x2 = FASTCNN_DC_KEEP(V, VI, x2, mask);              \\
+                                }                                                       \\
+                                for (f = 0; f < FBW; f++) {                             \\
+                                    acc[f][0] += d[f] * x0;                             \\
+                                    acc[f][1] += d[f] * x1;                             \\
+                                    acc[f][2] += d[f] * x2;                             \\
+                                }                                                       \\
+                            }                                                           \\
+                            xr += WP;                                                   \\
+                            for (f = 0; f < FBW; f++) dp[f] += WQ;                      \\
                         }                                                               \\
-                }                                                                       \\
-                for (f = 0; f < nf; f++)                                                \\
-                    for (kw = 0; kw < 3; kw++) {                                        \\
-                        double s = 0;                                                   \\
-                        for (l = 0; l < L; l++) s += sums[f][kw][l];                    \\
-                        dw[((f0 + f) * Cg + c) * 9 + kh * 3 + kw] += s;                 \\
                     }                                                                   \\
+                    for (f = 0; f < nf; f++) {                                          \\
+                        double* o = dw + ((f0 + f) * Cg + c) * 9 + kh * 3;              \\
+                        for (kw = 0; kw < 3; kw++) {                                    \\
+                            const V a = acc[f][kw];                                     \\
+                            o[kw] += HSUM(a);                                           \\
+                        }                                                               \\
+                    }                                                                   \\
+                }                                                                       \\
             }                                                                           \\
         }                                                                               \\
     }
 
+    /* a vector's lanes summed in double: the float halves widened and added,
+       then halves added down to one lane (statement expressions on the
+       vector types; the halves by memcpy, which GCC turns into extracts) */
+    #define FASTCNN_DC_HALVES(H, v, lo, hi) H lo, hi; memcpy(&lo, &(v), sizeof lo);    \\
+        memcpy(&hi, (const char*)&(v) + sizeof lo, sizeof hi)
+    #define FASTCNN_DC_HSUM_D2(v) ((v)[0] + (v)[1])
+    #define FASTCNN_DC_HSUM_F4(v) ({ FASTCNN_DC_HALVES(fastcnn_dc_f2, v, a4_, b4_);   \\
+        fastcnn_dc_d2 s4_ = __builtin_convertvector(a4_, fastcnn_dc_d2)                \\
+                          + __builtin_convertvector(b4_, fastcnn_dc_d2);               \\
+        FASTCNN_DC_HSUM_D2(s4_); })
     #if defined(FASTCNN_DC_X86)
     typedef float fastcnn_dc_f16 __attribute__((vector_size(64)));
     typedef int fastcnn_dc_i16 __attribute__((vector_size(64)));
@@ -231,14 +244,27 @@ cdef extern from *:
     typedef int fastcnn_dc_i4 __attribute__((vector_size(16)));
     typedef double fastcnn_dc_d2 __attribute__((vector_size(16)));
     typedef long long fastcnn_dc_l2 __attribute__((vector_size(16)));
+    typedef float fastcnn_dc_f2 __attribute__((vector_size(8)));
+    #define FASTCNN_DC_HSUM_D4(v) ({ FASTCNN_DC_HALVES(fastcnn_dc_d2, v, a5_, b5_);   \\
+        fastcnn_dc_d2 s5_ = a5_ + b5_; FASTCNN_DC_HSUM_D2(s5_); })
+    #define FASTCNN_DC_HSUM_D8(v) ({ FASTCNN_DC_HALVES(fastcnn_dc_d4, v, a6_, b6_);   \\
+        fastcnn_dc_d4 s6_ = a6_ + b6_; FASTCNN_DC_HSUM_D4(s6_); })
+    #define FASTCNN_DC_HSUM_F8(v) ({ FASTCNN_DC_HALVES(fastcnn_dc_f4, v, a7_, b7_);   \\
+        fastcnn_dc_d4 s7_ = __builtin_convertvector(a7_, fastcnn_dc_d4)                \\
+                          + __builtin_convertvector(b7_, fastcnn_dc_d4);               \\
+        FASTCNN_DC_HSUM_D4(s7_); })
+    #define FASTCNN_DC_HSUM_F16(v) ({ FASTCNN_DC_HALVES(fastcnn_dc_f8, v, a8_, b8_);  \\
+        fastcnn_dc_d8 s8_ = __builtin_convertvector(a8_, fastcnn_dc_d8)                \\
+                          + __builtin_convertvector(b8_, fastcnn_dc_d8);               \\
+        FASTCNN_DC_HSUM_D8(s8_); })
     #  define FASTCNN_DC_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
     #  define FASTCNN_DC_AVX2 __attribute__((target("avx2,fma")))
-    FASTCNN_DC_KERNELS(float, f32_avx512, fastcnn_dc_f16, fastcnn_dc_i16, 16, 2, 6, FASTCNN_DC_AVX512)
-    FASTCNN_DC_KERNELS(double, f64_avx512, fastcnn_dc_d8, fastcnn_dc_l8, 8, 2, 4, FASTCNN_DC_AVX512)
-    FASTCNN_DC_KERNELS(float, f32_avx2, fastcnn_dc_f8, fastcnn_dc_i8, 8, 1, 2, FASTCNN_DC_AVX2)
-    FASTCNN_DC_KERNELS(double, f64_avx2, fastcnn_dc_d4, fastcnn_dc_l4, 4, 1, 2, FASTCNN_DC_AVX2)
-    FASTCNN_DC_KERNELS(float, f32_base, fastcnn_dc_f4, fastcnn_dc_i4, 4, 1, 2, )
-    FASTCNN_DC_KERNELS(double, f64_base, fastcnn_dc_d2, fastcnn_dc_l2, 2, 1, 2, )
+    FASTCNN_DC_KERNELS(float, f32_avx512, fastcnn_dc_f16, fastcnn_dc_i16, 16, 2, 6, FASTCNN_DC_AVX512, FASTCNN_DC_HSUM_F16)
+    FASTCNN_DC_KERNELS(double, f64_avx512, fastcnn_dc_d8, fastcnn_dc_l8, 8, 2, 4, FASTCNN_DC_AVX512, FASTCNN_DC_HSUM_D8)
+    FASTCNN_DC_KERNELS(float, f32_avx2, fastcnn_dc_f8, fastcnn_dc_i8, 8, 1, 2, FASTCNN_DC_AVX2, FASTCNN_DC_HSUM_F8)
+    FASTCNN_DC_KERNELS(double, f64_avx2, fastcnn_dc_d4, fastcnn_dc_l4, 4, 1, 2, FASTCNN_DC_AVX2, FASTCNN_DC_HSUM_D4)
+    FASTCNN_DC_KERNELS(float, f32_base, fastcnn_dc_f4, fastcnn_dc_i4, 4, 1, 2, , FASTCNN_DC_HSUM_F4)
+    FASTCNN_DC_KERNELS(double, f64_base, fastcnn_dc_d2, fastcnn_dc_l2, 2, 1, 2, , FASTCNN_DC_HSUM_D2)
     static int fastcnn_dc_level = -1;
     /* the CPU's best: 2 AVX-512, 1 AVX2 + FMA, 0 the baseline */
     static int fastcnn_dc_best(void) {
@@ -269,11 +295,13 @@ cdef extern from *:
     typedef int fastcnn_dc_i4 __attribute__((vector_size(16)));
     typedef double fastcnn_dc_d2 __attribute__((vector_size(16)));
     typedef long long fastcnn_dc_l2 __attribute__((vector_size(16)));
-    FASTCNN_DC_KERNELS(float, f32_base, fastcnn_dc_f4, fastcnn_dc_i4, 4, 1, 2, )
-    FASTCNN_DC_KERNELS(double, f64_base, fastcnn_dc_d2, fastcnn_dc_l2, 2, 1, 2, )
+    typedef float fastcnn_dc_f2 __attribute__((vector_size(8)));
+    FASTCNN_DC_KERNELS(float, f32_base, fastcnn_dc_f4, fastcnn_dc_i4, 4, 1, 2, , FASTCNN_DC_HSUM_F4)
+    FASTCNN_DC_KERNELS(double, f64_base, fastcnn_dc_d2, fastcnn_dc_l2, 2, 1, 2, , FASTCNN_DC_HSUM_D2)
     #  else
-    FASTCNN_DC_KERNELS(float, f32_base, float, int, 1, 1, 2, )
-    FASTCNN_DC_KERNELS(double, f64_base, double, int, 1, 1, 2, )
+    #  define FASTCNN_DC_HSUM_S(v) ((double)(v))
+    FASTCNN_DC_KERNELS(float, f32_base, float, int, 1, 1, 2, , FASTCNN_DC_HSUM_S)
+    FASTCNN_DC_KERNELS(double, f64_base, double, int, 1, 1, 2, , FASTCNN_DC_HSUM_S)
     #  endif
     static int fastcnn_dc_simd(int want) { (void)want; return 0; }
     #  define FASTCNN_DC_PICK(NAME, S, ARGS) NAME##_##S##_base ARGS
@@ -289,9 +317,9 @@ cdef extern from *:
             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW, int relu) {
         FASTCNN_DC_PICK(fastcnn_dc_fwd, f64, (xp, HP, WP, wp, bias, y, Fg, Cg, OH, OW, DH, DW, relu));
     }
-    #define FASTCNN_DC_DW_ARGS(T) (const T* xp, Py_ssize_t XS, Py_ssize_t HP,        \
-            Py_ssize_t WP, const T* dq, Py_ssize_t QS, Py_ssize_t HQ, Py_ssize_t WQ,    \
-            Py_ssize_t QT, Py_ssize_t QL, double* dw, Py_ssize_t n, Py_ssize_t Fg,      \
+    #define FASTCNN_DC_DW_ARGS(T) (const T* xp, Py_ssize_t XS, Py_ssize_t HP,        \\
+            Py_ssize_t WP, const T* dq, Py_ssize_t QS, Py_ssize_t HQ, Py_ssize_t WQ,    \\
+            Py_ssize_t QT, Py_ssize_t QL, double* dw, Py_ssize_t n, Py_ssize_t Fg,      \\
             Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW)
     #define FASTCNN_DC_DW_CALL (xp, XS, HP, WP, dq, QS, HQ, WQ, QT, QL, dw, n, Fg, Cg, OH, OW, DH, DW)
     static void fastcnn_dc_dw_f32 FASTCNN_DC_DW_ARGS(float) {
