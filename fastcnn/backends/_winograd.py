@@ -53,15 +53,21 @@ def applies(g):
     return g.KH == g.KW == 3 and g.SH == g.SW == 1
 
 
-def forward(k, x, w, b, y, g, relu=False):
+def forward(k, x, w, b, y, g, relu=False, consume=None):
     """y = conv(x, w) + b (then max(., 0) if relu), chunks of the batch
     concurrently, phase by phase if dilated; returns what backward needs:
-    U and, per phase, its geometry and its chunks' transformed inputs."""
+    U and, per phase, its geometry and its chunks' transformed inputs.
+
+    consume(n0, z) (undilated only; y is then None): each chunk's output
+    z (n, F, OH, OW), images n0 .. n0+n-1, handed over in a workspace
+    array on the chunk's thread instead of written into y, as the
+    per-image path of ``_gemm_conv.forward`` does with its blocks."""
     wino = k.winograd_kernels()
     U = np.empty((36, g.F, g.C // g.G), dtype=x.dtype)
     wino.weight_transform(w, U)
     if g.DH == g.DW == 1:
-        return U, [(None, g, _forward_chunks(wino, x, U, b, y, g, relu))]
+        return U, [(None, g, _forward_chunks(wino, x, U, b, y, g, relu, consume))]
+    assert consume is None, "consume: undilated convolutions only"
     phases = []
     for ph in _phases(g):
         gp, rows, cols = ph
@@ -72,31 +78,33 @@ def forward(k, x, w, b, y, g, relu=False):
     return U, phases
 
 
-def backward(k, dy, g, saved, input_grad=True):
+def backward(k, dy, g, saved, input_grad=True, produce=None):
     """The exact adjoint of forward (without relu), chunk by chunk
     (concurrently) and phase by phase: dx per chunk, dU and db summed over
     chunks and phases, then dw = G^T dU G. input_grad=False: dx is None,
-    and no dV product, input-gradient transform or crop runs."""
+    and no dV product, input-gradient transform or crop runs. produce(n0,
+    d) (undilated only; dy is then None) writes each chunk's dy, images
+    n0 .. n0+n-1, into the workspace array d on the chunk's thread."""
     wino = k.winograd_kernels()
     U, phases = saved
-    dx = outputs.take((g.N, g.C, g.H, g.W), dy.dtype) if input_grad else None
+    dx = outputs.take((g.N, g.C, g.H, g.W), U.dtype) if input_grad else None
     if input_grad and len(phases) < g.DH * g.DW:
         dx.fill(0)          # input phases that reach no output
     dU = np.zeros_like(U)
     db = np.zeros(g.F, dtype=np.float64)
     for ph, gp, chunks in phases:
         if ph is None:
-            _backward_chunks(wino, dy, U, chunks, gp, dx, dU, db)
+            _backward_chunks(wino, dy, U, chunks, gp, dx, dU, db, produce)
             continue
         _, rows, cols = ph
         dyp = _copy(dy[:, :, rows[1]::g.DH, cols[1]::g.DW])
-        dxp = workspace.take((g.N, g.C, gp.H, gp.W), dy.dtype) if input_grad else None
+        dxp = workspace.take((g.N, g.C, gp.H, gp.W), U.dtype) if input_grad else None
         _backward_chunks(wino, dyp, U, chunks, gp, dxp, dU, db)
         if input_grad:
             dx[:, :, rows[0]::g.DH, cols[0]::g.DW] = dxp
-    dw = outputs.take((g.F, g.C // g.G, 3, 3), dy.dtype)
+    dw = outputs.take((g.F, g.C // g.G, 3, 3), U.dtype)
     wino.weight_grad_transform(dU, dw)
-    return dx, dw, db.astype(dy.dtype)
+    return dx, dw, db.astype(U.dtype)
 
 
 def _phases(g):
@@ -124,19 +132,28 @@ def _copy(a):
     return out
 
 
-def _forward_chunks(wino, x, U, b, y, g, relu):
+def _forward_chunks(wino, x, U, b, y, g, relu, consume=None):
+    def chunk(sl):
+        if consume is None:
+            return _forward_chunk(wino, x[sl], U, b, y[sl], g, relu)
+        return _forward_chunk(wino, x[sl], U, b, None, g, relu,
+                              lambda z: consume(sl.start, z))
+
     slices = _chunks(g.N, _concurrent.num_threads())
-    saved = _concurrent.run(lambda sl: _forward_chunk(wino, x[sl], U, b, y[sl], g, relu),
-                            slices)
-    return list(zip(slices, saved))
+    return list(zip(slices, _concurrent.run(chunk, slices)))
 
 
-def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db):
+def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None):
     def chunk(item):
         sl, (V, bands) = item
         dU_c = np.zeros_like(dU)
         db_c = np.zeros(g.F, dtype=np.float64)
-        _backward_chunk(wino, dy[sl], U, V, bands, g, None if dx is None else dx[sl],
+        if produce is None:
+            dy_c = dy[sl]
+        else:                       # this chunk's dy, made on its thread
+            dy_c = workspace.take((sl.stop - sl.start, g.F, g.OH, g.OW), U.dtype)
+            produce(sl.start, dy_c)
+        _backward_chunk(wino, dy_c, U, V, bands, g, None if dx is None else dx[sl],
                         dU_c, db_c)
         return dU_c, db_c
 
@@ -174,9 +191,10 @@ def _band(V, th0, th1, C, TW, N):
     return V[36 * C * th0 * TW * N:36 * C * th1 * TW * N].reshape(36, C, (th1 - th0) * TW, N)
 
 
-def _forward_chunk(wino, x, U, b, y, g, relu):
-    """One chunk of the batch (x and y C-contiguous slices): returns what
-    its backward needs (the transformed input V and the bands)."""
+def _forward_chunk(wino, x, U, b, y, g, relu, consume=None):
+    """One chunk of the batch (x and y C-contiguous slices; with consume,
+    y is None and consume(z) takes the chunk's output): returns what its
+    backward needs (the transformed input V and the bands)."""
     N, C, F, G = x.shape[0], g.C, g.F, g.G
     TH, TW = _tiles(g)
     U4 = U.reshape(36, G, F // G, C // G)
@@ -194,7 +212,12 @@ def _forward_chunk(wino, x, U, b, y, g, relu):
         M = band_M(th1 - th0)
         np.matmul(U4, Vb.reshape(36, G, C // G, L), out=M.reshape(36, G, F // G, L))
         wino.output_transform(M, b, ys, th0, int(relu))
-    wino.crop_planes(ys, y, 0, 0)
+    if consume is None:
+        wino.crop_planes(ys, y, 0, 0)
+    else:
+        z = workspace.take((N, F, g.OH, g.OW), x.dtype)
+        wino.crop_planes(ys, z, 0, 0)
+        consume(z)
     return V, bands
 
 
