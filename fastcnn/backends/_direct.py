@@ -94,7 +94,11 @@ def backward(k, dy, g, saved, input_grad=True):
             q[:, :, QT:QT + g.OH, QL:QL + g.OW] = dy[sl]
         dw_c = np.zeros((g.F, g.C // g.G, 9))
         kd.weight_grad(xp[sl], dq[sl], dw_c, g.G, QT, QL, g.OH, g.OW, g.DH, g.DW)
-        return dw_c, dy[sl].sum(axis=(0, 2, 3), dtype=np.float64)
+        # db: each plane summed in dy's dtype (numpy's pairwise sum: a few
+        # roundings), the planes in double; a double sum of every element
+        # goes through numpy's casting buffers at twice the time
+        d = dy[sl]
+        return dw_c, d.reshape(d.shape[0], g.F, -1).sum(axis=2).sum(axis=0, dtype=np.float64)
 
     parts = _concurrent.run(chunk, _slices(g.N))
     dw64, db = parts[0]
