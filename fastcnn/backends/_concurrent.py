@@ -22,7 +22,7 @@ the cores are taken already.
 ``matmul(a, b, out=None)`` is a matrix product (or a stack of them) run the
 same way: BLAS at one thread, row blocks of ``a`` (or column blocks of
 ``b``, or matrices of a stack) across the pool when the product is big
-enough.
+enough; ``matmuls(pairs)`` runs independent products as one piece each.
 
 ``threads_for(available, work, items)`` is the one rule for how many pieces
 an op gets; ``slices(total, work)`` applies it with fastcnn's thread count
@@ -246,6 +246,17 @@ def matmul(a, b, out=None):
     else:
         run(block, parts)
     return out
+
+
+def matmuls(pairs):
+    """[a @ b for (a, b) in pairs], independent 2-D products: when there
+    are no more threads than products and each earns a thread, each is one
+    whole piece on the pool (one hand-over for all, no product split);
+    else one after another through ``matmul``."""
+    if 1 < num_threads() <= len(pairs) and all(
+            a.shape[0] * a.shape[1] * b.shape[1] >= MACS_PER_THREAD for a, b in pairs):
+        return run(lambda ab: np.matmul(*ab), pairs)
+    return [matmul(a, b) for a, b in pairs]
 
 
 def over_rows(kernel, arrays, params=(), work=0, per_thread=None):

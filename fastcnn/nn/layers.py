@@ -20,7 +20,7 @@ parameters then only drops its forward's state.
 import numpy as np
 
 from fastcnn import ops
-from fastcnn.backends._concurrent import matmul
+from fastcnn.backends._concurrent import matmul, matmuls
 from fastcnn.nn import init as _init
 from fastcnn.nn.module import Module, Parameter, input_grad_flag
 
@@ -251,10 +251,13 @@ class Linear(_Layer):
     def backward(self, dy, input_grad=True):
         input_grad = input_grad_flag(input_grad)
         x = self._take()
-        self.weight.grad = matmul(dy.T, x)
+        if input_grad:              # dw and dx side by side, one product a thread
+            self.weight.grad, dx = matmuls([(dy.T, x), (dy, self.weight.data)])
+        else:
+            self.weight.grad, dx = matmul(dy.T, x), None
         if self.bias is not None:
             self.bias.grad = dy.sum(axis=0)
-        return matmul(dy, self.weight.data) if input_grad else None
+        return dx
 
     def __repr__(self):
         out_f, in_f = self.weight.shape
