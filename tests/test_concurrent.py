@@ -155,6 +155,36 @@ def test_matmul_runs_blas_single_threaded_and_splits_big_products(monkeypatch):
     assert sorted(c[0][0] for c in calls) == [256, 256]           # row blocks of a
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matmuls_runs_independent_products_whole_one_a_thread(threads, monkeypatch):
+    # Linear's backward: dw = dy^T x and dx = dy w side by side, each whole
+    # on its own thread with BLAS at one thread when there are threads for
+    # them; else one after another (and each may split). Same numbers.
+    calls = []
+    real = np.matmul
+
+    def spy(a, b, out=None):
+        calls.append((a.shape, tuple(_blas_threads()), threading.get_ident()))
+        return real(a, b, out=out)
+
+    rng = np.random.default_rng(1)
+    dy, x, w = (rng.standard_normal(s) for s in [(64, 128), (64, 3136), (128, 3136)])
+    want = [dy.T @ x, dy @ w]
+    monkeypatch.setattr(_concurrent.np, "matmul", spy)
+    before = fastcnn.get_num_threads()
+    fastcnn.set_num_threads(min(threads, os.cpu_count() or 1))
+    try:
+        got = _concurrent.matmuls([(dy.T, x), (dy, w)])
+    finally:
+        fastcnn.set_num_threads(before)
+    for g, wnt in zip(got, want):
+        np.testing.assert_array_equal(g, wnt)
+    assert all(set(c[1]) == {1} for c in calls)
+    if (os.cpu_count() or 1) >= 2 and threads == 2:
+        assert sorted(c[0] for c in calls) == [(64, 128), (128, 64)]   # whole, not split
+        assert len({c[2] for c in calls}) == 2                         # on two threads
+
+
 @pytest.mark.parametrize("N, k", [(64, 2), (130, 3), (1000, 16), (5, 8), (1, 2), (7, 1)])
 def test_batch_slices_cover_the_batch_in_balanced_order(N, k):
     slices = _concurrent.batch_slices(N, k)
