@@ -5,7 +5,7 @@
                           nn.Flatten(), nn.Linear(8 * 14 * 14, 10))
     logits = model.forward(x)
     loss, dlogits = nn.softmax_cross_entropy(logits, y)
-    model.backward(dlogits)
+    model.backward(dlogits, input_grad=False)    # no gradient for the images themselves
     nn.SGD(model.parameters(), lr=0.05, momentum=0.9).step()
 
 Layers take PyTorch's constructor names and defaults, e.g. a depthwise conv
