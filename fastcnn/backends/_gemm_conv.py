@@ -416,7 +416,9 @@ def _per_image_forward(k, g, src, wb, bias, y, RP, mask, consume=None):
     if k.padded_input:
         saved = src                          # fastcnn's own padded copy already
     else:
-        saved = _copy(src)                   # the caller may change x later
+        # the caller may change x later: copied block by block below, so
+        # the im2col reads each block from cache
+        saved = workspace.take(src.shape, src.dtype)
     b = _image_block(g, wb.itemsize)
     cols = _image_cols(g, b, wb.dtype)
     if consume is not None:                  # each block's output stays in cache
@@ -426,6 +428,8 @@ def _per_image_forward(k, g, src, wb, bias, y, RP, mask, consume=None):
     for i0 in range(0, n, b):
         m = min(n, i0 + b) - i0
         c = cols[:m]
+        if saved is not src:
+            np.copyto(saved[i0:i0 + m], src[i0:i0 + m])
         k.im2col(saved[i0:i0 + m], c[:, :, :Kg].transpose(1, 2, 0, 3), g, RP)
         if consume is not None:
             np.matmul(wb, c, out=zb[:m].reshape(m, G, g.Fg, g.P))
@@ -479,13 +483,6 @@ def _per_image_backward(k, g, dy, wb, saved, RP, dx, mask=None, produce=None):
     if tr:
         dwb = dwb.transpose(0, 2, 1)
     return dwb[:, :, :Kg].reshape(g.F, Kg), dwb[:, :, Kg].reshape(g.F)
-
-
-def _copy(a):
-    """a copied into a workspace array."""
-    out = workspace.take(a.shape, a.dtype)
-    np.copyto(out, a)
-    return out
 
 
 def _relu_block(k, y, mask):
