@@ -19,10 +19,13 @@ runs one filter over KR rows instead, so that no accumulator is spent on
 an absent filter.
 
 dw is cy_direct's too (FBW filters' three kw sums in 3*FBW vector
-accumulators over the rows, the lanes past OW masked to zero in x), with
-the float blocks of 16 rows added into double vectors, not lane by lane
-into double scalars (that serial chain of adds cost more than the
-products on narrow planes): one tree sum per (filters, c, kh, image).
+accumulators over the rows of a block of images, whole images while a
+lane sums at most 64 vectors, else rows of one image; every (filters, c,
+kh) over one block before the next, so the block's planes come from
+cache; the lanes past OW masked to zero in x): each block's float sums
+widened into double vectors, not added lane by lane into double scalars
+(that serial chain of adds cost more than the products on narrow
+planes), and summed in one tree per (filters, c, kh, block).
 
 The vector width follows the CPU Numba compiles for (``NUMBA_CPU_NAME`` /
 ``NUMBA_CPU_FEATURES`` if set, else the host): 64 bytes and two rows a
@@ -68,7 +71,7 @@ VBYTES = 64 if _AVX512 else 32 if _cpu_has("avx2") else 16   # bytes a vector
 RB = 2 if _AVX512 else 1   # rows a forward block: RB*FB accumulators, 16 need 32 registers
 FEW = 2                    # blocks of at most FEW filters go one filter at a time,
 KR = 8                     # KR rows of it a block
-FBW = 4 if _AVX512 else 2  # filters a dw block: 3*FBW accumulators
+FBW = 6 if _AVX512 else 2  # filters a dw block: 3*FBW accumulators
 
 
 # ---------------------------------------------------------------- vectors ---
@@ -446,40 +449,45 @@ def weight_grad(xp, dq, dw, G, QT, QL, OH, OW, DH, DW):
     Cg, Fg = C // G, F // G
     L = _lanes(xp)
     tail = OW % L
-    for n in range(N):
-        for g in range(G):
-            for fs in range(0, Fg, FBW):
-                nf = min(FBW, Fg - fs)
-                q0 = (n * F + g * Fg + fs) * HQ * WQ + QT * WQ + QL
-                for c in range(Cg):
-                    for kh in range(3):
-                        t0 = _zero(dw, FBW)
-                        t1 = t0
-                        t2 = t0
-                        for oh in range(0, OH, 16):
+    VR = (OW + L - 1) // L                          # vectors a row
+    IB = 64 // (OH * VR) if OH * VR <= 64 else 1    # images a block
+    RBK = OH if IB > 1 else max(64 // VR, 1)        # rows a block
+    for i0 in range(0, N, IB):
+        ie = min(i0 + IB, N)
+        for oh0 in range(0, OH, RBK):
+            oe = min(oh0 + RBK, OH)
+            for g in range(G):
+                for fs in range(0, Fg, FBW):
+                    nf = min(FBW, Fg - fs)
+                    for c in range(Cg):
+                        for kh in range(3):
                             s0 = _zero(xp, FBW)
                             s1 = s0
                             s2 = s0
-                            for r in range(oh, min(oh + 16, OH)):
-                                xr = ((n * C + g * Cg + c) * HP + r + kh * DH) * WP
-                                dr = q0 + r * WQ
-                                for ow0 in range(0, OW, L):
-                                    d = _loads(dq, dr + ow0, HQ * WQ, FBW, nf)
-                                    v0 = _load(xp, xr + ow0)
-                                    v1 = _load(xp, xr + ow0 + DW)
-                                    v2 = _load(xp, xr + ow0 + 2 * DW)
-                                    if ow0 + L > OW:
-                                        v0 = _keep(v0, tail)
-                                        v1 = _keep(v1, tail)
-                                        v2 = _keep(v2, tail)
-                                    s0 = _fma(s0, d, v0)
-                                    s1 = _fma(s1, d, v1)
-                                    s2 = _fma(s2, d, v2)
-                            t0 = _widen_add(t0, s0)
-                            t1 = _widen_add(t1, s1)
-                            t2 = _widen_add(t2, s2)
-                        for f in range(nf):
-                            dwf = dw[g * Fg + fs + f, c]
-                            dwf[kh * 3] += _hsum(t0[f])
-                            dwf[kh * 3 + 1] += _hsum(t1[f])
-                            dwf[kh * 3 + 2] += _hsum(t2[f])
+                            for i in range(i0, ie):
+                                q0 = (i * F + g * Fg + fs) * HQ * WQ + QT * WQ + QL
+                                x0 = ((i * C + g * Cg + c) * HP + kh * DH) * WP
+                                for r in range(oh0, oe):
+                                    xr = x0 + r * WP
+                                    dr = q0 + r * WQ
+                                    for ow0 in range(0, OW, L):
+                                        d = _loads(dq, dr + ow0, HQ * WQ, FBW, nf)
+                                        v0 = _load(xp, xr + ow0)
+                                        v1 = _load(xp, xr + ow0 + DW)
+                                        v2 = _load(xp, xr + ow0 + 2 * DW)
+                                        if ow0 + L > OW:
+                                            v0 = _keep(v0, tail)
+                                            v1 = _keep(v1, tail)
+                                            v2 = _keep(v2, tail)
+                                        s0 = _fma(s0, d, v0)
+                                        s1 = _fma(s1, d, v1)
+                                        s2 = _fma(s2, d, v2)
+                            z = _zero(dw, FBW)
+                            t0 = _widen_add(z, s0)
+                            t1 = _widen_add(z, s1)
+                            t2 = _widen_add(z, s2)
+                            for f in range(nf):
+                                dwf = dw[g * Fg + fs + f, c]
+                                dwf[kh * 3] += _hsum(t0[f])
+                                dwf[kh * 3 + 1] += _hsum(t1[f])
+                                dwf[kh * 3 + 2] += _hsum(t2[f])
