@@ -19,7 +19,9 @@ garbage columns per output row, which the matmul computes and the layout
 kernels drop (dy is zero there, so they add nothing to dw or dx - except
 that 0*inf is NaN, so with non-finite inputs dw/dx can read NaN where the
 exact result is +-inf). Strided convolutions and the per-image layout use
-per-element loops with pitch OW.
+per-element loops with pitch OW; a column stride of 2 (without column
+dilation) goes through each plane's even and odd columns instead, so its
+rows are contiguous runs too (see the stride-2 section).
 
 Column matrix ``cols`` is seen as (G, Kg, N, L): group g, row (c', kh, kw)
 of the group's channels c = g*Cg + c', sample n, position oh*RP + ow with
@@ -55,6 +57,85 @@ def _crop(scratch, dxn, WP, PT, PL):
                 dxn[c, ih, iw] = scratch[c, base + iw]
 
 
+# ------------------------------------------------ stride-2 column phases ---
+# A stride-2 tap without column dilation reads every other column of the
+# padded plane, 2*ow + kw: split into its even and odd columns (phase kw & 1,
+# shifted by kw // 2), each tap's output row is one contiguous run, so the
+# strided gather of im2col and the strided scatter-add of col2im become
+# row copies and row adds that vectorise.
+
+@njit(inline="always", **JIT_OPTIONS)
+def _split_cols(plane, ph, HPX, WP):
+    """ph[0, r, j] = plane[r*WP + 2j], ph[1, r, j] = plane[r*WP + 2j + 1]."""
+    for r in range(HPX):
+        base = r * WP
+        for j in range(WP // 2):
+            ph[0, r, j] = plane[base + 2 * j]
+            ph[1, r, j] = plane[base + 2 * j + 1]
+        if WP & 1:
+            ph[0, r, WP // 2] = plane[base + WP - 1]
+
+
+@njit(**JIT_OPTIONS)
+def _im2col_s2(xp, cols, KH, KW, SH, DH, OH, OW, WP, RP):
+    """im2col for SW == 2, DW == 1 through each plane's column phases."""
+    N, C, _ = xp.shape
+    Cg = C // cols.shape[0]
+    HPX = xp.shape[2] // WP
+    ph = np.empty((2, HPX, (WP + 1) // 2), dtype=xp.dtype)
+    for n in range(N):
+        for c in range(C):
+            _split_cols(xp[n, c], ph, HPX, WP)
+            gi = c // Cg
+            k0 = (c - gi * Cg) * KH * KW
+            for kh in range(KH):
+                for kw in range(KW):
+                    dst = cols[gi, k0 + kh * KW + kw, n]
+                    src = ph[kw & 1]
+                    for oh in range(OH):
+                        # sliced so every index is the loop's own, never
+                        # negative: no wraparound test per element
+                        drow = dst[oh * RP:oh * RP + OW]
+                        srow = src[oh * SH + kh * DH, kw >> 1:]
+                        for ow in range(OW):
+                            drow[ow] = srow[ow]
+
+
+@njit(**JIT_OPTIONS)
+def _col2im_s2(dcols, dx, KH, KW, SH, DH, PT, PL, OH, OW, HPX, WP, RP):
+    """col2im for SW == 2, DW == 1: each plane summed into its padded
+    column phases, then interleaved into dx without the padding."""
+    N, C, H, W = dx.shape
+    Cg = C // dcols.shape[0]
+    ph = np.empty((2, HPX, (WP + 1) // 2), dtype=dx.dtype)
+    for n in range(N):
+        for c in range(C):
+            ph[:] = 0
+            gi = c // Cg
+            k0 = (c - gi * Cg) * KH * KW
+            for kh in range(KH):
+                for kw in range(KW):
+                    src = dcols[gi, k0 + kh * KW + kw, n]
+                    dst = ph[kw & 1]
+                    for oh in range(OH):
+                        drow = dst[oh * SH + kh * DH, kw >> 1:]
+                        srow = src[oh * RP:oh * RP + OW]
+                        for ow in range(OW):
+                            drow[ow] += srow[ow]
+            # even padded columns q = iw + PL are phase 0's column q // 2
+            e0, o0 = PL & 1, 1 - (PL & 1)          # first iw in phase 0, in phase 1
+            for ih in range(H):
+                out = dx[n, c, ih]
+                ev = ph[0, ih + PT, (PL + e0) >> 1:]
+                od = ph[1, ih + PT, (PL + o0) >> 1:]
+                oute = out[e0::2]
+                outo = out[o0::2]
+                for j in range(oute.shape[0]):
+                    oute[j] = ev[j]
+                for j in range(outo.shape[0]):
+                    outo[j] = od[j]
+
+
 # ---------------------------------------------------------------- im2col ---
 
 @kernel(lambda t: void(ro(t, 3), rw(t, 4, "A"), i64, i64, i64, i64, i64, i64, i64, i64,
@@ -65,6 +146,9 @@ def im2col(xp, cols, KH, KW, SH, SW, DH, DW, OH, OW, WP, RP):
 
     ``cols`` is (G, Kg, N, L) with any strides: the whole-batch layout
     (K, N*L) or a view of the per-image layout (N, G, Kg+1, P)."""
+    if SW == 2 and DW == 1:
+        _im2col_s2(xp, cols, KH, KW, SH, DH, OH, OW, WP, RP)
+        return
     N, C, _ = xp.shape
     Cg = C // cols.shape[0]
     L = OH * RP
@@ -92,6 +176,9 @@ def col2im(dcols, dx, KH, KW, SH, SW, DH, DW, PT, PL, OH, OW, HPX, WP, RP):
     """The adjoint of im2col: dx[n, c, ih, iw] = sum of the dcols entries
     im2col copied from it (dcols (G, Kg, N, L), any strides), each sample
     summed into a padded scratch plane."""
+    if SW == 2 and DW == 1:
+        _col2im_s2(dcols, dx, KH, KW, SH, DH, PT, PL, OH, OW, HPX, WP, RP)
+        return
     N, C, H, W = dx.shape
     Cg = C // dcols.shape[0]
     flat = SH == 1 and SW == 1 and RP == WP
