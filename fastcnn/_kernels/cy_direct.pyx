@@ -261,8 +261,8 @@ cdef extern from *:
     #  define FASTCNN_DC_AVX2 __attribute__((target("avx2,fma")))
     FASTCNN_DC_KERNELS(float, f32_avx512, fastcnn_dc_f16, fastcnn_dc_i16, 16, 2, 6, FASTCNN_DC_AVX512, FASTCNN_DC_HSUM_F16)
     FASTCNN_DC_KERNELS(double, f64_avx512, fastcnn_dc_d8, fastcnn_dc_l8, 8, 2, 4, FASTCNN_DC_AVX512, FASTCNN_DC_HSUM_D8)
-    FASTCNN_DC_KERNELS(float, f32_avx2, fastcnn_dc_f8, fastcnn_dc_i8, 8, 1, 2, FASTCNN_DC_AVX2, FASTCNN_DC_HSUM_F8)
-    FASTCNN_DC_KERNELS(double, f64_avx2, fastcnn_dc_d4, fastcnn_dc_l4, 4, 1, 2, FASTCNN_DC_AVX2, FASTCNN_DC_HSUM_D4)
+    FASTCNN_DC_KERNELS(float, f32_avx2, fastcnn_dc_f8, fastcnn_dc_i8, 8, 1, 3, FASTCNN_DC_AVX2, FASTCNN_DC_HSUM_F8)
+    FASTCNN_DC_KERNELS(double, f64_avx2, fastcnn_dc_d4, fastcnn_dc_l4, 4, 1, 3, FASTCNN_DC_AVX2, FASTCNN_DC_HSUM_D4)
     FASTCNN_DC_KERNELS(float, f32_base, fastcnn_dc_f4, fastcnn_dc_i4, 4, 1, 2, , FASTCNN_DC_HSUM_F4)
     FASTCNN_DC_KERNELS(double, f64_base, fastcnn_dc_d2, fastcnn_dc_l2, 2, 1, 2, , FASTCNN_DC_HSUM_D2)
     static int fastcnn_dc_level = -1;

@@ -71,7 +71,7 @@ VBYTES = 64 if _AVX512 else 32 if _cpu_has("avx2") else 16   # bytes a vector
 RB = 2 if _AVX512 else 1   # rows a forward block: RB*FB accumulators, 16 need 32 registers
 FEW = 2                    # blocks of at most FEW filters go one filter at a time,
 KR = 8                     # KR rows of it a block
-FBW = 6 if _AVX512 else 2  # filters a dw block: 3*FBW accumulators
+FBW = 6 if _AVX512 else 3  # filters a dw block: 3*FBW accumulators
 
 
 # ---------------------------------------------------------------- vectors ---
