@@ -497,3 +497,50 @@ def test_auto_runs_the_fused_op_on_the_backend_it_chooses_for_the_conv():
         _close(y, y_ref, 1e-9, "y")
     finally:
         _auto.reset()
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_plane_pooling_kernels_give_the_nchw_results(backend, dtype):
+    """The Winograd path's fused pooling works on its output planes (batch
+    innermost): pool_relu_2x2 must give loops' relu + 2x2 max pooling
+    exactly (ties, +-0, NaN, inf, windows of negatives), and unpool_relu,
+    fed that argmax (or the NCHW kernels' argmax of an overlapping 3x3/2
+    pooling), must give loops' gradient exactly, zero outside the output."""
+    wino = get_module(backend)._ConvKernels.winograd_kernels()
+    z = _special_plane(dtype).reshape(3, 1, 10, 11)
+    z = np.concatenate([z, z[::-1] * -1.5], axis=1)            # F = 2: (3, 2, 10, 11)
+    N, F, OH, OW = z.shape
+    P = (F, 12, 12, N)                                          # (F, 4*TH, 4*TW, N)
+    ys = np.full(P, 7.0, dtype)
+    wino.pack_planes(z, ys, 0, 0)
+    with np.errstate(invalid="ignore"):
+        y_ref, c_pool = ops.max_pool2d_forward(ops.relu_forward(z, backend="loops")[0], 2,
+                                               backend="loops")
+        y = np.empty_like(y_ref)
+        argmax = np.empty(y.shape, np.intc)
+        wino.pool_relu_2x2(ys, y, argmax, OW)
+        np.testing.assert_array_equal(y, y_ref)
+        assert (np.signbit(y) == np.signbit(y_ref)).all()
+        dy = np.random.default_rng(8).standard_normal(y.shape).astype(dtype)
+        dy.reshape(-1)[:4] = [np.inf, -np.inf, np.nan, -0.0]
+        relu_ctx = ops.relu_forward(z, backend="loops")[1]
+        dz_ref = ops.relu_backward(ops.max_pool2d_backward(dy, c_pool), relu_ctx)
+        dz = np.empty_like(z)
+        for two_by_two in (True, False):                        # the 2x2 loops, the general ones
+            dys = np.full(P, 7.0, dtype)
+            wino.unpool_relu(dy, argmax, dys, OW, two_by_two)
+            assert not dys[:, OH:].any() and not dys[:, :, OW - 1:].any()   # OW odd: a column out
+            wino.crop_planes(dys, dz, 0, 0)
+            np.testing.assert_array_equal(dz, dz_ref)
+        # an overlapping pooling's argmax from the NCHW fused kernels
+        one = np.ones((F, 1, 1, 1), dtype)
+        yo, ctx = ops.conv2d_relu_max_pool2d_forward(z, one, None, groups=F,
+                                                     pool_kernel_size=3, pool_stride=2,
+                                                     pool_padding=1, backend=backend)
+        dyo = np.random.default_rng(9).standard_normal(yo.shape).astype(dtype)
+        dyo.reshape(-1)[:3] = [np.inf, np.nan, -0.0]
+        dz_nchw = ops.conv2d_relu_max_pool2d_backward(dyo, ctx)[0]
+        wino.unpool_relu(dyo, ctx.saved[2], dys, OW, False)
+        wino.crop_planes(dys, dz, 0, 0)
+        np.testing.assert_array_equal(dz, dz_nchw)

@@ -587,3 +587,219 @@ def weight_grad_transform(const floating[:, :, ::1] dU, floating[:, :, :, :] dw)
         free(d)
         free(T)
         free(o)
+
+
+
+cdef extern from *:
+    """
+    /* fastcnn: the fused ReLU + max pooling on Winograd's output planes
+       (F, HS, WS, N), batch innermost. Each window tap is a run of N
+       contiguous lanes, so the 2x2 loops run over the lanes (GCC vectorises
+       them: selects, no branches), one output row (PW windows) into an
+       (PW, N) scratch, then transposed to the NCHW rows of y, argmax; the
+       backward gathers a row of dy and argmax into scratch the same way and
+       writes every tap of every window (its value or 0), so the planes need
+       no zeroing pass but past the pooled rows and columns. */
+    #define FASTCNN_WP_TAKE(v, b) ((v > b) | ((v != v) & (b == b)))
+    /* GCC's vector extensions with __builtin_convertvector (GCC 9, clang) */
+    #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)
+    #  define FASTCNN_WP_LANES 8
+    #else
+    #  define FASTCNN_WP_LANES 1
+    #  define __builtin_convertvector(x, T) ((T)(x))
+    #endif
+    typedef float fastcnn_wp_f8 __attribute__((vector_size(32)));
+    typedef double fastcnn_wp_d8 __attribute__((vector_size(64)));
+    typedef int fastcnn_wp_i8 __attribute__((vector_size(32)));
+    typedef long long fastcnn_wp_l8 __attribute__((vector_size(64)));
+    /* one tap of 8 windows: b, a take v, at index c, where the rule says */
+    #define FASTCNN_WP_VTAP(V, VM, VI, src, c) do {                                     \
+        memcpy(&v, src + n, sizeof v);                                                  \
+        t = (v > b) | ((v != v) & (b == b));                                            \
+        ti = __builtin_convertvector(t, VI);                                            \
+        b = (V)(((VM)v & t) | ((VM)b & ~t));                                            \
+        a = (ti & (c)) | (~ti & a);                                                     \
+    } while (0)
+    #define FASTCNN_WPOOL(T, S, V, VM)                                                  \
+    static FASTCNN_CLONES void fastcnn_wpool22_##S(const T* ys, T* y, int* arg,         \
+            Py_ssize_t N, Py_ssize_t F, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS,    \
+            Py_ssize_t WS, Py_ssize_t OW, T* tv, int* ta) {                             \
+        Py_ssize_t f, ph, pw, n;                                                        \
+        for (f = 0; f < F; f++)                                                         \
+            for (ph = 0; ph < PH; ph++) {                                               \
+                for (pw = 0; pw < PW; pw++) {                                           \
+                    const T* p00 = ys + ((f * HS + 2 * ph) * WS + 2 * pw) * N;          \
+                    const T* p01 = p00 + N;                                             \
+                    const T* p10 = p00 + WS * N;                                        \
+                    const T* p11 = p10 + N;                                             \
+                    T* bv = tv + pw * N;                                                \
+                    int* ba = ta + pw * N;                                              \
+                    const int j = (int)(2 * ph * OW + 2 * pw), jw = (int)(j + OW);      \
+                    const fastcnn_wp_i8 jv = (fastcnn_wp_i8){0} + j;                    \
+                    for (n = 0; FASTCNN_WP_LANES == 8 && n + 8 <= N; n += 8) {          \
+                        V b, v;                                                         \
+                        VM t, stop, num;                                                \
+                        fastcnn_wp_i8 a = jv, ti, si, ni;                               \
+                        memcpy(&b, p00 + n, sizeof b);                                  \
+                        FASTCNN_WP_VTAP(V, VM, fastcnn_wp_i8, p01, jv + 1);             \
+                        FASTCNN_WP_VTAP(V, VM, fastcnn_wp_i8, p10, jv + (int)OW);       \
+                        FASTCNN_WP_VTAP(V, VM, fastcnn_wp_i8, p11, jv + (int)OW + 1);   \
+                        stop = ~(b > (V){0});                                           \
+                        num = b == b;                                                   \
+                        si = __builtin_convertvector(stop, fastcnn_wp_i8);              \
+                        ni = __builtin_convertvector(num, fastcnn_wp_i8);               \
+                        a = (si & ni & (-jv - 1)) | (si & ~ni & (-a - 1)) | (~si & a);  \
+                        b = (V)((VM)b & ~(stop & num));                                 \
+                        memcpy(bv + n, &b, sizeof b);                                   \
+                        memcpy(ba + n, &a, sizeof a);                                   \
+                    }                                                                   \
+                    for (; n < N; n++) {                                                \
+                        T b = p00[n], v;                                                \
+                        int a = j, t;                                                   \
+                        v = p01[n]; t = FASTCNN_WP_TAKE(v, b); if (t) { b = v; a = j + 1; } \
+                        v = p10[n]; t = FASTCNN_WP_TAKE(v, b); if (t) { b = v; a = jw; } \
+                        v = p11[n]; t = FASTCNN_WP_TAKE(v, b); if (t) { b = v; a = jw + 1; } \
+                        if (!(b > 0)) {                                                 \
+                            if (b == b) { b = 0; a = -j - 1; } else a = -a - 1;         \
+                        }                                                               \
+                        bv[n] = b;                                                      \
+                        ba[n] = a;                                                      \
+                    }                                                                   \
+                }                                                                       \
+                for (n = 0; n < N; n++) {                                               \
+                    T* __restrict yr = y + ((n * F + f) * PH + ph) * PW;                \
+                    int* __restrict ar = arg + ((n * F + f) * PH + ph) * PW;            \
+                    for (pw = 0; pw < PW; pw++) {                                       \
+                        yr[pw] = tv[pw * N + n];                                        \
+                        ar[pw] = ta[pw * N + n];                                        \
+                    }                                                                   \
+                }                                                                       \
+            }                                                                           \
+    }                                                                                   \
+    static void fastcnn_wunpool22_##S(const T* dy, const int* arg, T* dys, Py_ssize_t N,  \
+            Py_ssize_t F, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS, Py_ssize_t WS,   \
+            Py_ssize_t OW, T* tg, int* ta) {                                            \
+        Py_ssize_t f, ph, pw, n, r;                                                     \
+        for (f = 0; f < F; f++) {                                                       \
+            T* plane = dys + f * HS * WS * N;                                           \
+            for (ph = 0; ph < PH; ph++) {                                               \
+                for (n = 0; n < N; n++) {                                               \
+                    const T* gr = dy + ((n * F + f) * PH + ph) * PW;                    \
+                    const int* ar = arg + ((n * F + f) * PH + ph) * PW;                 \
+                    for (pw = 0; pw < PW; pw++) {                                       \
+                        tg[pw * N + n] = gr[pw];                                        \
+                        ta[pw * N + n] = ar[pw];                                        \
+                    }                                                                   \
+                }                                                                       \
+                for (pw = 0; pw < PW; pw++) {                                           \
+                    T* __restrict d00 = plane + (2 * ph * WS + 2 * pw) * N;             \
+                    T* __restrict d01 = d00 + N;                                        \
+                    T* __restrict d10 = d00 + WS * N;                                   \
+                    T* __restrict d11 = d10 + N;                                        \
+                    const T* __restrict g = tg + pw * N;                                \
+                    const int* __restrict as = ta + pw * N;                             \
+                    const int j = (int)(2 * ph * OW + 2 * pw), jw = (int)(j + OW);      \
+                    for (n = 0; n < N; n++) {                                           \
+                        const int a = as[n], killed = a < 0, p = killed ? -a - 1 : a;   \
+                        /* max_relu_backward's plane[p] += v on a zeroed plane */       \
+                        const T v = (T)0 + (killed ? g[n] * (T)0 : g[n]);               \
+                        d00[n] = p == j ? v : (T)0;                                     \
+                        d01[n] = p == j + 1 ? v : (T)0;                                 \
+                        d10[n] = p == jw ? v : (T)0;                                    \
+                        d11[n] = p == jw + 1 ? v : (T)0;                                \
+                    }                                                                   \
+                }                                                                       \
+                for (r = 2 * ph; r < 2 * ph + 2; r++)   /* columns past the windows */  \
+                    memset(plane + (r * WS + 2 * PW) * N, 0, (WS - 2 * PW) * N * sizeof(T)); \
+            }                                                                           \
+            memset(plane + 2 * PH * WS * N, 0, (HS - 2 * PH) * WS * N * sizeof(T));     \
+        }                                                                               \
+    }
+    FASTCNN_WPOOL(float, f32, fastcnn_wp_f8, fastcnn_wp_i8)
+    FASTCNN_WPOOL(double, f64, fastcnn_wp_d8, fastcnn_wp_l8)
+    """
+    void fastcnn_wpool22_f32(const float* ys, float* y, int* arg, Py_ssize_t N, Py_ssize_t F,
+                             Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS, Py_ssize_t WS,
+                             Py_ssize_t OW, float* tv, int* ta) noexcept nogil
+    void fastcnn_wpool22_f64(const double* ys, double* y, int* arg, Py_ssize_t N, Py_ssize_t F,
+                             Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS, Py_ssize_t WS,
+                             Py_ssize_t OW, double* tv, int* ta) noexcept nogil
+    void fastcnn_wunpool22_f32(const float* dy, const int* arg, float* dys, Py_ssize_t N,
+                               Py_ssize_t F, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS,
+                               Py_ssize_t WS, Py_ssize_t OW, float* tg, int* ta) noexcept nogil
+    void fastcnn_wunpool22_f64(const double* dy, const int* arg, double* dys, Py_ssize_t N,
+                               Py_ssize_t F, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS,
+                               Py_ssize_t WS, Py_ssize_t OW, double* tg, int* ta) noexcept nogil
+
+
+def pool_relu_2x2(const floating[:, :, :, ::1] ys, floating[:, :, :, ::1] y,
+                  int[:, :, :, ::1] argmax, Py_ssize_t OW):
+    """The fused conv+ReLU+max-pool's 2x2 stride-2 pooling straight from
+    the output planes ys (F, 4*TH, 4*TW, N), so the conv output is never
+    written in NCHW: y[n, f, ph, pw] = relu(max of ys[f, 2ph:2ph+2,
+    2pw:2pw+2, n]), argmax as cy_pool.max_relu_forward's - the window's
+    taps in row-major order, strict > (the first maximum wins), a NaN
+    replacing a number but not an earlier NaN; flat index ih*OW + iw in the
+    (OH, OW) conv plane; a window the ReLU stops marked -j - 1 with j its
+    first element (maximum <= 0, the value +0) or -a - 1 (a NaN, kept)."""
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], PH = y.shape[2], PW = y.shape[3]
+    cdef floating* tv = <floating*>_alloc(PW * N * sizeof(floating))
+    cdef int* ta = <int*>_alloc(PW * N * sizeof(int))
+    try:
+        if N * F * PH * PW == 0:
+            return
+        with nogil:
+            if floating is float:
+                fastcnn_wpool22_f32(&ys[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0], N, F,
+                                    PH, PW, ys.shape[1], ys.shape[2], OW, tv, ta)
+            else:
+                fastcnn_wpool22_f64(&ys[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0], N, F,
+                                    PH, PW, ys.shape[1], ys.shape[2], OW, tv, ta)
+    finally:
+        free(tv)
+        free(ta)
+
+
+def unpool_relu(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
+                floating[:, :, :, ::1] dys, Py_ssize_t OW, bint two_by_two):
+    """The backward of a fused max pooling after the ReLU into the
+    output-gradient planes dys (F, 4*TH, 4*TW, N), with no NCHW gradient
+    between: per pooled output dys[f, ih, iw, n] += dy[n, f, ph, pw] at its
+    argmax a = ih*OW + iw, or dy * 0 at -a - 1 for a window the ReLU stopped
+    (0, or NaN for an inf or NaN dy), on zeroed planes: cy_pool's
+    max_relu_backward, its sums in its order. two_by_two: the windows are
+    2x2 stride 2 (none overlap), each tap written once, in vectors."""
+    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], PH = dy.shape[2], PW = dy.shape[3]
+    cdef Py_ssize_t f, ph, pw, n
+    cdef int a
+    cdef floating g
+    cdef floating* tg
+    cdef int* ta
+    if two_by_two and N * F * PH * PW > 0:
+        tg = <floating*>_alloc(PW * N * sizeof(floating))
+        ta = <int*>_alloc(PW * N * sizeof(int))
+        try:
+            with nogil:
+                if floating is float:
+                    fastcnn_wunpool22_f32(&dy[0, 0, 0, 0], &argmax[0, 0, 0, 0], &dys[0, 0, 0, 0],
+                                          N, F, PH, PW, dys.shape[1], dys.shape[2], OW, tg, ta)
+                else:
+                    fastcnn_wunpool22_f64(&dy[0, 0, 0, 0], &argmax[0, 0, 0, 0], &dys[0, 0, 0, 0],
+                                          N, F, PH, PW, dys.shape[1], dys.shape[2], OW, tg, ta)
+        finally:
+            free(tg)
+            free(ta)
+        return
+    with nogil:
+        memset(&dys[0, 0, 0, 0], 0,
+               dys.shape[0] * dys.shape[1] * dys.shape[2] * dys.shape[3] * sizeof(floating))
+        for f in range(F):
+            for ph in range(PH):
+                for pw in range(PW):
+                    for n in range(N):
+                        a = argmax[n, f, ph, pw]
+                        g = dy[n, f, ph, pw]
+                        if a < 0:
+                            a = -a - 1
+                            g = g * 0
+                        dys[f, a // OW, a % OW, n] += g

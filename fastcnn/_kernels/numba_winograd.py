@@ -74,7 +74,7 @@ dilation map onto these kernels.
 import numpy as np
 from numba import types
 
-from fastcnn._kernels.numba_common import i64, kernel, ro, rw, void
+from fastcnn._kernels.numba_common import i32, i64, kernel, ro, rw, void
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64))
@@ -419,3 +419,113 @@ def weight_grad_transform(dU, dw):
                 dw[f, c, a, 0] = d0 + (d1 - d2) * third + (d4 - 16.0 * d3) * fifteenth
                 dw[f, c, a, 1] = (d1 + d2) * third - (8.0 * d3 + 2.0 * d4) * fifteenth
                 dw[f, c, a, 2] = (d1 - d2) * third + (4.0 * d4 - 4.0 * d3) * fifteenth + d5
+
+
+
+@kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(i32, 4), i64))
+def pool_relu_2x2(ys, y, argmax, OW):
+    """The fused conv+ReLU+max-pool's 2x2 stride-2 pooling straight from the
+    output planes ys (F, 4*TH, 4*TW, N): y[n, f, ph, pw] = relu(max of
+    ys[f, 2ph:2ph+2, 2pw:2pw+2, n]) with the argmax and ReLU marks of
+    numba_pool's fused pooling (row-major taps, strict >, the first NaN
+    wins; flat index ih*OW + iw; a stopped window -j - 1 with j its first
+    element and the value +0, or -a - 1 for a NaN, kept). Each output row
+    over the lanes into an (PW, N) scratch, then transposed into y's rows."""
+    N, F, PH, PW = y.shape
+    zero = ys.dtype.type(0)
+    tv = np.empty((PW, N), dtype=ys.dtype)
+    ta = np.empty((PW, N), dtype=np.int32)
+    for f in range(F):
+        for ph in range(PH):
+            for pw in range(PW):
+                r00 = ys[f, 2 * ph, 2 * pw]
+                r01 = ys[f, 2 * ph, 2 * pw + 1]
+                r10 = ys[f, 2 * ph + 1, 2 * pw]
+                r11 = ys[f, 2 * ph + 1, 2 * pw + 1]
+                bv = tv[pw]
+                ba = ta[pw]
+                j = 2 * ph * OW + 2 * pw
+                jw = j + OW
+                for n in range(N):
+                    b = r00[n]
+                    a = j
+                    v = r01[n]
+                    t = (v > b) | ((v != v) & (b == b))
+                    b = v if t else b
+                    a = j + 1 if t else a
+                    v = r10[n]
+                    t = (v > b) | ((v != v) & (b == b))
+                    b = v if t else b
+                    a = jw if t else a
+                    v = r11[n]
+                    t = (v > b) | ((v != v) & (b == b))
+                    b = v if t else b
+                    a = jw + 1 if t else a
+                    stop = not b > zero
+                    num = b == b
+                    a = (-j - 1 if num else -a - 1) if stop else a
+                    bv[n] = zero if stop and num else b
+                    ba[n] = a
+            for n in range(N):
+                yr = y[n, f, ph]
+                ar = argmax[n, f, ph]
+                for pw in range(PW):
+                    yr[pw] = tv[pw, n]
+                    ar[pw] = ta[pw, n]
+
+
+@kernel(lambda t: void(ro(t, 4), ro(i32, 4), rw(t, 4), i64, i64))
+def unpool_relu(dy, argmax, dys, OW, two_by_two):
+    """The backward of a fused max pooling after the ReLU into the
+    output-gradient planes dys (F, 4*TH, 4*TW, N), with no NCHW gradient
+    between: per pooled output dys[f, ih, iw, n] += dy[n, f, ph, pw] at its
+    argmax a = ih*OW + iw, or dy * 0 at -a - 1 for a window the ReLU
+    stopped, on zeroed planes - numba_pool's fused backward, its sums in
+    its order. two_by_two: 2x2 stride-2 windows (none overlap), every tap
+    written once (its value or 0) from a row of dy and argmax gathered
+    into scratch."""
+    N, F, PH, PW = dy.shape
+    zero = dys.dtype.type(0)
+    if not two_by_two:
+        dys[:] = 0
+        for f in range(F):
+            for ph in range(PH):
+                for pw in range(PW):
+                    for n in range(N):
+                        a = argmax[n, f, ph, pw]
+                        g = dy[n, f, ph, pw]
+                        if a < 0:
+                            a = -a - 1
+                            g = g * zero
+                        dys[f, a // OW, a % OW, n] += g
+        return
+    HS, WS = dys.shape[1], dys.shape[2]
+    tg = np.empty((PW, N), dtype=dys.dtype)
+    ta = np.empty((PW, N), dtype=np.int32)
+    for f in range(F):
+        plane = dys[f]
+        for ph in range(PH):
+            for n in range(N):
+                gr = dy[n, f, ph]
+                ar = argmax[n, f, ph]
+                for pw in range(PW):
+                    tg[pw, n] = gr[pw]
+                    ta[pw, n] = ar[pw]
+            for pw in range(PW):
+                g = tg[pw]
+                at = ta[pw]
+                j = 2 * ph * OW + 2 * pw
+                for di in range(2):
+                    for dj in range(2):
+                        d = plane[2 * ph + di, 2 * pw + dj]
+                        tap = j + di * OW + dj
+                        for n in range(N):
+                            a = at[n]
+                            killed = a < 0
+                            p = -a - 1 if killed else a
+                            # max_relu_pool2d_backward's += on a zeroed plane
+                            v = zero + (g[n] * zero if killed else g[n])
+                            d[n] = v if p == tap else zero
+            for r in range(2 * ph, 2 * ph + 2):
+                plane[r, 2 * PW:] = 0
+        plane[2 * PH:] = 0

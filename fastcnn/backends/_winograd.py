@@ -53,7 +53,7 @@ def applies(g):
     return g.KH == g.KW == 3 and g.SH == g.SW == 1
 
 
-def forward(k, x, w, b, y, g, relu=False, consume=None):
+def forward(k, x, w, b, y, g, relu=False, consume=None, pool22=None):
     """y = conv(x, w) + b (then max(., 0) if relu), chunks of the batch
     concurrently, phase by phase if dilated; returns what backward needs:
     U and, per phase, its geometry and its chunks' transformed inputs.
@@ -61,13 +61,17 @@ def forward(k, x, w, b, y, g, relu=False, consume=None):
     consume(n0, z) (undilated only; y is then None): each chunk's output
     z (n, F, OH, OW), images n0 .. n0+n-1, handed over in a workspace
     array on the chunk's thread instead of written into y, as the
-    per-image path of ``_gemm_conv.forward`` does with its blocks."""
+    per-image path of ``_gemm_conv.forward`` does with its blocks.
+    pool22 = (p, argmax) (undilated only; y is then None): the fused
+    ReLU + 2x2 stride-2 max pooling of the whole output into p and argmax
+    (N, F, OH // 2, OW // 2), each chunk pooled from its output planes by
+    the kernels' pool_relu_2x2, with no NCHW output at all."""
     wino = k.winograd_kernels()
     U = np.empty((36, g.F, g.C // g.G), dtype=x.dtype)
     wino.weight_transform(w, U)
     if g.DH == g.DW == 1:
-        return U, [(None, g, _forward_chunks(wino, x, U, b, y, g, relu, consume))]
-    assert consume is None, "consume: undilated convolutions only"
+        return U, [(None, g, _forward_chunks(wino, x, U, b, y, g, relu, consume, pool22))]
+    assert consume is None and pool22 is None, "consume, pool22: undilated convolutions only"
     phases = []
     for ph in _phases(g):
         gp, rows, cols = ph
@@ -78,13 +82,18 @@ def forward(k, x, w, b, y, g, relu=False, consume=None):
     return U, phases
 
 
-def backward(k, dy, g, saved, input_grad=True, produce=None):
+def backward(k, dy, g, saved, input_grad=True, produce=None, unpool=None):
     """The exact adjoint of forward (without relu), chunk by chunk
     (concurrently) and phase by phase: dx per chunk, dU and db summed over
     chunks and phases, then dw = G^T dU G. input_grad=False: dx is None,
     and no dV product, input-gradient transform or crop runs. produce(n0,
     d) (undilated only; dy is then None) writes each chunk's dy, images
-    n0 .. n0+n-1, into the workspace array d on the chunk's thread."""
+    n0 .. n0+n-1, into the workspace array d on the chunk's thread.
+    unpool = (dp, argmax, two_by_two) (undilated only; dy is then None):
+    dy is the backward of a fused ReLU + max pooling (any window; 2x2
+    stride 2 if two_by_two) whose gradient is dp and whose argmax (with the
+    ReLU's marks) is argmax, scattered by the kernels' unpool_relu straight
+    into each chunk's output-gradient planes."""
     wino = k.winograd_kernels()
     U, phases = saved
     dx = outputs.take((g.N, g.C, g.H, g.W), U.dtype) if input_grad else None
@@ -94,7 +103,7 @@ def backward(k, dy, g, saved, input_grad=True, produce=None):
     db = np.zeros(g.F, dtype=np.float64)
     for ph, gp, chunks in phases:
         if ph is None:
-            _backward_chunks(wino, dy, U, chunks, gp, dx, dU, db, produce)
+            _backward_chunks(wino, dy, U, chunks, gp, dx, dU, db, produce, unpool)
             continue
         _, rows, cols = ph
         dyp = _copy(dy[:, :, rows[1]::g.DH, cols[1]::g.DW])
@@ -132,8 +141,12 @@ def _copy(a):
     return out
 
 
-def _forward_chunks(wino, x, U, b, y, g, relu, consume=None):
+def _forward_chunks(wino, x, U, b, y, g, relu, consume=None, pool22=None):
     def chunk(sl):
+        if pool22 is not None:
+            p, argmax = pool22
+            return _forward_chunk(wino, x[sl], U, b, None, g, relu, lambda ys: wino.pool_relu_2x2(
+                ys, p[sl], argmax[sl], g.OW), tiles=True)
         if consume is None:
             return _forward_chunk(wino, x[sl], U, b, y[sl], g, relu)
         return _forward_chunk(wino, x[sl], U, b, None, g, relu,
@@ -143,17 +156,24 @@ def _forward_chunks(wino, x, U, b, y, g, relu, consume=None):
     return list(zip(slices, _concurrent.run(chunk, slices)))
 
 
-def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None):
+def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None, unpool=None):
     def chunk(item):
         sl, (V, bands) = item
         dU_c = np.zeros_like(dU)
         db_c = np.zeros(g.F, dtype=np.float64)
-        if produce is None:
-            dy_c = dy[sl]
-        else:                       # this chunk's dy, made on its thread
-            dy_c = workspace.take((sl.stop - sl.start, g.F, g.OH, g.OW), U.dtype)
-            produce(sl.start, dy_c)
-        _backward_chunk(wino, dy_c, U, V, bands, g, None if dx is None else dx[sl],
+        n = sl.stop - sl.start
+        if unpool is not None:      # the planes straight from the pooled gradient
+            dp, argmax, two_by_two = unpool
+            fill = lambda dys: wino.unpool_relu(dp[sl], argmax[sl], dys, g.OW,  # noqa: E731
+                                                two_by_two)
+        else:
+            if produce is None:
+                dy_c = dy[sl]
+            else:                   # this chunk's dy, made on its thread
+                dy_c = workspace.take((n, g.F, g.OH, g.OW), U.dtype)
+                produce(sl.start, dy_c)
+            fill = lambda dys: wino.pack_planes(dy_c, dys, 0, 0)  # noqa: E731
+        _backward_chunk(wino, n, fill, U, V, bands, g, None if dx is None else dx[sl],
                         dU_c, db_c)
         return dU_c, db_c
 
@@ -191,10 +211,11 @@ def _band(V, th0, th1, C, TW, N):
     return V[36 * C * th0 * TW * N:36 * C * th1 * TW * N].reshape(36, C, (th1 - th0) * TW, N)
 
 
-def _forward_chunk(wino, x, U, b, y, g, relu, consume=None):
+def _forward_chunk(wino, x, U, b, y, g, relu, consume=None, tiles=False):
     """One chunk of the batch (x and y C-contiguous slices; with consume,
-    y is None and consume(z) takes the chunk's output): returns what its
-    backward needs (the transformed input V and the bands)."""
+    y is None and consume(z) takes the chunk's output, or with tiles its
+    output planes ys): returns what its backward needs (the transformed
+    input V and the bands)."""
     N, C, F, G = x.shape[0], g.C, g.F, g.G
     TH, TW = _tiles(g)
     U4 = U.reshape(36, G, F // G, C // G)
@@ -214,6 +235,8 @@ def _forward_chunk(wino, x, U, b, y, g, relu, consume=None):
         wino.output_transform(M, b, ys, th0, int(relu))
     if consume is None:
         wino.crop_planes(ys, y, 0, 0)
+    elif tiles:
+        consume(ys)
     else:
         z = workspace.take((N, F, g.OH, g.OW), x.dtype)
         wino.crop_planes(ys, z, 0, 0)
@@ -221,22 +244,24 @@ def _forward_chunk(wino, x, U, b, y, g, relu, consume=None):
     return V, bands
 
 
-def _backward_chunk(wino, dy, U, V, bands, g, dx, dU, db):
+def _backward_chunk(wino, N, fill, U, V, bands, g, dx, dU, db):
     """One chunk, band by band: dM, then dU += dM V^T and dV = U^T dM,
     scatter-added into the chunk's dx (no dV where dx is None);
-    db += the chunk's sum of dy."""
-    N, C, F, G = dy.shape[0], g.C, g.F, g.G
+    db += the chunk's sum of dy. fill(dys) writes the chunk's N images of
+    dy into its output-gradient planes."""
+    C, F, G = g.C, g.F, g.G
     Cg, Fg = C // G, F // G
     TH, TW = _tiles(g)
     dU4 = dU.reshape(36, G, Fg, Cg)
     dU_band = np.empty_like(dU4)
     UT = U.reshape(36, G, Fg, Cg).transpose(0, 1, 3, 2)
-    dys = workspace.take((F, 4 * TH, 4 * TW, N), dy.dtype)
-    wino.pack_planes(dy, dys, 0, 0)
-    band_dM = _band_buffer(bands[0][1], F, TW, N, dy.dtype)
+    dtype = U.dtype
+    dys = workspace.take((F, 4 * TH, 4 * TW, N), dtype)
+    fill(dys)
+    band_dM = _band_buffer(bands[0][1], F, TW, N, dtype)
     if dx is not None:
-        xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), dy.dtype)
-        band_dV = _band_buffer(bands[0][1], C, TW, N, dy.dtype)
+        xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), dtype)
+        band_dV = _band_buffer(bands[0][1], C, TW, N, dtype)
     for th0, th1 in bands:
         r = th1 - th0
         L = r * TW * N

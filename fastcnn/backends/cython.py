@@ -197,17 +197,25 @@ def conv2d_relu_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, c
         cy_pool.max_relu_forward(_planes(z), _planes(y[n0:n0 + n]),
                                  _planes(argmax[n0:n0 + n]), *params)
 
+    # a 2x2 stride-2 pooling that covers the whole output: the Winograd
+    # path pools straight from its output planes (the others ignore it)
+    two_by_two = kernel == pool_stride == (2, 2) and pool_padding == (0, 0) \
+        and pool_dilation == (1, 1) and out_hw == (conv_shape[2] // 2, conv_shape[3] // 2)
+    pool22 = (y, argmax) if two_by_two else None
     z, conv_saved = _gemm_conv.forward(_ConvKernels, x, w, b, stride, padding, dilation,
-                                       groups, conv_shape, consume=consume)
+                                       groups, conv_shape, consume=consume, pool22=pool22)
     if z is not None:                # another path: the whole output, split by planes
         _concurrent.over_rows(cy_pool.max_relu_forward,
                               [_planes(z), _planes(y), _planes(argmax)], params,
                               y.size * kernel[0] * kernel[1])
-    return y, (conv_saved, conv_shape, argmax)
+    return y, (conv_saved, conv_shape, argmax, two_by_two)
 
 
 def conv2d_relu_max_pool2d_backward(dy, saved, input_grad=True):
-    conv_saved, conv_shape, argmax = saved
+    conv_saved, conv_shape, argmax, two_by_two = saved
+    if _gemm_conv.takes_tiles(conv_saved):    # scattered straight into Winograd's planes
+        return _gemm_conv.backward(_ConvKernels, None, conv_saved,
+                                   unpool=(dy, argmax, two_by_two), input_grad=input_grad)
     if _gemm_conv.takes_blocks(conv_saved):
         def produce(n0, dz):         # the conv's dy for a block of images, in cache
             n = dz.shape[0]
