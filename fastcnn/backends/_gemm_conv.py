@@ -238,7 +238,12 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
     second pass over the pool's threads); the call runs on the thread of
     its chunk of the batch, concurrently with the others, and forward
     returns (None, saved). On the other paths consume is not called and y
-    is returned as usual. Not with relu."""
+    is returned as usual. Not with relu.
+
+    pool22 = (p, argmax), if given, is the fused ReLU + 2x2 stride-2 max
+    pooling's output: the undilated Winograd path pools each chunk from its
+    output planes into them (``_winograd.forward``) and returns (None,
+    saved); the other paths ignore it (consume or y as above)."""
     (N, C, H, W), (F, _, KH, KW), (_, _, OH, OW) = x.shape, w.shape, y_shape
     g = Geometry(N, C, H, W, F, KH, KW, *stride, *padding, OH, OW, *dilation, groups)
     path = choose_path(k, g)
@@ -247,14 +252,18 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
         # imported here: the direct depthwise driver is optional for a table
         from fastcnn.backends import _depthwise
         y, saved = _depthwise.forward(k.depthwise(), x, w, b, stride, padding, dilation,
-                                      y_shape, relu=relu)
-        return y, _mask_after(y, (path, g, saved), mask)
+                                      y_shape, relu=relu, mask=mask)   # its kernels fill mask
+        return y, _with_mask((path, g, saved), mask)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
-    if not (path == "per_image" or path == "winograd" and g.DH == g.DW == 1) or relu:
+    tiles = path == "winograd" and g.DH == g.DW == 1 and not relu
+    if not (path == "per_image" or tiles) or relu:
         consume = None
-    y = outputs.take(y_shape, x.dtype) if consume is None else None
+    if not tiles:
+        pool22 = None
+    y = outputs.take(y_shape, x.dtype) if consume is None and pool22 is None else None
     if path == "winograd":
-        saved = (path, g, k.winograd.forward(k, x, w, bias, y, g, relu, consume))
+        saved = (path, g, k.winograd.forward(k, x, w, bias, y, g, relu,
+                                             None if pool22 is not None else consume, pool22))
         return y, _mask_after(y, saved, mask)
     if path == "direct":
         saved = (path, g, k.direct.forward(k, x, w, bias, y, g, relu))
@@ -312,7 +321,15 @@ def takes_blocks(saved):
     return len(saved) == 3 and (path == "per_image" or path == "winograd" and g.DH == g.DW == 1)
 
 
-def backward(k, dy, saved, produce=None, input_grad=True):
+def takes_tiles(saved):
+    """Whether backward can take a fused max pooling's gradient and argmax
+    (``unpool``) straight into its output-gradient planes for the forward
+    that saved ``saved`` (the undilated Winograd path, without a ReLU)."""
+    path, g = saved[:2]
+    return len(saved) == 3 and path == "winograd" and g.DH == g.DW == 1
+
+
+def backward(k, dy, saved, produce=None, input_grad=True, unpool=None):
     """conv2d_backward of the kernel contract: (dx, dw, db); for a forward
     with relu, the ReLU's mask is applied to dy first. input_grad=False:
     dx is None, its products and col2im skipped on every path. With
@@ -320,16 +337,19 @@ def backward(k, dy, saved, produce=None, input_grad=True):
     produce(n0, d) writes images n0 .. n0+n-1 of dy into d (n, F, OH, OW),
     a workspace block used and overwritten right after: the fused
     conv+ReLU+max-pool scatters its gradient there, in cache, on the
-    thread of the block's chunk."""
+    thread of the block's chunk. With ``unpool`` = (dp, argmax, two_by_two) (only where
+    ``takes_tiles(saved)``; dy is then None), dy is that of a fused ReLU +
+    max pooling, scattered by the Winograd kernels into their planes."""
     path, g, data = saved[:3]
     mask = saved[3] if len(saved) > 3 else None
-    if mask is not None and path != "per_image":   # that one masks block by block
+    if mask is not None and path not in ("per_image", "pointwise", "depthwise"):
+        # (those three apply it themselves: in blocks, in chunks, in the kernels)
         dy, mask = _relu.backward(k.relu_backward, dy, mask), None
     if path == "depthwise":
         from fastcnn.backends import _depthwise
-        return _depthwise.backward(k.depthwise(), dy, data, input_grad)
+        return _depthwise.backward(k.depthwise(), dy, data, input_grad, mask)
     if path == "winograd":
-        return k.winograd.backward(k, dy, g, data, input_grad, produce)
+        return k.winograd.backward(k, dy, g, data, input_grad, produce, unpool)
     if path == "direct":
         return k.direct.backward(k, dy, g, data, input_grad)
     wb, chunks, RP = data
