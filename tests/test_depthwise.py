@@ -269,6 +269,39 @@ def test_relu_epilogue_nan_and_signed_zero(kern, stride, dtype):
     assert (y[0, 1] == 0).all() and (plain[0, 1] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", RELU_CASES, ids=[IDS[CASES.index(c)] for c in RELU_CASES])
+def test_relu_mask_in_the_kernels(kern, case, dtype):
+    """With a mask array the forward fills it with the ReLU's [y > 0] (every
+    element: it starts as 7s), and the backward given it computes with
+    dy * mask, bitwise as the plain backward of that product and within
+    tolerance of loops'; an inf or NaN of dy where the mask is 0 gives NaN,
+    as relu_backward's product does, and dy itself is left alone."""
+    x, w, b, dy, stride, pad, dil, y_shape = _problem(case, dtype)
+    dy[0, 0, 0, :2] = [np.inf, np.nan]
+    mask = np.full(y_shape, 7, dtype=np.uint8)
+    y, saved = _depthwise.forward(kern, x, w, b, stride, pad, dil, y_shape, relu=True,
+                                  mask=mask)
+    np.testing.assert_array_equal(mask, y > 0)
+    y = y.copy()
+    mask[0, 0, 0, :2] = [0, 1]                # the inf meets a 0, the NaN a 1
+    dy_before = dy.copy()
+    got = [a.copy() for a in _depthwise.backward(kern, dy, saved, mask=mask)]
+    np.testing.assert_array_equal(dy, dy_before)
+    with np.errstate(invalid="ignore"):      # inf * 0: the NaN wanted
+        masked = dy * mask
+    plain = _depthwise.backward(kern, masked, saved)
+    for g, p in zip(got, plain):
+        np.testing.assert_array_equal(g, p)
+    assert np.isnan(got[1][0]).all() and np.isnan(got[2][0])      # dw, db of filter 0
+    # away from the NaNs, loops' gradients of dy * mask
+    dy_ok = masked.copy()
+    dy_ok[0, 0, 0, :2] = 0
+    got_ok = _depthwise.backward(kern, dy_ok, saved, mask=(dy_ok != 0).astype(np.uint8))
+    want = _loops(x, w, b, dy_ok, stride, pad, dil, y_shape)
+    _check((y, *got_ok), (np.maximum(want[0], 0), *want[1:]), dtype)
+
+
 @pytest.fixture
 def cython_baseline():
     """The Cython kernels on their portable code path (no AVX2), put back

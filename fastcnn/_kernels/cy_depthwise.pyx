@@ -38,7 +38,10 @@ each tap one run over the whole plane of dy, then cropped back to dx. The
 scratch planes of dy are zeroed once per call: each plane writes only
 where dy goes. The forward's ``relu`` puts each output plane through
 ReLU (np.maximum(y, 0): NaN stays, +0 for the rest <= 0) while it is in
-cache, for the fused conv+ReLU.
+cache, for the fused conv+ReLU, and writes the ReLU's mask [y > 0] there
+too when given an array for it; the backward, given that mask, multiplies
+dy by it as it copies each plane to pitch WQ: no pass over y for the mask,
+none over dy to mask it.
 
 3x3 filters (all of MobileNet's depthwise convs) run C loops (the extern
 block below): the forward's nine taps in one pass, dw's nine dot products
@@ -619,12 +622,20 @@ cdef inline void _put_rows_pitch(const floating* src, floating* dst, Py_ssize_t 
         fastcnn_dw_crop_f64(src, dst, rows, cols, pitch)
 
 
+cdef inline void _positive(const floating* y, unsigned char* mk, Py_ssize_t n) noexcept nogil:
+    """mk[j] = y[j] > 0: the ReLU's mask of a plane still in cache."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        mk[j] = y[j] > 0
+
+
 cdef void _forward_plane(const floating* xp, const floating* w, const floating* b,
-                         floating* y, floating* yq, const Py_ssize_t* offs,
-                         Geo g, bint relu) noexcept nogil:
+                         floating* y, floating* yq, unsigned char* mk,
+                         const Py_ssize_t* offs, Geo g, bint relu) noexcept nogil:
     """The M output planes y (M, OH, OW) of one phase-layout plane xp,
     filters w (M, KH, KW), bias b (M,), relu: through ReLU as np.maximum
-    (NaN stays NaN, +0 for the rest <= 0). Narrow planes (see _flat) are
+    (NaN stays NaN, +0 for the rest <= 0), and mk (M, OH, OW), unless NULL,
+    the ReLU's mask [y > 0] of them. Narrow planes (see _flat) are
     computed over the flat run yq (OH*WQ,) at row pitch WQ - one long
     unit-stride loop instead of OH short rows - and their OW valid columns
     per row copied out; wider ones row by row straight into y. 3x3 filters
@@ -649,6 +660,8 @@ cdef void _forward_plane(const floating* xp, const floating* w, const floating* 
                 _put_rows_pitch(yq, y + m * OH * OW, OH, OW, WQ)
             else:
                 _taps9(xp, offs, w + m * 9, bias, y + m * OH * OW, OH, OW, WQ, OW, relu)
+            if mk != NULL:
+                _positive(y + m * OH * OW, mk + m * OH * OW, OH * OW)
             continue
         out = yq if flat else y + m * OH * OW
         for i in range(rows):
@@ -667,28 +680,36 @@ cdef void _forward_plane(const floating* xp, const floating* w, const floating* 
             for j in range(OH * OW):
                 v = yr[j]
                 yr[j] = v if not (v <= 0) else 0
+        if mk != NULL:
+            _positive(y + m * OH * OW, mk + m * OH * OW, OH * OW)
 
 
 def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] w,
             const floating[::1] b, floating[:, :, :, ::1] xp, floating[:, :, :, ::1] y,
             floating[::1] yq, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t c0, Py_ssize_t c1,
             Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t DH, Py_ssize_t DW,
-            Py_ssize_t PT, Py_ssize_t PL, bint relu=False):
+            Py_ssize_t PT, Py_ssize_t PL, bint relu, unsigned char[:, :, :, ::1] mask,
+            bint masked):
     """For images [n0, n1) and channels [c0, c1): xp[n, c] = x[n, c] in the
     phase layout and y[n, c*M:(c+1)*M] = its depthwise convolution (relu:
-    through ReLU, np.maximum(y, 0)). Scratch: yq (OH*WQ,)."""
+    through ReLU, np.maximum(y, 0)); if masked, mask (y's shape) = the
+    ReLU's mask [y > 0] of those planes (else mask is not read). Scratch:
+    yq (OH*WQ,)."""
     cdef Geo g = _geo(x.shape[1], w.shape[0], w.shape[1], w.shape[2], x.shape[2],
                       x.shape[3], y.shape[2], y.shape[3], SH, SW, DH, DW, PT, PL,
                       xp.shape[2], xp.shape[3])
     cdef Py_ssize_t* offs = _tap_offsets(g)
     cdef Py_ssize_t n, c
+    cdef unsigned char* mk = NULL
     try:
         with nogil:
             for n in range(n0, n1):
                 for c in range(c0, c1):
+                    if masked:
+                        mk = &mask[n, c * g.M, 0, 0]
                     _pad_plane(&x[n, c, 0, 0], &xp[n, c, 0, 0], g)
                     _forward_plane(&xp[n, c, 0, 0], &w[c * g.M, 0, 0], &b[c * g.M],
-                                   &y[n, c * g.M, 0, 0], &yq[0], offs, g, relu)
+                                   &y[n, c * g.M, 0, 0], &yq[0], mk, offs, g, relu)
     finally:
         free(offs)
 
@@ -697,8 +718,8 @@ cdef void _grad_weights_rows(const floating* dy, const floating* xp, floating* a
                              double* dw, double* db, const Py_ssize_t* offs,
                              Geo g) noexcept nogil:
     """One output plane's share of dw (KH*KW,) and db (1,), added: per tap
-    the dot product of dy (OH, OW) with the inputs it met in xp, over the
-    valid columns only. acc (KH*KW + 1, OW) is scratch: per tap a row of
+    the dot product of dy (OH rows of OW at row pitch WQ) with the inputs
+    it met in xp, over the valid columns only. acc (KH*KW + 1, OW) is scratch: per tap a row of
     partial sums (a sum over j would not vectorise without reassociation)."""
     cdef Py_ssize_t OH = g.OH, OW = g.OW, T = g.T
     cdef Py_ssize_t i, j, t
@@ -708,7 +729,7 @@ cdef void _grad_weights_rows(const floating* dy, const floating* xp, floating* a
     cdef double s
     _zero(acc, (T + 1) * OW)
     for i in range(OH):
-        dyr = dy + i * OW
+        dyr = dy + i * g.WQ
         a = acc + T * OW
         for j in range(OW):
             a[j] += dyr[j]
@@ -856,16 +877,31 @@ cdef inline void _put_rows(const floating* src, floating* dst, Py_ssize_t rows,
             dst[i * pitch + j] = src[i * cols + j]
 
 
+cdef inline void _put_rows_masked(const floating* src, const unsigned char* mk, floating* dst,
+                                  Py_ssize_t rows, Py_ssize_t cols,
+                                  Py_ssize_t pitch) noexcept nogil:
+    """dst[i*pitch + j] = src[i*cols + j] * mk[i*cols + j]: relu_backward's
+    product (NaN for an inf or NaN dy where the mask is 0), in the copy."""
+    cdef Py_ssize_t i, j
+    for i in range(rows):
+        for j in range(cols):
+            dst[i * pitch + j] = src[i * cols + j] * <floating>mk[i * cols + j]
+
+
 def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
              const floating[:, :, :, ::1] xp, floating[:, :, :, ::1] dx,
              double[:, ::1] dw, double[::1] db, floating[::1] acc, floating[::1] dxp,
              floating[::1] dyw, floating[:, ::1] dyp, floating[::1] dq,
              Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t c0, Py_ssize_t c1,
              Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t DH, Py_ssize_t DW,
-             Py_ssize_t PT, Py_ssize_t PL):
+             Py_ssize_t PT, Py_ssize_t PL, const unsigned char[:, :, :, ::1] mask,
+             bint masked):
     """For images [n0, n1) and channels [c0, c1): dx[n, c] (written), and
     dw[f] (F, KH*KW), db[f] = their sums over images n0..n1-1 (written) for
     the filters f of those channels. xp is the forward's phase layout.
+    If masked, mask (dy's shape) is a fused ReLU's: dy * mask is the
+    gradient used, masked as dy is copied to the scratch planes below
+    (else mask is not read).
     Scratch: acc ((KH*KW + 1) * OW,); for strides > 1 dyw (OH*WQ,) and
     dxp (one plane of xp); for stride 1 dyp (RH, WQ) and dq (H*WQ,) with
     RH >= (KH-1)*DH + max(OH + 1, H+PT+1). Stride 1 needs one copy of dy:
@@ -908,9 +944,12 @@ def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
                     for m in range(M):
                         f = c * M + m
                         dym = &dy[n, f, 0, 0]
-                        _put_rows(dym, dyrun, g.OH, g.OW, g.WQ)
+                        if masked:
+                            _put_rows_masked(dym, &mask[n, f, 0, 0], dyrun, g.OH, g.OW, g.WQ)
+                        else:
+                            _put_rows(dym, dyrun, g.OH, g.OW, g.WQ)
                         if not _grad_weights(dyrun, xpl, &dw[f, 0], &db[f], sums, offs, g):
-                            _grad_weights_rows(dym, xpl, &acc[0], &dw[f, 0], &db[f], offs, g)
+                            _grad_weights_rows(dyrun, xpl, &acc[0], &dw[f, 0], &db[f], offs, g)
                         if s1:
                             _grad_input_s1(&w[f, 0, 0], &dyp[0, 0], &dq[0], &dx[n, c, 0, 0],
                                            RC, m == 0, g)

@@ -22,6 +22,7 @@ from numba import njit, types
 from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
 
 f64 = types.float64
+u8 = types.uint8
 # planes narrower than this are computed as one flat run at the row pitch
 # and copied out (see cy_depthwise.FLAT_BELOW); 3x3 filters below
 # FLAT_BELOW_9: LLVM's vectorised loops take four vectors of the widest
@@ -177,6 +178,13 @@ def _forward_plane(xq, wf, bias, yf, yq, offs, WQ, relu):
 
 
 @njit(inline="always", **JIT_OPTIONS)
+def _positive(y, mk):
+    """mk[j] = y[j] > 0: the ReLU's mask of a plane still in cache."""
+    for j in range(y.shape[0]):
+        mk[j] = y[j] > 0
+
+
+@njit(inline="always", **JIT_OPTIONS)
 def _relu(r):
     """r = np.maximum(r, 0) in place: NaN <= 0 is false, so NaN stays."""
     for j in range(r.shape[0]):
@@ -185,11 +193,13 @@ def _relu(r):
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 1), rw(t, 4), rw(t, 4), rw(t, 1),
-                       i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, types.boolean))
-def forward(x, w, b, xp, y, yq, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL, relu):
+                       i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, types.boolean,
+                       rw(u8, 4), types.boolean))
+def forward(x, w, b, xp, y, yq, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL, relu, mask, masked):
     """For images [n0, n1) and channels [c0, c1): xp[n, c] = x[n, c] in the
     phase layout and y[n, c*M:(c+1)*M] = its depthwise convolution (relu:
-    through ReLU). Scratch: yq (OH*WQ,)."""
+    through ReLU); if masked, mask (y's shape) = the ReLU's mask [y > 0] of
+    those planes (else mask is not read). Scratch: yq (OH*WQ,)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     F, KH, KW = w.shape
     rows, WQ = xp.shape[2], xp.shape[3]
@@ -225,20 +235,21 @@ def forward(x, w, b, xp, y, yq, n0, n1, c0, c1, SH, SW, DH, DW, PT, PL, relu):
             for m in range(M):
                 f = c * M + m
                 _forward_plane(xq, w[f].reshape(-1), b[f], y[n, f], yq, offs, WQ, relu)
+                if masked:
+                    _positive(y[n, f].reshape(-1), mask[n, f].reshape(-1))
 
 
 @njit(**JIT_OPTIONS)
-def _grad_weights_rows(dyf, xq, acc, dwf, db, f, offs, WQ):
+def _grad_weights_rows(dyw, OH, OW, xq, acc, dwf, db, f, offs, WQ):
     """One output plane's share of dwf (KH*KW,) and db[f], added: per tap
-    the dot product of dyf (OH, OW) with the inputs it met in the flat
-    plane xq, over the valid columns only. acc ((KH*KW + 1) * OW,) is
-    scratch: per tap a row of partial sums."""
-    OH, OW = dyf.shape
+    the dot product of dyw (OH rows of OW at row pitch WQ) with the inputs
+    it met in the flat plane xq, over the valid columns only. acc
+    ((KH*KW + 1) * OW,) is scratch: per tap a row of partial sums."""
     T = offs.shape[0]
     a2 = acc[:(T + 1) * OW].reshape(T + 1, OW)
     a2[:] = 0
     for i in range(OH):
-        dyr = dyf[i]
+        dyr = dyw[i * WQ:]
         a = a2[T]
         for j in range(OW):
             a[j] += dyr[j]
@@ -465,18 +476,31 @@ def _put_rows(src, dst, pitch):
         _copy(src[i], dst[i * pitch:])
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _put_rows_masked(src, mk, dst, pitch):
+    """dst[i*pitch + j] = src[i, j] * mk[i, j]: relu_backward's product (NaN
+    for an inf or NaN dy where the mask is 0), in the copy."""
+    zero, one = src.dtype.type(0), src.dtype.type(1)
+    for i in range(src.shape[0]):
+        s, m, d = src[i], mk[i], dst[i * pitch:]
+        for j in range(s.shape[0]):
+            d[j] = s[j] * (one if m[j] else zero)
+
+
 @kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 4), rw(t, 4), rw(f64, 2), rw(f64, 1),
                        rw(t, 1), rw(t, 1), rw(t, 1), rw(t, 2), rw(t, 1), i64, i64, i64, i64,
-                       i64, i64, i64, i64, i64, i64))
+                       i64, i64, i64, i64, i64, i64, ro(u8, 4), types.boolean))
 def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, SW, DH, DW,
-             PT, PL):
+             PT, PL, mask, masked):
     """For images [n0, n1) and channels [c0, c1): dx[n, c] (written), and
     dw[f] (F, KH*KW), db[f] = their sums over images n0..n1-1 (written) for
     the filters f of those channels. xp is the forward's phase layout.
     Scratch: acc ((KH*KW + 1) * OW,); for strides > 1 dyw (OH*WQ,) and
     dxp (one plane of xp); for stride 1 dyp (RH, WQ) and dq (H*WQ,) with
     RH >= (KH-1)*DH + max(OH + 1, H+PT+1): one copy of dy, at pitch WQ,
-    serves the dw runs and the dx gather (see cy_depthwise.backward)."""
+    serves the dw runs and the dx gather (see cy_depthwise.backward). If
+    masked, mask (dy's shape) is a fused ReLU's: the gradient used is
+    dy * mask, masked in that copy (else mask is not read)."""
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     F, KH, KW = w.shape
     rows, WQ = xp.shape[2], xp.shape[3]
@@ -510,13 +534,16 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
                 f = c * M + m
                 dyf = dy[n, f]
                 wf = w[f].reshape(-1)
-                _put_rows(dyf, dyrun, WQ)
+                if masked:
+                    _put_rows_masked(dyf, mask[n, f], dyrun, WQ)
+                else:
+                    _put_rows(dyf, dyrun, WQ)
                 # wide planes: rows of partial sums, which LLVM vectorises
                 # better than the eight sums of _dot (3x3: one flat pass, see
                 # _dots9)
                 if ((OW >= FLAT_BELOW and KH * KW != 9)
                         or not _grad_weights(dyrun, xq, dw[f], db, f, sums, offs, L)):
-                    _grad_weights_rows(dyf, xq, acc, dw[f], db, f, offs, WQ)
+                    _grad_weights_rows(dyrun, OH, OW, xq, acc, dw[f], db, f, offs, WQ)
                 if s1:
                     # `first` as a constant: a run-time flag keeps LLVM from
                     # vectorising the gather

@@ -24,8 +24,11 @@ in float64 and rounded once. Each piece takes its own scratch (the flat
 output run, the dy planes at the kernels' pitches) from the workspace.
 
 ``relu=True`` (the fused conv+ReLU op) has the kernels put each output
-plane through ReLU while it is in cache; the backward is unchanged: it
-takes the gradient of the conv's output, which the caller has masked.
+plane through ReLU while it is in cache, and with ``mask`` write the
+ReLU's mask [y > 0] there too; the backward given that mask applies it
+to dy in the kernels' copy of each dy plane: no pass over y to make the
+mask, none over dy to apply it. Without a mask the backward takes the
+gradient of the conv's own output.
 
 Deliberately not here: argument checks and output sizes (``fastcnn.ops``),
 the choice of this path (``_gemm_conv``), loops over elements
@@ -37,6 +40,10 @@ import numpy as np
 
 from fastcnn.backends import _concurrent
 from fastcnn.backends._workspace import outputs, workspace
+
+# the kernels' mask argument when there is none (their ``masked`` False:
+# never read)
+_NO_MASK = np.zeros((1, 1, 1, 1), dtype=np.uint8)
 
 
 class _Saved(NamedTuple):
@@ -63,12 +70,12 @@ def _run(fn, blocks):
         _concurrent.run(fn, blocks)
 
 
-def forward(kern, x, w, b, stride, padding, dilation, y_shape, relu=False):
+def forward(kern, x, w, b, stride, padding, dilation, y_shape, relu=False, mask=None):
     """conv2d_forward of the kernel contract for groups == C on kernel
     module ``kern``: (y, saved). relu: y through ReLU as np.maximum(y, 0)
     (NaN stays NaN, +0 for the rest <= 0), in the kernels' pass over each
-    plane; the backward still takes the gradient of the conv's own output
-    (the caller masks it)."""
+    plane; mask (uint8, y's shape), if given, filled with [y > 0] in that
+    pass too."""
     (N, C, H, W), (F, _, KH, KW) = x.shape, w.shape
     (SH, SW), (PT, PB, PL, PR), (DH, DW) = stride, padding, dilation
     HQ, WQ = -(-(H + PT + PB) // SH), -(-(W + PL + PR) // SW)
@@ -82,15 +89,17 @@ def forward(kern, x, w, b, stride, padding, dilation, y_shape, relu=False):
 
     def piece(blk):
         kern.forward(x, w3, bias, xp, y, workspace.take((L,), x.dtype), *blk, *params,
-                     bool(relu))
+                     bool(relu), _NO_MASK if mask is None else mask, mask is not None)
 
     _run(piece, blocks)
     return y, _Saved(x.shape, w3, xp, blocks, params)
 
 
-def backward(kern, dy, saved, input_grad=True):
+def backward(kern, dy, saved, input_grad=True, mask=None):
     """conv2d_backward of the kernel contract for the saved forward:
-    (dx, dw, db); input_grad=False gives dx None."""
+    (dx, dw, db); input_grad=False gives dx None. mask (uint8, dy's shape),
+    the fused ReLU's from forward, if given: the gradient is dy * mask
+    (relu_backward's product), applied in the kernels."""
     N, C, H, W = saved.x_shape
     F, KH, KW = saved.w.shape
     OH, OW = dy.shape[2:]
@@ -120,7 +129,8 @@ def backward(kern, dy, saved, input_grad=True):
         kern.backward(dy, saved.w, saved.xp, dx, dw_parts[r], db_parts[r],
                       take(acc_shape, dy.dtype), take(dxp_shape, dy.dtype),
                       take(dyw_shape, dy.dtype), take(dyp_shape, dy.dtype),
-                      take(dq_shape, dy.dtype), *blk, *saved.params)
+                      take(dq_shape, dy.dtype), *blk, *saved.params,
+                      _NO_MASK if mask is None else mask, mask is not None)
 
     _run(piece, saved.blocks)
     dw = outputs.take((F, 1, KH, KW), dy.dtype)

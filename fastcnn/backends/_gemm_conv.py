@@ -50,7 +50,9 @@ unpack_output_relu, the per-image and pointwise paths' relu loop on each
 block right after its product, the Winograd output transform and the
 depthwise kernels themselves - and ctx keeps the ReLU's mask [y > 0] (the
 caller may change y), which the backward applies to dy (block by block on
-the per-image path). ``consume`` hands the per-image path's output to a
+the per-image path, chunk by chunk on the pointwise one, in the depthwise
+kernels' copy of each dy plane); the depthwise kernels make the mask too.
+``consume`` hands the per-image path's output to a
 fused max-pool block by block instead (see ``forward``).
 
 y, dx and dw come from the output pool (``_workspace.outputs``). ctx keeps
@@ -306,7 +308,7 @@ def _positive(y, mask):
 def _mask_after(y, saved, mask):
     """saved with the ReLU's mask [y > 0] (unless mask is None), made as a
     pass over y, for the drivers that apply the ReLU themselves but keep no
-    mask (Winograd's output transform, the depthwise kernels)."""
+    mask (Winograd's output transform, the direct loops)."""
     if mask is None:
         return saved
     _relu._run(_positive, [y, mask])
@@ -580,9 +582,15 @@ def _pointwise_forward(k, g, x, w, b, y, mask):
     return wb, list(zip(slices, _map(chunk, slices))), None
 
 
-def _pointwise_backward(k, g, dy, wb, xs, RP, dx):
+def _pointwise_backward(k, g, dy, wb, xs, RP, dx, mask=None):
     n, G, Fg, Cg, P = dy.shape[0], g.G, g.Fg, g.C // g.G, g.P
     dy4 = dy.reshape(n, G, Fg, P)
+    if mask is not None:
+        # the fused ReLU's mask, applied here on the chunk's own thread (the
+        # product is relu_backward's, as on the per-image path): no
+        # full-size masked dy first, and no serial pass over it
+        dy4 = np.multiply(dy4, mask.reshape(n, G, Fg, P),
+                          out=workspace.take((n, G, Fg, P), dy.dtype))
     dwb = np.matmul(dy4, xs.transpose(0, 1, 3, 2)).sum(axis=0)       # (G, Fg, Cg+1)
     dw, db = dwb[:, :, :Cg].reshape(g.F, Cg), dwb[:, :, Cg].reshape(g.F)
     if dx is None:                           # input_grad=False
