@@ -601,25 +601,47 @@ cdef extern from *:
        writes every tap of every window (its value or 0), so the planes need
        no zeroing pass but past the pooled rows and columns. */
     #define FASTCNN_WP_TAKE(v, b) ((v > b) | ((v != v) & (b == b)))
-    /* GCC's vector extensions with __builtin_convertvector (GCC 9, clang) */
+    /* 8 windows at a time in GCC vectors (with __builtin_convertvector:
+       GCC 9, clang); elsewhere the scalar loop does every lane */
     #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)
-    #  define FASTCNN_WP_LANES 8
-    #else
-    #  define FASTCNN_WP_LANES 1
-    #  define __builtin_convertvector(x, T) ((T)(x))
-    #endif
     typedef float fastcnn_wp_f8 __attribute__((vector_size(32)));
     typedef double fastcnn_wp_d8 __attribute__((vector_size(64)));
     typedef int fastcnn_wp_i8 __attribute__((vector_size(32)));
     typedef long long fastcnn_wp_l8 __attribute__((vector_size(64)));
     /* one tap of 8 windows: b, a take v, at index c, where the rule says */
-    #define FASTCNN_WP_VTAP(V, VM, VI, src, c) do {                                     \
+    #define FASTCNN_WP_VTAP(V, VM, src, c) do {                                         \
         memcpy(&v, src + n, sizeof v);                                                  \
         t = (v > b) | ((v != v) & (b == b));                                            \
-        ti = __builtin_convertvector(t, VI);                                            \
+        ti = __builtin_convertvector(t, fastcnn_wp_i8);                                 \
         b = (V)(((VM)v & t) | ((VM)b & ~t));                                            \
         a = (ti & (c)) | (~ti & a);                                                     \
     } while (0)
+    #define FASTCNN_WP_VLOOP(V, VM)                                                     \
+        const fastcnn_wp_i8 jv = (fastcnn_wp_i8){0} + j;                                \
+        for (n = 0; n + 8 <= N; n += 8) {                                               \
+            V b, v;                                                                     \
+            VM t, stop, num;                                                            \
+            fastcnn_wp_i8 a = jv, ti, si, ni;                                           \
+            memcpy(&b, p00 + n, sizeof b);                                              \
+            FASTCNN_WP_VTAP(V, VM, p01, jv + 1);                                        \
+            FASTCNN_WP_VTAP(V, VM, p10, jv + (int)OW);                                  \
+            FASTCNN_WP_VTAP(V, VM, p11, jv + (int)OW + 1);                              \
+            stop = ~(b > (V){0});                                                       \
+            num = b == b;                                                               \
+            si = __builtin_convertvector(stop, fastcnn_wp_i8);                          \
+            ni = __builtin_convertvector(num, fastcnn_wp_i8);                           \
+            a = (si & ni & (-jv - 1)) | (si & ~ni & (-a - 1)) | (~si & a);              \
+            b = (V)((VM)b & ~(stop & num));                                             \
+            memcpy(bv + n, &b, sizeof b);                                               \
+            memcpy(ba + n, &a, sizeof a);                                               \
+        }
+    #  define FASTCNN_WPOOL_F32 FASTCNN_WPOOL(float, f32, fastcnn_wp_f8, fastcnn_wp_i8)
+    #  define FASTCNN_WPOOL_F64 FASTCNN_WPOOL(double, f64, fastcnn_wp_d8, fastcnn_wp_l8)
+    #else
+    #  define FASTCNN_WP_VLOOP(V, VM) n = 0;
+    #  define FASTCNN_WPOOL_F32 FASTCNN_WPOOL(float, f32, float, int)
+    #  define FASTCNN_WPOOL_F64 FASTCNN_WPOOL(double, f64, double, int)
+    #endif
     #define FASTCNN_WPOOL(T, S, V, VM)                                                  \
     static FASTCNN_CLONES void fastcnn_wpool22_##S(const T* ys, T* y, int* arg,         \
             Py_ssize_t N, Py_ssize_t F, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS,    \
@@ -635,24 +657,7 @@ cdef extern from *:
                     T* bv = tv + pw * N;                                                \
                     int* ba = ta + pw * N;                                              \
                     const int j = (int)(2 * ph * OW + 2 * pw), jw = (int)(j + OW);      \
-                    const fastcnn_wp_i8 jv = (fastcnn_wp_i8){0} + j;                    \
-                    for (n = 0; FASTCNN_WP_LANES == 8 && n + 8 <= N; n += 8) {          \
-                        V b, v;                                                         \
-                        VM t, stop, num;                                                \
-                        fastcnn_wp_i8 a = jv, ti, si, ni;                               \
-                        memcpy(&b, p00 + n, sizeof b);                                  \
-                        FASTCNN_WP_VTAP(V, VM, fastcnn_wp_i8, p01, jv + 1);             \
-                        FASTCNN_WP_VTAP(V, VM, fastcnn_wp_i8, p10, jv + (int)OW);       \
-                        FASTCNN_WP_VTAP(V, VM, fastcnn_wp_i8, p11, jv + (int)OW + 1);   \
-                        stop = ~(b > (V){0});                                           \
-                        num = b == b;                                                   \
-                        si = __builtin_convertvector(stop, fastcnn_wp_i8);              \
-                        ni = __builtin_convertvector(num, fastcnn_wp_i8);               \
-                        a = (si & ni & (-jv - 1)) | (si & ~ni & (-a - 1)) | (~si & a);  \
-                        b = (V)((VM)b & ~(stop & num));                                 \
-                        memcpy(bv + n, &b, sizeof b);                                   \
-                        memcpy(ba + n, &a, sizeof a);                                   \
-                    }                                                                   \
+                    FASTCNN_WP_VLOOP(V, VM)                                             \
                     for (; n < N; n++) {                                                \
                         T b = p00[n], v;                                                \
                         int a = j, t;                                                   \
@@ -715,8 +720,8 @@ cdef extern from *:
             memset(plane + 2 * PH * WS * N, 0, (HS - 2 * PH) * WS * N * sizeof(T));     \
         }                                                                               \
     }
-    FASTCNN_WPOOL(float, f32, fastcnn_wp_f8, fastcnn_wp_i8)
-    FASTCNN_WPOOL(double, f64, fastcnn_wp_d8, fastcnn_wp_l8)
+    FASTCNN_WPOOL_F32
+    FASTCNN_WPOOL_F64
     """
     void fastcnn_wpool22_f32(const float* ys, float* y, int* arg, Py_ssize_t N, Py_ssize_t F,
                              Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS, Py_ssize_t WS,
