@@ -111,7 +111,7 @@ cdef extern from *:
             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t DH, Py_ssize_t DW, int relu) {     \\
         enum { FB = FASTCNN_DC_FB };                                                    \\
         const Py_ssize_t RS = DH * WP;                                                  \\
-        Py_ssize_t fb, oh, ow0, c, t, r, f, nf, nr, nl;                                 \\
+        Py_ssize_t fb, oh, ow0, c, kh, kw, r, f, nf, nr, nl;                           \\
         for (fb = 0; fb * FB < Fg; fb++) {                                              \\
             const T* wb = wp + fb * Cg * 9 * FB;                                        \\
             nf = Fg - fb * FB < FB ? Fg - fb * FB : FB;                                 \\
@@ -126,13 +126,18 @@ cdef extern from *:
                     for (c = 0; c < Cg; c++) {                                          \\
                         const T* xc = xp + (c * HP + oh) * WP + ow0;                    \\
                         const T* wc = wb + c * 9 * FB;                                  \\
-                        for (t = 0; t < 9; t++) {                                       \\
-                            const T* xt = xc + (t / 3) * RS + (t % 3) * DW;             \\
+                        /* kh, kw as two loops of 3: unrolled, no t / 3 */              \\
+                        for (kh = 0; kh < 3; kh++)                                      \\
+                        for (kw = 0; kw < 3; kw++) {                                    \\
+                            const T* xt = xc + kh * RS + kw * DW;                       \\
+                            const T* wt = wc + (kh * 3 + kw) * FB;                      \\
                             V xv[RB];                                                   \\
                             for (r = 0; r < RB; r++)                                    \\
                                 xv[r] = FASTCNN_DC_LD(V, xt + r * WP);                  \\
                             for (f = 0; f < FB; f++) {                                  \\
-                                const V wv = FASTCNN_DC_SPLAT(V, wc[t * FB + f]);       \\
+                                /* scalar * vector: a broadcast; a splat as             \\
+                                   0 + w costs an add (-0 + 0 is +0) */                 \\
+                                const T wv = wt[f];                                     \\
                                 for (r = 0; r < RB; r++) acc[r][f] += wv * xv[r];       \\
                             }                                                           \\
                         }                                                               \\
