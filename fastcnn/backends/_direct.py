@@ -14,7 +14,7 @@ The forward keeps its padded planes of x (a workspace array) and a copy of
 w for the backward, so a caller changing x or w in place after the forward
 changes nothing. Chunks of the batch run concurrently on fastcnn's pool
 (``backends/_concurrent``), one per thread; dw is summed over the chunks in
-double, db from dy in double.
+double, db from dy's plane sums (each in dy's dtype) in double.
 
 Deliberately not here: argument checks (``fastcnn.ops``), the choice of
 path (``_gemm_conv``), loops over elements (the kernel modules).
