@@ -557,23 +557,42 @@ def _batch_backward(k, g, dy, wb, cols, RP, dx):
 # pass that feeds the product, with a row of ones under each group's
 # channels: the bias rides on it as in the per-image path (no pass over y
 # to add it, none over dy to sum db).
+# Small maps (P under POINTWISE_CHANNEL_MAJOR_BELOW) keep that copy channel
+# by channel, (G, C/G+1, n, P), not image by image: then the backward's
+# products are one each over the whole chunk, dw's with its inner
+# dimension n*P in place of P (per-image products over 49 columns run
+# well below BLAS's speed), at the price of transposing copies of dy and
+# dx; 14x14 maps and larger lost with it (1x1 convs at batch 64, one
+# thread).
+POINTWISE_CHANNEL_MAJOR_BELOW = 64
+
 
 def _pointwise_forward(k, g, x, w, b, y, mask):
     G, Fg, Cg, P = g.G, g.Fg, g.C // g.G, g.P
     wb = np.empty((G, Fg, Cg + 1), dtype=x.dtype)
     wb[:, :, :Cg] = w.reshape(G, Fg, Cg)
     wb[:, :, Cg] = 0 if b is None else b.reshape(G, Fg)
+    channel_major = P < POINTWISE_CHANNEL_MAJOR_BELOW
 
     def chunk(sl):
         n = y[sl].shape[0]
-        xs = workspace.take((n, G, Cg + 1, P), x.dtype)
-        xs[:, :, Cg] = 1
-        if (g.SH, g.SW) != (1, 1):
-            xs[:, :, :Cg].reshape(n, G, Cg, g.OH, g.OW)[...] = \
-                x[sl, :, ::g.SH, ::g.SW].reshape(n, G, Cg, g.OH, g.OW)
+        if channel_major:
+            xs = workspace.take((G, Cg + 1, n, P), x.dtype)
+            xs[:, Cg] = 1
+            dst = xs[:, :Cg].reshape(G, Cg, n, g.OH, g.OW).transpose(2, 0, 1, 3, 4)
         else:
-            np.copyto(xs[:, :, :Cg], x[sl].reshape(n, G, Cg, P))
-        np.matmul(wb, xs, out=y[sl].reshape(n, G, Fg, P))
+            xs = workspace.take((n, G, Cg + 1, P), x.dtype)
+            xs[:, :, Cg] = 1
+            dst = xs[:, :, :Cg].reshape(n, G, Cg, g.OH, g.OW)
+        if (g.SH, g.SW) != (1, 1):
+            dst[...] = x[sl, :, ::g.SH, ::g.SW].reshape(n, G, Cg, g.OH, g.OW)
+        else:
+            np.copyto(dst, x[sl].reshape(n, G, Cg, g.OH, g.OW))
+        # channel-major: the per-image products read xs at row pitch n*P,
+        # as BLAS allows (one whole-chunk product and a transposing copy
+        # of y was no faster)
+        np.matmul(wb, xs.transpose(2, 0, 1, 3) if channel_major else xs,
+                  out=y[sl].reshape(n, G, Fg, P))
         if mask is not None:
             _relu_block(k, y[sl], mask[sl])
         return xs
@@ -585,16 +604,45 @@ def _pointwise_forward(k, g, x, w, b, y, mask):
 def _pointwise_backward(k, g, dy, wb, xs, RP, dx, mask=None):
     n, G, Fg, Cg, P = dy.shape[0], g.G, g.Fg, g.C // g.G, g.P
     dy4 = dy.reshape(n, G, Fg, P)
-    if mask is not None:
-        # the fused ReLU's mask, applied here on the chunk's own thread (the
-        # product is relu_backward's, as on the per-image path): no
-        # full-size masked dy first, and no serial pass over it
-        dy4 = np.multiply(dy4, mask.reshape(n, G, Fg, P),
-                          out=workspace.take((n, G, Fg, P), dy.dtype))
-    dwb = np.matmul(dy4, xs.transpose(0, 1, 3, 2)).sum(axis=0)       # (G, Fg, Cg+1)
+    channel_major = P < POINTWISE_CHANNEL_MAJOR_BELOW
+    if channel_major:
+        # dy channel by channel (masked in the same copy), as xs is
+        dyF = workspace.take((G, Fg, n, P), dy.dtype)
+        dst = dyF.transpose(2, 0, 1, 3)
+        if mask is not None:
+            np.multiply(dy4, mask.reshape(n, G, Fg, P), out=dst)
+        else:
+            np.copyto(dst, dy4)
+        dyF = dyF.reshape(G, Fg, n * P)
+        dwb = np.matmul(dyF, xs.reshape(G, Cg + 1, n * P).transpose(0, 2, 1))
+    else:
+        if mask is not None:
+            # the fused ReLU's mask, applied here on the chunk's own thread
+            # (the product is relu_backward's, as on the per-image path): no
+            # full-size masked dy first, and no serial pass over it
+            dy4 = np.multiply(dy4, mask.reshape(n, G, Fg, P),
+                              out=workspace.take((n, G, Fg, P), dy.dtype))
+        dwb = np.matmul(dy4, xs.transpose(0, 1, 3, 2)).sum(axis=0)   # (G, Fg, Cg+1)
     dw, db = dwb[:, :, :Cg].reshape(g.F, Cg), dwb[:, :, Cg].reshape(g.F)
     if dx is None:                           # input_grad=False
         return dw, db
+    wT = wb[:, :, :Cg].transpose(0, 2, 1)
+    stride1 = (g.SH, g.SW) == (1, 1)
+    if channel_major:
+        dxF = np.matmul(wT, dyF, out=workspace.take((G, Cg, n * P), dy.dtype))
+        dxs = dxF.reshape(G, Cg, n, g.OH, g.OW).transpose(2, 0, 1, 3, 4)
+    elif stride1:                            # straight into dx
+        np.matmul(wT, dy4, out=dx.reshape(n, G, Cg, P))
+        return dw, db
+    else:
+        dxs = np.matmul(wT, dy4, out=workspace.take((n, G, Cg, P), dy.dtype))
+        dxs = dxs.reshape(n, G, Cg, g.OH, g.OW)
+    if stride1:
+        np.copyto(dx.reshape(n, G, Cg, g.OH, g.OW), dxs)
+    else:
+        dx.fill(0)
+        dx.reshape(n, G, Cg, g.H, g.W)[:, :, :, ::g.SH, ::g.SW] = dxs
+    return dw, db
     wT = wb[:, :, :Cg].transpose(0, 2, 1)
     if (g.SH, g.SW) == (1, 1):
         np.matmul(wT, dy4, out=dx.reshape(n, G, Cg, P))
