@@ -227,7 +227,8 @@ def choose_path(k, g):
     return "per_image" if Kg <= table_limit else "batch"
 
 
-def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, consume=None):
+def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, consume=None,
+            pool22=None):
     """conv2d_forward of the kernel contract on kernel table k; with relu,
     conv2d_relu_forward's: y = relu(conv), the ReLU applied where each path
     has its output in cache, and saved holds the ReLU's mask [y > 0] too.
