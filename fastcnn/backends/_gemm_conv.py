@@ -644,11 +644,3 @@ def _pointwise_backward(k, g, dy, wb, xs, RP, dx, mask=None):
         dx.fill(0)
         dx.reshape(n, G, Cg, g.H, g.W)[:, :, :, ::g.SH, ::g.SW] = dxs
     return dw, db
-    wT = wb[:, :, :Cg].transpose(0, 2, 1)
-    if (g.SH, g.SW) == (1, 1):
-        np.matmul(wT, dy4, out=dx.reshape(n, G, Cg, P))
-    else:
-        dxs = np.matmul(wT, dy4, out=workspace.take((n, G, Cg, P), dy.dtype))
-        dx.fill(0)
-        dx[:, :, ::g.SH, ::g.SW] = dxs.reshape(n, g.C, g.OH, g.OW)
-    return dw, db
