@@ -202,3 +202,34 @@ def test_non_finite_inputs(backend):
     rest = slice(2, None)
     assert np.isfinite(y[rest]).all()
     assert np.abs(y[rest] - ref[rest]).max() / np.abs(ref[rest]).max() <= BOUND[np.float64]
+
+
+# (F, C, G, rows*TW, N): lanes (rows*TW*N) past whole register tiles and
+# single vectors, filters past whole row blocks, groups, a filter per group
+PRODUCT_SHAPES = [(64, 32, 1, 8, 32), (7, 5, 1, 3, 9), (12, 6, 3, 4, 11), (64, 32, 1, 4, 1),
+                  (9, 3, 1, 2, 16), (16, 8, 2, 8, 8), (4, 4, 4, 5, 3), (1, 1, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", PRODUCT_SHAPES, ids=[str(s) for s in PRODUCT_SHAPES])
+@pytest.mark.parametrize("backend", WINO_BACKENDS)
+def test_products_are_the_grouped_matmuls(backend, shape, dtype):
+    # The forward's 36 products of a band, every element written, against
+    # a float64 einsum; a NaN or inf in V reaches exactly the lanes it is in.
+    F, C, G, P, N = shape
+    rng = np.random.default_rng(7)
+    U = rng.standard_normal((36, F, C // G)).astype(dtype)
+    V = rng.standard_normal((36, C, P, N)).astype(dtype)
+    V[3, 0, 0, N - 1] = np.nan
+    V[5, C - 1, P - 1, 0] = np.inf
+    U0, V0 = U.copy(), V.copy()
+    M = np.full((36, F, P, N), 7.0, dtype=dtype)
+    _table(backend).winograd_kernels().products(U, V, M)
+    ref = np.einsum("kgfc,kgcl->kgfl", U.astype(np.float64).reshape(36, G, F // G, C // G),
+                    V.astype(np.float64).reshape(36, G, C // G, P * N)).reshape(M.shape)
+    np.testing.assert_array_equal(np.isnan(M), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(M), np.isinf(ref))
+    ok = np.isfinite(ref)
+    assert np.abs(M[ok] - ref[ok]).max() <= BOUND[dtype] * np.abs(ref[ok]).max()
+    np.testing.assert_array_equal(U, U0)
+    np.testing.assert_array_equal(V, V0)

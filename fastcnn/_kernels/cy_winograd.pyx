@@ -13,10 +13,12 @@ with the interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray,
            [0,  2, -1, -2, 1, 0],         [1/24, -1/12,  1/6],
            [0,  4,  0, -5, 0, 1]]         [   0,     0,    1]]
 
-The sum over input channels of the 36 element-wise products is the driver's
-36 matmuls M[k] = U[k] @ V[k] (``fastcnn.backends._winograd``); these loops
-are the transforms around them and their adjoints (dM = A dY A^T,
-dd = B dV B^T, dg = G^T dU G). Element (i, j) of a 6x6 tile is k = 6*i + j.
+The sum over input channels of the 36 element-wise products is 36 matmuls
+M[k] = U[k] @ V[k] per band: the forward's are ``products`` here (AVX-512
+register tiles where the CPU has them, numpy's matmul elsewhere), the
+backward's the driver's np.matmul (``fastcnn.backends._winograd``); the
+other loops are the transforms around them and their adjoints
+(dM = A dY A^T, dd = B dV B^T, dg = G^T dU G). Element (i, j) of a 6x6 tile is k = 6*i + j.
 
 What this is: loops over typed memoryviews, fused float32/float64, GIL
 released, single-threaded (the driver runs batch chunks concurrently). The
@@ -48,6 +50,8 @@ w/dw (F, Cg, 3, 3).
 from cython cimport floating
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
+
+import numpy as np
 
 
 cdef extern from *:
@@ -808,3 +812,136 @@ def unpool_relu(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
                             a = -a - 1
                             g = g * 0
                         dys[f, a // OW, a % OW, n] += g
+
+
+cdef extern from *:
+    """
+    /* fastcnn: the 36 products M[k] = U[k] @ V[k] of a band, in AVX-512
+       registers where the CPU has it. The inner dimension is C/G (32 on
+       the MNIST conv2): too short for BLAS, which packs both operands for
+       every one of the 36 small products and ran at under half the core's
+       peak there. Here a register tile of R rows of U (filters) by two
+       vectors of lanes sums over the whole inner dimension: each step is two
+       loads of V, R broadcasts of U and 2R multiply-adds, V's (Cg, 2 vectors)
+       block staying in L1 across all F rows. Lanes past the last full pair
+       of vectors take one vector, then single lanes. */
+    #include <string.h>
+    #define FASTCNN_WMM(T, VT, VL, R, NAME)                                              \
+    static void NAME(const T* __restrict U, const T* __restrict V, T* __restrict M,     \
+            Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {                                 \
+        Py_ssize_t f0, c, l0, r, l, L2 = L - L % (2 * VL), L1 = L - L % VL;             \
+        for (l0 = 0; l0 < L2; l0 += 2 * VL) {                                           \
+            for (f0 = 0; f0 + R <= F; f0 += R) {                                        \
+                VT a0[R], a1[R];                                                        \
+                const T* u = U + f0 * C;                                                \
+                _Pragma("GCC unroll 16") for (r = 0; r < R; r++) {                      \
+                    a0[r] = (VT){0}; a1[r] = (VT){0}; }                                 \
+                for (c = 0; c < C; c++) {                                               \
+                    VT v0, v1;                                                          \
+                    memcpy(&v0, V + c * L + l0, sizeof v0);                             \
+                    memcpy(&v1, V + c * L + l0 + VL, sizeof v1);                        \
+                    _Pragma("GCC unroll 16") for (r = 0; r < R; r++) {                  \
+                        const T w = u[r * C + c];                                       \
+                        a0[r] += w * v0; a1[r] += w * v1; }                             \
+                }                                                                       \
+                _Pragma("GCC unroll 16") for (r = 0; r < R; r++) {                      \
+                    memcpy(M + (f0 + r) * L + l0, &a0[r], sizeof a0[r]);                \
+                    memcpy(M + (f0 + r) * L + l0 + VL, &a1[r], sizeof a1[r]); }         \
+            }                                                                           \
+            for (; f0 < F; f0++) {                                                      \
+                VT a0 = (VT){0}, a1 = (VT){0};                                          \
+                for (c = 0; c < C; c++) {                                               \
+                    VT v0, v1;                                                          \
+                    const T w = U[f0 * C + c];                                          \
+                    memcpy(&v0, V + c * L + l0, sizeof v0);                             \
+                    memcpy(&v1, V + c * L + l0 + VL, sizeof v1);                        \
+                    a0 += w * v0; a1 += w * v1;                                         \
+                }                                                                       \
+                memcpy(M + f0 * L + l0, &a0, sizeof a0);                                \
+                memcpy(M + f0 * L + l0 + VL, &a1, sizeof a1);                           \
+            }                                                                           \
+        }                                                                               \
+        for (l0 = L2; l0 < L1; l0 += VL)                                                \
+            for (f0 = 0; f0 < F; f0++) {                                                \
+                VT a0 = (VT){0};                                                        \
+                for (c = 0; c < C; c++) {                                               \
+                    VT v0;                                                              \
+                    memcpy(&v0, V + c * L + l0, sizeof v0);                             \
+                    a0 += U[f0 * C + c] * v0;                                           \
+                }                                                                       \
+                memcpy(M + f0 * L + l0, &a0, sizeof a0);                                \
+            }                                                                           \
+        for (f0 = 0; f0 < F && L1 < L; f0++)                                            \
+            for (l = L1; l < L; l++) {                                                  \
+                T s = 0;                                                                \
+                for (c = 0; c < C; c++) s += U[f0 * C + c] * V[c * L + l];              \
+                M[f0 * L + l] = s;                                                      \
+            }                                                                           \
+    }
+    #if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))
+    #  define FASTCNN_WMM_AVX512 1
+    typedef float fastcnn_wmm_f16 __attribute__((vector_size(64)));
+    typedef double fastcnn_wmm_d8 __attribute__((vector_size(64)));
+    #  pragma GCC push_options
+    #  pragma GCC target("avx512f,fma")
+    #  ifdef __clang__
+    #    pragma clang attribute push (__attribute__((target("avx512f,fma"))), apply_to=function)
+    #  endif
+    FASTCNN_WMM(float, fastcnn_wmm_f16, 16, 8, fastcnn_wmm_f32)
+    FASTCNN_WMM(double, fastcnn_wmm_d8, 8, 8, fastcnn_wmm_f64)
+    #  ifdef __clang__
+    #    pragma clang attribute pop
+    #  endif
+    #  pragma GCC pop_options
+    static int fastcnn_wmm_have(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f");
+    }
+    #else
+    #  define FASTCNN_WMM_AVX512 0
+    static void fastcnn_wmm_f32(const float* U, const float* V, float* M,
+                                Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {}
+    static void fastcnn_wmm_f64(const double* U, const double* V, double* M,
+                                Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {}
+    static int fastcnn_wmm_have(void) { return 0; }
+    #endif
+    """
+    void fastcnn_wmm_f32(const float* U, const float* V, float* M, Py_ssize_t F,
+                         Py_ssize_t C, Py_ssize_t L) noexcept nogil
+    void fastcnn_wmm_f64(const double* U, const double* V, double* M, Py_ssize_t F,
+                         Py_ssize_t C, Py_ssize_t L) noexcept nogil
+    int fastcnn_wmm_have() noexcept nogil
+
+
+# Whether products runs its own AVX-512 loops (else numpy's matmul).
+cdef bint _own_products = fastcnn_wmm_have()
+
+
+def products(const floating[:, :, ::1] U, const floating[:, :, :, ::1] V,
+             floating[:, :, :, ::1] M):
+    """M[k, g*Fg + f] = sum over c of U[k, g*Fg + f, c] V[k, g*Cg + c] for a
+    band: U (36, F, Cg), V (36, C, rows*TW, N), M (36, F, rows*TW, N), G =
+    C / Cg groups. On a CPU with AVX-512 these are this module's register
+    tiles (see above); elsewhere numpy's matmul, whose BLAS has the kernels
+    for that CPU."""
+    cdef Py_ssize_t F = U.shape[1], Cg = U.shape[2], C = V.shape[1]
+    cdef Py_ssize_t L = V.shape[2] * V.shape[3], G = C // Cg, Fg = F // G
+    cdef Py_ssize_t k, g
+    if not _own_products:
+        np.matmul(np.asarray(U).reshape(36, G, Fg, Cg), np.asarray(V).reshape(36, G, Cg, L),
+                  out=np.asarray(M).reshape(36, G, Fg, L))
+        return
+    if L == 0 or Fg == 0:
+        return
+    if Cg == 0:
+        np.asarray(M).fill(0)
+        return
+    with nogil:
+        for k in range(36):
+            for g in range(G):
+                if floating is float:
+                    fastcnn_wmm_f32(&U[k, g * Fg, 0], &V[k, g * Cg, 0, 0], &M[k, g * Fg, 0, 0],
+                                    Fg, Cg, L)
+                else:
+                    fastcnn_wmm_f64(&U[k, g * Fg, 0], &V[k, g * Cg, 0, 0], &M[k, g * Fg, 0, 0],
+                                    Fg, Cg, L)

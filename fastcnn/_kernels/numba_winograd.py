@@ -422,6 +422,19 @@ def weight_grad_transform(dU, dw):
 
 
 
+def products(U, V, M):
+    """M[k, g*Fg + f] = sum over c of U[k, g*Fg + f, c] V[k, g*Cg + c] for a
+    band: U (36, F, Cg), V (36, C, rows*TW, N), M (36, F, rows*TW, N), G =
+    C / Cg groups; one 4-D np.matmul over (36, G, Fg, Cg) @ (36, G, Cg, L).
+    Not compiled: a loop nest here would not hold its sums in registers
+    the way cy_winograd's register tiles do, and BLAS beats it."""
+    F, Cg = U.shape[1], U.shape[2]
+    C, L = V.shape[1], V.shape[2] * V.shape[3]
+    G = C // Cg
+    np.matmul(U.reshape(36, G, F // G, Cg), V.reshape(36, G, Cg, L),
+              out=M.reshape(36, G, F // G, L))
+
+
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(i32, 4), i64))
 def pool_relu_2x2(ys, y, argmax, OW):
     """The fused conv+ReLU+max-pool's 2x2 stride-2 pooling straight from the

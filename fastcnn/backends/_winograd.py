@@ -7,9 +7,10 @@ interpolation points are documented there).
 
 ``_gemm_conv`` takes this path, for a kernel table whose ``winograd`` is
 this module, on 3x3 stride-1 convolutions with enough taps and images
-(``choose_path``). Groups: U is (36, F, C/G) and each band's products are
-one 4-D batched matmul over (36, G, F/G, C/G) @ (36, G, C/G, L), no loop
-over groups. Dilation (stride 1): a dilated 3x3 convolution is DH*DW
+(``choose_path``). Groups: U is (36, F, C/G); each band's forward products are
+the kernels' ``products`` (all groups in one call), the backward's one 4-D
+batched matmul over (36, G, F/G, C/G) @ (36, G, C/G, L), no loop over
+groups. Dilation (stride 1): a dilated 3x3 convolution is DH*DW
 undilated ones on the phase sub-grids: output phase (r, s) =
 y[:, :, r::DH, s::DW] reads only input phase (a, b) = ((r - PT) mod DH,
 (s - PL) mod DW) = x[:, :, a::DH, b::DW], with its own padding; the phases
@@ -216,9 +217,8 @@ def _forward_chunk(wino, x, U, b, y, g, relu, consume=None, tiles=False):
     y is None and consume(z) takes the chunk's output, or with tiles its
     output planes ys): returns what its backward needs (the transformed
     input V and the bands)."""
-    N, C, F, G = x.shape[0], g.C, g.F, g.G
+    N, C, F = x.shape[0], g.C, g.F
     TH, TW = _tiles(g)
-    U4 = U.reshape(36, G, F // G, C // G)
     xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), x.dtype)
     wino.pack_planes(x, xs, g.PT, g.PL)
     # V band by band, each band contiguous (36, C, rows*TW, N): saved for dw
@@ -227,11 +227,10 @@ def _forward_chunk(wino, x, U, b, y, g, relu, consume=None, tiles=False):
     band_M = _band_buffer(bands[0][1], F, TW, N, x.dtype)
     ys = workspace.take((F, 4 * TH, 4 * TW, N), x.dtype)
     for th0, th1 in bands:
-        L = (th1 - th0) * TW * N
         Vb = _band(V, th0, th1, C, TW, N)
         wino.input_transform(xs, Vb, th0)
         M = band_M(th1 - th0)
-        np.matmul(U4, Vb.reshape(36, G, C // G, L), out=M.reshape(36, G, F // G, L))
+        wino.products(U, Vb, M)
         wino.output_transform(M, b, ys, th0, int(relu))
     if consume is None:
         wino.crop_planes(ys, y, 0, 0)
