@@ -7,9 +7,10 @@ interpolation points are documented there).
 
 ``_gemm_conv`` takes this path, for a kernel table whose ``winograd`` is
 this module, on 3x3 stride-1 convolutions with enough taps and images
-(``choose_path``). Groups: U is (36, F, C/G); each band's forward products are
-the kernels' ``products`` (all groups in one call), the backward's one 4-D
-batched matmul over (36, G, F/G, C/G) @ (36, G, C/G, L), no loop over
+(``choose_path``). Groups: U is (36, F, C/G); a band's forward products M = U V
+and the backward's dV = U^T dM are the kernels' ``products`` (all groups in
+one call, U^T made contiguous per group once per backward), its dU = dM V^T
+one 4-D batched matmul over (36, G, F/G, L) @ (36, G, L, C/G), no loop over
 groups. Dilation (stride 1): a dilated 3x3 convolution is DH*DW
 undilated ones on the phase sub-grids: output phase (r, s) =
 y[:, :, r::DH, s::DW] reads only input phase (a, b) = ((r - PT) mod DH,
@@ -158,6 +159,11 @@ def _forward_chunks(wino, x, U, b, y, g, relu, consume=None, pool22=None):
 
 
 def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None, unpool=None):
+    # U^T per group, contiguous (36, C, F/G): the dV products' left operand
+    Cg, Fg = g.C // g.G, g.F // g.G
+    UT = np.ascontiguousarray(U.reshape(36, g.G, Fg, Cg).transpose(0, 1, 3, 2)).reshape(
+        36, g.C, Fg) if dx is not None else None
+
     def chunk(item):
         sl, (V, bands) = item
         dU_c = np.zeros_like(dU)
@@ -174,7 +180,7 @@ def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None, unpool=No
                 dy_c = workspace.take((n, g.F, g.OH, g.OW), U.dtype)
                 produce(sl.start, dy_c)
             fill = lambda dys: wino.pack_planes(dy_c, dys, 0, 0)  # noqa: E731
-        _backward_chunk(wino, n, fill, U, V, bands, g, None if dx is None else dx[sl],
+        _backward_chunk(wino, n, fill, UT, V, bands, g, None if dx is None else dx[sl],
                         dU_c, db_c)
         return dU_c, db_c
 
@@ -243,18 +249,17 @@ def _forward_chunk(wino, x, U, b, y, g, relu, consume=None, tiles=False):
     return V, bands
 
 
-def _backward_chunk(wino, N, fill, U, V, bands, g, dx, dU, db):
-    """One chunk, band by band: dM, then dU += dM V^T and dV = U^T dM,
-    scatter-added into the chunk's dx (no dV where dx is None);
-    db += the chunk's sum of dy. fill(dys) writes the chunk's N images of
-    dy into its output-gradient planes."""
+def _backward_chunk(wino, N, fill, UT, V, bands, g, dx, dU, db):
+    """One chunk, band by band: dM, then dU += dM V^T and dV = U^T dM
+    (UT: U^T per group, (36, C, F/G)), scatter-added into the chunk's dx
+    (no dV where dx is None); db += the chunk's sum of dy. fill(dys)
+    writes the chunk's N images of dy into its output-gradient planes."""
     C, F, G = g.C, g.F, g.G
     Cg, Fg = C // G, F // G
     TH, TW = _tiles(g)
     dU4 = dU.reshape(36, G, Fg, Cg)
     dU_band = np.empty_like(dU4)
-    UT = U.reshape(36, G, Fg, Cg).transpose(0, 1, 3, 2)
-    dtype = U.dtype
+    dtype = dU.dtype
     dys = workspace.take((F, 4 * TH, 4 * TW, N), dtype)
     fill(dys)
     band_dM = _band_buffer(bands[0][1], F, TW, N, dtype)
@@ -273,7 +278,7 @@ def _backward_chunk(wino, N, fill, U, V, bands, g, dx, dU, db):
         if dx is None:
             continue
         dV = band_dV(r)
-        np.matmul(UT, dM4, out=dV.reshape(36, G, Cg, L))
+        wino.products(UT, dM, dV)
         wino.grad_input_transform(dV, xs, th0)
     if dx is not None:
         wino.crop_planes(xs, dx, g.PT, g.PL)
