@@ -975,3 +975,453 @@ def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
     finally:
         free(offs)
         free(sums)
+
+
+# ---------------------------------------------------------------------------
+# The small-map path: images innermost (see the module docstring's last part)
+# ---------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    /* fastcnn depthwise, small maps: a channel's planes of all N images
+       packed as (pixels, NP) with the images innermost (NP = N rounded up
+       to 8, the extra lanes zero), every loop over whole vectors of images */
+
+    /* r[i][k] -> r[k][i] for an L x L block in L vectors: log2(L) rounds that
+       swap the off-diagonal half-blocks (two shuffles per pair of rows) */
+    #define FASTCNN_DWS_PAIR(r, i, h, MA, MB) {                                          \\
+        const __typeof__(r[0]) a_ = r[i], b_ = r[(i) + (h)];                          \\
+        r[i] = __builtin_shuffle(a_, b_, MA);                                          \\
+        r[(i) + (h)] = __builtin_shuffle(a_, b_, MB);                                  \\
+    }
+    #if defined(FASTCNN_DW_X86)
+    static inline FASTCNN_DW_AVX void fastcnn_dws_tr_f32_avx(fastcnn_f8* r) {
+        const fastcnn_i8 a4 = {0, 1, 2, 3, 8, 9, 10, 11}, b4 = {4, 5, 6, 7, 12, 13, 14, 15};
+        const fastcnn_i8 a2 = {0, 1, 8, 9, 4, 5, 12, 13}, b2 = {2, 3, 10, 11, 6, 7, 14, 15};
+        const fastcnn_i8 a1 = {0, 8, 2, 10, 4, 12, 6, 14}, b1 = {1, 9, 3, 11, 5, 13, 7, 15};
+        FASTCNN_DWS_PAIR(r, 0, 4, a4, b4) FASTCNN_DWS_PAIR(r, 1, 4, a4, b4)
+        FASTCNN_DWS_PAIR(r, 2, 4, a4, b4) FASTCNN_DWS_PAIR(r, 3, 4, a4, b4)
+        FASTCNN_DWS_PAIR(r, 0, 2, a2, b2) FASTCNN_DWS_PAIR(r, 1, 2, a2, b2)
+        FASTCNN_DWS_PAIR(r, 4, 2, a2, b2) FASTCNN_DWS_PAIR(r, 5, 2, a2, b2)
+        FASTCNN_DWS_PAIR(r, 0, 1, a1, b1) FASTCNN_DWS_PAIR(r, 2, 1, a1, b1)
+        FASTCNN_DWS_PAIR(r, 4, 1, a1, b1) FASTCNN_DWS_PAIR(r, 6, 1, a1, b1)
+    }
+    static inline FASTCNN_DW_AVX void fastcnn_dws_tr_f64_avx(fastcnn_d4* r) {
+        const fastcnn_l4 a2 = {0, 1, 4, 5}, b2 = {2, 3, 6, 7};
+        const fastcnn_l4 a1 = {0, 4, 2, 6}, b1 = {1, 5, 3, 7};
+        FASTCNN_DWS_PAIR(r, 0, 2, a2, b2) FASTCNN_DWS_PAIR(r, 1, 2, a2, b2)
+        FASTCNN_DWS_PAIR(r, 0, 1, a1, b1) FASTCNN_DWS_PAIR(r, 2, 1, a1, b1)
+    }
+    #endif
+    #if defined(__GNUC__)
+    static inline void fastcnn_dws_tr_f32_base(fastcnn_f4* r) {
+        const fastcnn_i4 a2 = {0, 1, 4, 5}, b2 = {2, 3, 6, 7};
+        const fastcnn_i4 a1 = {0, 4, 2, 6}, b1 = {1, 5, 3, 7};
+        FASTCNN_DWS_PAIR(r, 0, 2, a2, b2) FASTCNN_DWS_PAIR(r, 1, 2, a2, b2)
+        FASTCNN_DWS_PAIR(r, 0, 1, a1, b1) FASTCNN_DWS_PAIR(r, 2, 1, a1, b1)
+    }
+    static inline void fastcnn_dws_tr_f64_base(fastcnn_d2* r) {
+        const fastcnn_l2 a1 = {0, 2}, b1 = {1, 3};
+        FASTCNN_DWS_PAIR(r, 0, 1, a1, b1)
+    }
+    #else
+    static inline void fastcnn_dws_tr_f32_base(float* r) { (void)r; }
+    static inline void fastcnn_dws_tr_f64_base(double* r) { (void)r; }
+    #endif
+    #define FASTCNN_DWS_KERNELS(T, S, V, VI, L, ATTR)                                        \\
+    /* P[((h+PT)*WP + w+PL)*NP + n] = x[n*xs + h*W + w] (* mk[n*ms + h*W + w]),      \\
+       n < N; zero: the rest of P (PS*NP) zeroed first, else only lanes N..NP */     \\
+    static ATTR FASTCNN_DW_NO_MEMSET void fastcnn_dws_pack_##S(const T* x,            \\
+            Py_ssize_t xs, const unsigned char* mk, Py_ssize_t ms, Py_ssize_t N,      \\
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,  \\
+            Py_ssize_t PS, Py_ssize_t NP, T* P, int zero) {                           \\
+        Py_ssize_t n, h, w, i, k, HW = H * W;                                         \\
+        if (zero) {                                                                   \\
+            const V z = FASTCNN_DW_SPLAT(V, 0);                                       \\
+            for (k = 0; k + L <= PS * NP; k += L)                                     \\
+                FASTCNN_DW_ST(P + k, z);                                              \\
+        } else if (N < NP) {                                                          \\
+            for (k = 0; k < PS; k++)                                                  \\
+                for (n = N; n < NP; n++)                                              \\
+                    P[k * NP + n] = 0;                                                \\
+        }                                                                             \\
+        /* L images by L pixels (of the flat plane) at a time: L reads, a        \\
+           transpose in registers, L stores (one per pixel) */                       \\
+        for (n = 0; n + L <= N; n += L) {                                             \\
+            Py_ssize_t p = 0, hh = 0, ww = 0;                                         \\
+            for (; p + L <= HW; p += L) {                                             \\
+                V r[L];                                                               \\
+                for (i = 0; i < L; i++) {                                             \\
+                    r[i] = FASTCNN_DW_LD(V, x + (n + i) * xs + p);                    \\
+                    if (mk != NULL) {                                                 \\
+                        const unsigned char* m = mk + (n + i) * ms + p;               \\
+                        V mv;                                                         \\
+                        for (k = 0; k < L; k++)                                       \\
+                            FASTCNN_DWS_SET(mv, k, (T)m[k]);                          \\
+                        r[i] *= mv;                                                   \\
+                    }                                                                 \\
+                }                                                                     \\
+                fastcnn_dws_tr_##S(r);                                                \\
+                for (k = 0; k < L; k++) {                                             \\
+                    FASTCNN_DW_ST(P + ((hh + PT) * WP + ww + PL) * NP + n, r[k]);     \\
+                    if (++ww == W) { ww = 0; hh++; }                                  \\
+                }                                                                     \\
+            }                                                                         \\
+            for (; p < HW; p++) {                                                     \\
+                T* d = P + ((hh + PT) * WP + ww + PL) * NP + n;                       \\
+                for (i = 0; i < L; i++)                                               \\
+                    d[i] = mk == NULL ? x[(n + i) * xs + p]                           \\
+                        : x[(n + i) * xs + p] * (T)mk[(n + i) * ms + p];              \\
+                if (++ww == W) { ww = 0; hh++; }                                      \\
+            }                                                                         \\
+        }                                                                             \\
+        for (; n < N; n += 8) {                                                  \\
+            const Py_ssize_t nb = N - n < 8 ? N - n : 8;                              \\
+            for (h = 0; h < H; h++) {                                                 \\
+                T* dst = P + ((h + PT) * WP + PL) * NP + n;                           \\
+                const Py_ssize_t src = n * xs + h * W;                                \\
+                if (nb == 8 && mk == NULL) {                                          \\
+                    for (w = 0; w < W; w++) {                                         \\
+                        T* d = dst + w * NP;                                          \\
+                        for (i = 0; i < 8; i++)                                       \\
+                            d[i] = x[src + i * xs + w];                               \\
+                    }                                                                 \\
+                } else {                                                              \\
+                    for (w = 0; w < W; w++) {                                         \\
+                        T* d = dst + w * NP;                                          \\
+                        for (i = 0; i < nb; i++)                                      \\
+                            d[i] = mk == NULL ? x[src + i * xs + w]                   \\
+                                : x[src + i * xs + w]                                 \\
+                                  * (T)mk[(n + i) * ms + h * W + w];                  \\
+                    }                                                                 \\
+                }                                                                     \\
+            }                                                                         \\
+        }                                                                             \\
+    }                                                                                 \\
+    /* y[n*ys + h*W + w] = P[((h+PT)*WP + w+PL)*NP + n], n < N; relu: through      \\
+       np.maximum(., 0); mk (if not NULL): [y > 0] at mk[n*ms + h*W + w] */           \\
+    static ATTR void fastcnn_dws_unpack_##S(const T* P, Py_ssize_t NP, Py_ssize_t N,  \\
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,  \\
+            T* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms, int relu) {        \\
+        Py_ssize_t n, h, w, i, k, HW = H * W;                                         \\
+        /* L pixels by L images at a time, as in pack */                              \\
+        for (n = 0; n + L <= N; n += L) {                                             \\
+            Py_ssize_t p = 0, hh = 0, ww = 0;                                         \\
+            for (; p + L <= HW; p += L) {                                             \\
+                V r[L];                                                               \\
+                for (k = 0; k < L; k++) {                                             \\
+                    r[k] = FASTCNN_DW_LD(V, P + ((hh + PT) * WP + ww + PL) * NP + n); \\
+                    if (++ww == W) { ww = 0; hh++; }                                  \\
+                }                                                                     \\
+                fastcnn_dws_tr_##S(r);                                                \\
+                for (i = 0; i < L; i++) {                                             \\
+                    V v = r[i];                                                       \\
+                    if (relu)                                                         \\
+                        v = FASTCNN_DW_RELU(V, VI, v);                                \\
+                    FASTCNN_DW_ST(y + (n + i) * ys + p, v);                           \\
+                    if (mk != NULL) {                                                 \\
+                        unsigned char* m = mk + (n + i) * ms + p;                     \\
+                        for (k = 0; k < L; k++)                                       \\
+                            m[k] = FASTCNN_DW_LANE(v, k) > 0;                         \\
+                    }                                                                 \\
+                }                                                                     \\
+            }                                                                         \\
+            for (; p < HW; p++) {                                                     \\
+                const T* src = P + ((hh + PT) * WP + ww + PL) * NP + n;               \\
+                for (i = 0; i < L; i++) {                                             \\
+                    T v = src[i];                                                     \\
+                    if (relu)                                                         \\
+                        v = !(v <= 0) ? v : (T)0;                                     \\
+                    y[(n + i) * ys + p] = v;                                          \\
+                    if (mk != NULL)                                                   \\
+                        mk[(n + i) * ms + p] = v > 0;                                 \\
+                }                                                                     \\
+                if (++ww == W) { ww = 0; hh++; }                                      \\
+            }                                                                         \\
+        }                                                                             \\
+        for (; n < N; n += 8) {                                                       \\
+            const Py_ssize_t nb = N - n < 8 ? N - n : 8;                              \\
+            for (h = 0; h < H; h++) {                                                 \\
+                const T* src = P + ((h + PT) * WP + PL) * NP + n;                     \\
+                T* dst = y + n * ys + h * W;                                          \\
+                for (i = 0; i < nb; i++) {                                            \\
+                    T* d = dst + i * ys;                                              \\
+                    if (relu)                                                         \\
+                        for (w = 0; w < W; w++) {                                     \\
+                            const T v = src[w * NP + i];                              \\
+                            d[w] = !(v <= 0) ? v : (T)0;                              \\
+                        }                                                             \\
+                    else                                                              \\
+                        for (w = 0; w < W; w++)                                       \\
+                            d[w] = src[w * NP + i];                                   \\
+                    if (mk != NULL) {                                                 \\
+                        unsigned char* m = mk + (n + i) * ms + h * W;                 \\
+                        for (w = 0; w < W; w++)                                       \\
+                            m[w] = d[w] > 0;                                          \\
+                    }                                                                 \\
+                }                                                                     \\
+            }                                                                         \\
+        }                                                                             \\
+    }                                                                                 \\
+    /* out[(oh*OW + ow)*NP + j] = bias + sum_t w[t] * P[oh*rs + ow*cs + offs[t] + j] \\
+       (j < NP: whole vectors), the 3x3 taps */                                      \\
+    static ATTR void fastcnn_dws_fwd_##S(const T* P, const Py_ssize_t* offs,          \\
+            const T* w, T bias, T* out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs,  \\
+            Py_ssize_t cs, Py_ssize_t NP) {                                           \\
+        const V w0 = FASTCNN_DW_SPLAT(V, w[0]), w1 = FASTCNN_DW_SPLAT(V, w[1]);       \\
+        const V w2 = FASTCNN_DW_SPLAT(V, w[2]), w3 = FASTCNN_DW_SPLAT(V, w[3]);       \\
+        const V w4 = FASTCNN_DW_SPLAT(V, w[4]), w5 = FASTCNN_DW_SPLAT(V, w[5]);       \\
+        const V w6 = FASTCNN_DW_SPLAT(V, w[6]), w7 = FASTCNN_DW_SPLAT(V, w[7]);       \\
+        const V w8 = FASTCNN_DW_SPLAT(V, w[8]), vb = FASTCNN_DW_SPLAT(V, bias);       \\
+        const Py_ssize_t o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3];      \\
+        const Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7];      \\
+        const Py_ssize_t o8 = offs[8];                                                \\
+        Py_ssize_t oh, ow, j;                                                         \\
+        for (oh = 0; oh < OH; oh++)                                                   \\
+            for (ow = 0; ow < OW; ow++) {                                             \\
+                const T* r = P + oh * rs + ow * cs;                                   \\
+                T* o = out + (oh * OW + ow) * NP;                                     \\
+                for (j = 0; j < NP; j += L) {                                         \\
+                    const T* p = r + j;                                               \\
+                    V s = ((vb + (w0 * FASTCNN_DW_LD(V, p + o0)                        \\
+                                  + w1 * FASTCNN_DW_LD(V, p + o1)                      \\
+                                  + w2 * FASTCNN_DW_LD(V, p + o2)))                    \\
+                           + (w3 * FASTCNN_DW_LD(V, p + o3)                            \\
+                              + w4 * FASTCNN_DW_LD(V, p + o4)                          \\
+                              + w5 * FASTCNN_DW_LD(V, p + o5)))                        \\
+                          + (w6 * FASTCNN_DW_LD(V, p + o6)                             \\
+                             + w7 * FASTCNN_DW_LD(V, p + o7)                           \\
+                             + w8 * FASTCNN_DW_LD(V, p + o8));                         \\
+                    FASTCNN_DW_ST(o + j, s);                                          \\
+                }                                                                     \\
+            }                                                                         \\
+    }                                                                                 \\
+    /* with D (OH*OW, NP) the packed dy: sums[t] += sum D * P at tap t, sums[9] +=  \\
+       sum D (float vector sums added in double after each row of outputs), and   \\
+       DX[oh*rs + ow*cs + offs[t] + j] += w[t] * D[(oh*OW + ow)*NP + j] */          \\
+    static ATTR void fastcnn_dws_bwd_##S(const T* P, const T* D, T* DX,               \\
+            const Py_ssize_t* offs, const T* w, Py_ssize_t OH, Py_ssize_t OW,         \\
+            Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP, double* sums) {              \\
+        const V w0 = FASTCNN_DW_SPLAT(V, w[0]), w1 = FASTCNN_DW_SPLAT(V, w[1]);       \\
+        const V w2 = FASTCNN_DW_SPLAT(V, w[2]), w3 = FASTCNN_DW_SPLAT(V, w[3]);       \\
+        const V w4 = FASTCNN_DW_SPLAT(V, w[4]), w5 = FASTCNN_DW_SPLAT(V, w[5]);       \\
+        const V w6 = FASTCNN_DW_SPLAT(V, w[6]), w7 = FASTCNN_DW_SPLAT(V, w[7]);       \\
+        const V w8 = FASTCNN_DW_SPLAT(V, w[8]);                                       \\
+        const Py_ssize_t o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3];      \\
+        const Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7];      \\
+        const Py_ssize_t o8 = offs[8];                                                \\
+        Py_ssize_t oh, ow, j, l;                                                      \\
+        for (oh = 0; oh < OH; oh++) {                                                 \\
+            V a0 = FASTCNN_DW_SPLAT(V, 0), a1 = a0, a2 = a0, a3 = a0, a4 = a0;        \\
+            V a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;                            \\
+            for (ow = 0; ow < OW; ow++) {                                             \\
+                const T* x = P + oh * rs + ow * cs;                                   \\
+                T* dx = DX + oh * rs + ow * cs;                                       \\
+                const T* d = D + (oh * OW + ow) * NP;                                 \\
+                for (j = 0; j < NP; j += L) {                                         \\
+                    const V v = FASTCNN_DW_LD(V, d + j);                              \\
+                    a9 += v;                                                          \\
+                    FASTCNN_DWS_TAP(V, a0, w0, o0) FASTCNN_DWS_TAP(V, a1, w1, o1)           \\
+                    FASTCNN_DWS_TAP(V, a2, w2, o2) FASTCNN_DWS_TAP(V, a3, w3, o3)           \\
+                    FASTCNN_DWS_TAP(V, a4, w4, o4) FASTCNN_DWS_TAP(V, a5, w5, o5)           \\
+                    FASTCNN_DWS_TAP(V, a6, w6, o6) FASTCNN_DWS_TAP(V, a7, w7, o7)           \\
+                    FASTCNN_DWS_TAP(V, a8, w8, o8)                                       \\
+                }                                                                     \\
+            }                                                                         \\
+            {                                                                         \\
+                V a[10] = {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9};                   \\
+                for (l = 0; l < 10; l++)                                              \\
+                    sums[l] += fastcnn_dw_hsum_##S(a[l]);                             \\
+            }                                                                         \\
+        }                                                                             \\
+    }
+    #if defined(__GNUC__)
+    #  define FASTCNN_DWS_SET(v, k, s) ((v)[k] = (s))
+    #else
+    #  define FASTCNN_DWS_SET(v, k, s) ((v) = (s))
+    #endif
+    /* one tap of the backward: its dw sum and its share of dx */
+    #define FASTCNN_DWS_TAP(V, A, WV, O)                                                    \\
+        A += v * FASTCNN_DW_LD(V, x + j + O);                                         \\
+        FASTCNN_DW_ST(dx + j + O, FASTCNN_DW_LD(V, dx + j + O) + WV * v);
+
+    #if defined(FASTCNN_DW_X86)
+    FASTCNN_DWS_KERNELS(float, f32_avx, fastcnn_f8, fastcnn_i8, 8, FASTCNN_DW_AVX)
+    FASTCNN_DWS_KERNELS(double, f64_avx, fastcnn_d4, fastcnn_l4, 4, FASTCNN_DW_AVX)
+    FASTCNN_DWS_KERNELS(float, f32_base, fastcnn_f4, fastcnn_i4, 4, )
+    FASTCNN_DWS_KERNELS(double, f64_base, fastcnn_d2, fastcnn_l2, 2, )
+    #elif defined(__GNUC__)
+    FASTCNN_DWS_KERNELS(float, f32_base, fastcnn_f4, fastcnn_i4, 4, )
+    FASTCNN_DWS_KERNELS(double, f64_base, fastcnn_d2, fastcnn_l2, 2, )
+    #else
+    FASTCNN_DWS_KERNELS(float, f32_base, float, float, 1, )
+    FASTCNN_DWS_KERNELS(double, f64_base, double, double, 1, )
+    #endif
+
+    #define FASTCNN_DWS_WRAP(T, S)                                                       \\
+    static void fastcnn_dws_pack_##S(const T* x, Py_ssize_t xs, const unsigned char* mk,\\
+            Py_ssize_t ms, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT,   \\
+            Py_ssize_t PL, Py_ssize_t WP, Py_ssize_t PS, Py_ssize_t NP, T* P,         \\
+            int zero) {                                                               \\
+        FASTCNN_DW_PICK(fastcnn_dws_pack, S,                                          \\
+                        (x, xs, mk, ms, N, H, W, PT, PL, WP, PS, NP, P, zero));       \\
+    }                                                                                 \\
+    static void fastcnn_dws_unpack_##S(const T* P, Py_ssize_t NP, Py_ssize_t N,       \\
+            Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,  \\
+            T* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms, int relu) {        \\
+        FASTCNN_DW_PICK(fastcnn_dws_unpack, S,                                        \\
+                        (P, NP, N, H, W, PT, PL, WP, y, ys, mk, ms, relu));           \\
+    }                                                                                 \\
+    static void fastcnn_dws_fwd_##S(const T* P, const Py_ssize_t* offs, const T* w,   \\
+            T bias, T* out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs,              \\
+            Py_ssize_t cs, Py_ssize_t NP) {                                           \\
+        FASTCNN_DW_PICK(fastcnn_dws_fwd, S, (P, offs, w, bias, out, OH, OW, rs, cs, NP)); \\
+    }                                                                                 \\
+    static void fastcnn_dws_bwd_##S(const T* P, const T* D, T* DX,                    \\
+            const Py_ssize_t* offs, const T* w, Py_ssize_t OH, Py_ssize_t OW,         \\
+            Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP, double* sums) {              \\
+        FASTCNN_DW_PICK(fastcnn_dws_bwd, S,                                           \\
+                        (P, D, DX, offs, w, OH, OW, rs, cs, NP, sums));               \\
+    }
+    FASTCNN_DWS_WRAP(float, f32)
+    FASTCNN_DWS_WRAP(double, f64)
+    """
+    void fastcnn_dws_pack_f32(const float* x, Py_ssize_t xs, const unsigned char* mk,
+                              Py_ssize_t ms, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP, Py_ssize_t PS,
+                              Py_ssize_t NP, float* P, int zero) nogil
+    void fastcnn_dws_pack_f64(const double* x, Py_ssize_t xs, const unsigned char* mk,
+                              Py_ssize_t ms, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP, Py_ssize_t PS,
+                              Py_ssize_t NP, double* P, int zero) nogil
+    void fastcnn_dws_unpack_f32(const float* P, Py_ssize_t NP, Py_ssize_t N, Py_ssize_t H,
+                                Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,
+                                float* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms,
+                                int relu) nogil
+    void fastcnn_dws_unpack_f64(const double* P, Py_ssize_t NP, Py_ssize_t N, Py_ssize_t H,
+                                Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,
+                                double* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms,
+                                int relu) nogil
+    void fastcnn_dws_fwd_f32(const float* P, const Py_ssize_t* offs, const float* w,
+                             float bias, float* out, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP) nogil
+    void fastcnn_dws_fwd_f64(const double* P, const Py_ssize_t* offs, const double* w,
+                             double bias, double* out, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP) nogil
+    void fastcnn_dws_bwd_f32(const float* P, const float* D, float* DX,
+                             const Py_ssize_t* offs, const float* w, Py_ssize_t OH,
+                             Py_ssize_t OW, Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP,
+                             double* sums) nogil
+    void fastcnn_dws_bwd_f64(const double* P, const double* D, double* DX,
+                             const Py_ssize_t* offs, const double* w, Py_ssize_t OH,
+                             Py_ssize_t OW, Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP,
+                             double* sums) nogil
+
+
+cdef inline void _pack(const floating* x, Py_ssize_t xs, const unsigned char* mk,
+                       Py_ssize_t ms, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP, Py_ssize_t PS,
+                       Py_ssize_t NP, floating* P, int zero) noexcept nogil:
+    if floating is float:
+        fastcnn_dws_pack_f32(x, xs, mk, ms, N, H, W, PT, PL, WP, PS, NP, P, zero)
+    else:
+        fastcnn_dws_pack_f64(x, xs, mk, ms, N, H, W, PT, PL, WP, PS, NP, P, zero)
+
+
+cdef inline void _unpack(const floating* P, Py_ssize_t NP, Py_ssize_t N, Py_ssize_t H,
+                         Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,
+                         floating* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms,
+                         int relu) noexcept nogil:
+    if floating is float:
+        fastcnn_dws_unpack_f32(P, NP, N, H, W, PT, PL, WP, y, ys, mk, ms, relu)
+    else:
+        fastcnn_dws_unpack_f64(P, NP, N, H, W, PT, PL, WP, y, ys, mk, ms, relu)
+
+
+cdef void _small_offsets(Py_ssize_t* offs, Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t WP,
+                         Py_ssize_t NP) noexcept nogil:
+    """offs[kh*3 + kw]: where tap (kh, kw) of output (0, 0) sits in a packed
+    plane (images innermost)."""
+    cdef Py_ssize_t kh, kw
+    for kh in range(3):
+        for kw in range(3):
+            offs[kh * 3 + kw] = (kh * DH * WP + kw * DW) * NP
+
+
+def forward_small(const floating[:, :, :, ::1] x, const floating[:, :, ::1] w,
+                  const floating[::1] b, floating[:, :, :, ::1] xp,
+                  floating[:, :, :, ::1] y, floating[::1] tile, Py_ssize_t c0,
+                  Py_ssize_t c1, Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t DH,
+                  Py_ssize_t DW, Py_ssize_t PT, Py_ssize_t PL, bint relu,
+                  unsigned char[:, :, :, ::1] mask, bint masked):
+    """The small-map forward of 3x3 filters, for channels [c0, c1) and all
+    images: xp[c] (C, HP, WP, NP) = the zero-padded planes x[:, c] with the
+    images innermost (NP >= N, a multiple of 8; the lanes past N zero), and
+    y[:, c*M:(c+1)*M] = their depthwise convolution (relu: through ReLU,
+    np.maximum(y, 0); masked: mask = [y > 0] too, else mask is not read).
+    Scratch: tile (OH*OW*NP,)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w.shape[0], M = F // C, OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t HP = xp.shape[1], WP = xp.shape[2], NP = xp.shape[3]
+    cdef Py_ssize_t offs[9]
+    cdef Py_ssize_t c, m, f
+    cdef unsigned char* mk = NULL
+    _small_offsets(offs, DH, DW, WP, NP)
+    with nogil:
+        for c in range(c0, c1):
+            _pack(&x[0, c, 0, 0], C * H * W, NULL, 0, N, H, W, PT, PL, WP, HP * WP, NP,
+                  &xp[c, 0, 0, 0], 1)
+            for m in range(M):
+                f = c * M + m
+                if floating is float:
+                    fastcnn_dws_fwd_f32(&xp[c, 0, 0, 0], offs, &w[f, 0, 0], b[f], &tile[0],
+                                        OH, OW, SH * WP * NP, SW * NP, NP)
+                else:
+                    fastcnn_dws_fwd_f64(&xp[c, 0, 0, 0], offs, &w[f, 0, 0], b[f], &tile[0],
+                                        OH, OW, SH * WP * NP, SW * NP, NP)
+                if masked:
+                    mk = &mask[0, f, 0, 0]
+                _unpack(&tile[0], NP, N, OH, OW, 0, 0, OW, &y[0, f, 0, 0], F * OH * OW,
+                        mk, F * OH * OW, relu)
+
+
+def backward_small(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
+                   const floating[:, :, :, ::1] xp, floating[:, :, :, ::1] dx,
+                   double[:, ::1] dw, double[::1] db, floating[::1] dyt, floating[::1] dxt,
+                   Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t SH, Py_ssize_t SW,
+                   Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t PT, Py_ssize_t PL,
+                   const unsigned char[:, :, :, ::1] mask, bint masked):
+    """The small-map backward for channels [c0, c1), all images, over
+    forward_small's xp: dx[:, c] (written), dw[f] (F, 9) and db[f] (written)
+    for the filters f of those channels. masked: dy * mask is the gradient
+    used, applied as dy is packed (else mask is not read). Scratch: dyt
+    (OH*OW*NP,), dxt (HP*WP*NP,)."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t F = w.shape[0], M = F // C, OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t HP = xp.shape[1], WP = xp.shape[2], NP = xp.shape[3]
+    cdef Py_ssize_t offs[9]
+    cdef double sums[10]
+    cdef Py_ssize_t c, m, f, t
+    cdef const unsigned char* mk = NULL
+    _small_offsets(offs, DH, DW, WP, NP)
+    with nogil:
+        for c in range(c0, c1):
+            _zero(&dxt[0], HP * WP * NP)
+            for m in range(M):
+                f = c * M + m
+                if masked:
+                    mk = &mask[0, f, 0, 0]
+                _pack(&dy[0, f, 0, 0], F * OH * OW, mk, F * OH * OW, N, OH, OW, 0, 0, OW,
+                      OH * OW, NP, &dyt[0], 0)
+                for t in range(10):
+                    sums[t] = 0
+                if floating is float:
+                    fastcnn_dws_bwd_f32(&xp[c, 0, 0, 0], &dyt[0], &dxt[0], offs, &w[f, 0, 0],
+                                        OH, OW, SH * WP * NP, SW * NP, NP, sums)
+                else:
+                    fastcnn_dws_bwd_f64(&xp[c, 0, 0, 0], &dyt[0], &dxt[0], offs, &w[f, 0, 0],
+                                        OH, OW, SH * WP * NP, SW * NP, NP, sums)
+                for t in range(9):
+                    dw[f, t] = sums[t]
+                db[f] = sums[9]
+            _unpack(&dxt[0], NP, N, H, W, PT, PL, WP, &dx[0, c, 0, 0], C * H * W, NULL, 0, 0)

@@ -568,3 +568,109 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
                     _merge2(a, bb, dx[n, c, ih])
                 else:
                     _to_image(dxp, start, dx[n, c, ih], SW, PL, BS, WQ)
+
+
+# --- the small-map path: images innermost (see cy_depthwise.forward_small) ---
+
+@kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 1), rw(t, 4), rw(t, 4), rw(t, 1), i64, i64,
+                       i64, i64, i64, i64, i64, i64, types.boolean, rw(u8, 4), types.boolean))
+def forward_small(x, w, b, xp, y, tile, c0, c1, SH, SW, DH, DW, PT, PL, relu, mask, masked):
+    """The small-map forward of 3x3 filters, for channels [c0, c1) and all
+    images: xp[c] (C, HP, WP, NP) = the zero-padded planes x[:, c] with the
+    images innermost (NP >= N, a multiple of 8; the lanes past N zero), and
+    y[:, c*M:(c+1)*M] = their depthwise convolution (relu: through ReLU,
+    np.maximum(y, 0); masked: mask = [y > 0] too, else mask is not read).
+    Scratch: tile (OH*OW*NP,)."""
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    M = F // C
+    OH, OW = y.shape[2], y.shape[3]
+    NP = xp.shape[3]
+    zero = tile.dtype.type(0)
+    for c in range(c0, c1):
+        P = xp[c]
+        for ih in range(P.shape[0]):
+            for iw in range(P.shape[1]):
+                _fill(P[ih, iw])
+        for n in range(N):
+            for ih in range(H):
+                for iw in range(W):
+                    P[ih + PT, iw + PL, n] = x[n, c, ih, iw]
+        for m in range(M):
+            f = c * M + m
+            for oh in range(OH):
+                for ow in range(OW):
+                    o = tile[(oh * OW + ow) * NP:]
+                    for j in range(NP):
+                        o[j] = b[f]
+                    for kh in range(3):
+                        for kw in range(3):
+                            r = P[oh * SH + kh * DH, ow * SW + kw * DW]
+                            wv = w[f, kh, kw]
+                            for j in range(NP):
+                                o[j] += wv * r[j]
+            for n in range(N):
+                yp = y[n, f]
+                for oh in range(OH):
+                    for ow in range(OW):
+                        v = tile[(oh * OW + ow) * NP + n]
+                        if relu and v <= 0:
+                            v = zero
+                        yp[oh, ow] = v
+                        if masked:
+                            mask[n, f, oh, ow] = 1 if v > 0 else 0
+
+
+@kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 4), rw(t, 4), rw(f64, 2), rw(f64, 1),
+                       rw(t, 1), rw(t, 1), i64, i64, i64, i64, i64, i64, i64, i64,
+                       ro(u8, 4), types.boolean))
+def backward_small(dy, w, xp, dx, dw, db, dyt, dxt, c0, c1, SH, SW, DH, DW, PT, PL, mask,
+                   masked):
+    """The small-map backward for channels [c0, c1), all images, over
+    forward_small's xp: dx[:, c] (written), dw[f] (F, 9) and db[f] (written)
+    for the filters f of those channels (the padding's zeros count, as in
+    loops: times an inf of dy they make a NaN). masked: dy * mask is the gradient used, applied as dy is
+    packed (else mask is not read). Scratch: dyt (OH*OW*NP,), dxt
+    (HP*WP*NP,)."""
+    N, C, H, W = dx.shape
+    F = w.shape[0]
+    M = F // C
+    OH, OW = dy.shape[2], dy.shape[3]
+    WP, NP = xp.shape[2], xp.shape[3]
+    zero, one = dyt.dtype.type(0), dyt.dtype.type(1)
+    for c in range(c0, c1):
+        P = xp[c]
+        _fill(dxt)
+        for m in range(M):
+            f = c * M + m
+            _fill(dyt)
+            for n in range(N):
+                for oh in range(OH):
+                    for ow in range(OW):
+                        g = dy[n, f, oh, ow]
+                        if masked:
+                            g = g * (one if mask[n, f, oh, ow] else zero)
+                        dyt[(oh * OW + ow) * NP + n] = g
+            total = 0.0
+            for p in range(OH * OW * NP):
+                total += dyt[p]
+            db[f] = total
+            for kh in range(3):
+                for kw in range(3):
+                    wv = w[f, kh, kw]
+                    s = 0.0
+                    for oh in range(OH):
+                        ih = oh * SH + kh * DH
+                        for ow in range(OW):
+                            iw = ow * SW + kw * DW
+                            d = dyt[(oh * OW + ow) * NP:]
+                            xr = P[ih, iw]
+                            q = dxt[(ih * WP + iw) * NP:]
+                            for j in range(NP):
+                                s += d[j] * xr[j]
+                                q[j] += wv * d[j]
+                    dw[f, kh * 3 + kw] = s
+        for n in range(N):
+            for ih in range(H):
+                for iw in range(W):
+                    dx[n, c, ih, iw] = dxt[((ih + PT) * WP + iw + PL) * NP + n]

@@ -52,6 +52,12 @@ class _Saved(NamedTuple):
     xp: np.ndarray         # (N, C, SH*SW*(HQ+1), WQ): x in the phase layout
     blocks: list           # [(n0, n1, c0, c1)]
     params: tuple          # (SH, SW, DH, DW, PT, PL)
+    small: bool = False    # xp is the small-map layout (C, HP, WP, NP)
+
+
+# output planes of at most this many pixels (3x3 filters) take the
+# small-map kernels (forward_small / backward_small): images innermost
+SMALL_MAX = 64
 
 
 def _blocks(N, C, work):
@@ -78,6 +84,8 @@ def forward(kern, x, w, b, stride, padding, dilation, y_shape, relu=False, mask=
     pass too."""
     (N, C, H, W), (F, _, KH, KW) = x.shape, w.shape
     (SH, SW), (PT, PB, PL, PR), (DH, DW) = stride, padding, dilation
+    if _small(KH, KW, y_shape):
+        return _forward_small(kern, x, w, b, stride, padding, dilation, y_shape, relu, mask)
     HQ, WQ = -(-(H + PT + PB) // SH), -(-(W + PL + PR) // SW)
     w3 = w.reshape(F, KH, KW).copy()
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
@@ -100,6 +108,8 @@ def backward(kern, dy, saved, input_grad=True, mask=None):
     (dx, dw, db); input_grad=False gives dx None. mask (uint8, dy's shape),
     the fused ReLU's from forward, if given: the gradient is dy * mask
     (relu_backward's product), applied in the kernels."""
+    if saved.small:
+        return _backward_small(kern, dy, saved, input_grad, mask)
     N, C, H, W = saved.x_shape
     F, KH, KW = saved.w.shape
     OH, OW = dy.shape[2:]
@@ -136,3 +146,62 @@ def backward(kern, dy, saved, input_grad=True, mask=None):
     dw = outputs.take((F, 1, KH, KW), dy.dtype)
     dw.reshape(F, KH * KW)[...] = dw_parts.sum(axis=0)
     return dx if input_grad else None, dw, db_parts.sum(axis=0).astype(dy.dtype)
+
+
+def _small(KH, KW, y_shape):
+    """Whether a conv takes the small-map kernels."""
+    return KH == 3 and KW == 3 and y_shape[2] * y_shape[3] <= SMALL_MAX
+
+
+def _channel_blocks(N, C, work):
+    """(0, N, c0, c1) blocks: one per thread that ``work`` earns, over
+    channels only (the small-map kernels take every image at once)."""
+    threads = _concurrent.threads_for(_concurrent.num_threads(), work, C)
+    return [(0, N, c.start, c.stop) for c in _concurrent.batch_slices(C, threads)]
+
+
+def _forward_small(kern, x, w, b, stride, padding, dilation, y_shape, relu, mask):
+    """forward on the small-map kernels: xp (C, HP, WP, NP) holds each
+    channel's zero-padded planes with the images innermost, NP = N rounded
+    up to 8 so that every loop runs over whole vectors of images."""
+    (N, C, H, W), (F, _, KH, KW) = x.shape, w.shape
+    (SH, SW), (PT, PB, PL, PR), (DH, DW) = stride, padding, dilation
+    NP = -(-N // 8) * 8
+    w3 = w.reshape(F, KH, KW).copy()
+    bias = b if b is not None else np.zeros(F, dtype=x.dtype)
+    xp = workspace.take((C, H + PT + PB, W + PL + PR, NP), x.dtype)
+    y = outputs.take(y_shape, x.dtype)
+    params = (SH, SW, DH, DW, PT, PL)
+    blocks = _channel_blocks(N, C, y.size * KH * KW)
+    tile = (y_shape[2] * y_shape[3] * NP,)
+
+    def piece(blk):
+        kern.forward_small(x, w3, bias, xp, y, workspace.take(tile, x.dtype), blk[2], blk[3],
+                           *params, bool(relu), _NO_MASK if mask is None else mask,
+                           mask is not None)
+
+    _run(piece, blocks)
+    return y, _Saved(x.shape, w3, xp, blocks, params, True)
+
+
+def _backward_small(kern, dy, saved, input_grad, mask):
+    """backward for a forward on the small-map kernels: each block of
+    channels writes its own filters' dw and db (no partial sums)."""
+    F = saved.w.shape[0]
+    _, HP, WP, NP = saved.xp.shape
+    OH, OW = dy.shape[2:]
+    dx = (outputs if input_grad else workspace).take(saved.x_shape, dy.dtype)
+    dw64 = np.empty((F, 9))
+    db64 = np.empty(F)
+
+    def piece(blk):
+        take = workspace.take
+        kern.backward_small(dy, saved.w, saved.xp, dx, dw64, db64,
+                            take((OH * OW * NP,), dy.dtype), take((HP * WP * NP,), dy.dtype),
+                            blk[2], blk[3], *saved.params,
+                            _NO_MASK if mask is None else mask, mask is not None)
+
+    _run(piece, saved.blocks)
+    dw = outputs.take((F, 1, 3, 3), dy.dtype)
+    dw.reshape(F, 9)[...] = dw64
+    return dx if input_grad else None, dw, db64.astype(dy.dtype)
