@@ -39,9 +39,11 @@ from fastcnn.backends._workspace import outputs, workspace
 # Images a chunk needs: the batch is the vector lane of every transform,
 # and below this the im2col paths won (MNIST conv2 shape, 4 vs 8 images).
 MIN_BATCH = 8
-# Images per chunk at most: its planes and saved V grow with it; chunks of
-# 16 or 32 were not faster on the MNIST conv2 and grouped 3x3 shapes.
-CHUNK = 64
+# Images per chunk at most: its planes and saved V grow with it. With the
+# products in registers (cy_winograd.products) a 64-image chunk's pipeline
+# fell out of cache: on the MNIST conv2 at batch 1000 (fused pooling) and at
+# batch 64 on one thread, chunks of 32 (or 16) ran 10-20% faster than 64.
+CHUNK = 32
 # Tile lanes (tiles x images) per band: transforms and matmuls run band by
 # band over whole tile rows (at least one), so a band's (36, F, lanes)
 # products stay in cache between the kernel or matmul that writes them and
