@@ -1035,21 +1035,33 @@ cdef extern from *:
             Py_ssize_t xs, const unsigned char* mk, Py_ssize_t ms, Py_ssize_t N,      \\
             Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,  \\
             Py_ssize_t PS, Py_ssize_t NP, T* P, int zero) {                           \\
-        Py_ssize_t n, h, w, i, k, HW = H * W;                                         \\
-        if (zero) {                                                                   \\
-            const V z = FASTCNN_DW_SPLAT(V, 0);                                       \\
-            for (k = 0; k + L <= PS * NP; k += L)                                     \\
-                FASTCNN_DW_ST(P + k, z);                                              \\
-        } else if (N < NP) {                                                          \\
-            for (k = 0; k < PS; k++)                                                  \\
-                for (n = N; n < NP; n++)                                              \\
-                    P[k * NP + n] = 0;                                                \\
+        Py_ssize_t n, i, k, p, hh, ww, HW = H * W;                                    \\
+        Py_ssize_t d[L];                                                              \\
+        const V z = FASTCNN_DW_SPLAT(V, 0);                                           \\
+        /* the zeros: the padding (if zero) and the lanes past N */                   \\
+        for (hh = 0; hh < PS / WP; hh++) {                                            \\
+            T* row = P + hh * WP * NP;                                                \\
+            const int inside = hh >= PT && hh < PT + H;                               \\
+            for (ww = 0; ww < WP; ww++) {                                             \\
+                if (inside && ww >= PL && ww < PL + W) {                              \\
+                    for (n = N; n < NP; n++)                                          \\
+                        row[ww * NP + n] = 0;                                         \\
+                } else if (zero) {                                                    \\
+                    for (k = 0; k < NP; k += L)                                       \\
+                        FASTCNN_DW_ST(row + ww * NP + k, z);                          \\
+                }                                                                     \\
+            }                                                                         \\
         }                                                                             \\
-        /* L images by L pixels (of the flat plane) at a time: L reads, a        \\
-           transpose in registers, L stores (one per pixel) */                       \\
-        for (n = 0; n + L <= N; n += L) {                                             \\
-            Py_ssize_t p = 0, hh = 0, ww = 0;                                         \\
-            for (; p + L <= HW; p += L) {                                             \\
+        /* L pixels (of the flat plane) by L images at a time: L reads, a             \\
+           transpose in registers, L stores (one per pixel); the images               \\
+           inner, so that a block of pixels is written whole */                       \\
+        hh = ww = 0;                                                                  \\
+        for (p = 0; p + L <= HW; p += L) {                                            \\
+            for (k = 0; k < L; k++) {                                                 \\
+                d[k] = ((hh + PT) * WP + ww + PL) * NP;                               \\
+                if (++ww == W) { ww = 0; hh++; }                                      \\
+            }                                                                         \\
+            for (n = 0; n + L <= N; n += L) {                                         \\
                 V r[L];                                                               \\
                 for (i = 0; i < L; i++) {                                             \\
                     r[i] = FASTCNN_DW_LD(V, x + (n + i) * xs + p);                    \\
@@ -1062,105 +1074,100 @@ cdef extern from *:
                     }                                                                 \\
                 }                                                                     \\
                 fastcnn_dws_tr_##S(r);                                                \\
-                for (k = 0; k < L; k++) {                                             \\
-                    FASTCNN_DW_ST(P + ((hh + PT) * WP + ww + PL) * NP + n, r[k]);     \\
-                    if (++ww == W) { ww = 0; hh++; }                                  \\
-                }                                                                     \\
+                for (k = 0; k < L; k++)                                               \\
+                    FASTCNN_DW_ST(P + d[k] + n, r[k]);                                \\
             }                                                                         \\
-            for (; p < HW; p++) {                                                     \\
-                T* d = P + ((hh + PT) * WP + ww + PL) * NP + n;                       \\
-                for (i = 0; i < L; i++)                                               \\
-                    d[i] = mk == NULL ? x[(n + i) * xs + p]                           \\
-                        : x[(n + i) * xs + p] * (T)mk[(n + i) * ms + p];              \\
-                if (++ww == W) { ww = 0; hh++; }                                      \\
-            }                                                                         \\
+            for (; n < N; n++)                                                        \\
+                for (k = 0; k < L; k++)                                               \\
+                    P[d[k] + n] = mk == NULL ? x[n * xs + p + k]                      \\
+                        : x[n * xs + p + k] * (T)mk[n * ms + p + k];                  \\
         }                                                                             \\
-        for (; n < N; n += 8) {                                                  \\
-            const Py_ssize_t nb = N - n < 8 ? N - n : 8;                              \\
-            for (h = 0; h < H; h++) {                                                 \\
-                T* dst = P + ((h + PT) * WP + PL) * NP + n;                           \\
-                const Py_ssize_t src = n * xs + h * W;                                \\
-                if (nb == 8 && mk == NULL) {                                          \\
-                    for (w = 0; w < W; w++) {                                         \\
-                        T* d = dst + w * NP;                                          \\
-                        for (i = 0; i < 8; i++)                                       \\
-                            d[i] = x[src + i * xs + w];                               \\
-                    }                                                                 \\
-                } else {                                                              \\
-                    for (w = 0; w < W; w++) {                                         \\
-                        T* d = dst + w * NP;                                          \\
-                        for (i = 0; i < nb; i++)                                      \\
-                            d[i] = mk == NULL ? x[src + i * xs + w]                   \\
-                                : x[src + i * xs + w]                                 \\
-                                  * (T)mk[(n + i) * ms + h * W + w];                  \\
-                    }                                                                 \\
-                }                                                                     \\
-            }                                                                         \\
+        for (; p < HW; p++) {                                                         \\
+            T* dd = P + ((hh + PT) * WP + ww + PL) * NP;                              \\
+            for (n = 0; n < N; n++)                                                   \\
+                dd[n] = mk == NULL ? x[n * xs + p] : x[n * xs + p] * (T)mk[n * ms + p]; \\
+            if (++ww == W) { ww = 0; hh++; }                                          \\
         }                                                                             \\
     }                                                                                 \\
-    /* y[n*ys + h*W + w] = P[((h+PT)*WP + w+PL)*NP + n], n < N; relu: through      \\
+    /* y[n*ys + h*W + w] = P[((h+PT)*WP + w+PL)*NP + n], n < N; relu: through         \\
        np.maximum(., 0); mk (if not NULL): [y > 0] at mk[n*ms + h*W + w] */           \\
     static ATTR void fastcnn_dws_unpack_##S(const T* P, Py_ssize_t NP, Py_ssize_t N,  \\
             Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,  \\
             T* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms, int relu) {        \\
-        Py_ssize_t n, h, w, i, k, HW = H * W;                                         \\
-        /* L pixels by L images at a time, as in pack */                              \\
-        for (n = 0; n + L <= N; n += L) {                                             \\
-            Py_ssize_t p = 0, hh = 0, ww = 0;                                         \\
-            for (; p + L <= HW; p += L) {                                             \\
-                V r[L];                                                               \\
-                for (k = 0; k < L; k++) {                                             \\
-                    r[k] = FASTCNN_DW_LD(V, P + ((hh + PT) * WP + ww + PL) * NP + n); \\
-                    if (++ww == W) { ww = 0; hh++; }                                  \\
-                }                                                                     \\
-                fastcnn_dws_tr_##S(r);                                                \\
-                for (i = 0; i < L; i++) {                                             \\
-                    V v = r[i];                                                       \\
-                    if (relu)                                                         \\
-                        v = FASTCNN_DW_RELU(V, VI, v);                                \\
-                    FASTCNN_DW_ST(y + (n + i) * ys + p, v);                           \\
-                    if (mk != NULL) {                                                 \\
-                        unsigned char* m = mk + (n + i) * ms + p;                     \\
-                        for (k = 0; k < L; k++)                                       \\
-                            m[k] = FASTCNN_DW_LANE(v, k) > 0;                         \\
-                    }                                                                 \\
-                }                                                                     \\
-            }                                                                         \\
-            for (; p < HW; p++) {                                                     \\
-                const T* src = P + ((hh + PT) * WP + ww + PL) * NP + n;               \\
-                for (i = 0; i < L; i++) {                                             \\
-                    T v = src[i];                                                     \\
-                    if (relu)                                                         \\
-                        v = !(v <= 0) ? v : (T)0;                                     \\
-                    y[(n + i) * ys + p] = v;                                          \\
-                    if (mk != NULL)                                                   \\
-                        mk[(n + i) * ms + p] = v > 0;                                 \\
-                }                                                                     \\
+        Py_ssize_t n, i, k, p, hh = 0, ww = 0, HW = H * W;                            \\
+        Py_ssize_t s[L];                                                              \\
+        for (p = 0; p + L <= HW; p += L) {                                            \\
+            for (k = 0; k < L; k++) {                                                 \\
+                s[k] = ((hh + PT) * WP + ww + PL) * NP;                               \\
                 if (++ww == W) { ww = 0; hh++; }                                      \\
             }                                                                         \\
+            for (n = 0; n + L <= N; n += L) {                                         \\
+                V r[L];                                                               \\
+                for (k = 0; k < L; k++)                                               \\
+                    r[k] = FASTCNN_DW_LD(V, P + s[k] + n);                            \\
+                fastcnn_dws_tr_##S(r);                                                \\
+                FASTCNN_DWS_PUT(V, VI, L, r, y + n * ys + p, ys, mk == NULL ? NULL : mk + n * ms + p, ms) \\
+            }                                                                         \\
+            for (; n < N; n++)                                                        \\
+                for (k = 0; k < L; k++)                                               \\
+                    FASTCNN_DWS_PUT1(T, P[s[k] + n], y[n * ys + p + k], mk, n * ms + p + k) \\
         }                                                                             \\
-        for (; n < N; n += 8) {                                                       \\
-            const Py_ssize_t nb = N - n < 8 ? N - n : 8;                              \\
-            for (h = 0; h < H; h++) {                                                 \\
-                const T* src = P + ((h + PT) * WP + PL) * NP + n;                     \\
-                T* dst = y + n * ys + h * W;                                          \\
-                for (i = 0; i < nb; i++) {                                            \\
-                    T* d = dst + i * ys;                                              \\
-                    if (relu)                                                         \\
-                        for (w = 0; w < W; w++) {                                     \\
-                            const T v = src[w * NP + i];                              \\
-                            d[w] = !(v <= 0) ? v : (T)0;                              \\
-                        }                                                             \\
-                    else                                                              \\
-                        for (w = 0; w < W; w++)                                       \\
-                            d[w] = src[w * NP + i];                                   \\
-                    if (mk != NULL) {                                                 \\
-                        unsigned char* m = mk + (n + i) * ms + h * W;                 \\
-                        for (w = 0; w < W; w++)                                       \\
-                            m[w] = d[w] > 0;                                          \\
-                    }                                                                 \\
+        for (; p < HW; p++) {                                                         \\
+            const T* src = P + ((hh + PT) * WP + ww + PL) * NP;                       \\
+            for (n = 0; n < N; n++)                                                   \\
+                FASTCNN_DWS_PUT1(T, src[n], y[n * ys + p], mk, n * ms + p)               \\
+            if (++ww == W) { ww = 0; hh++; }                                          \\
+        }                                                                             \\
+    }                                                                                 \\
+    /* the forward and its copy out in one: y[n*ys + oh*OW + ow] =                    \\
+       bias + sum_t w[t] * P[oh*rs + ow*cs + offs[t] + n] (relu, mk as in             \\
+       unpack), L pixels by L images at a time through a transpose */                 \\
+    static ATTR void fastcnn_dws_fwdout_##S(const T* P, const Py_ssize_t* offs,       \\
+            const T* w, T bias, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs,          \\
+            Py_ssize_t cs, Py_ssize_t NP, Py_ssize_t N, T* y, Py_ssize_t ys,          \\
+            unsigned char* mk, Py_ssize_t ms, int relu) {                             \\
+        const V w0 = FASTCNN_DW_SPLAT(V, w[0]), w1 = FASTCNN_DW_SPLAT(V, w[1]);       \\
+        const V w2 = FASTCNN_DW_SPLAT(V, w[2]), w3 = FASTCNN_DW_SPLAT(V, w[3]);       \\
+        const V w4 = FASTCNN_DW_SPLAT(V, w[4]), w5 = FASTCNN_DW_SPLAT(V, w[5]);       \\
+        const V w6 = FASTCNN_DW_SPLAT(V, w[6]), w7 = FASTCNN_DW_SPLAT(V, w[7]);       \\
+        const V w8 = FASTCNN_DW_SPLAT(V, w[8]), vb = FASTCNN_DW_SPLAT(V, bias);       \\
+        const Py_ssize_t o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3];      \\
+        const Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7];      \\
+        const Py_ssize_t o8 = offs[8];                                                \\
+        Py_ssize_t n, i, k, p, oh = 0, ow = 0, HW = OH * OW;                          \\
+        const T* src[L];                                                              \\
+        for (p = 0; p + L <= HW; p += L) {                                            \\
+            for (k = 0; k < L; k++) {                                                 \\
+                src[k] = P + oh * rs + ow * cs;                                       \\
+                if (++ow == OW) { ow = 0; oh++; }                                     \\
+            }                                                                         \\
+            for (n = 0; n < NP; n += L) {                                             \\
+                V r[L];                                                               \\
+                for (k = 0; k < L; k++) {                                             \\
+                    const T* q = src[k] + n;                                          \\
+                    r[k] = FASTCNN_DWS_CONV9(V, q);                                   \\
+                }                                                                     \\
+                fastcnn_dws_tr_##S(r);                                                \\
+                if (n + L <= N) {                                                     \\
+                    FASTCNN_DWS_PUT(V, VI, L, r, y + n * ys + p, ys, mk == NULL ? NULL : mk + n * ms + p, ms) \\
+                } else {                                                              \\
+                    for (i = 0; n + i < N; i++)                                       \\
+                        for (k = 0; k < L; k++)                                       \\
+                            FASTCNN_DWS_PUT1(T, FASTCNN_DW_LANE(r[i], k), y[(n + i) * ys + p + k], \\
+                                             mk, (n + i) * ms + p + k)                \\
                 }                                                                     \\
             }                                                                         \\
+        }                                                                             \\
+        for (; p < HW; p++) {                                                         \\
+            const T* base = P + oh * rs + ow * cs;                                    \\
+            for (n = 0; n < NP; n += L) {                                             \\
+                const T* q = base + n;                                                \\
+                const V v = FASTCNN_DWS_CONV9(V, q);                                  \\
+                for (i = 0; i < L && n + i < N; i++)                                  \\
+                    FASTCNN_DWS_PUT1(T, FASTCNN_DW_LANE(v, i), y[(n + i) * ys + p], mk,  \\
+                                     (n + i) * ms + p)                                \\
+            }                                                                         \\
+            if (++ow == OW) { ow = 0; oh++; }                                         \\
         }                                                                             \\
     }                                                                                 \\
     /* out[(oh*OW + ow)*NP + j] = bias + sum_t w[t] * P[oh*rs + ow*cs + offs[t] + j] \\
@@ -1235,6 +1242,38 @@ cdef extern from *:
             }                                                                         \\
         }                                                                             \\
     }
+    /* the nine taps at q (the forward's weights and offsets in scope) */
+    #define FASTCNN_DWS_CONV9(V, q)                                                      \\
+        (((vb + (w0 * FASTCNN_DW_LD(V, q + o0) + w1 * FASTCNN_DW_LD(V, q + o1)         \\
+                 + w2 * FASTCNN_DW_LD(V, q + o2)))                                     \\
+          + (w3 * FASTCNN_DW_LD(V, q + o3) + w4 * FASTCNN_DW_LD(V, q + o4)             \\
+             + w5 * FASTCNN_DW_LD(V, q + o5)))                                         \\
+         + (w6 * FASTCNN_DW_LD(V, q + o6) + w7 * FASTCNN_DW_LD(V, q + o7)              \\
+            + w8 * FASTCNN_DW_LD(V, q + o8)))
+    /* rows r[i] (i < L) to dst + i*ys, through ReLU if relu, and their
+       [> 0] to m + i*ms if m is not NULL (V, VI, L, relu in scope) */
+    #define FASTCNN_DWS_PUT(V, VI, L, r, dst, ys, m, ms) {                                         \\
+        unsigned char* m_ = (m);                                                      \\
+        Py_ssize_t i_, k_;                                                            \\
+        for (i_ = 0; i_ < L; i_++) {                                                  \\
+            V v_ = r[i_];                                                             \\
+            if (relu)                                                                 \\
+                v_ = FASTCNN_DW_RELU(V, VI, v_);                                      \\
+            FASTCNN_DW_ST((dst) + i_ * (ys), v_);                                     \\
+            if (m_ != NULL)                                                           \\
+                for (k_ = 0; k_ < L; k_++)                                            \\
+                    m_[i_ * (ms) + k_] = FASTCNN_DW_LANE(v_, k_) > 0;                 \\
+        }                                                                             \\
+    }
+    /* one element: out = src through ReLU if relu, mk[at] = [out > 0] */
+    #define FASTCNN_DWS_PUT1(T, src, out, mk, at) {                                         \\
+        T v1_ = (src);                                                                \\
+        if (relu)                                                                     \\
+            v1_ = !(v1_ <= 0) ? v1_ : (T)0;                                           \\
+        out = v1_;                                                                    \\
+        if ((mk) != NULL)                                                             \\
+            (mk)[at] = v1_ > 0;                                                       \\
+    }
     #if defined(__GNUC__)
     #  define FASTCNN_DWS_SET(v, k, s) ((v)[k] = (s))
     #else
@@ -1277,6 +1316,13 @@ cdef extern from *:
             Py_ssize_t cs, Py_ssize_t NP) {                                           \\
         FASTCNN_DW_PICK(fastcnn_dws_fwd, S, (P, offs, w, bias, out, OH, OW, rs, cs, NP)); \\
     }                                                                                 \\
+    static void fastcnn_dws_fwdout_##S(const T* P, const Py_ssize_t* offs, const T* w, \\
+            T bias, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs, Py_ssize_t cs,       \\
+            Py_ssize_t NP, Py_ssize_t N, T* y, Py_ssize_t ys, unsigned char* mk,      \\
+            Py_ssize_t ms, int relu) {                                                \\
+        FASTCNN_DW_PICK(fastcnn_dws_fwdout, S,                                        \\
+                        (P, offs, w, bias, OH, OW, rs, cs, NP, N, y, ys, mk, ms, relu)); \\
+    }                                                                                 \\
     static void fastcnn_dws_bwd_##S(const T* P, const T* D, T* DX,                    \\
             const Py_ssize_t* offs, const T* w, Py_ssize_t OH, Py_ssize_t OW,         \\
             Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP, double* sums) {              \\
@@ -1308,6 +1354,16 @@ cdef extern from *:
     void fastcnn_dws_fwd_f64(const double* P, const Py_ssize_t* offs, const double* w,
                              double bias, double* out, Py_ssize_t OH, Py_ssize_t OW,
                              Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP) nogil
+    void fastcnn_dws_fwdout_f32(const float* P, const Py_ssize_t* offs, const float* w,
+                                float bias, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs,
+                                Py_ssize_t cs, Py_ssize_t NP, Py_ssize_t N, float* y,
+                                Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms,
+                                int relu) nogil
+    void fastcnn_dws_fwdout_f64(const double* P, const Py_ssize_t* offs, const double* w,
+                                double bias, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs,
+                                Py_ssize_t cs, Py_ssize_t NP, Py_ssize_t N, double* y,
+                                Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms,
+                                int relu) nogil
     void fastcnn_dws_bwd_f32(const float* P, const float* D, float* DX,
                              const Py_ssize_t* offs, const float* w, Py_ssize_t OH,
                              Py_ssize_t OW, Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP,
@@ -1373,16 +1429,16 @@ def forward_small(const floating[:, :, :, ::1] x, const floating[:, :, ::1] w,
                   &xp[c, 0, 0, 0], 1)
             for m in range(M):
                 f = c * M + m
-                if floating is float:
-                    fastcnn_dws_fwd_f32(&xp[c, 0, 0, 0], offs, &w[f, 0, 0], b[f], &tile[0],
-                                        OH, OW, SH * WP * NP, SW * NP, NP)
-                else:
-                    fastcnn_dws_fwd_f64(&xp[c, 0, 0, 0], offs, &w[f, 0, 0], b[f], &tile[0],
-                                        OH, OW, SH * WP * NP, SW * NP, NP)
                 if masked:
                     mk = &mask[0, f, 0, 0]
-                _unpack(&tile[0], NP, N, OH, OW, 0, 0, OW, &y[0, f, 0, 0], F * OH * OW,
-                        mk, F * OH * OW, relu)
+                if floating is float:
+                    fastcnn_dws_fwdout_f32(&xp[c, 0, 0, 0], offs, &w[f, 0, 0], b[f], OH, OW,
+                                           SH * WP * NP, SW * NP, NP, N, &y[0, f, 0, 0],
+                                           F * OH * OW, mk, F * OH * OW, relu)
+                else:
+                    fastcnn_dws_fwdout_f64(&xp[c, 0, 0, 0], offs, &w[f, 0, 0], b[f], OH, OW,
+                                           SH * WP * NP, SW * NP, NP, N, &y[0, f, 0, 0],
+                                           F * OH * OW, mk, F * OH * OW, relu)
 
 
 def backward_small(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
