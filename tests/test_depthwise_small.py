@@ -6,8 +6,9 @@ float32 to 1e-4).
 
 Cases: output planes at and around the driver's threshold, batches that
 are and are not a multiple of the kernels' 8 image lanes (1, 7, 8, 9, 17),
-strides 1, 2, (2, 1), (3, 2), dilation 2, asymmetric and no padding,
-channel multipliers 1-3; the fused ReLU and its mask (NaN and inf inputs,
+strides 1, 2, (2, 1), (3, 2), dilation 2, asymmetric and no padding and
+padding wider than the filter reaches (stride 1 with M == 1 is the
+backward's gather, the rest its scatter), channel multipliers 1-3; the fused ReLU and its mask (NaN and inf inputs,
 -0.0); dy masked in the kernels; several channel blocks; Cython's portable
 (non-AVX2) code; the inputs never modified and ctx's own copies.
 What this is not: the per-plane kernels' own cases (tests/test_depthwise.py).
@@ -28,6 +29,8 @@ CASES = [
     (10, 3, 11, 9, 1, (2, 1), (0, 1, 2, 0), (2, 1)),     # (2, 1), dilation, asymmetric
     (9, 2, 13, 11, 2, (3, 2), (2, 1, 1, 2), (2, 2)),     # (3, 2), dilation 2
     (8, 3, 5, 6, 1, (1, 1), (0, 0, 0, 0), (1, 1)),       # no padding
+    (9, 2, 10, 9, 1, (1, 1), (2, 0, 1, 3), (2, 2)),      # stride 1 dilated: dx's gather
+    (8, 2, 6, 6, 1, (1, 1), (0, 3, 3, 0), (1, 1)),       # padding past the taps' reach
 ]
 IDS = ["N{}C{}_{}x{}_M{}".format(*c[:5]) + "_s{}{}".format(*c[5]) + "_d{}{}".format(*c[7])
        for c in CASES]

@@ -1208,7 +1208,8 @@ cdef extern from *:
        DX[oh*rs + ow*cs + offs[t] + j] += w[t] * D[(oh*OW + ow)*NP + j] */          \\
     static ATTR void fastcnn_dws_bwd_##S(const T* P, const T* D, T* DX,               \\
             const Py_ssize_t* offs, const T* w, Py_ssize_t OH, Py_ssize_t OW,         \\
-            Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP, double* sums) {              \\
+            Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP, Py_ssize_t drs,              \\
+            double* sums) {                                                           \\
         const V w0 = FASTCNN_DW_SPLAT(V, w[0]), w1 = FASTCNN_DW_SPLAT(V, w[1]);       \\
         const V w2 = FASTCNN_DW_SPLAT(V, w[2]), w3 = FASTCNN_DW_SPLAT(V, w[3]);       \\
         const V w4 = FASTCNN_DW_SPLAT(V, w[4]), w5 = FASTCNN_DW_SPLAT(V, w[5]);       \\
@@ -1223,16 +1224,28 @@ cdef extern from *:
             V a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;                            \\
             for (ow = 0; ow < OW; ow++) {                                             \\
                 const T* x = P + oh * rs + ow * cs;                                   \\
+                const T* d = D + oh * drs + ow * NP;                                  \\
+                if (DX == NULL) {                                                     \\
+                    for (j = 0; j < NP; j += L) {                                     \\
+                        const V v = FASTCNN_DW_LD(V, d + j);                          \\
+                        a9 += v;                                                      \\
+                        FASTCNN_DWS_DOT(V, a0, o0) FASTCNN_DWS_DOT(V, a1, o1)         \\
+                        FASTCNN_DWS_DOT(V, a2, o2) FASTCNN_DWS_DOT(V, a3, o3)         \\
+                        FASTCNN_DWS_DOT(V, a4, o4) FASTCNN_DWS_DOT(V, a5, o5)         \\
+                        FASTCNN_DWS_DOT(V, a6, o6) FASTCNN_DWS_DOT(V, a7, o7)         \\
+                        FASTCNN_DWS_DOT(V, a8, o8)                                    \\
+                    }                                                                 \\
+                    continue;                                                         \\
+                }                                                                     \\
                 T* dx = DX + oh * rs + ow * cs;                                       \\
-                const T* d = D + (oh * OW + ow) * NP;                                 \\
                 for (j = 0; j < NP; j += L) {                                         \\
                     const V v = FASTCNN_DW_LD(V, d + j);                              \\
                     a9 += v;                                                          \\
-                    FASTCNN_DWS_TAP(V, a0, w0, o0) FASTCNN_DWS_TAP(V, a1, w1, o1)           \\
-                    FASTCNN_DWS_TAP(V, a2, w2, o2) FASTCNN_DWS_TAP(V, a3, w3, o3)           \\
-                    FASTCNN_DWS_TAP(V, a4, w4, o4) FASTCNN_DWS_TAP(V, a5, w5, o5)           \\
-                    FASTCNN_DWS_TAP(V, a6, w6, o6) FASTCNN_DWS_TAP(V, a7, w7, o7)           \\
-                    FASTCNN_DWS_TAP(V, a8, w8, o8)                                       \\
+                    FASTCNN_DWS_TAP(V, a0, w0, o0) FASTCNN_DWS_TAP(V, a1, w1, o1)     \\
+                    FASTCNN_DWS_TAP(V, a2, w2, o2) FASTCNN_DWS_TAP(V, a3, w3, o3)     \\
+                    FASTCNN_DWS_TAP(V, a4, w4, o4) FASTCNN_DWS_TAP(V, a5, w5, o5)     \\
+                    FASTCNN_DWS_TAP(V, a6, w6, o6) FASTCNN_DWS_TAP(V, a7, w7, o7)     \\
+                    FASTCNN_DWS_TAP(V, a8, w8, o8)                                    \\
                 }                                                                     \\
             }                                                                         \\
             {                                                                         \\
@@ -1279,6 +1292,9 @@ cdef extern from *:
     #else
     #  define FASTCNN_DWS_SET(v, k, s) ((v) = (s))
     #endif
+    /* one tap of dw alone */
+    #define FASTCNN_DWS_DOT(V, A, O)                                                     \\
+        A += v * FASTCNN_DW_LD(V, x + j + O);
     /* one tap of the backward: its dw sum and its share of dx */
     #define FASTCNN_DWS_TAP(V, A, WV, O)                                                    \\
         A += v * FASTCNN_DW_LD(V, x + j + O);                                         \\
@@ -1325,12 +1341,14 @@ cdef extern from *:
     }                                                                                 \\
     static void fastcnn_dws_bwd_##S(const T* P, const T* D, T* DX,                    \\
             const Py_ssize_t* offs, const T* w, Py_ssize_t OH, Py_ssize_t OW,         \\
-            Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP, double* sums) {              \\
+            Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP, Py_ssize_t drs,              \\
+            double* sums) {                                                           \\
         FASTCNN_DW_PICK(fastcnn_dws_bwd, S,                                           \\
-                        (P, D, DX, offs, w, OH, OW, rs, cs, NP, sums));               \\
+                        (P, D, DX, offs, w, OH, OW, rs, cs, NP, drs, sums));          \\
     }
     FASTCNN_DWS_WRAP(float, f32)
     FASTCNN_DWS_WRAP(double, f64)
+
     """
     void fastcnn_dws_pack_f32(const float* x, Py_ssize_t xs, const unsigned char* mk,
                               Py_ssize_t ms, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W,
@@ -1367,11 +1385,11 @@ cdef extern from *:
     void fastcnn_dws_bwd_f32(const float* P, const float* D, float* DX,
                              const Py_ssize_t* offs, const float* w, Py_ssize_t OH,
                              Py_ssize_t OW, Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP,
-                             double* sums) nogil
+                             Py_ssize_t drs, double* sums) nogil
     void fastcnn_dws_bwd_f64(const double* P, const double* D, double* DX,
                              const Py_ssize_t* offs, const double* w, Py_ssize_t OH,
                              Py_ssize_t OW, Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP,
-                             double* sums) nogil
+                             Py_ssize_t drs, double* sums) nogil
 
 
 cdef inline void _pack(const floating* x, Py_ssize_t xs, const unsigned char* mk,
@@ -1451,33 +1469,71 @@ def backward_small(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
     forward_small's xp: dx[:, c] (written), dw[f] (F, 9) and db[f] (written)
     for the filters f of those channels. masked: dy * mask is the gradient
     used, applied as dy is packed (else mask is not read). Scratch: dyt
-    (OH*OW*NP,), dxt (HP*WP*NP,)."""
+    (max(OH*OW, HD*WD) * NP,) with HD, WD below, dxt (HP*WP*NP,).
+
+    Stride 1 with M == 1: dy packed zero-padded into (HD, WD, NP) (2*DH
+    rows above, 2*DW columns left, max(0, 2*DH - PB) rows below and
+    max(0, 2*DW - PR) columns right) and dx a gather from it, the
+    forward's loop with the flipped filter, transposed straight into dx:
+    one store per element of dx. Otherwise dx is scattered into the packed
+    plane dxt, each output adding its nine taps, and copied out."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t F = w.shape[0], M = F // C, OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t HP = xp.shape[1], WP = xp.shape[2], NP = xp.shape[3]
+    cdef Py_ssize_t A = 2 * DH, B = 2 * DW
+    cdef Py_ssize_t HD = A + OH + max(0, 2 * DH - (HP - H - PT))
+    cdef Py_ssize_t WD = B + OW + max(0, 2 * DW - (WP - W - PL))
+    cdef bint gather = SH == 1 and SW == 1 and M == 1
     cdef Py_ssize_t offs[9]
+    cdef Py_ssize_t goffs[9]
+    cdef floating wf[9]
     cdef double sums[10]
     cdef Py_ssize_t c, m, f, t
     cdef const unsigned char* mk = NULL
+    cdef const floating* D
     _small_offsets(offs, DH, DW, WP, NP)
+    _small_offsets(goffs, DH, DW, WD, NP)
     with nogil:
         for c in range(c0, c1):
-            _zero(&dxt[0], HP * WP * NP)
+            if not gather:
+                _zero(&dxt[0], HP * WP * NP)
             for m in range(M):
                 f = c * M + m
                 if masked:
                     mk = &mask[0, f, 0, 0]
-                _pack(&dy[0, f, 0, 0], F * OH * OW, mk, F * OH * OW, N, OH, OW, 0, 0, OW,
-                      OH * OW, NP, &dyt[0], 0)
+                if gather:
+                    _pack(&dy[0, f, 0, 0], F * OH * OW, mk, F * OH * OW, N, OH, OW, A, B, WD,
+                          HD * WD, NP, &dyt[0], 1)
+                    D = &dyt[0] + (A * WD + B) * NP
+                else:
+                    _pack(&dy[0, f, 0, 0], F * OH * OW, mk, F * OH * OW, N, OH, OW, 0, 0, OW,
+                          OH * OW, NP, &dyt[0], 0)
+                    D = &dyt[0]
                 for t in range(10):
                     sums[t] = 0
                 if floating is float:
-                    fastcnn_dws_bwd_f32(&xp[c, 0, 0, 0], &dyt[0], &dxt[0], offs, &w[f, 0, 0],
-                                        OH, OW, SH * WP * NP, SW * NP, NP, sums)
+                    fastcnn_dws_bwd_f32(&xp[c, 0, 0, 0], D, NULL if gather else &dxt[0], offs,
+                                        &w[f, 0, 0], OH, OW, SH * WP * NP, SW * NP, NP,
+                                        (WD if gather else OW) * NP, sums)
                 else:
-                    fastcnn_dws_bwd_f64(&xp[c, 0, 0, 0], &dyt[0], &dxt[0], offs, &w[f, 0, 0],
-                                        OH, OW, SH * WP * NP, SW * NP, NP, sums)
+                    fastcnn_dws_bwd_f64(&xp[c, 0, 0, 0], D, NULL if gather else &dxt[0], offs,
+                                        &w[f, 0, 0], OH, OW, SH * WP * NP, SW * NP, NP,
+                                        (WD if gather else OW) * NP, sums)
                 for t in range(9):
                     dw[f, t] = sums[t]
                 db[f] = sums[9]
-            _unpack(&dxt[0], NP, N, H, W, PT, PL, WP, &dx[0, c, 0, 0], C * H * W, NULL, 0, 0)
+            if gather:
+                for t in range(9):
+                    wf[t] = w[c, (8 - t) // 3, (8 - t) % 3]
+                if floating is float:
+                    fastcnn_dws_fwdout_f32(&dyt[0] + (PT * WD + PL) * NP, goffs, wf, 0, H, W,
+                                           WD * NP, NP, NP, N, &dx[0, c, 0, 0], C * H * W,
+                                           NULL, 0, 0)
+                else:
+                    fastcnn_dws_fwdout_f64(&dyt[0] + (PT * WD + PL) * NP, goffs, wf, 0, H, W,
+                                           WD * NP, NP, NP, N, &dx[0, c, 0, 0], C * H * W,
+                                           NULL, 0, 0)
+            else:
+                _unpack(&dxt[0], NP, N, H, W, PT, PL, WP, &dx[0, c, 0, 0], C * H * W, NULL, 0,
+                        0)
+

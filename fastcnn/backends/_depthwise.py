@@ -189,7 +189,13 @@ def _backward_small(kern, dy, saved, input_grad, mask):
     channels writes its own filters' dw and db (no partial sums)."""
     F = saved.w.shape[0]
     _, HP, WP, NP = saved.xp.shape
+    N, C, H, W = saved.x_shape
     OH, OW = dy.shape[2:]
+    _, _, DH, DW, PT, PL = saved.params
+    # dy's scratch has room for stride 1's zero-padded copy (cy_depthwise.backward_small)
+    HD = 2 * DH + OH + max(0, 2 * DH - (HP - H - PT))
+    WD = 2 * DW + OW + max(0, 2 * DW - (WP - W - PL))
+    dyt = (max(OH * OW, HD * WD) * NP,)
     dx = (outputs if input_grad else workspace).take(saved.x_shape, dy.dtype)
     dw64 = np.empty((F, 9))
     db64 = np.empty(F)
@@ -197,7 +203,7 @@ def _backward_small(kern, dy, saved, input_grad, mask):
     def piece(blk):
         take = workspace.take
         kern.backward_small(dy, saved.w, saved.xp, dx, dw64, db64,
-                            take((OH * OW * NP,), dy.dtype), take((HP * WP * NP,), dy.dtype),
+                            take(dyt, dy.dtype), take((HP * WP * NP,), dy.dtype),
                             blk[2], blk[3], *saved.params,
                             _NO_MASK if mask is None else mask, mask is not None)
 
