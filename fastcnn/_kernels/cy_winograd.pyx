@@ -155,19 +155,46 @@ cdef extern from *:
                 fastcnn_bt6_##S(R + i * L + 4 * tw * N, N, V + 6 * i * KS + tw * N, KS, N); \
     }                                                                                   \
     /* ys rows of one tile row from M at tile p0 of element 0 (KS apart per             \
-       element), S scratch (6 * 4, TW*N); y its first row, YL = 4*TW*N lanes */         \
-    static FASTCNN_CLONES void fastcnn_wino_out_row_##S(const T* M, Py_ssize_t KS,      \
-            T* S, T* y, Py_ssize_t YL, Py_ssize_t TW, Py_ssize_t N, T bias, int relu) { \
-        Py_ssize_t j, a, tw, n, L = TW * N;                                             \
-        const T zero = 0;                                                               \
-        for (j = 0; j < 6; j++)                                                         \
-            fastcnn_at4_##S(M + j * KS, 6 * KS, S + j * L, 6 * L, L, zero);             \
-        for (a = 0; a < 4; a++) {                                                       \
-            T* row = y + a * YL;                                                        \
-            for (tw = 0; tw < TW; tw++)                                                 \
-                fastcnn_at4_##S(S + 6 * a * L + tw * N, L, row + 4 * tw * N, N, N, bias); \
-            if (relu)                       /* NaN <= 0 is false: NaN stays */          \
-                for (n = 0; n < YL; n++) row[n] = !(row[n] <= zero) ? row[n] : zero;    \
+       element); y its first row, YL = 4*TW*N lanes. One pass per lane: its 36          \
+       elements in, 16 outputs out (A^T m, then (A^T m) A, as at4 twice, so the         \
+       same roundings as two passes of at4 through a scratch). The 36 rows lie KS       \
+       apart: a multiple of 4 KB puts them all in one cache set, so the driver          \
+       pads M by a filter row. */                                                       \
+    static FASTCNN_CLONES void fastcnn_wino_out_row_##S(const T* __restrict M,          \
+            Py_ssize_t KS, T* __restrict y, Py_ssize_t YL, Py_ssize_t TW, Py_ssize_t N, \
+            T bias, int relu) {                                                         \
+        Py_ssize_t tw, n;                                                               \
+        const T zero = 0, h5 = 0.5, q25 = 0.25, e125 = 0.125;                           \
+        for (tw = 0; tw < TW; tw++) {                                                   \
+            const T* __restrict m = M + tw * N;                                         \
+            T* __restrict o = y + 4 * tw * N;                                           \
+            _Pragma("GCC ivdep") for (n = 0; n < N; n++) {                              \
+                T s[4][6];                                                              \
+                int j, a;                                                               \
+                _Pragma("GCC unroll 6") for (j = 0; j < 6; j++) {                       \
+                    const T a0 = m[j * KS + n], a1 = m[(6 + j) * KS + n],               \
+                            a2 = m[(12 + j) * KS + n], a3 = m[(18 + j) * KS + n],       \
+                            a4 = m[(24 + j) * KS + n], a5 = m[(30 + j) * KS + n];       \
+                    s[0][j] = (((a0 + a1) + (a2 + a3)) + a4) + zero;                    \
+                    s[1][j] = ((a1 - a2) + (h5 * a3 - (a4 + a4))) + zero;               \
+                    s[2][j] = ((a1 + a2) + (q25 * a3 + 4 * a4)) + zero;                 \
+                    s[3][j] = (((a1 - a2) + (e125 * a3 - 8 * a4)) + a5) + zero;         \
+                }                                                                       \
+                _Pragma("GCC unroll 4") for (a = 0; a < 4; a++) {                       \
+                    const T a0 = s[a][0], a1 = s[a][1], a2 = s[a][2], a3 = s[a][3],     \
+                            a4 = s[a][4], a5 = s[a][5];                                 \
+                    T v0 = (((a0 + a1) + (a2 + a3)) + a4) + bias;                       \
+                    T v1 = ((a1 - a2) + (h5 * a3 - (a4 + a4))) + bias;                  \
+                    T v2 = ((a1 + a2) + (q25 * a3 + 4 * a4)) + bias;                    \
+                    T v3 = (((a1 - a2) + (e125 * a3 - 8 * a4)) + a5) + bias;            \
+                    if (relu) {                     /* NaN <= 0 is false: NaN stays */  \
+                        v0 = !(v0 <= zero) ? v0 : zero; v1 = !(v1 <= zero) ? v1 : zero; \
+                        v2 = !(v2 <= zero) ? v2 : zero; v3 = !(v3 <= zero) ? v3 : zero; \
+                    }                                                                   \
+                    o[a * YL + n] = v0; o[a * YL + N + n] = v1;                         \
+                    o[a * YL + 2 * N + n] = v2; o[a * YL + 3 * N + n] = v3;             \
+                }                                                                       \
+            }                                                                           \
         }                                                                               \
     }                                                                                   \
     /* dM of one tile row from its 4 rows dy of YL = 4*TW*N lanes; K scratch            \
@@ -276,10 +303,10 @@ cdef extern from *:
                                  Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
     void fastcnn_wino_in_row_f64(const double* d, Py_ssize_t L, double* R, double* V,
                                  Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
-    void fastcnn_wino_out_row_f32(const float* M, Py_ssize_t KS, float* S, float* y,
+    void fastcnn_wino_out_row_f32(const float* M, Py_ssize_t KS, float* y,
                                   Py_ssize_t YL, Py_ssize_t TW, Py_ssize_t N, float bias,
                                   int relu) noexcept nogil
-    void fastcnn_wino_out_row_f64(const double* M, Py_ssize_t KS, double* S, double* y,
+    void fastcnn_wino_out_row_f64(const double* M, Py_ssize_t KS, double* y,
                                   Py_ssize_t YL, Py_ssize_t TW, Py_ssize_t N, double bias,
                                   int relu) noexcept nogil
     void fastcnn_wino_gout_row_f32(const float* dy, Py_ssize_t YL, float* K, float* dM,
@@ -403,7 +430,8 @@ def input_transform(const floating[:, :, :, ::1] xs, floating[:, :, :, ::1] V,
 def output_transform(const floating[:, :, :, ::1] M, const floating[::1] b,
                      floating[:, :, :, ::1] ys, Py_ssize_t th0, int relu):
     """ys[f, 4th+a, 4tw+c, n] = (A^T m A)[a, c] + b[f] for the band of tile
-    rows th0.. that M (36, F, rows*TW, N) holds (b None: no bias); relu != 0:
+    rows th0.. that M (36, F', rows*TW, N) holds, F' >= F (the driver pads M
+    by a filter row: see fastcnn_wino_out_row); b None: no bias; relu != 0:
     then max(v, 0), NaN kept (np.maximum). ys (F, 4*TH, 4*TW, N) keeps the
     whole last tile (crop_planes drops what lies past the edge)."""
     cdef Py_ssize_t F = ys.shape[0], W4 = ys.shape[2], N = ys.shape[3]
@@ -412,22 +440,16 @@ def output_transform(const floating[:, :, :, ::1] M, const floating[::1] b,
     cdef Py_ssize_t f, r
     cdef bint has_bias = b is not None
     cdef floating bf
-    cdef floating* S = <floating*>_alloc(24 * TW * N * sizeof(floating))   # A^T m: (a, j, tw, n)
-    try:
-        with nogil:
-            for f in range(F):
-                bf = b[f] if has_bias else 0
-                for r in range(rows):
-                    if floating is float:
-                        fastcnn_wino_out_row_f32(&M[0, f, r * TW, 0], KS, S,
-                                                 &ys[f, 4 * (th0 + r), 0, 0], W4 * N, TW, N,
-                                                 bf, relu)
-                    else:
-                        fastcnn_wino_out_row_f64(&M[0, f, r * TW, 0], KS, S,
-                                                 &ys[f, 4 * (th0 + r), 0, 0], W4 * N, TW, N,
-                                                 bf, relu)
-    finally:
-        free(S)
+    with nogil:
+        for f in range(F):
+            bf = b[f] if has_bias else 0
+            for r in range(rows):
+                if floating is float:
+                    fastcnn_wino_out_row_f32(&M[0, f, r * TW, 0], KS,
+                                             &ys[f, 4 * (th0 + r), 0, 0], W4 * N, TW, N, bf, relu)
+                else:
+                    fastcnn_wino_out_row_f64(&M[0, f, r * TW, 0], KS,
+                                             &ys[f, 4 * (th0 + r), 0, 0], W4 * N, TW, N, bf, relu)
 
 
 def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::1] dM,

@@ -55,8 +55,9 @@ Shapes (the contract shared with the cython kernels,
 TH = ceil(OH/4), TW = ceil(OW/4) tiles per plane; padded input planes
 xs (C, HT, WT, N), HT = 4*TH+2, WT = 4*TW+2 (zero outside x); output planes
 ys/dys (F, 4*TH, 4*TW, N); band arrays V/dV (36, C, rows*TW, N),
-M/dM (36, F, rows*TW, N); U/dU (36, F, Cg); element (i, j) of a 6x6 tile at
-k = 6*i + j. Padding top PT, left PL (any: the planes hold every padded row
+M/dM (36, F, rows*TW, N) (the forward's M may hold more filter rows than F:
+the driver pads it by one); U/dU (36, F, Cg); element (i, j) of a 6x6 tile
+at k = 6*i + j. Padding top PT, left PL (any: the planes hold every padded row
 and column).
 
 grad_input_transform scatter-adds into xs and zeroes each plane itself when
@@ -161,7 +162,8 @@ def input_transform(xs, V, th0):
 @kernel(lambda t: void(ro(t, 4), ro(t, 1), rw(t, 4), i64, i64))
 def output_transform(M, b, ys, th0, relu):
     """ys[f, 4th+a, 4tw+c, n] = (A^T m A)[a, c] + b[f] for the band of tile
-    rows th0.. that M (36, F, rows*TW, N) holds, then max(v, 0) if relu
+    rows th0.. that M (36, F', rows*TW, N) holds (F' >= F, the first F
+    rows read), then max(v, 0) if relu
     (NaN kept); ys (F, 4*TH, 4*TW, N) keeps the whole last tile
     (crop_planes drops what lies past the edge)."""
     F, _, OW4, N = ys.shape
@@ -424,15 +426,18 @@ def weight_grad_transform(dU, dw):
 
 def products(U, V, M):
     """M[k, g*Fg + f] = sum over c of U[k, g*Fg + f, c] V[k, g*Cg + c] for a
-    band: U (36, F, Cg), V (36, C, rows*TW, N), M (36, F, rows*TW, N), G =
-    C / Cg groups; one 4-D np.matmul over (36, G, Fg, Cg) @ (36, G, Cg, L).
+    band: U (36, F, Cg), V (36, C, rows*TW, N), M (36, F', rows*TW, N) with
+    F' >= F (rows past F untouched), G = C / Cg groups; one 4-D np.matmul
+    over (36, G, Fg, Cg) @ (36, G, Cg, L).
     Not compiled: a loop nest here would not hold its sums in registers
     the way cy_winograd's register tiles do, and BLAS beats it."""
     F, Cg = U.shape[1], U.shape[2]
     C, L = V.shape[1], V.shape[2] * V.shape[3]
     G = C // Cg
-    np.matmul(U.reshape(36, G, F // G, Cg), V.reshape(36, G, Cg, L),
-              out=M.reshape(36, G, F // G, L))
+    out = M[:, :F].reshape(36, G, F // G, L)     # a view: M[k] is contiguous
+    if not np.may_share_memory(out, M):
+        raise ValueError("products: M must be C-contiguous (36, F', rows*TW, N)")
+    np.matmul(U.reshape(36, G, F // G, Cg), V.reshape(36, G, Cg, L), out=out)
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(i32, 4), i64))

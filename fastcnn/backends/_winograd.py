@@ -39,11 +39,12 @@ from fastcnn.backends._workspace import outputs, workspace
 # Images a chunk needs: the batch is the vector lane of every transform,
 # and below this the im2col paths won (MNIST conv2 shape, 4 vs 8 images).
 MIN_BATCH = 8
-# Images per chunk at most: its planes and saved V grow with it. With the
-# products in registers (cy_winograd.products) a 64-image chunk's pipeline
-# fell out of cache: on the MNIST conv2 at batch 1000 (fused pooling) and at
-# batch 64 on one thread, chunks of 32 (or 16) ran 10-20% faster than 64.
-CHUNK = 32
+# Images per chunk at most: its planes and saved V grow with it. Chunks of
+# 32 or 16 ran the MNIST conv2 10-35% faster at batch 1000 (fused pooling)
+# once the products were in registers, but at 32 numba's float32 dw on a
+# batch of 130 (tests/test_backends_agree.py) came out at 1.16e-4 of loops',
+# over the 1e-4 contract (the chunks' sums round differently): kept at 64.
+CHUNK = 64
 # Tile lanes (tiles x images) per band: transforms and matmuls run band by
 # band over whole tile rows (at least one), so a band's (36, F, lanes)
 # products stay in cache between the kernel or matmul that writes them and
@@ -232,7 +233,10 @@ def _forward_chunk(wino, x, U, b, y, g, relu, consume=None, tiles=False):
     # V band by band, each band contiguous (36, C, rows*TW, N): saved for dw
     V = workspace.take((36 * C * TH * TW * N,), x.dtype)
     bands = _bands(TH, TW, N)
-    band_M = _band_buffer(bands[0][1], F, TW, N, x.dtype)
+    # M with one filter row more than F: its 36 elements' rows then do not lie
+    # a multiple of 4 KB apart (one cache set), which the output transform
+    # reads together
+    band_M = _band_buffer(bands[0][1], F + 1, TW, N, x.dtype)
     ys = workspace.take((F, 4 * TH, 4 * TW, N), x.dtype)
     for th0, th1 in bands:
         Vb = _band(V, th0, th1, C, TW, N)
