@@ -638,12 +638,14 @@ def backward_small(dy, w, xp, dx, dw, db, dyt, dxt, c0, c1, SH, SW, DH, DW, PT, 
     OH, OW = dy.shape[2], dy.shape[3]
     WP, NP = xp.shape[2], xp.shape[3]
     zero, one = dyt.dtype.type(0), dyt.dtype.type(1)
+    acc = np.empty((10, NP), dtype=dyt.dtype)
+    sums = np.zeros(10)
     for c in range(c0, c1):
         P = xp[c]
         _fill(dxt)
         for m in range(M):
             f = c * M + m
-            _fill(dyt)
+            _fill(dyt[:OH * OW * NP])
             for n in range(N):
                 for oh in range(OH):
                     for ow in range(OW):
@@ -651,25 +653,34 @@ def backward_small(dy, w, xp, dx, dw, db, dyt, dxt, c0, c1, SH, SW, DH, DW, PT, 
                         if masked:
                             g = g * (one if mask[n, f, oh, ow] else zero)
                         dyt[(oh * OW + ow) * NP + n] = g
-            total = 0.0
-            for p in range(OH * OW * NP):
-                total += dyt[p]
-            db[f] = total
-            for kh in range(3):
-                for kw in range(3):
-                    wv = w[f, kh, kw]
-                    s = 0.0
-                    for oh in range(OH):
+            # per-lane float sums over a row of outputs (loops LLVM
+            # vectorises), added in float64 after each row
+            for t in range(10):
+                sums[t] = 0.0
+            for oh in range(OH):
+                for t in range(10):
+                    _fill(acc[t])
+                for ow in range(OW):
+                    d = dyt[(oh * OW + ow) * NP:]
+                    a9 = acc[9]
+                    for j in range(NP):
+                        a9[j] += d[j]
+                    for kh in range(3):
                         ih = oh * SH + kh * DH
-                        for ow in range(OW):
+                        for kw in range(3):
                             iw = ow * SW + kw * DW
-                            d = dyt[(oh * OW + ow) * NP:]
+                            a = acc[kh * 3 + kw]
                             xr = P[ih, iw]
                             q = dxt[(ih * WP + iw) * NP:]
+                            wv = w[f, kh, kw]
                             for j in range(NP):
-                                s += d[j] * xr[j]
+                                a[j] += d[j] * xr[j]
                                 q[j] += wv * d[j]
-                    dw[f, kh * 3 + kw] = s
+                for t in range(10):
+                    sums[t] += _sum(acc[t], NP)
+            for t in range(9):
+                dw[f, t] = sums[t]
+            db[f] = sums[9]
         for n in range(N):
             for ih in range(H):
                 for iw in range(W):
