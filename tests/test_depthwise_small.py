@@ -241,3 +241,22 @@ def test_cython_portable_code(cython_baseline, monkeypatch, case, dtype, relu):
     assert saved.small
     got = (y.copy(), *_depthwise.backward(cython_baseline, dy, saved))
     _check(got, (np.maximum(want[0], 0) if relu else want[0], *want[1:]), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2]], ids=IDS[:3])
+def test_inf_in_x_gives_loops_infs(kern, layout, case, dtype):
+    """An inf of x makes the dw of the taps that meet it inf (or NaN) as
+    loops' does, and leaves the other taps' dw and db finite and equal."""
+    x, w, b, dy, stride, pad, dil, y_shape = _problem(case, dtype, seed=7)
+    x[0, 0, 3, 0] = np.inf                   # image 0: lane 0 of the packed planes
+    with np.errstate(invalid="ignore"):
+        want = _loops(x, w, b, dy, stride, pad, dil, y_shape)
+        y, saved = _depthwise.forward(kern, x, w, b, stride, pad, dil, y_shape)
+        got = _depthwise.backward(kern, dy, saved)
+    np.testing.assert_array_equal(np.isfinite(got[1]), np.isfinite(want[2]))
+    assert not np.isfinite(got[1]).all()
+    ok = np.isfinite(want[2])
+    np.testing.assert_allclose(got[1][ok], want[2][ok], rtol=TOL[dtype], atol=TOL[dtype] * 10)
+    np.testing.assert_array_equal(np.isposinf(got[1]), np.isposinf(want[2]))
+    np.testing.assert_allclose(got[2], want[3], rtol=TOL[dtype], atol=TOL[dtype] * 10)

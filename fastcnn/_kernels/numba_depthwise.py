@@ -677,7 +677,9 @@ def backward_small(dy, w, xp, dx, dw, db, dyt, dxt, c0, c1, SH, SW, DH, DW, PT, 
                                 a[j] += d[j] * xr[j]
                                 q[j] += wv * d[j]
                 for t in range(10):
-                    sums[t] += _sum(acc[t], NP)
+                    a = acc[t]
+                    for j in range(NP):
+                        sums[t] += a[j]
             for t in range(9):
                 dw[f, t] = sums[t]
             db[f] = sums[9]
