@@ -56,6 +56,22 @@ gave SSE2 without FMA, at about half the speed. Rows end with one vector
 that overlaps the one before (rewriting the same values), so only rows
 narrower than a vector go flat. Other filter sizes keep the typed loops.
 
+Small maps (``forward_small``/``backward_small``; the driver sends 3x3
+filters with few output pixels here): per plane, the pad copy, the flat
+run's garbage columns, the crop and rows of 7 that leave vector lanes idle
+cost far more than the 9 multiply-adds per output. So these pack each
+channel's planes of all N images into xp (C, HP, WP, NP) with the images
+innermost (zero padding once, NP = N rounded up to 8 with zero lanes):
+every output pixel of all images is NP/L whole vectors, nine FMAs with a
+broadcast weight, any stride and dilation by plain indexing, no edge
+cases. The way in and out is a transpose of L pixels by L images in
+registers (GCC vector shuffles); the forward computes L pixels' vectors
+and transposes them straight into y with the ReLU and its mask. The
+backward packs dy (times the mask) the same way: dw and db are long
+vector dot products over it; dx for stride 1 and M == 1 is a gather (dy
+packed zero-padded, the forward's loop with the flipped filter), else a
+scatter into a packed plane that is copied out.
+
 What this is: typed loops over memoryviews and the C loops above, fused
 float32/float64, run with the GIL released, single-threaded, over a block of images [n0, n1)
 and channels [c0, c1): the driver (``fastcnn.backends._depthwise``) runs
@@ -978,7 +994,7 @@ def backward(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
 
 
 # ---------------------------------------------------------------------------
-# The small-map path: images innermost (see the module docstring's last part)
+# The small-map path: images innermost (see the module docstring)
 # ---------------------------------------------------------------------------
 
 cdef extern from *:
@@ -1170,42 +1186,10 @@ cdef extern from *:
             if (++ow == OW) { ow = 0; oh++; }                                         \\
         }                                                                             \\
     }                                                                                 \\
-    /* out[(oh*OW + ow)*NP + j] = bias + sum_t w[t] * P[oh*rs + ow*cs + offs[t] + j] \\
-       (j < NP: whole vectors), the 3x3 taps */                                      \\
-    static ATTR void fastcnn_dws_fwd_##S(const T* P, const Py_ssize_t* offs,          \\
-            const T* w, T bias, T* out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs,  \\
-            Py_ssize_t cs, Py_ssize_t NP) {                                           \\
-        const V w0 = FASTCNN_DW_SPLAT(V, w[0]), w1 = FASTCNN_DW_SPLAT(V, w[1]);       \\
-        const V w2 = FASTCNN_DW_SPLAT(V, w[2]), w3 = FASTCNN_DW_SPLAT(V, w[3]);       \\
-        const V w4 = FASTCNN_DW_SPLAT(V, w[4]), w5 = FASTCNN_DW_SPLAT(V, w[5]);       \\
-        const V w6 = FASTCNN_DW_SPLAT(V, w[6]), w7 = FASTCNN_DW_SPLAT(V, w[7]);       \\
-        const V w8 = FASTCNN_DW_SPLAT(V, w[8]), vb = FASTCNN_DW_SPLAT(V, bias);       \\
-        const Py_ssize_t o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3];      \\
-        const Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7];      \\
-        const Py_ssize_t o8 = offs[8];                                                \\
-        Py_ssize_t oh, ow, j;                                                         \\
-        for (oh = 0; oh < OH; oh++)                                                   \\
-            for (ow = 0; ow < OW; ow++) {                                             \\
-                const T* r = P + oh * rs + ow * cs;                                   \\
-                T* o = out + (oh * OW + ow) * NP;                                     \\
-                for (j = 0; j < NP; j += L) {                                         \\
-                    const T* p = r + j;                                               \\
-                    V s = ((vb + (w0 * FASTCNN_DW_LD(V, p + o0)                        \\
-                                  + w1 * FASTCNN_DW_LD(V, p + o1)                      \\
-                                  + w2 * FASTCNN_DW_LD(V, p + o2)))                    \\
-                           + (w3 * FASTCNN_DW_LD(V, p + o3)                            \\
-                              + w4 * FASTCNN_DW_LD(V, p + o4)                          \\
-                              + w5 * FASTCNN_DW_LD(V, p + o5)))                        \\
-                          + (w6 * FASTCNN_DW_LD(V, p + o6)                             \\
-                             + w7 * FASTCNN_DW_LD(V, p + o7)                           \\
-                             + w8 * FASTCNN_DW_LD(V, p + o8));                         \\
-                    FASTCNN_DW_ST(o + j, s);                                          \\
-                }                                                                     \\
-            }                                                                         \\
-    }                                                                                 \\
-    /* with D (OH*OW, NP) the packed dy: sums[t] += sum D * P at tap t, sums[9] +=  \\
-       sum D (float vector sums added in double after each row of outputs), and   \\
-       DX[oh*rs + ow*cs + offs[t] + j] += w[t] * D[(oh*OW + ow)*NP + j] */          \\
+    /* with D the packed dy (output (oh, ow) at oh*drs + ow*NP): sums[t] +=      \\
+       sum D * P at tap t, sums[9] += sum D (float vector sums added in double   \\
+       after each row of outputs), and unless DX is NULL                         \\
+       DX[oh*rs + ow*cs + offs[t] + j] += w[t] * D[oh*drs + ow*NP + j] */          \\
     static ATTR void fastcnn_dws_bwd_##S(const T* P, const T* D, T* DX,               \\
             const Py_ssize_t* offs, const T* w, Py_ssize_t OH, Py_ssize_t OW,         \\
             Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP, Py_ssize_t drs,              \\
@@ -1327,11 +1311,6 @@ cdef extern from *:
         FASTCNN_DW_PICK(fastcnn_dws_unpack, S,                                        \\
                         (P, NP, N, H, W, PT, PL, WP, y, ys, mk, ms, relu));           \\
     }                                                                                 \\
-    static void fastcnn_dws_fwd_##S(const T* P, const Py_ssize_t* offs, const T* w,   \\
-            T bias, T* out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs,              \\
-            Py_ssize_t cs, Py_ssize_t NP) {                                           \\
-        FASTCNN_DW_PICK(fastcnn_dws_fwd, S, (P, offs, w, bias, out, OH, OW, rs, cs, NP)); \\
-    }                                                                                 \\
     static void fastcnn_dws_fwdout_##S(const T* P, const Py_ssize_t* offs, const T* w, \\
             T bias, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs, Py_ssize_t cs,       \\
             Py_ssize_t NP, Py_ssize_t N, T* y, Py_ssize_t ys, unsigned char* mk,      \\
@@ -1366,12 +1345,6 @@ cdef extern from *:
                                 Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,
                                 double* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms,
                                 int relu) nogil
-    void fastcnn_dws_fwd_f32(const float* P, const Py_ssize_t* offs, const float* w,
-                             float bias, float* out, Py_ssize_t OH, Py_ssize_t OW,
-                             Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP) nogil
-    void fastcnn_dws_fwd_f64(const double* P, const Py_ssize_t* offs, const double* w,
-                             double bias, double* out, Py_ssize_t OH, Py_ssize_t OW,
-                             Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP) nogil
     void fastcnn_dws_fwdout_f32(const float* P, const Py_ssize_t* offs, const float* w,
                                 float bias, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs,
                                 Py_ssize_t cs, Py_ssize_t NP, Py_ssize_t N, float* y,
@@ -1433,7 +1406,8 @@ def forward_small(const floating[:, :, :, ::1] x, const floating[:, :, ::1] w,
     images innermost (NP >= N, a multiple of 8; the lanes past N zero), and
     y[:, c*M:(c+1)*M] = their depthwise convolution (relu: through ReLU,
     np.maximum(y, 0); masked: mask = [y > 0] too, else mask is not read).
-    Scratch: tile (OH*OW*NP,)."""
+    tile (OH*OW*NP,) is numba_depthwise's scratch (these loops write y
+    directly)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], M = F // C, OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t HP = xp.shape[1], WP = xp.shape[2], NP = xp.shape[3]

@@ -12,6 +12,10 @@ test, which stops LLVM vectorising the loop. Copies are loops too, not
 slice assignments (which Numba runs far slower than the loop), and the
 row copies of strides 1 and 2 have helpers with no branch on the stride.
 
+forward_small/backward_small: the small-map kernels, the images innermost
+(cy_depthwise's layout and arguments); here the packing is plain loops and
+the forward goes through its scratch tile.
+
 Shapes: x/dx (N, C, H, W), w (F, KH, KW), b (F,), y/dy (N, F, OH, OW),
 xp (N, C, SH*SW*(HQ+1), WQ); stride (SH, SW), dilation (DH, DW), top/left
 padding PT, PL.
@@ -570,7 +574,7 @@ def backward(dy, w, xp, dx, dw, db, acc, dxp, dyw, dyp, dq, n0, n1, c0, c1, SH, 
                     _to_image(dxp, start, dx[n, c, ih], SW, PL, BS, WQ)
 
 
-# --- the small-map path: images innermost (see cy_depthwise.forward_small) ---
+# --- the small-map kernels: images innermost (see cy_depthwise) ---
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 3), ro(t, 1), rw(t, 4), rw(t, 4), rw(t, 1), i64, i64,
                        i64, i64, i64, i64, i64, i64, types.boolean, rw(u8, 4), types.boolean))
