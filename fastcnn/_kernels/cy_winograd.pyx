@@ -942,16 +942,17 @@ cdef bint _own_products = fastcnn_wmm_have()
 def products(const floating[:, :, ::1] U, const floating[:, :, :, ::1] V,
              floating[:, :, :, ::1] M):
     """M[k, g*Fg + f] = sum over c of U[k, g*Fg + f, c] V[k, g*Cg + c] for a
-    band: U (36, F, Cg), V (36, C, rows*TW, N), M (36, F, rows*TW, N), G =
-    C / Cg groups. On a CPU with AVX-512 these are this module's register
-    tiles (see above); elsewhere numpy's matmul, whose BLAS has the kernels
-    for that CPU."""
+    band: U (36, F, Cg), V (36, C, rows*TW, N), M (36, F', rows*TW, N) with
+    F' >= F (rows past F untouched), G = C / Cg groups. On a CPU with
+    AVX-512 these are this module's register tiles (see above); elsewhere
+    numpy's matmul, whose BLAS has the kernels for that CPU."""
     cdef Py_ssize_t F = U.shape[1], Cg = U.shape[2], C = V.shape[1]
     cdef Py_ssize_t L = V.shape[2] * V.shape[3], G = C // Cg, Fg = F // G
     cdef Py_ssize_t k, g
     if not _own_products:
+        out = np.asarray(M)[:, :F].reshape(36, G, Fg, L)    # a view: M[k] is contiguous
         np.matmul(np.asarray(U).reshape(36, G, Fg, Cg), np.asarray(V).reshape(36, G, Cg, L),
-                  out=np.asarray(M).reshape(36, G, Fg, L))
+                  out=out)
         return
     if L == 0 or Fg == 0:
         return
