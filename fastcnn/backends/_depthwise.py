@@ -21,13 +21,14 @@ net's 7x7 layers) take the kernels' ``forward_small``/``backward_small``,
 which pack each channel's planes with the images innermost (see
 cy_depthwise): blocks of channels only, every block all images, so each
 block writes its own filters' dw and db. Larger planes measured slower
-there (a channel's packed planes of 14x14 no longer stay in L1).
+there: the small-map kernels' cost per output stays flat, while the
+per-plane kernels' falls as their rows grow long enough to fill vectors.
 
 ctx keeps the forward's zero-padded copy of x (the kernels' phase layout
-or the small-map packing, see cy_depthwise; a workspace array, handed out again once ctx dies) and
-its own copy of w, so the backward computes with what the forward saw
-even if the caller changed x or w in place since. dw and db are summed
-in float64 and rounded once. Each piece takes its own scratch (the flat
+or the small-map packing, see cy_depthwise; a workspace array, handed out
+again once ctx dies) and its own copy of w, so the backward computes with
+what the forward saw even if the caller changed x or w in place since.
+dw and db are summed in float64 and rounded once. Each piece takes its own scratch (the flat
 output run, the dy planes at the kernels' pitches) from the workspace.
 
 ``relu=True`` (the fused conv+ReLU op) has the kernels put each output
