@@ -1082,11 +1082,7 @@ cdef extern from *:
                 for (i = 0; i < L; i++) {                                             \\
                     r[i] = FASTCNN_DW_LD(V, x + (n + i) * xs + p);                    \\
                     if (mk != NULL) {                                                 \\
-                        const unsigned char* m = mk + (n + i) * ms + p;               \\
-                        V mv;                                                         \\
-                        for (k = 0; k < L; k++)                                       \\
-                            FASTCNN_DWS_SET(mv, k, (T)m[k]);                          \\
-                        r[i] *= mv;                                                   \\
+                        r[i] *= FASTCNN_DWS_MASK_IN(V, L, mk + (n + i) * ms + p);     \\
                     }                                                                 \\
                 }                                                                     \\
                 fastcnn_dws_tr_##S(r);                                                \\
@@ -1251,15 +1247,14 @@ cdef extern from *:
        [> 0] to m + i*ms if m is not NULL (V, VI, L, relu in scope) */
     #define FASTCNN_DWS_PUT(V, VI, L, r, dst, ys, m, ms) {                                         \\
         unsigned char* m_ = (m);                                                      \\
-        Py_ssize_t i_, k_;                                                            \\
+        Py_ssize_t i_;                                                                \\
         for (i_ = 0; i_ < L; i_++) {                                                  \\
             V v_ = r[i_];                                                             \\
             if (relu)                                                                 \\
                 v_ = FASTCNN_DW_RELU(V, VI, v_);                                      \\
             FASTCNN_DW_ST((dst) + i_ * (ys), v_);                                     \\
             if (m_ != NULL)                                                           \\
-                for (k_ = 0; k_ < L; k_++)                                            \\
-                    m_[i_ * (ms) + k_] = FASTCNN_DW_LANE(v_, k_) > 0;                 \\
+                FASTCNN_DWS_MASK_OUT(V, VI, L, v_, m_ + i_ * (ms));                   \\
         }                                                                             \\
     }
     /* one element: out = src through ReLU if relu, mk[at] = [out > 0] */
@@ -1271,10 +1266,24 @@ cdef extern from *:
         if ((mk) != NULL)                                                             \\
             (mk)[at] = v1_ > 0;                                                       \\
     }
+    /* L mask bytes at m as a vector of 0/1, and [v > 0] of a vector stored as
+       L bytes at m: whole vectors, not a byte per lane */
     #if defined(__GNUC__)
-    #  define FASTCNN_DWS_SET(v, k, s) ((v)[k] = (s))
+    #  define FASTCNN_DWS_MASK_IN(V, L, m) ({                                          \\
+        typedef unsigned char cv_ __attribute__((vector_size(L)));                    \\
+        cv_ b_;                                                                       \\
+        memcpy(&b_, (m), L);                                                          \\
+        __builtin_convertvector(b_, V);                                               \\
+    })
+    #  define FASTCNN_DWS_MASK_OUT(V, VI, L, v, m) do {                                \\
+        typedef unsigned char cv_ __attribute__((vector_size(L)));                    \\
+        const VI c_ = -(VI)((v) > FASTCNN_DW_SPLAT(V, 0));                            \\
+        const cv_ b_ = __builtin_convertvector(c_, cv_);                              \\
+        memcpy((m), &b_, L);                                                          \\
+    } while (0)
     #else
-    #  define FASTCNN_DWS_SET(v, k, s) ((v) = (s))
+    #  define FASTCNN_DWS_MASK_IN(V, L, m) ((V)(m)[0])
+    #  define FASTCNN_DWS_MASK_OUT(V, VI, L, v, m) ((m)[0] = (v) > 0)
     #endif
     /* one tap of dw alone */
     #define FASTCNN_DWS_DOT(V, A, O)                                                     \\
