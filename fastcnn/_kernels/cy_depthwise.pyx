@@ -1045,6 +1045,13 @@ cdef extern from *:
     static inline void fastcnn_dws_tr_f64_base(double* r) { (void)r; }
     #endif
     #define FASTCNN_DWS_KERNELS(T, S, V, VI, L, ATTR)                                        \\
+    /* m[j] = [y[j] > 0], j < n */                                                \\
+    static inline ATTR void fastcnn_dws_positive_##S(const T* y, unsigned char* m,      \\
+                                                   Py_ssize_t n) {                    \\
+        Py_ssize_t j;                                                                 \\
+        for (j = 0; j < n; j++)                                                       \\
+            m[j] = y[j] > 0;                                                          \\
+    }                                                                                 \\
     /* P[((h+PT)*WP + w+PL)*NP + n] = x[n*xs + h*W + w] (* mk[n*ms + h*W + w]),      \\
        n < N; zero: the rest of P (PS*NP) zeroed first, else only lanes N..NP */     \\
     static ATTR FASTCNN_DW_NO_MEMSET void fastcnn_dws_pack_##S(const T* x,            \\
@@ -1118,18 +1125,23 @@ cdef extern from *:
                 for (k = 0; k < L; k++)                                               \\
                     r[k] = FASTCNN_DW_LD(V, P + s[k] + n);                            \\
                 fastcnn_dws_tr_##S(r);                                                \\
-                FASTCNN_DWS_PUT(V, VI, L, r, y + n * ys + p, ys, mk == NULL ? NULL : mk + n * ms + p, ms) \\
+                FASTCNN_DWS_PUT(V, VI, L, r, y + n * ys + p, ys) \\
             }                                                                         \\
             for (; n < N; n++)                                                        \\
                 for (k = 0; k < L; k++)                                               \\
-                    FASTCNN_DWS_PUT1(T, P[s[k] + n], y[n * ys + p + k], mk, n * ms + p + k) \\
+                    FASTCNN_DWS_PUT1(T, P[s[k] + n], y[n * ys + p + k]) \\
         }                                                                             \\
         for (; p < HW; p++) {                                                         \\
             const T* src = P + ((hh + PT) * WP + ww + PL) * NP;                       \\
             for (n = 0; n < N; n++)                                                   \\
-                FASTCNN_DWS_PUT1(T, src[n], y[n * ys + p], mk, n * ms + p)               \\
+                FASTCNN_DWS_PUT1(T, src[n], y[n * ys + p])               \\
             if (++ww == W) { ww = 0; hh++; }                                          \\
         }                                                                             \\
+        /* the mask in a pass of its own over y (in cache), a loop the    \\
+           compiler vectorises (per lane it would be a byte store each) */ \\
+        if (mk != NULL)                                                               \\
+            for (n = 0; n < N; n++)                                                   \\
+                fastcnn_dws_positive_##S(y + n * ys, mk + n * ms, HW);                \\
     }                                                                                 \\
     /* the forward and its copy out in one: y[n*ys + oh*OW + ow] =                    \\
        bias + sum_t w[t] * P[oh*rs + ow*cs + offs[t] + n] (relu, mk as in             \\
@@ -1161,12 +1173,12 @@ cdef extern from *:
                 }                                                                     \\
                 fastcnn_dws_tr_##S(r);                                                \\
                 if (n + L <= N) {                                                     \\
-                    FASTCNN_DWS_PUT(V, VI, L, r, y + n * ys + p, ys, mk == NULL ? NULL : mk + n * ms + p, ms) \\
+                    FASTCNN_DWS_PUT(V, VI, L, r, y + n * ys + p, ys) \\
                 } else {                                                              \\
                     for (i = 0; n + i < N; i++)                                       \\
                         for (k = 0; k < L; k++)                                       \\
-                            FASTCNN_DWS_PUT1(T, FASTCNN_DW_LANE(r[i], k), y[(n + i) * ys + p + k], \\
-                                             mk, (n + i) * ms + p + k)                \\
+                            FASTCNN_DWS_PUT1(T, FASTCNN_DW_LANE(r[i], k),             \\
+                                             y[(n + i) * ys + p + k])                 \\
                 }                                                                     \\
             }                                                                         \\
         }                                                                             \\
@@ -1176,11 +1188,15 @@ cdef extern from *:
                 const T* q = base + n;                                                \\
                 const V v = FASTCNN_DWS_CONV9(V, q);                                  \\
                 for (i = 0; i < L && n + i < N; i++)                                  \\
-                    FASTCNN_DWS_PUT1(T, FASTCNN_DW_LANE(v, i), y[(n + i) * ys + p], mk,  \\
-                                     (n + i) * ms + p)                                \\
+                    FASTCNN_DWS_PUT1(T, FASTCNN_DW_LANE(v, i), y[(n + i) * ys + p])  \\
             }                                                                         \\
             if (++ow == OW) { ow = 0; oh++; }                                         \\
         }                                                                             \\
+        /* the mask in a pass of its own over y (in cache), a loop the    \\
+           compiler vectorises (per lane it would be a byte store each) */ \\
+        if (mk != NULL)                                                               \\
+            for (n = 0; n < N; n++)                                                   \\
+                fastcnn_dws_positive_##S(y + n * ys, mk + n * ms, HW);                \\
     }                                                                                 \\
     /* with D the packed dy (output (oh, ow) at oh*drs + ow*NP): sums[t] +=      \\
        sum D * P at tap t, sums[9] += sum D (float vector sums added in double   \\
@@ -1243,31 +1259,24 @@ cdef extern from *:
              + w5 * FASTCNN_DW_LD(V, q + o5)))                                         \\
          + (w6 * FASTCNN_DW_LD(V, q + o6) + w7 * FASTCNN_DW_LD(V, q + o7)              \\
             + w8 * FASTCNN_DW_LD(V, q + o8)))
-    /* rows r[i] (i < L) to dst + i*ys, through ReLU if relu, and their
-       [> 0] to m + i*ms if m is not NULL (V, VI, L, relu in scope) */
-    #define FASTCNN_DWS_PUT(V, VI, L, r, dst, ys, m, ms) {                                         \\
-        unsigned char* m_ = (m);                                                      \\
+    /* rows r[i] (i < L) to dst + i*ys, through ReLU if relu (in scope) */
+    #define FASTCNN_DWS_PUT(V, VI, L, r, dst, ys) {                                  \\
         Py_ssize_t i_;                                                                \\
         for (i_ = 0; i_ < L; i_++) {                                                  \\
             V v_ = r[i_];                                                             \\
             if (relu)                                                                 \\
                 v_ = FASTCNN_DW_RELU(V, VI, v_);                                      \\
             FASTCNN_DW_ST((dst) + i_ * (ys), v_);                                     \\
-            if (m_ != NULL)                                                           \\
-                FASTCNN_DWS_MASK_OUT(V, VI, L, v_, m_ + i_ * (ms));                   \\
         }                                                                             \\
     }
-    /* one element: out = src through ReLU if relu, mk[at] = [out > 0] */
-    #define FASTCNN_DWS_PUT1(T, src, out, mk, at) {                                         \\
+    /* one element: out = src through ReLU if relu (in scope) */
+    #define FASTCNN_DWS_PUT1(T, src, out) {                                              \\
         T v1_ = (src);                                                                \\
         if (relu)                                                                     \\
             v1_ = !(v1_ <= 0) ? v1_ : (T)0;                                           \\
         out = v1_;                                                                    \\
-        if ((mk) != NULL)                                                             \\
-            (mk)[at] = v1_ > 0;                                                       \\
     }
-    /* L mask bytes at m as a vector of 0/1, and [v > 0] of a vector stored as
-       L bytes at m: whole vectors, not a byte per lane */
+    /* L mask bytes at m as a vector of 0/1: whole vectors, not a lane at a time */
     #if defined(__GNUC__)
     #  define FASTCNN_DWS_MASK_IN(V, L, m) ({                                          \\
         typedef unsigned char cv_ __attribute__((vector_size(L)));                    \\
@@ -1275,15 +1284,8 @@ cdef extern from *:
         memcpy(&b_, (m), L);                                                          \\
         __builtin_convertvector(b_, V);                                               \\
     })
-    #  define FASTCNN_DWS_MASK_OUT(V, VI, L, v, m) do {                                \\
-        typedef unsigned char cv_ __attribute__((vector_size(L)));                    \\
-        const VI c_ = -(VI)((v) > FASTCNN_DW_SPLAT(V, 0));                            \\
-        const cv_ b_ = __builtin_convertvector(c_, cv_);                              \\
-        memcpy((m), &b_, L);                                                          \\
-    } while (0)
     #else
     #  define FASTCNN_DWS_MASK_IN(V, L, m) ((V)(m)[0])
-    #  define FASTCNN_DWS_MASK_OUT(V, VI, L, v, m) ((m)[0] = (v) > 0)
     #endif
     /* one tap of dw alone */
     #define FASTCNN_DWS_DOT(V, A, O)                                                     \\
