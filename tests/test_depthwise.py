@@ -23,6 +23,8 @@ from fastcnn import ops
 from fastcnn.backends import _concurrent, _depthwise
 from fastcnn.backends import loops
 
+from _depthwise_kernels import kern, out_size  # noqa: F401 (kern: a fixture)
+
 # (N, C, H, W, M, KH, KW, stride, (PT, PB, PL, PR), dilation)
 CASES = [
     (2, 3, 7, 9, 1, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
@@ -51,41 +53,14 @@ IDS = ["N{}C{}_{}x{}_M{}_k{}x{}_s{}_p{}_d{}".format(*c[:7], *["".join(map(str, t
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 
 
-def _kernel_modules():
-    mods = []
-    try:
-        from fastcnn._kernels import cy_depthwise
-        mods.append(pytest.param(cy_depthwise, id="cython"))
-    except ImportError as e:
-        mods.append(pytest.param(None, id="cython", marks=pytest.mark.skip(str(e))))
-    try:
-        import numba  # noqa: F401
-        mods.append(pytest.param("numba", id="numba"))
-    except ImportError as e:
-        mods.append(pytest.param(None, id="numba", marks=pytest.mark.skip(str(e))))
-    return mods
-
-
-@pytest.fixture(params=_kernel_modules())
-def kern(request):
-    if request.param == "numba":            # compiled only when a test needs it
-        from fastcnn._kernels import numba_depthwise
-        return numba_depthwise
-    return request.param
-
-
-def _out(size, k, s, p0, p1, d):
-    return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
-
-
 def _problem(case, dtype, seed=0):
     N, C, H, W, M, KH, KW, stride, pad, dil = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((C * M, 1, KH, KW)).astype(dtype)
     b = rng.standard_normal(C * M).astype(dtype)
-    y_shape = (N, C * M, _out(H, KH, stride[0], pad[0], pad[1], dil[0]),
-               _out(W, KW, stride[1], pad[2], pad[3], dil[1]))
+    y_shape = (N, C * M, out_size(H, KH, stride[0], pad[0], pad[1], dil[0]),
+               out_size(W, KW, stride[1], pad[2], pad[3], dil[1]))
     dy = rng.standard_normal(y_shape).astype(dtype)
     return x, w, b, dy, stride, pad, dil, y_shape
 
@@ -256,7 +231,7 @@ def test_relu_epilogue_nan_and_signed_zero(kern, stride, dtype):
     w[0] = -1.0                               # channel 0: -sum of x's window
     b = np.zeros(C, dtype=dtype)
     x[0, 1] = -0.0                            # channel 1 of image 0: -0.0 everywhere
-    y_shape = (N, C, _out(H, 3, stride, 1, 1, 1), _out(W, 3, stride, 1, 1, 1))
+    y_shape = (N, C, out_size(H, 3, stride, 1, 1, 1), out_size(W, 3, stride, 1, 1, 1))
     y, _ = _depthwise.forward(kern, x, w, b, (stride, stride), (1, 1, 1, 1), (1, 1), y_shape,
                               relu=True)
     plain, _ = _depthwise.forward(kern, x, w, b, (stride, stride), (1, 1, 1, 1), (1, 1),

@@ -19,6 +19,8 @@ import pytest
 import fastcnn
 from fastcnn.backends import _concurrent, _depthwise, loops
 
+from _depthwise_kernels import kern, out_size  # noqa: F401 (kern: a fixture)
+
 # (N, C, H, W, M, stride, (PT, PB, PL, PR), dilation)
 CASES = [
     (9, 3, 7, 7, 1, (1, 1), (1, 1, 1, 1), (1, 1)),       # the mobile 7x7, odd batch
@@ -37,38 +39,11 @@ IDS = ["N{}C{}_{}x{}_M{}".format(*c[:5]) + "_s{}{}".format(*c[5]) + "_d{}{}".for
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 
 
-def _kernel_modules():
-    mods = []
-    try:
-        from fastcnn._kernels import cy_depthwise
-        mods.append(pytest.param(cy_depthwise, id="cython"))
-    except ImportError as e:
-        mods.append(pytest.param(None, id="cython", marks=pytest.mark.skip(str(e))))
-    try:
-        import numba  # noqa: F401
-        mods.append(pytest.param("numba", id="numba"))
-    except ImportError as e:
-        mods.append(pytest.param(None, id="numba", marks=pytest.mark.skip(str(e))))
-    return mods
-
-
-@pytest.fixture(params=_kernel_modules())
-def kern(request):
-    if request.param == "numba":            # compiled only when a test needs it
-        from fastcnn._kernels import numba_depthwise
-        return numba_depthwise
-    return request.param
-
-
 @pytest.fixture(params=["small", "planes"])
 def layout(request, monkeypatch):
     """Every 3x3 depthwise conv on the small-map kernels, or none."""
     monkeypatch.setattr(_depthwise, "SMALL_MAX", 1 << 30 if request.param == "small" else -1)
     return request.param
-
-
-def _out(size, s, p0, p1, d):
-    return (size + p0 + p1 - 2 * d - 1) // s + 1
 
 
 def _problem(case, dtype, seed=0):
@@ -77,8 +52,8 @@ def _problem(case, dtype, seed=0):
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((C * M, 1, 3, 3)).astype(dtype)
     b = rng.standard_normal(C * M).astype(dtype)
-    y_shape = (N, C * M, _out(H, stride[0], pad[0], pad[1], dil[0]),
-               _out(W, stride[1], pad[2], pad[3], dil[1]))
+    y_shape = (N, C * M, out_size(H, 3, stride[0], pad[0], pad[1], dil[0]),
+               out_size(W, 3, stride[1], pad[2], pad[3], dil[1]))
     dy = rng.standard_normal(y_shape).astype(dtype)
     return x, w, b, dy, stride, pad, dil, y_shape
 
@@ -167,7 +142,7 @@ def test_relu_nan_inf_and_signed_zero(kern, layout, stride, dtype):
     w[0] = -1.0                               # channel 0: -sum of x's window
     b = np.zeros(C, dtype=dtype)
     x[0, 1] = -0.0                            # channel 1 of image 0: -0.0 everywhere
-    y_shape = (N, C, _out(H, stride, 1, 1, 1), _out(W, stride, 1, 1, 1))
+    y_shape = (N, C, out_size(H, 3, stride, 1, 1, 1), out_size(W, 3, stride, 1, 1, 1))
     mask = np.full(y_shape, 7, dtype=np.uint8)
     with np.errstate(invalid="ignore"):
         y, _ = _depthwise.forward(kern, x, w, b, (stride, stride), (1, 1, 1, 1), (1, 1),

@@ -110,20 +110,25 @@ cdef extern from *:
     #  define FASTCNN_DW_RELU(V, VI, s) (!((s) <= 0) ? (s) : (V)0)
     #endif
 
+    /* a 3x3 kernel's nine weights as vectors w0..w8 and its tap offsets o0..o8 */
+    #define FASTCNN_DW_TAPS9(V, w, offs)                                                  \\
+        const V w0 = FASTCNN_DW_SPLAT(V, w[0]), w1 = FASTCNN_DW_SPLAT(V, w[1]);       \\
+        const V w2 = FASTCNN_DW_SPLAT(V, w[2]), w3 = FASTCNN_DW_SPLAT(V, w[3]);       \\
+        const V w4 = FASTCNN_DW_SPLAT(V, w[4]), w5 = FASTCNN_DW_SPLAT(V, w[5]);       \\
+        const V w6 = FASTCNN_DW_SPLAT(V, w[6]), w7 = FASTCNN_DW_SPLAT(V, w[7]);       \\
+        const V w8 = FASTCNN_DW_SPLAT(V, w[8]);                                       \\
+        const Py_ssize_t o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3];      \\
+        const Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7];      \\
+        const Py_ssize_t o8 = offs[8];
+
     #define FASTCNN_DW_KERNELS(T, S, V, VI, L, ATTR)                                      \\
     /* out[i*op + j] (mode 0) = bias + sum_t w[t] * x[i*ip + offs[t] + j], (mode 1)   \\
        the same through ReLU, (mode 2) += the sum; i < rows, j < n */                 \\
     static ATTR void fastcnn_dw_taps9_##S(const T* x, const Py_ssize_t* offs,        \\
             const T* w, T bias, T* out, Py_ssize_t rows, Py_ssize_t n,                \\
             Py_ssize_t ip, Py_ssize_t op, int mode) {                                 \\
-        const V w0 = FASTCNN_DW_SPLAT(V, w[0]), w1 = FASTCNN_DW_SPLAT(V, w[1]);       \\
-        const V w2 = FASTCNN_DW_SPLAT(V, w[2]), w3 = FASTCNN_DW_SPLAT(V, w[3]);       \\
-        const V w4 = FASTCNN_DW_SPLAT(V, w[4]), w5 = FASTCNN_DW_SPLAT(V, w[5]);       \\
-        const V w6 = FASTCNN_DW_SPLAT(V, w[6]), w7 = FASTCNN_DW_SPLAT(V, w[7]);       \\
-        const V w8 = FASTCNN_DW_SPLAT(V, w[8]), vb = FASTCNN_DW_SPLAT(V, bias);       \\
-        const Py_ssize_t o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3];      \\
-        const Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7];      \\
-        const Py_ssize_t o8 = offs[8];                                                \\
+        FASTCNN_DW_TAPS9(V, w, offs)                                                  \\
+        const V vb = FASTCNN_DW_SPLAT(V, bias);                                       \\
         Py_ssize_t i, j;                                                              \\
         for (i = 0; i < rows; i++) {                                                  \\
             const T* r = x + i * ip;                                                  \\
@@ -1108,11 +1113,12 @@ cdef extern from *:
             if (++ww == W) { ww = 0; hh++; }                                          \\
         }                                                                             \\
     }                                                                                 \\
-    /* y[n*ys + h*W + w] = P[((h+PT)*WP + w+PL)*NP + n], n < N; relu: through         \\
-       np.maximum(., 0); mk (if not NULL): [y > 0] at mk[n*ms + h*W + w] */           \\
+    /* y[n*ys + h*W + w] = P[((h+PT)*WP + w+PL)*NP + n], n < N: the strided           \\
+       backward's dx out of its packed planes (no ReLU: PUT's relu is 0) */           \\
     static ATTR void fastcnn_dws_unpack_##S(const T* P, Py_ssize_t NP, Py_ssize_t N,  \\
             Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,  \\
-            T* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms, int relu) {        \\
+            T* y, Py_ssize_t ys) {                                                    \\
+        const int relu = 0;                                                           \\
         Py_ssize_t n, i, k, p, hh = 0, ww = 0, HW = H * W;                            \\
         Py_ssize_t s[L];                                                              \\
         for (p = 0; p + L <= HW; p += L) {                                            \\
@@ -1137,11 +1143,6 @@ cdef extern from *:
                 FASTCNN_DWS_PUT1(T, src[n], y[n * ys + p])               \\
             if (++ww == W) { ww = 0; hh++; }                                          \\
         }                                                                             \\
-        /* the mask in a pass of its own over y (in cache), a loop the    \\
-           compiler vectorises (per lane it would be a byte store each) */ \\
-        if (mk != NULL)                                                               \\
-            for (n = 0; n < N; n++)                                                   \\
-                fastcnn_dws_positive_##S(y + n * ys, mk + n * ms, HW);                \\
     }                                                                                 \\
     /* the forward and its copy out in one: y[n*ys + oh*OW + ow] =                    \\
        bias + sum_t w[t] * P[oh*rs + ow*cs + offs[t] + n] (relu, mk as in             \\
@@ -1150,14 +1151,8 @@ cdef extern from *:
             const T* w, T bias, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs,          \\
             Py_ssize_t cs, Py_ssize_t NP, Py_ssize_t N, T* y, Py_ssize_t ys,          \\
             unsigned char* mk, Py_ssize_t ms, int relu) {                             \\
-        const V w0 = FASTCNN_DW_SPLAT(V, w[0]), w1 = FASTCNN_DW_SPLAT(V, w[1]);       \\
-        const V w2 = FASTCNN_DW_SPLAT(V, w[2]), w3 = FASTCNN_DW_SPLAT(V, w[3]);       \\
-        const V w4 = FASTCNN_DW_SPLAT(V, w[4]), w5 = FASTCNN_DW_SPLAT(V, w[5]);       \\
-        const V w6 = FASTCNN_DW_SPLAT(V, w[6]), w7 = FASTCNN_DW_SPLAT(V, w[7]);       \\
-        const V w8 = FASTCNN_DW_SPLAT(V, w[8]), vb = FASTCNN_DW_SPLAT(V, bias);       \\
-        const Py_ssize_t o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3];      \\
-        const Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7];      \\
-        const Py_ssize_t o8 = offs[8];                                                \\
+        FASTCNN_DW_TAPS9(V, w, offs)                                                  \\
+        const V vb = FASTCNN_DW_SPLAT(V, bias);                                       \\
         Py_ssize_t n, i, k, p, oh = 0, ow = 0, HW = OH * OW;                          \\
         const T* src[L];                                                              \\
         for (p = 0; p + L <= HW; p += L) {                                            \\
@@ -1206,14 +1201,7 @@ cdef extern from *:
             const Py_ssize_t* offs, const T* w, Py_ssize_t OH, Py_ssize_t OW,         \\
             Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t NP, Py_ssize_t drs,              \\
             double* sums) {                                                           \\
-        const V w0 = FASTCNN_DW_SPLAT(V, w[0]), w1 = FASTCNN_DW_SPLAT(V, w[1]);       \\
-        const V w2 = FASTCNN_DW_SPLAT(V, w[2]), w3 = FASTCNN_DW_SPLAT(V, w[3]);       \\
-        const V w4 = FASTCNN_DW_SPLAT(V, w[4]), w5 = FASTCNN_DW_SPLAT(V, w[5]);       \\
-        const V w6 = FASTCNN_DW_SPLAT(V, w[6]), w7 = FASTCNN_DW_SPLAT(V, w[7]);       \\
-        const V w8 = FASTCNN_DW_SPLAT(V, w[8]);                                       \\
-        const Py_ssize_t o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3];      \\
-        const Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7];      \\
-        const Py_ssize_t o8 = offs[8];                                                \\
+        FASTCNN_DW_TAPS9(V, w, offs)                                                  \\
         Py_ssize_t oh, ow, j, l;                                                      \\
         for (oh = 0; oh < OH; oh++) {                                                 \\
             V a0 = FASTCNN_DW_SPLAT(V, 0), a1 = a0, a2 = a0, a3 = a0, a4 = a0;        \\
@@ -1318,9 +1306,8 @@ cdef extern from *:
     }                                                                                 \\
     static void fastcnn_dws_unpack_##S(const T* P, Py_ssize_t NP, Py_ssize_t N,       \\
             Py_ssize_t H, Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,  \\
-            T* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms, int relu) {        \\
-        FASTCNN_DW_PICK(fastcnn_dws_unpack, S,                                        \\
-                        (P, NP, N, H, W, PT, PL, WP, y, ys, mk, ms, relu));           \\
+            T* y, Py_ssize_t ys) {                                                    \\
+        FASTCNN_DW_PICK(fastcnn_dws_unpack, S, (P, NP, N, H, W, PT, PL, WP, y, ys));  \\
     }                                                                                 \\
     static void fastcnn_dws_fwdout_##S(const T* P, const Py_ssize_t* offs, const T* w, \\
             T bias, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs, Py_ssize_t cs,       \\
@@ -1350,12 +1337,10 @@ cdef extern from *:
                               Py_ssize_t NP, double* P, int zero) nogil
     void fastcnn_dws_unpack_f32(const float* P, Py_ssize_t NP, Py_ssize_t N, Py_ssize_t H,
                                 Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,
-                                float* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms,
-                                int relu) nogil
+                                float* y, Py_ssize_t ys) nogil
     void fastcnn_dws_unpack_f64(const double* P, Py_ssize_t NP, Py_ssize_t N, Py_ssize_t H,
                                 Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,
-                                double* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms,
-                                int relu) nogil
+                                double* y, Py_ssize_t ys) nogil
     void fastcnn_dws_fwdout_f32(const float* P, const Py_ssize_t* offs, const float* w,
                                 float bias, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rs,
                                 Py_ssize_t cs, Py_ssize_t NP, Py_ssize_t N, float* y,
@@ -1388,12 +1373,11 @@ cdef inline void _pack(const floating* x, Py_ssize_t xs, const unsigned char* mk
 
 cdef inline void _unpack(const floating* P, Py_ssize_t NP, Py_ssize_t N, Py_ssize_t H,
                          Py_ssize_t W, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t WP,
-                         floating* y, Py_ssize_t ys, unsigned char* mk, Py_ssize_t ms,
-                         int relu) noexcept nogil:
+                         floating* y, Py_ssize_t ys) noexcept nogil:
     if floating is float:
-        fastcnn_dws_unpack_f32(P, NP, N, H, W, PT, PL, WP, y, ys, mk, ms, relu)
+        fastcnn_dws_unpack_f32(P, NP, N, H, W, PT, PL, WP, y, ys)
     else:
-        fastcnn_dws_unpack_f64(P, NP, N, H, W, PT, PL, WP, y, ys, mk, ms, relu)
+        fastcnn_dws_unpack_f64(P, NP, N, H, W, PT, PL, WP, y, ys)
 
 
 cdef void _small_offsets(Py_ssize_t* offs, Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t WP,
@@ -1519,6 +1503,5 @@ def backward_small(const floating[:, :, :, ::1] dy, const floating[:, :, ::1] w,
                                            WD * NP, NP, NP, N, &dx[0, c, 0, 0], C * H * W,
                                            NULL, 0, 0)
             else:
-                _unpack(&dxt[0], NP, N, H, W, PT, PL, WP, &dx[0, c, 0, 0], C * H * W, NULL, 0,
-                        0)
+                _unpack(&dxt[0], NP, N, H, W, PT, PL, WP, &dx[0, c, 0, 0], C * H * W)
 
