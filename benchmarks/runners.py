@@ -95,6 +95,9 @@ def make_network(impl, dtype, batch, training, model="cnn"):
     model.train(training)
 
     def run():
-        with fastcnn.use_backend(impl):
-            return train_step(model, opt, x, y) if training else model.forward(x)
+        if training:
+            with fastcnn.use_backend(impl):
+                return train_step(model, opt, x, y)
+        with fastcnn.use_backend(impl), fastcnn.no_grad():     # as the references' no_grad
+            return model.forward(x)
     return run

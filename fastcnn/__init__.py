@@ -14,6 +14,7 @@ can run before numpy does.
 """
 import importlib
 
+from fastcnn._grad import grad_enabled, no_grad
 from fastcnn._runtime import tune_runtime
 from fastcnn._threads import get_num_threads, set_num_threads
 from fastcnn._version import __version__
@@ -32,7 +33,7 @@ _LAZY = {
 __all__ = ["ops", "available_backends", "registered_backends", "unavailable_backends",
            "get_backend", "set_backend", "use_backend", "set_num_threads",
            "get_num_threads", "show_config", "warmup", "tune_runtime", "auto_choices",
-           "pin_auto_choices",
+           "pin_auto_choices", "no_grad", "grad_enabled",
            "__version__"]
 
 

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from fastcnn import _threads
+from fastcnn import _grad, _threads
 from fastcnn.backend import AUTO, KERNELS, available_backends, get_module
 
 ENV = "FASTCNN_AUTO_CHOICES"
@@ -82,10 +82,11 @@ def _record(key, backend):
 def _time_once(mod, op, args, y_shape):
     dy = np.ones(y_shape, dtype=args[0].dtype)
     fwd, bwd = getattr(mod, op + "_forward"), getattr(mod, op + "_backward")
-    t0 = time.perf_counter()
-    _, saved = fwd(*args)
-    bwd(dy, saved)
-    return time.perf_counter() - t0
+    with _grad._kept():     # the choice is the same under fastcnn.no_grad()
+        t0 = time.perf_counter()
+        _, saved = fwd(*args)
+        bwd(dy, saved)
+        return time.perf_counter() - t0
 
 
 def candidates():

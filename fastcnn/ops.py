@@ -48,11 +48,18 @@ global pooling.
 Every argument is checked here, before any kernel runs, so kernels trust
 their input; arrays are made C-contiguous here too (a no-op when they are).
 ``ctx`` is opaque: it remembers the backend that ran the forward pass, and
-backward runs on that same backend. This module deliberately contains no
+backward runs on that same backend. Under ``fastcnn.no_grad()`` a forward
+keeps nothing for its backward (the backends skip what only a backward
+reads), and a backward of its ctx raises RuntimeError. This module deliberately contains no
 arithmetic on the data.
 """
 from fastcnn import _auto, _shapes
+from fastcnn._grad import grad_enabled
 from fastcnn.backend import AUTO, array_module, get_module, has_fused, resolve
+
+
+# a ctx's saved under no_grad(): nothing for a backward
+_NOT_KEPT = "not kept: the forward ran under fastcnn.no_grad()"
 
 
 class Context:
@@ -61,7 +68,8 @@ class Context:
     __slots__ = ("op", "backend", "saved", "y_shape", "dtype")
 
     def __init__(self, op, backend, saved, y_shape, dtype):
-        self.op, self.backend, self.saved = op, backend, saved
+        self.op, self.backend = op, backend
+        self.saved = saved if grad_enabled() else _NOT_KEPT
         self.y_shape, self.dtype = y_shape, dtype
 
     def __repr__(self):
@@ -101,6 +109,9 @@ def _grad(dy, ctx, op, ndim=4):
     if not isinstance(ctx, Context) or ctx.op != op:
         got = ctx.op + "_forward" if isinstance(ctx, Context) else type(ctx).__name__
         raise TypeError(f"ctx must be the context returned by {op}_forward, got {got}")
+    if ctx.saved is _NOT_KEPT:
+        raise RuntimeError(f"ctx is from a {op}_forward run under fastcnn.no_grad(), which "
+                           f"keeps nothing for a backward: run the forward outside it")
     dy = _shapes.array(dy, "dy", ndim, ctx.dtype)
     if _shapes.array_module(dy) != array_module(ctx.backend):
         raise _place_error("dy", _shapes.array_module(dy), ctx.backend)

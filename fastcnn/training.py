@@ -73,14 +73,15 @@ class EvalResult(NamedTuple):
 
 
 def evaluate(model, x, y, batch_size=1000):
-    """Mean loss, accuracy and predictions over (x, y), in eval mode (dropout off).
-    The model's previous mode is restored afterwards."""
+    """Mean loss, accuracy and predictions over (x, y), in eval mode (dropout off),
+    under ``fastcnn.no_grad()``. The model's previous mode is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
         total, preds = 0.0, []
         for start in range(0, len(x), batch_size):
-            logits = model.forward(x[start:start + batch_size])
+            with fastcnn.no_grad():
+                logits = model.forward(x[start:start + batch_size])
             loss, _ = softmax_cross_entropy(logits, y[start:start + batch_size])
             total += loss * len(logits)
             preds.append(logits.argmax(axis=1))

@@ -156,9 +156,11 @@ def threads_for(available, work, items, per_thread=None):
     return max(1, min(available, items, work // (per_thread or WORK_PER_THREAD)))
 
 
-def batch_slices(N, k):
-    """range(N) as at most k contiguous slices of balanced sizes."""
+def batch_slices(N, k, align=1):
+    """range(N) as at most k contiguous slices of balanced sizes, each but
+    the last a multiple of align images."""
     size = -(-N // max(1, min(k, N)))
+    size = -(-size // align) * align
     return [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
 
 

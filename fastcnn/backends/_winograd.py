@@ -22,7 +22,10 @@ each with single-threaded BLAS and kernels (``backends/_concurrent``). The
 batch is the innermost axis of the tile arrays, so a chunk needs enough
 images to fill the vector lanes (MIN_BATCH). U and V, saved for the
 backward, are derived from w and x: a caller changing them in place after
-the forward changes nothing. relu: the forward's output transform applies
+the forward changes nothing. Under ``fastcnn.no_grad()`` nothing is saved:
+V is made band by band in one buffer per chunk, which stays in cache
+between the input transform and the products (at batch 1000 the saved V
+of the MNIST conv2 was 75 MB, written once and never read). relu: the forward's output transform applies
 max(v, 0) after the bias (the fused conv+ReLU); the backward is the
 convolution's alone (the caller masks dy).
 
@@ -32,6 +35,7 @@ Deliberately not here: the im2col paths and the choice between paths
 """
 import numpy as np
 
+from fastcnn._grad import grad_enabled
 from fastcnn.backends import _concurrent
 from fastcnn.backends._gemm_conv import Geometry
 from fastcnn.backends._workspace import outputs, workspace
@@ -45,6 +49,11 @@ MIN_BATCH = 8
 # batch of 130 (tests/test_backends_agree.py) came out at 1.16e-4 of loops',
 # over the 1e-4 contract (the chunks' sums round differently): kept at 64.
 CHUNK = 64
+# Chunk sizes are multiples of this (all but the last): the transforms'
+# vectors run along the images, and a chunk of 62 or 63 images (balanced
+# slices of a batch of 1000) ran the MNIST conv2 forward about twice as
+# slow per image as one of 56 or 64.
+ALIGN = 4
 # Tile lanes (tiles x images) per band: transforms and matmuls run band by
 # band over whole tile rows (at least one), so a band's (36, F, lanes)
 # products stay in cache between the kernel or matmul that writes them and
@@ -74,15 +83,17 @@ def forward(k, x, w, b, y, g, relu=False, consume=None, pool22=None):
     wino = k.winograd_kernels()
     U = np.empty((36, g.F, g.C // g.G), dtype=x.dtype)
     wino.weight_transform(w, U)
+    keep = grad_enabled()       # read here: the chunks run on the pool's threads
     if g.DH == g.DW == 1:
-        return U, [(None, g, _forward_chunks(wino, x, U, b, y, g, relu, consume, pool22))]
+        return U, [(None, g, _forward_chunks(wino, x, U, b, y, g, relu, keep, consume,
+                                             pool22))]
     assert consume is None and pool22 is None, "consume, pool22: undilated convolutions only"
     phases = []
     for ph in _phases(g):
         gp, rows, cols = ph
         xp = _copy(x[:, :, rows[0]::g.DH, cols[0]::g.DW])
         yp = workspace.take((g.N, g.F, gp.OH, gp.OW), x.dtype)
-        phases.append((ph, gp, _forward_chunks(wino, xp, U, b, yp, gp, relu)))
+        phases.append((ph, gp, _forward_chunks(wino, xp, U, b, yp, gp, relu, keep)))
         y[:, :, rows[1]::g.DH, cols[1]::g.DW] = yp
     return U, phases
 
@@ -104,7 +115,9 @@ def backward(k, dy, g, saved, input_grad=True, produce=None, unpool=None):
     dx = outputs.take((g.N, g.C, g.H, g.W), U.dtype) if input_grad else None
     if input_grad and len(phases) < g.DH * g.DW:
         dx.fill(0)          # input phases that reach no output
-    dU = np.zeros_like(U)
+    # dU summed in float64 over bands, chunks and phases: its float32 sums
+    # differed from loops' dw by up to 1.6e-4 with chunks of 48 images
+    dU = np.zeros(U.shape, dtype=np.float64)
     db = np.zeros(g.F, dtype=np.float64)
     for ph, gp, chunks in phases:
         if ph is None:
@@ -116,8 +129,12 @@ def backward(k, dy, g, saved, input_grad=True, produce=None, unpool=None):
         _backward_chunks(wino, dyp, U, chunks, gp, dxp, dU, db)
         if input_grad:
             dx[:, :, rows[0]::g.DH, cols[0]::g.DW] = dxp
-    dw = outputs.take((g.F, g.C // g.G, 3, 3), U.dtype)
-    wino.weight_grad_transform(dU, dw)
+    # G^T dU G in float64 too: its sums cancel, and its float32 rounding of dU
+    # is what took dw furthest from loops'
+    dw64 = np.empty((g.F, g.C // g.G, 3, 3))
+    wino.weight_grad_transform(dU, dw64)
+    dw = outputs.take(dw64.shape, U.dtype)
+    np.copyto(dw, dw64)
     return dx, dw, db.astype(U.dtype)
 
 
@@ -146,15 +163,16 @@ def _copy(a):
     return out
 
 
-def _forward_chunks(wino, x, U, b, y, g, relu, consume=None, pool22=None):
+def _forward_chunks(wino, x, U, b, y, g, relu, keep, consume=None, pool22=None):
     def chunk(sl):
         if pool22 is not None:
             p, argmax = pool22
-            return _forward_chunk(wino, x[sl], U, b, None, g, relu, lambda ys: wino.pool_relu_2x2(
-                ys, p[sl], argmax[sl], g.OW), tiles=True)
+            return _forward_chunk(wino, x[sl], U, b, None, g, relu, keep,
+                                  lambda ys: wino.pool_relu_2x2(ys, p[sl], argmax[sl], g.OW),
+                                  tiles=True)
         if consume is None:
-            return _forward_chunk(wino, x[sl], U, b, y[sl], g, relu)
-        return _forward_chunk(wino, x[sl], U, b, None, g, relu,
+            return _forward_chunk(wino, x[sl], U, b, y[sl], g, relu, keep)
+        return _forward_chunk(wino, x[sl], U, b, None, g, relu, keep,
                               lambda z: consume(sl.start, z))
 
     slices = _chunks(g.N, _concurrent.num_threads())
@@ -195,7 +213,7 @@ def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None, unpool=No
 def _chunks(N, threads):
     """Batch slices: at most CHUNK images each, at least one per thread
     while each keeps MIN_BATCH images, balanced."""
-    return _concurrent.batch_slices(N, max(-(-N // CHUNK), min(threads, N // MIN_BATCH)))
+    return _concurrent.batch_slices(N, max(-(-N // CHUNK), min(threads, N // MIN_BATCH)), ALIGN)
 
 
 def _tiles(g):
@@ -221,25 +239,31 @@ def _band(V, th0, th1, C, TW, N):
     return V[36 * C * th0 * TW * N:36 * C * th1 * TW * N].reshape(36, C, (th1 - th0) * TW, N)
 
 
-def _forward_chunk(wino, x, U, b, y, g, relu, consume=None, tiles=False):
+def _forward_chunk(wino, x, U, b, y, g, relu, keep, consume=None, tiles=False):
     """One chunk of the batch (x and y C-contiguous slices; with consume,
     y is None and consume(z) takes the chunk's output, or with tiles its
     output planes ys): returns what its backward needs (the transformed
-    input V and the bands)."""
+    input V and the bands), or (None, bands) unless keep."""
     N, C, F = x.shape[0], g.C, g.F
     TH, TW = _tiles(g)
     xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), x.dtype)
     wino.pack_planes(x, xs, g.PT, g.PL)
-    # V band by band, each band contiguous (36, C, rows*TW, N): saved for dw
-    V = workspace.take((36 * C * TH * TW * N,), x.dtype)
+    # V band by band, each band contiguous (36, C, rows*TW, N): saved for dw,
+    # or one band's buffer reused
     bands = _bands(TH, TW, N)
+    if keep:
+        V = workspace.take((36 * C * TH * TW * N,), x.dtype)
+        band_V = lambda th0, th1: _band(V, th0, th1, C, TW, N)  # noqa: E731
+    else:
+        V, buffer = None, _band_buffer(bands[0][1], C, TW, N, x.dtype)
+        band_V = lambda th0, th1: buffer(th1 - th0)  # noqa: E731
     # M with one filter row more than F: its 36 elements' rows then do not lie
     # a multiple of 4 KB apart (one cache set), which the output transform
     # reads together
     band_M = _band_buffer(bands[0][1], F + 1, TW, N, x.dtype)
     ys = workspace.take((F, 4 * TH, 4 * TW, N), x.dtype)
     for th0, th1 in bands:
-        Vb = _band(V, th0, th1, C, TW, N)
+        Vb = band_V(th0, th1)
         wino.input_transform(xs, Vb, th0)
         M = band_M(th1 - th0)
         wino.products(U, Vb, M)
@@ -264,8 +288,8 @@ def _backward_chunk(wino, N, fill, UT, V, bands, g, dx, dU, db):
     Cg, Fg = C // G, F // G
     TH, TW = _tiles(g)
     dU4 = dU.reshape(36, G, Fg, Cg)
-    dU_band = np.empty_like(dU4)
-    dtype = dU.dtype
+    dtype = V.dtype
+    dU_band = np.empty(dU4.shape, dtype=dtype)      # dU4: float64
     dys = workspace.take((F, 4 * TH, 4 * TW, N), dtype)
     fill(dys)
     band_dM = _band_buffer(bands[0][1], F, TW, N, dtype)

@@ -15,6 +15,7 @@ This module deliberately has no autograd graph and no knowledge of backends.
 import numpy as np
 
 from fastcnn import _shapes
+from fastcnn._grad import grad_enabled
 
 
 class Parameter:
@@ -129,6 +130,7 @@ class Sequential(Module):
     does not switch it off; see ``fastcnn/nn/fusion.py``."""
 
     _pending = None     # the steps of the last forward, for its backward
+    _no_grad = False    # whether the last forward ran under fastcnn.no_grad()
     _plan = None        # (layers, their types, steps): fusion.cached_plan's
 
     def __init__(self, *layers, fuse=True):
@@ -147,6 +149,7 @@ class Sequential(Module):
         from fastcnn.nn.fusion import cached_plan, fusion_enabled
         steps = cached_plan(self) if self.fuse and fusion_enabled() else self.layers
         self._pending = None
+        self._no_grad = not grad_enabled()
         for step in steps:
             x = step.forward(x)
         self._pending = steps
@@ -157,6 +160,9 @@ class Sequential(Module):
         to the first step only (the others' dx is the next one's dy): it
         skips the first layer's dx, and this returns None."""
         input_grad = input_grad_flag(input_grad)
+        if self._no_grad:       # before any layer fills a grad
+            raise RuntimeError("Sequential.backward after a forward under fastcnn.no_grad(), "
+                               "which keeps nothing for a backward: run the forward outside it")
         # the steps the forward took, fused or not, whatever the switch says now
         steps, self._pending = self._pending or self.layers, None
         for i in range(len(steps) - 1, -1, -1):

@@ -103,7 +103,7 @@ class Predictor:
 
     def _timed_forward(self, name, x):
         best = float("inf")
-        with fastcnn.use_backend(name):
+        with fastcnn.use_backend(name), fastcnn.no_grad():
             for _ in range(REPEATS):
                 t0 = time.perf_counter()
                 y = self.model.forward(x)
@@ -118,7 +118,7 @@ class Predictor:
         if layers is None:   # not a Sequential: nothing to walk
             return []
         outputs = []
-        with fastcnn.use_backend(name):
+        with fastcnn.use_backend(name), fastcnn.no_grad():
             for layer in layers:
                 x = layer.forward(x)
                 outputs.append(x[0].copy())   # buffers are reused by later layers
