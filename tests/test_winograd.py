@@ -233,3 +233,99 @@ def test_products_are_the_grouped_matmuls(backend, shape, dtype):
     assert np.abs(M[ok] - ref[ok]).max() <= BOUND[dtype] * np.abs(ref[ok]).max()
     np.testing.assert_array_equal(U, U0)
     np.testing.assert_array_equal(V, V0)
+
+
+# (F, C, G, rows*TW, N): lanes past whole vectors, channels past whole
+# register blocks (8) and filters past whole pairs, groups, one of each
+WEIGHT_PRODUCT_SHAPES = [(64, 32, 1, 8, 32), (7, 5, 1, 3, 9), (12, 6, 3, 4, 11),
+                         (17, 24, 1, 3, 7), (16, 16, 2, 8, 8), (4, 4, 4, 5, 3), (1, 1, 1, 1, 1)]
+
+
+def _weight_products_case(shape, dtype, seed=11):
+    """(dM, V, dU0): a band's dM and V, V the second band of a saved V (a
+    view into a longer array, as the driver passes it), and a dU that
+    already holds sums of earlier bands."""
+    from fastcnn.backends import _winograd
+    F, C, G, P, N = shape
+    rng = np.random.default_rng(seed)
+    dM = rng.standard_normal((36, F, P, N)).astype(dtype)
+    saved = rng.standard_normal(2 * 36 * C * P * N).astype(dtype)
+    V = _winograd._band(saved, 1, 2, C, P, N)       # TW = P: one tile row a band
+    dU0 = rng.standard_normal((36, F, C // G))
+    return dM, V, dU0
+
+
+def _weight_products_ref(dM, V, dU0, G):
+    F, C, L = dM.shape[1], V.shape[1], dM.shape[2] * dM.shape[3]
+    return dU0 + np.einsum("kgfl,kgcl->kgfc",
+                           dM.astype(np.float64).reshape(36, G, F // G, L),
+                           V.astype(np.float64).reshape(36, G, C // G, L)).reshape(dU0.shape)
+
+
+def _check_weight_products(kernels, shape, dtype):
+    F, C, G, P, N = shape
+    dM, V, dU0 = _weight_products_case(shape, dtype)
+    copies = dM.copy(), V.copy()
+    dU = dU0.copy()
+    kernels.weight_products(dM, V, dU)
+    ref = _weight_products_ref(dM, V, dU0, G)
+    # float32: the sums of a band run in float, far below the conv's bound
+    bound = {np.float32: 1e-6, np.float64: 1e-13}[dtype]
+    assert np.abs(dU - ref).max() <= bound * np.abs(ref).max()
+    np.testing.assert_array_equal(dM, copies[0])
+    np.testing.assert_array_equal(V, copies[1])
+    # a NaN in V reaches exactly its channel's column of its element
+    V = V.copy()
+    V[3, C - 1, P - 1, N - 1] = np.nan
+    dU = dU0.copy()
+    kernels.weight_products(dM, V, dU)
+    want = np.zeros(dU.shape, dtype=bool)
+    g = (C - 1) // (C // G)
+    want[3, g * (F // G):(g + 1) * (F // G), (C - 1) % (C // G)] = True
+    np.testing.assert_array_equal(np.isnan(dU), want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", WEIGHT_PRODUCT_SHAPES,
+                         ids=[str(s) for s in WEIGHT_PRODUCT_SHAPES])
+@pytest.mark.parametrize("backend", WINO_BACKENDS)
+def test_weight_products_add_dM_V_transposed_into_float64_dU(backend, shape, dtype):
+    _check_weight_products(_table(backend).winograd_kernels(), shape, dtype)
+
+
+def _cython_winograd():
+    if "cython" not in WINO_BACKENDS:
+        pytest.skip("no cython Winograd path")
+    return _table("cython").winograd_kernels()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", WEIGHT_PRODUCT_SHAPES[:3],
+                         ids=[str(s) for s in WEIGHT_PRODUCT_SHAPES[:3]])
+def test_cython_products_without_avx512(monkeypatch, shape, dtype):
+    # the numpy path of products and weight_products (CPUs without
+    # AVX-512), taken here whatever the CPU
+    kernels = _cython_winograd()
+    monkeypatch.setattr(kernels, "_avx512", False)
+    _check_weight_products(kernels, shape, dtype)
+    F, C, G, P, N = shape
+    rng = np.random.default_rng(3)
+    U = rng.standard_normal((36, F, C // G)).astype(dtype)
+    V = rng.standard_normal((36, C, P, N)).astype(dtype)
+    M = np.full((36, F + 1, P, N), 7.0, dtype=dtype)
+    kernels.products(U, V, M)
+    ref = np.einsum("kgfc,kgcl->kgfl", U.astype(np.float64).reshape(36, G, F // G, C // G),
+                    V.astype(np.float64).reshape(36, G, C // G, P * N)).reshape(36, F, P, N)
+    assert np.abs(M[:, :F] - ref).max() <= BOUND[dtype] * np.abs(ref).max()
+    assert (M[:, F] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", [CASES[7], CASES[9], CASES[12]],
+                         ids=["mnist-conv2", "groups", "dilated"])
+def test_cython_winograd_without_avx512(monkeypatch, case, dtype):
+    kernels = _cython_winograd()
+    monkeypatch.setattr(kernels, "_avx512", False)
+    errors = relative_errors("cython", case, dtype)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= BOUND[dtype], f"{worst}: {errors}"

@@ -14,11 +14,13 @@ with the interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray,
            [0,  4,  0, -5, 0, 1]]         [   0,     0,    1]]
 
 The sum over input channels of the 36 element-wise products is 36 matmuls
-M[k] = U[k] @ V[k] per band: the forward's are ``products`` here (AVX-512
-register tiles where the CPU has them, numpy's matmul elsewhere), the
-backward's the driver's np.matmul (``fastcnn.backends._winograd``); the
-other loops are the transforms around them and their adjoints
-(dM = A dY A^T, dd = B dV B^T, dg = G^T dU G). Element (i, j) of a 6x6 tile is k = 6*i + j.
+M[k] = U[k] @ V[k] per band: the forward's and the backward's dV = U^T dM
+are ``products`` here (AVX-512 register tiles where the CPU has them,
+numpy's matmul elsewhere), the backward's dU = dM V^T is
+``weight_products`` (AVX-512 register blocks summing along the lanes into a
+double dU; numpy's matmul elsewhere and in float64); the other loops are
+the transforms around them and their adjoints (dM = A dY A^T,
+dd = B dV B^T, dg = G^T dU G). Element (i, j) of a 6x6 tile is k = 6*i + j.
 
 What this is: loops over typed memoryviews, fused float32/float64, GIL
 released, single-threaded (the driver runs batch chunks concurrently). The
@@ -45,7 +47,9 @@ Shapes: x (N, C, H, W), y/dy (N, F, OH, OW); TH = ceil(OH/4), TW = ceil(OW/4);
 padded planes xs (C, 4*TH+2, 4*TW+2, N); output planes ys/dys
 (F, 4*TH, 4*TW, N); band arrays V/dV (36, C, rows*TW, N), M/dM
 (36, F, rows*TW, N) for the tile rows th0 .. th0+rows-1; U/dU (36, F, Cg),
-w/dw (F, Cg, 3, 3).
+w/dw (F, Cg, 3, 3). weight_products(dM, V, dU) adds a band's dM V^T per
+group into dU, float64 whatever the arrays' float (the driver sums it over
+bands, chunks and dilation phases).
 """
 from cython cimport floating
 from libc.stdlib cimport free, malloc
@@ -935,8 +939,9 @@ cdef extern from *:
     int fastcnn_wmm_have() noexcept nogil
 
 
-# Whether products runs its own AVX-512 loops (else numpy's matmul).
-cdef bint _own_products = fastcnn_wmm_have()
+# Whether products and weight_products run their own AVX-512 loops (else
+# numpy's matmul); a Python global, so a test can take the other path.
+_avx512 = bool(fastcnn_wmm_have())
 
 
 def products(const floating[:, :, ::1] U, const floating[:, :, :, ::1] V,
@@ -949,7 +954,7 @@ def products(const floating[:, :, ::1] U, const floating[:, :, :, ::1] V,
     cdef Py_ssize_t F = U.shape[1], Cg = U.shape[2], C = V.shape[1]
     cdef Py_ssize_t L = V.shape[2] * V.shape[3], G = C // Cg, Fg = F // G
     cdef Py_ssize_t k, g
-    if not _own_products:
+    if not _avx512:
         out = np.asarray(M)[:, :F].reshape(36, G, Fg, L)    # a view: M[k] is contiguous
         np.matmul(np.asarray(U).reshape(36, G, Fg, Cg), np.asarray(V).reshape(36, G, Cg, L),
                   out=out)
@@ -968,3 +973,145 @@ def products(const floating[:, :, ::1] U, const floating[:, :, :, ::1] V,
                 else:
                     fastcnn_wmm_f64(&U[k, g * Fg, 0], &V[k, g * Cg, 0, 0], &M[k, g * Fg, 0, 0],
                                     Fg, Cg, L)
+
+
+cdef extern from *:
+    """
+    /* fastcnn: the backward's dU[k, f, c] += sum over l of dM[k, f, l] V[k, c, l]
+       for a band, in AVX-512 registers where the CPU has it. The sums run
+       along the contiguous lane axis l (tiles x images): a register block
+       of 2 filters by 8 channels holds 16 vectors of 16 lane sums, each lane
+       summing only L/16 terms (16 for a band of the MNIST conv2), and the
+       block's 16 lanes are added in double, into dU (double): a float32 sum
+       of all L terms (BLAS's) is what kept the Winograd dw furthest from
+       the direct convolution's. The 8 sums of a filter's 8 channels come out
+       as one vector of doubles (a transposing reduction tree), so one load,
+       add and store of dU per block row. Past whole blocks: one channel at a
+       time; past whole vectors of lanes: masked loads (zeros). */
+    #if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))
+    #  include <immintrin.h>
+    #  pragma GCC push_options
+    #  pragma GCC target("avx512f,fma")
+    #  ifdef __clang__
+    #    pragma clang attribute push (__attribute__((target("avx512f,fma"))), apply_to=function)
+    #  endif
+    /* the 16 float lanes of a in double, folded to 8 */
+    static inline __m512d fastcnn_wup_d8(__m512 a) {
+        return _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(a)),
+                             _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
+                                 _mm512_castps_pd(a), 1))));
+    }
+    /* (sum of a[0], ..., sum of a[7]) of 8 vectors of 8 doubles */
+    static inline __m512d fastcnn_wup_hsum8(const __m512d* a) {
+        __m512d t0 = _mm512_add_pd(_mm512_unpacklo_pd(a[0], a[1]), _mm512_unpackhi_pd(a[0], a[1]));
+        __m512d t1 = _mm512_add_pd(_mm512_unpacklo_pd(a[2], a[3]), _mm512_unpackhi_pd(a[2], a[3]));
+        __m512d t2 = _mm512_add_pd(_mm512_unpacklo_pd(a[4], a[5]), _mm512_unpackhi_pd(a[4], a[5]));
+        __m512d t3 = _mm512_add_pd(_mm512_unpacklo_pd(a[6], a[7]), _mm512_unpackhi_pd(a[6], a[7]));
+        __m512d u0 = _mm512_add_pd(_mm512_shuffle_f64x2(t0, t1, 0x88), _mm512_shuffle_f64x2(t0, t1, 0xdd));
+        __m512d u1 = _mm512_add_pd(_mm512_shuffle_f64x2(t2, t3, 0x88), _mm512_shuffle_f64x2(t2, t3, 0xdd));
+        return _mm512_add_pd(_mm512_shuffle_f64x2(u0, u1, 0x88), _mm512_shuffle_f64x2(u0, u1, 0xdd));
+    }
+    /* R filters (rows of dM L apart) by 8 channels (rows of V L apart) into
+       dU (rows DS apart) */
+    static inline __attribute__((always_inline)) void fastcnn_wup_block(
+            const float* __restrict dM, const float* __restrict V, double* __restrict dU,
+            Py_ssize_t DS, Py_ssize_t L, const int R) {
+        __m512 acc[2][8];
+        Py_ssize_t l, L1 = L - L % 16;
+        int r, c;
+        for (r = 0; r < R; r++)
+            for (c = 0; c < 8; c++) acc[r][c] = _mm512_setzero_ps();
+        for (l = 0; l <= L; l += 16) {
+            __m512 m[2];
+            if (l == L) break;
+            if (l < L1) {
+                for (r = 0; r < R; r++) m[r] = _mm512_loadu_ps(dM + r * L + l);
+                for (c = 0; c < 8; c++) {
+                    __m512 v = _mm512_loadu_ps(V + c * L + l);
+                    /* one load per vector: GCC would fold it into each FMA */
+                    __asm__("" : "+v"(v));
+                    for (r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(m[r], v, acc[r][c]);
+                }
+            } else {
+                const __mmask16 k = (__mmask16)((1u << (L - l)) - 1);
+                for (r = 0; r < R; r++) m[r] = _mm512_maskz_loadu_ps(k, dM + r * L + l);
+                for (c = 0; c < 8; c++) {
+                    const __m512 v = _mm512_maskz_loadu_ps(k, V + c * L + l);
+                    for (r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(m[r], v, acc[r][c]);
+                }
+            }
+        }
+        for (r = 0; r < R; r++) {
+            __m512d d[8];
+            for (c = 0; c < 8; c++) d[c] = fastcnn_wup_d8(acc[r][c]);
+            _mm512_storeu_pd(dU + r * DS, _mm512_add_pd(_mm512_loadu_pd(dU + r * DS),
+                                                        fastcnn_wup_hsum8(d)));
+        }
+    }
+    /* one filter by one channel */
+    static inline void fastcnn_wup_one(const float* __restrict m, const float* __restrict v,
+                                       double* __restrict dU, Py_ssize_t L) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        Py_ssize_t l = 0;
+        for (; l + 32 <= L; l += 32) {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(m + l), _mm512_loadu_ps(v + l), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(m + l + 16), _mm512_loadu_ps(v + l + 16), a1);
+        }
+        for (; l < L; l += 16) {
+            const __mmask16 k = L - l >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (L - l)) - 1);
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, m + l), _mm512_maskz_loadu_ps(k, v + l), a0);
+        }
+        *dU += _mm512_reduce_add_pd(_mm512_add_pd(fastcnn_wup_d8(a0), fastcnn_wup_d8(a1)));
+    }
+    /* one group of one element: dM (F, L), V (C, L), dU (F, C) */
+    static void fastcnn_wup_f32(const float* dM, const float* V, double* dU,
+                                Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {
+        Py_ssize_t f, c, C8 = C - C % 8;
+        for (f = 0; f + 2 <= F; f += 2)
+            for (c = 0; c < C8; c += 8)
+                fastcnn_wup_block(dM + f * L, V + c * L, dU + f * C + c, C, L, 2);
+        for (; f < F; f++)
+            for (c = 0; c < C8; c += 8)
+                fastcnn_wup_block(dM + f * L, V + c * L, dU + f * C + c, C, L, 1);
+        for (f = 0; f < F; f++)
+            for (c = C8; c < C; c++)
+                fastcnn_wup_one(dM + f * L, V + c * L, dU + f * C + c, L);
+    }
+    #  ifdef __clang__
+    #    pragma clang attribute pop
+    #  endif
+    #  pragma GCC pop_options
+    #else
+    static void fastcnn_wup_f32(const float* dM, const float* V, double* dU,
+                                Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {}
+    #endif
+    """
+    void fastcnn_wup_f32(const float* dM, const float* V, double* dU, Py_ssize_t F,
+                         Py_ssize_t C, Py_ssize_t L) noexcept nogil
+
+
+def weight_products(const floating[:, :, :, ::1] dM, const floating[:, :, :, ::1] V,
+                    double[:, :, ::1] dU):
+    """dU[k, g*Fg + f, c] += sum over l of dM[k, g*Fg + f, l] V[k, g*Cg + c, l]
+    for a band (the backward's dU = dM V^T): dM (36, F, rows*TW, N),
+    V (36, C, rows*TW, N), dU (36, F, Cg) in double, accumulated into across
+    bands and chunks; G = C / Cg groups. float32 on a CPU with AVX-512:
+    this module's register blocks (see above), each lane summing a few dozen
+    terms and the lanes added in double; elsewhere, and for float64, numpy's
+    matmul of the band, then added."""
+    cdef Py_ssize_t F = dU.shape[1], Cg = dU.shape[2], C = V.shape[1]
+    cdef Py_ssize_t L = V.shape[2] * V.shape[3], G = C // Cg, Fg = F // G
+    cdef Py_ssize_t k, g
+    if floating is float:
+        if _avx512:
+            if L == 0 or Fg == 0 or Cg == 0:
+                return
+            with nogil:
+                for k in range(36):
+                    for g in range(G):
+                        fastcnn_wup_f32(&dM[k, g * Fg, 0, 0], &V[k, g * Cg, 0, 0],
+                                        &dU[k, g * Fg, 0], Fg, Cg, L)
+            return
+    d = np.asarray(dU).reshape(36, G, Fg, Cg)
+    d += np.matmul(np.asarray(dM).reshape(36, G, Fg, L),
+                   np.asarray(V).reshape(36, G, Cg, L).transpose(0, 1, 3, 2))

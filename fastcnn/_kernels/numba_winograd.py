@@ -28,9 +28,11 @@ no more than their adds; the thirds and fifteenths are in G, applied once per
 weight in float64 (weight_transform, weight_grad_transform).
 
 The sum over input channels of the 36 element-wise products is 36 matmuls
-M[k] = U[k] @ V[k] per group (``np.matmul`` on stacks, called by the driver
-``fastcnn.backends._winograd``); these kernels do the tile transforms around
-them. The backward pass is the exact adjoint of the forward:
+M[k] = U[k] @ V[k] per group (``products``: ``np.matmul`` on stacks, also
+the backward's dV = U^T dM); the backward's dU = dM V^T is
+``weight_products``, compiled sums along the lanes into a float64 dU; the
+other kernels are the tile transforms around them. The backward pass is
+the exact adjoint of the forward:
 dM = A dY A^T, dU = dM V^T, dV = U^T dM, dd = B dV B^T (scatter-added:
 tiles overlap by 2), dg = G^T dU G.
 
@@ -62,6 +64,9 @@ and column).
 
 grad_input_transform scatter-adds into xs and zeroes each plane itself when
 th0 == 0: the driver runs the bands of a chunk in order from th0 = 0.
+weight_products(dM, V, dU) adds a band's dM V^T per group into dU
+(36, F, Cg), float64 whatever the arrays' float: the driver sums it over
+bands, chunks and dilation phases.
 
 Non-finite inputs: the transforms subtract inputs, so an inf can give NaN
 where the direct sum is +-inf; a NaN spreads to the whole 4x4 tile (6x6
@@ -73,9 +78,9 @@ decides when Winograd applies, how wide a band is and how groups and
 dilation map onto these kernels.
 """
 import numpy as np
-from numba import types
+from numba import njit, types
 
-from fastcnn._kernels.numba_common import i32, i64, kernel, ro, rw, void
+from fastcnn._kernels.numba_common import FLOATS, JIT_OPTIONS, i32, i64, kernel, ro, rw, void
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64))
@@ -438,6 +443,76 @@ def products(U, V, M):
     if not np.may_share_memory(out, M):
         raise ValueError("products: M must be C-contiguous (36, F', rows*TW, N)")
     np.matmul(U.reshape(36, G, F // G, Cg), V.reshape(36, G, Cg, L), out=out)
+
+
+# reassociation for weight_products' sums only: it lets LLVM keep vector
+# partial sums along the lanes (each a few terms), added in a tree
+_SUMS = dict(JIT_OPTIONS, fastmath={"reassoc"})
+
+
+@njit([void(ro(t, 4), ro(t, 4), rw(types.float64, 3)) for t in FLOATS], **_SUMS)
+def weight_products(dM, V, dU):
+    """dU[k, g*Fg + f, c] += sum over l of dM[k, g*Fg + f, l] V[k, g*Cg + c, l]
+    for a band (the backward's dU = dM V^T): dM (36, F, rows*TW, N),
+    V (36, C, rows*TW, N), dU (36, F, Cg) in float64, accumulated into
+    across bands and chunks; G = C / Cg groups. Blocks of 2 filters by 4
+    channels, the 8 sums along the contiguous lanes in the arrays' float
+    (vector partial sums, reassociated), each band's sums added in float64:
+    one float32 sum over all the lanes (BLAS's) is what kept the Winograd
+    dw furthest from the direct convolution's."""
+    F, Cg = dU.shape[1], dU.shape[2]
+    C, L = V.shape[1], V.shape[2] * V.shape[3]
+    G = C // Cg
+    Fg = F // G
+    m = dM.reshape((36, dM.shape[1], L))
+    v = V.reshape((36, C, L))
+    zero = dM.dtype.type(0)
+    for k in range(36):
+        for g in range(G):
+            for f in range(g * Fg, (g + 1) * Fg - 1, 2):
+                a0, a1 = m[k, f], m[k, f + 1]
+                c = 0
+                while c + 4 <= Cg:
+                    b0, b1 = v[k, g * Cg + c], v[k, g * Cg + c + 1]
+                    b2, b3 = v[k, g * Cg + c + 2], v[k, g * Cg + c + 3]
+                    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+                    for l in range(L):
+                        x0, x1 = a0[l], a1[l]
+                        y0, y1, y2, y3 = b0[l], b1[l], b2[l], b3[l]
+                        s00 += x0 * y0
+                        s01 += x0 * y1
+                        s02 += x0 * y2
+                        s03 += x0 * y3
+                        s10 += x1 * y0
+                        s11 += x1 * y1
+                        s12 += x1 * y2
+                        s13 += x1 * y3
+                    dU[k, f, c] += s00
+                    dU[k, f, c + 1] += s01
+                    dU[k, f, c + 2] += s02
+                    dU[k, f, c + 3] += s03
+                    dU[k, f + 1, c] += s10
+                    dU[k, f + 1, c + 1] += s11
+                    dU[k, f + 1, c + 2] += s12
+                    dU[k, f + 1, c + 3] += s13
+                    c += 4
+                for c in range(c, Cg):          # channels past whole blocks
+                    b0 = v[k, g * Cg + c]
+                    s00 = s10 = zero
+                    for l in range(L):
+                        s00 += a0[l] * b0[l]
+                        s10 += a1[l] * b0[l]
+                    dU[k, f, c] += s00
+                    dU[k, f + 1, c] += s10
+            if Fg % 2:                          # the group's last, odd filter
+                f = (g + 1) * Fg - 1
+                a0 = m[k, f]
+                for c in range(Cg):
+                    b0 = v[k, g * Cg + c]
+                    s00 = zero
+                    for l in range(L):
+                        s00 += a0[l] * b0[l]
+                    dU[k, f, c] += s00
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(i32, 4), i64))

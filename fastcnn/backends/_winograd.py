@@ -10,8 +10,7 @@ this module, on 3x3 stride-1 convolutions with enough taps and images
 (``choose_path``). Groups: U is (36, F, C/G); a band's forward products M = U V
 and the backward's dV = U^T dM are the kernels' ``products`` (all groups in
 one call, U^T made contiguous per group once per backward), its dU = dM V^T
-one 4-D batched matmul over (36, G, F/G, L) @ (36, G, L, C/G), no loop over
-groups. Dilation (stride 1): a dilated 3x3 convolution is DH*DW
+the kernels' ``weight_products`` (all groups, summed into a float64 dU). Dilation (stride 1): a dilated 3x3 convolution is DH*DW
 undilated ones on the phase sub-grids: output phase (r, s) =
 y[:, :, r::DH, s::DW] reads only input phase (a, b) = ((r - PT) mod DH,
 (s - PL) mod DW) = x[:, :, a::DH, b::DW], with its own padding; the phases
@@ -280,16 +279,14 @@ def _forward_chunk(wino, x, U, b, y, g, relu, keep, consume=None, tiles=False):
 
 
 def _backward_chunk(wino, N, fill, UT, V, bands, g, dx, dU, db):
-    """One chunk, band by band: dM, then dU += dM V^T and dV = U^T dM
-    (UT: U^T per group, (36, C, F/G)), scatter-added into the chunk's dx
-    (no dV where dx is None); db += the chunk's sum of dy. fill(dys)
+    """One chunk, band by band: dM, then dU += dM V^T (the kernels'
+    weight_products, into the float64 dU) and dV = U^T dM (UT: U^T per
+    group, (36, C, F/G)), scatter-added into the chunk's dx (no dV where dx
+    is None); db += the chunk's sum of dy. fill(dys)
     writes the chunk's N images of dy into its output-gradient planes."""
-    C, F, G = g.C, g.F, g.G
-    Cg, Fg = C // G, F // G
+    C, F = g.C, g.F
     TH, TW = _tiles(g)
-    dU4 = dU.reshape(36, G, Fg, Cg)
     dtype = V.dtype
-    dU_band = np.empty(dU4.shape, dtype=dtype)      # dU4: float64
     dys = workspace.take((F, 4 * TH, 4 * TW, N), dtype)
     fill(dys)
     band_dM = _band_buffer(bands[0][1], F, TW, N, dtype)
@@ -298,13 +295,9 @@ def _backward_chunk(wino, N, fill, UT, V, bands, g, dx, dU, db):
         band_dV = _band_buffer(bands[0][1], C, TW, N, dtype)
     for th0, th1 in bands:
         r = th1 - th0
-        L = r * TW * N
         dM = band_dM(r)
         wino.grad_output_transform(dys, dM, db, th0)
-        dM4 = dM.reshape(36, G, Fg, L)
-        Vb = _band(V, th0, th1, C, TW, N).reshape(36, G, Cg, L)
-        np.matmul(dM4, Vb.transpose(0, 1, 3, 2), out=dU_band)
-        dU4 += dU_band
+        wino.weight_products(dM, _band(V, th0, th1, C, TW, N), dU)
         if dx is None:
             continue
         dV = band_dV(r)
