@@ -30,10 +30,19 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from fastcnn.backends._concurrent import WORK_PER_THREAD, over_rows, single_threaded_blas
+from fastcnn.backends._concurrent import over_rows, single_threaded_blas
 from fastcnn.backends._workspace import outputs
 
 ARGMAX_DTYPE = np.dtype(np.intc)
+# Elements per extra thread of global pooling, one streaming pass each: a
+# split pays only once a thread's share outlasts the hand-over to another
+# thread several times over. The average streams fastest (a sum of
+# contiguous planes, or a fill), so it splits latest; the max (compares
+# and selects) sooner. At the mobile net's (64, 256, 7, 7) none splits
+# (each split measured slower than one thread there), at ResNet's
+# (64, 512, 7, 7) only the max does.
+GLOBAL_AVG_PER_THREAD = 1 << 21
+GLOBAL_PER_THREAD = 1 << 19
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,21 +96,21 @@ def gemv_plane_means(x, y):
     np.divide(y, x.shape[1], out=y)
 
 
-def _global(kernel, arrays, work):
+def _global(kernel, arrays, work, per_thread=GLOBAL_PER_THREAD):
     """kernel(*arrays), split over the pool only when ``work`` earns a
-    second thread (over_rows' rule): below that the split's bookkeeping
-    would be most of a small global pool's cost."""
-    if work < 2 * WORK_PER_THREAD:
+    second thread at ``per_thread`` elements a thread (over_rows' rule):
+    below that the hand-over costs more than the split saves."""
+    if work < 2 * per_thread:
         kernel(*arrays)
     else:
-        over_rows(kernel, arrays, (), work)
+        over_rows(kernel, arrays, (), work, per_thread)
 
 
 def adaptive_avg_forward(k, x, output_size):
     N, C, _, _ = x.shape
     y = outputs.take((N, C, *output_size), x.dtype)
     if output_size == (1, 1):
-        _global(k.global_avg_forward, [_flat(x), y.reshape(-1)], x.size)
+        _global(k.global_avg_forward, [_flat(x), y.reshape(-1)], x.size, GLOBAL_AVG_PER_THREAD)
     else:
         over_rows(k.avg_forward, [k.planes(x), k.planes(y)], (), x.size + y.size)
     return y, x.shape
@@ -110,7 +119,8 @@ def adaptive_avg_forward(k, x, output_size):
 def adaptive_avg_backward(k, dy, x_shape):
     dx = outputs.take(x_shape, dy.dtype)
     if dy.shape[2:] == (1, 1):
-        _global(k.global_avg_backward, [dy.reshape(-1), _flat(dx)], dx.size)
+        _global(k.global_avg_backward, [dy.reshape(-1), _flat(dx)], dx.size,
+                GLOBAL_AVG_PER_THREAD)
     else:
         over_rows(k.avg_backward, [k.planes(dy), k.planes(dx)], (), dx.size + dy.size)
     return dx
