@@ -445,9 +445,10 @@ def products(U, V, M):
     np.matmul(U.reshape(36, G, F // G, Cg), V.reshape(36, G, Cg, L), out=out)
 
 
-# reassociation for weight_products' sums only: it lets LLVM keep vector
-# partial sums along the lanes (each a few terms), added in a tree
-_SUMS = dict(JIT_OPTIONS, fastmath={"reassoc"})
+# reassociation and contraction (FMA) for weight_products' sums only: they
+# let LLVM keep vector partial sums along the lanes (a few terms each),
+# added in a tree at the end
+_SUMS = dict(JIT_OPTIONS, fastmath={"reassoc", "contract"})
 
 
 @njit([void(ro(t, 4), ro(t, 4), rw(types.float64, 3)) for t in FLOATS], **_SUMS)
@@ -455,11 +456,12 @@ def weight_products(dM, V, dU):
     """dU[k, g*Fg + f, c] += sum over l of dM[k, g*Fg + f, l] V[k, g*Cg + c, l]
     for a band (the backward's dU = dM V^T): dM (36, F, rows*TW, N),
     V (36, C, rows*TW, N), dU (36, F, Cg) in float64, accumulated into
-    across bands and chunks; G = C / Cg groups. Blocks of 2 filters by 4
-    channels, the 8 sums along the contiguous lanes in the arrays' float
+    across bands and chunks; G = C / Cg groups. Blocks of 4 filters by 4
+    channels, the 16 sums along the contiguous lanes in the arrays' float
     (vector partial sums, reassociated), each band's sums added in float64:
     one float32 sum over all the lanes (BLAS's) is what kept the Winograd
-    dw furthest from the direct convolution's."""
+    dw furthest from the direct convolution's. Filters past whole blocks:
+    one at a time."""
     F, Cg = dU.shape[1], dU.shape[2]
     C, L = V.shape[1], V.shape[2] * V.shape[3]
     G = C // Cg
@@ -469,15 +471,18 @@ def weight_products(dM, V, dU):
     zero = dM.dtype.type(0)
     for k in range(36):
         for g in range(G):
-            for f in range(g * Fg, (g + 1) * Fg - 1, 2):
-                a0, a1 = m[k, f], m[k, f + 1]
+            f, fe, c0 = g * Fg, (g + 1) * Fg, g * Cg
+            while f + 4 <= fe:
+                a0, a1, a2, a3 = m[k, f], m[k, f + 1], m[k, f + 2], m[k, f + 3]
+                du0, du1, du2, du3 = dU[k, f], dU[k, f + 1], dU[k, f + 2], dU[k, f + 3]
                 c = 0
                 while c + 4 <= Cg:
-                    b0, b1 = v[k, g * Cg + c], v[k, g * Cg + c + 1]
-                    b2, b3 = v[k, g * Cg + c + 2], v[k, g * Cg + c + 3]
+                    b0, b1 = v[k, c0 + c], v[k, c0 + c + 1]
+                    b2, b3 = v[k, c0 + c + 2], v[k, c0 + c + 3]
                     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+                    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
                     for l in range(L):
-                        x0, x1 = a0[l], a1[l]
+                        x0, x1, x2, x3 = a0[l], a1[l], a2[l], a3[l]
                         y0, y1, y2, y3 = b0[l], b1[l], b2[l], b3[l]
                         s00 += x0 * y0
                         s01 += x0 * y1
@@ -487,33 +492,53 @@ def weight_products(dM, V, dU):
                         s11 += x1 * y1
                         s12 += x1 * y2
                         s13 += x1 * y3
-                    dU[k, f, c] += s00
-                    dU[k, f, c + 1] += s01
-                    dU[k, f, c + 2] += s02
-                    dU[k, f, c + 3] += s03
-                    dU[k, f + 1, c] += s10
-                    dU[k, f + 1, c + 1] += s11
-                    dU[k, f + 1, c + 2] += s12
-                    dU[k, f + 1, c + 3] += s13
+                        s20 += x2 * y0
+                        s21 += x2 * y1
+                        s22 += x2 * y2
+                        s23 += x2 * y3
+                        s30 += x3 * y0
+                        s31 += x3 * y1
+                        s32 += x3 * y2
+                        s33 += x3 * y3
+                    du0[c] += s00
+                    du0[c + 1] += s01
+                    du0[c + 2] += s02
+                    du0[c + 3] += s03
+                    du1[c] += s10
+                    du1[c + 1] += s11
+                    du1[c + 2] += s12
+                    du1[c + 3] += s13
+                    du2[c] += s20
+                    du2[c + 1] += s21
+                    du2[c + 2] += s22
+                    du2[c + 3] += s23
+                    du3[c] += s30
+                    du3[c + 1] += s31
+                    du3[c + 2] += s32
+                    du3[c + 3] += s33
                     c += 4
                 for c in range(c, Cg):          # channels past whole blocks
-                    b0 = v[k, g * Cg + c]
-                    s00 = s10 = zero
+                    b0 = v[k, c0 + c]
+                    s00 = s10 = s20 = s30 = zero
                     for l in range(L):
-                        s00 += a0[l] * b0[l]
-                        s10 += a1[l] * b0[l]
-                    dU[k, f, c] += s00
-                    dU[k, f + 1, c] += s10
-            if Fg % 2:                          # the group's last, odd filter
-                f = (g + 1) * Fg - 1
-                a0 = m[k, f]
+                        y0 = b0[l]
+                        s00 += a0[l] * y0
+                        s10 += a1[l] * y0
+                        s20 += a2[l] * y0
+                        s30 += a3[l] * y0
+                    du0[c] += s00
+                    du1[c] += s10
+                    du2[c] += s20
+                    du3[c] += s30
+                f += 4
+            for f in range(f, fe):
+                a0, du0 = m[k, f], dU[k, f]
                 for c in range(Cg):
-                    b0 = v[k, g * Cg + c]
+                    b0 = v[k, c0 + c]
                     s00 = zero
                     for l in range(L):
                         s00 += a0[l] * b0[l]
-                    dU[k, f, c] += s00
-
+                    du0[c] += s00
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(i32, 4), i64))
 def pool_relu_2x2(ys, y, argmax, OW):
