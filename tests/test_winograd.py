@@ -329,3 +329,32 @@ def test_cython_winograd_without_avx512(monkeypatch, case, dtype):
     errors = relative_errors("cython", case, dtype)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= BOUND[dtype], f"{worst}: {errors}"
+
+
+# (C, TH, TW, N, rows): bands of one and two tile rows, a last shorter band
+GRAD_INPUT_SHAPES = [(32, 4, 4, 32, 2), (3, 3, 2, 5, 1), (4, 5, 3, 9, 2), (1, 1, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("shape", GRAD_INPUT_SHAPES, ids=[str(s) for s in GRAD_INPUT_SHAPES])
+@pytest.mark.parametrize("backend", WINO_BACKENDS)
+def test_grad_input_transform_is_the_adjoint_of_input_transform(backend, shape):
+    # <input_transform(xs), dV> = <xs, grad_input_transform(dV)> summed over
+    # the bands in order, whatever the module's points; dV padded by a
+    # channel row of NaN (as the driver pads it), which must not be read,
+    # and xs filled with garbage the first band must clear
+    C, TH, TW, N, rows = shape
+    kernels = _table(backend).winograd_kernels()
+    rng = np.random.default_rng(5)
+    xs = rng.standard_normal((C, 4 * TH + 2, 4 * TW + 2, N))
+    dx = np.full(xs.shape, 3.0)
+    inner = 0.0
+    for th0 in range(0, TH, rows):
+        r = min(rows, TH - th0)
+        V = np.empty((36, C, r * TW, N))
+        kernels.input_transform(xs, V, th0)
+        dV = np.full((36, C + 1, r * TW, N), np.nan)
+        dV[:, :C] = rng.standard_normal((36, C, r * TW, N))
+        inner += float(np.sum(V * dV[:, :C]))
+        kernels.grad_input_transform(dV, dx, th0)
+    assert np.isfinite(dx).all()
+    assert abs(float(np.sum(xs * dx)) - inner) <= 1e-12 * np.abs(xs * dx).sum()

@@ -91,29 +91,6 @@ cdef extern from *:
         for (n = 0; n < len; n++)                                                       \
             o5[n] = ((a1[n] + a5[n]) + h15 * (a4[n] - a2[n])) - (a3[n] + a3[n]);        \
     }                                                                                   \
-    /* o += B a (the adjoint of bt6) */                                                 \
-    static inline void fastcnn_b6add_##S(const T* __restrict a, Py_ssize_t as,          \
-            T* __restrict o, Py_ssize_t os, Py_ssize_t len) {                           \
-        const T *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as,              \
-                *a4 = a + 4 * as, *a5 = a + 5 * as;                                     \
-        T *o0 = o, *o1 = o + os, *o2 = o + 2 * os, *o3 = o + 3 * os,                    \
-          *o4 = o + 4 * os, *o5 = o + 5 * os;                                           \
-        Py_ssize_t n;                                                                   \
-        const T h5 = 0.5, h15 = 1.5, h25 = 2.5;                                         \
-        for (n = 0; n < len; n++) o0[n] += a0[n];                                       \
-        for (n = 0; n < len; n++)                                                       \
-            o1[n] += ((a2[n] - a1[n]) + (a5[n] - (a3[n] + a3[n])))                      \
-                     + (h5 * a4[n] - h15 * a0[n]);                                      \
-        for (n = 0; n < len; n++)                                                       \
-            o2[n] += (h5 * a1[n] - h25 * a2[n]) - ((a0[n] + a0[n]) + (a3[n] + a4[n]))   \
-                     - h15 * a5[n];                                                     \
-        for (n = 0; n < len; n++)                                                       \
-            o3[n] += (h15 * a0[n] + h25 * a1[n]) + h5 * (a2[n] - a4[n])                 \
-                     + ((a3[n] - a5[n]) + (a3[n] - a5[n]));                             \
-        for (n = 0; n < len; n++)                                                       \
-            o4[n] += ((a0[n] + a1[n]) + (a2[n] + a3[n])) + (a4[n] + h15 * a5[n]);       \
-        for (n = 0; n < len; n++) o5[n] += a5[n];                                       \
-    }                                                                                   \
     /* o = A^T a + bias */                                                              \
     static inline void fastcnn_at4_##S(const T* __restrict a, Py_ssize_t as,            \
             T* __restrict o, Py_ssize_t os, Py_ssize_t len, T bias) {                   \
@@ -216,17 +193,6 @@ cdef extern from *:
         for (k = 0; k < 6; k++)                                                         \
             for (tw = 0; tw < TW; tw++)                                                 \
                 fastcnn_a6_##S(K + k * YL + 4 * tw * N, N, dM + 6 * k * KS + tw * N, KS, N); \
-    }                                                                                   \
-    /* x's 6 plane rows (L = WT*N lanes) += B dV B^T of one tile row; E scratch         \
-       (6, L) */                                                                        \
-    static FASTCNN_CLONES void fastcnn_wino_gin_row_##S(const T* dV, Py_ssize_t KS,     \
-            T* E, T* x, Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) {                    \
-        Py_ssize_t i, tw;                                                               \
-        memset(E, 0, 6 * L * sizeof(T));                                                \
-        for (i = 0; i < 6; i++)                                                         \
-            for (tw = 0; tw < TW; tw++)                                                 \
-                fastcnn_b6add_##S(dV + 6 * i * KS + tw * N, KS, E + i * L + 4 * tw * N, N, N); \
-        fastcnn_b6add_##S(E, L, x, L, L);                                               \
     }
     FASTCNN_WINO(float, f32)
     FASTCNN_WINO(double, f64)
@@ -319,10 +285,6 @@ cdef extern from *:
     void fastcnn_wino_gout_row_f64(const double* dy, Py_ssize_t YL, double* K, double* dM,
                                    Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N,
                                    double* acc) noexcept nogil
-    void fastcnn_wino_gin_row_f32(const float* dV, Py_ssize_t KS, float* E, float* x,
-                                  Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
-    void fastcnn_wino_gin_row_f64(const double* dV, Py_ssize_t KS, double* E, double* x,
-                                  Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) noexcept nogil
     void fastcnn_wino_transpose_f32(const float* s, Py_ssize_t ss, float* d, Py_ssize_t ds,
                                     Py_ssize_t R, Py_ssize_t K) noexcept nogil
     void fastcnn_wino_transpose_f64(const double* s, Py_ssize_t ss, double* d, Py_ssize_t ds,
@@ -497,31 +459,86 @@ def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::
         free(acc)
 
 
+cdef extern from *:
+    """
+    /* fastcnn: the input-gradient transform in one pass per lane, as the
+       output transform: a tile's 36 elements of dV in, B dV B^T (b6add's
+       formulas, rows then columns) added into the 36 plane elements it
+       covers, tile after tile along the row (tiles overlap by two columns
+       and, between tile rows, two rows). The old two passes through a
+       scratch row summed the overlapping columns before the column pass;
+       here they are added after it: the same sums up to rounding. */
+    #define FASTCNN_WB6(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, o4, o5) do {              \
+        o0 = a0;                                                                        \
+        o1 = ((a2 - a1) + (a5 - (a3 + a3))) + (h5 * a4 - h15 * a0);                     \
+        o2 = ((h5 * a1 - h25 * a2) - ((a0 + a0) + (a3 + a4))) - h15 * a5;               \
+        o3 = ((h15 * a0 + h25 * a1) + h5 * (a2 - a4)) + ((a3 - a5) + (a3 - a5));        \
+        o4 = ((a0 + a1) + (a2 + a3)) + (a4 + h15 * a5);                                 \
+        o5 = a5;                                                                        \
+    } while (0)
+    #define FASTCNN_WINO_GIN(T, S)                                                      \
+    /* x's 6 plane rows (L lanes apart) += B dV B^T of one tile row, dV at tile         \
+       p0 of element 0, KS apart per element */                                         \
+    static FASTCNN_CLONES void fastcnn_wino_gin_tiles_##S(const T* __restrict dV,       \
+            Py_ssize_t KS, T* __restrict x, Py_ssize_t L, Py_ssize_t TW, Py_ssize_t N) { \
+        Py_ssize_t tw, n;                                                               \
+        const T h5 = 0.5, h15 = 1.5, h25 = 2.5;                                         \
+        for (tw = 0; tw < TW; tw++) {                                                   \
+            const T* __restrict m = dV + tw * N;                                        \
+            T* __restrict o = x + 4 * tw * N;                                           \
+            _Pragma("GCC ivdep") for (n = 0; n < N; n++) {                              \
+                T s[6][6];                                                              \
+                int i, j;                                                               \
+                _Pragma("GCC unroll 6") for (i = 0; i < 6; i++) {                       \
+                    const T a0 = m[6 * i * KS + n], a1 = m[(6 * i + 1) * KS + n],       \
+                            a2 = m[(6 * i + 2) * KS + n], a3 = m[(6 * i + 3) * KS + n], \
+                            a4 = m[(6 * i + 4) * KS + n], a5 = m[(6 * i + 5) * KS + n]; \
+                    FASTCNN_WB6(a0, a1, a2, a3, a4, a5, s[i][0], s[i][1], s[i][2],      \
+                                s[i][3], s[i][4], s[i][5]);                             \
+                }                                                                       \
+                _Pragma("GCC unroll 6") for (j = 0; j < 6; j++) {                       \
+                    T r0, r1, r2, r3, r4, r5;                                           \
+                    FASTCNN_WB6(s[0][j], s[1][j], s[2][j], s[3][j], s[4][j], s[5][j],   \
+                                r0, r1, r2, r3, r4, r5);                                \
+                    o[j * N + n] += r0; o[L + j * N + n] += r1;                         \
+                    o[2 * L + j * N + n] += r2; o[3 * L + j * N + n] += r3;             \
+                    o[4 * L + j * N + n] += r4; o[5 * L + j * N + n] += r5;             \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+    }
+    FASTCNN_WINO_GIN(float, f32)
+    FASTCNN_WINO_GIN(double, f64)
+    """
+    void fastcnn_wino_gin_tiles_f32(const float* dV, Py_ssize_t KS, float* x, Py_ssize_t L,
+                                    Py_ssize_t TW, Py_ssize_t N) noexcept nogil
+    void fastcnn_wino_gin_tiles_f64(const double* dV, Py_ssize_t KS, double* x, Py_ssize_t L,
+                                    Py_ssize_t TW, Py_ssize_t N) noexcept nogil
+
+
 def grad_input_transform(const floating[:, :, :, ::1] dV, floating[:, :, :, ::1] xs,
                          Py_ssize_t th0):
     """dd = B dV B^T per tile for the band of tile rows th0.. that dV
-    (36, C, rows*TW, N) holds, scatter-added into the padded planes xs[c]
-    (tiles overlap by two rows and columns); the planes are zeroed when th0
-    is 0, so the bands in order 0, 1, ... fill xs."""
+    (36, C', rows*TW, N) holds, C' >= C (the driver pads dV by a channel
+    row, as the forward's M: see fastcnn_wino_gin_tiles), scatter-added
+    into the padded planes xs[c] (tiles overlap by two rows and columns);
+    the planes are zeroed when th0 is 0, so the bands in order 0, 1, ...
+    fill xs."""
     cdef Py_ssize_t C = xs.shape[0], HT = xs.shape[1], WT = xs.shape[2], N = xs.shape[3]
     cdef Py_ssize_t TW = (WT - 2) // 4, P = dV.shape[2]
     cdef Py_ssize_t rows = P // TW, L = WT * N, KS = dV.shape[1] * P * N
     cdef Py_ssize_t c, r
-    cdef floating* E = <floating*>_alloc(6 * L * sizeof(floating))    # dV B^T: (i, w, n)
-    try:
-        with nogil:
-            for c in range(C):
-                if th0 == 0:
-                    memset(&xs[c, 0, 0, 0], 0, HT * L * sizeof(floating))
-                for r in range(rows):
-                    if floating is float:
-                        fastcnn_wino_gin_row_f32(&dV[0, c, r * TW, 0], KS, E,
-                                                 &xs[c, 4 * (th0 + r), 0, 0], L, TW, N)
-                    else:
-                        fastcnn_wino_gin_row_f64(&dV[0, c, r * TW, 0], KS, E,
-                                                 &xs[c, 4 * (th0 + r), 0, 0], L, TW, N)
-    finally:
-        free(E)
+    with nogil:
+        for c in range(C):
+            if th0 == 0:
+                memset(&xs[c, 0, 0, 0], 0, HT * L * sizeof(floating))
+            for r in range(rows):
+                if floating is float:
+                    fastcnn_wino_gin_tiles_f32(&dV[0, c, r * TW, 0], KS,
+                                               &xs[c, 4 * (th0 + r), 0, 0], L, TW, N)
+                else:
+                    fastcnn_wino_gin_tiles_f64(&dV[0, c, r * TW, 0], KS,
+                                               &xs[c, 4 * (th0 + r), 0, 0], L, TW, N)
 
 
 cdef inline void _g6(const double* a, Py_ssize_t sa, double* o, Py_ssize_t so,

@@ -292,7 +292,10 @@ def _backward_chunk(wino, N, fill, UT, V, bands, g, dx, dU, db):
     band_dM = _band_buffer(bands[0][1], F, TW, N, dtype)
     if dx is not None:
         xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), dtype)
-        band_dV = _band_buffer(bands[0][1], C, TW, N, dtype)
+        # dV with one channel row more than C, as the forward's M: its 36
+        # element rows are then not 4 KB multiples apart (one cache set), and
+        # the input-gradient transform reads a tile's 36 together
+        band_dV = _band_buffer(bands[0][1], C + 1, TW, N, dtype)
     for th0, th1 in bands:
         r = th1 - th0
         dM = band_dM(r)
