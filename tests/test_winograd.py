@@ -242,13 +242,15 @@ WEIGHT_PRODUCT_SHAPES = [(64, 32, 1, 8, 32), (7, 5, 1, 3, 9), (12, 6, 3, 4, 11),
 
 
 def _weight_products_case(shape, dtype, seed=11):
-    """(dM, V, dU0): a band's dM and V, V the second band of a saved V (a
+    """(dM, V, dU0): a band's dM, padded by a filter row of NaN (as the
+    driver pads it; never read), and V, the second band of a saved V (a
     view into a longer array, as the driver passes it), and a dU that
     already holds sums of earlier bands."""
     from fastcnn.backends import _winograd
     F, C, G, P, N = shape
     rng = np.random.default_rng(seed)
-    dM = rng.standard_normal((36, F, P, N)).astype(dtype)
+    dM = np.full((36, F + 1, P, N), np.nan, dtype=dtype)
+    dM[:, :F] = rng.standard_normal((36, F, P, N))
     saved = rng.standard_normal(2 * 36 * C * P * N).astype(dtype)
     V = _winograd._band(saved, 1, 2, C, P, N)       # TW = P: one tile row a band
     dU0 = rng.standard_normal((36, F, C // G))
@@ -256,9 +258,9 @@ def _weight_products_case(shape, dtype, seed=11):
 
 
 def _weight_products_ref(dM, V, dU0, G):
-    F, C, L = dM.shape[1], V.shape[1], dM.shape[2] * dM.shape[3]
+    F, C, L = dU0.shape[1], V.shape[1], dM.shape[2] * dM.shape[3]
     return dU0 + np.einsum("kgfl,kgcl->kgfc",
-                           dM.astype(np.float64).reshape(36, G, F // G, L),
+                           dM[:, :F].astype(np.float64).reshape(36, G, F // G, L),
                            V.astype(np.float64).reshape(36, G, C // G, L)).reshape(dU0.shape)
 
 
@@ -311,7 +313,9 @@ def test_cython_products_without_avx512(monkeypatch, shape, dtype):
     F, C, G, P, N = shape
     rng = np.random.default_rng(3)
     U = rng.standard_normal((36, F, C // G)).astype(dtype)
-    V = rng.standard_normal((36, C, P, N)).astype(dtype)
+    V = np.full((36, C + 1, P, N), np.nan, dtype=dtype)   # the first C rows read
+    V[:, :C] = rng.standard_normal((36, C, P, N))
+    V = V[:, :C]
     M = np.full((36, F + 1, P, N), 7.0, dtype=dtype)
     kernels.products(U, V, M)
     ref = np.einsum("kgfc,kgcl->kgfl", U.astype(np.float64).reshape(36, G, F // G, C // G),
@@ -358,3 +362,19 @@ def test_grad_input_transform_is_the_adjoint_of_input_transform(backend, shape):
         kernels.grad_input_transform(dV, dx, th0)
     assert np.isfinite(dx).all()
     assert abs(float(np.sum(xs * dx)) - inner) <= 1e-12 * np.abs(xs * dx).sum()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("backend", WINO_BACKENDS)
+def test_products_read_the_first_rows_of_a_padded_V(backend, dtype):
+    # the backward's dV = U^T dM[:, :F], dM padded by a filter row of NaN
+    F, C, G, P, N = 12, 6, 3, 4, 11
+    rng = np.random.default_rng(9)
+    U = rng.standard_normal((36, F, C // G)).astype(dtype)
+    padded = np.full((36, C + 1, P, N), np.nan, dtype=dtype)
+    padded[:, :C] = rng.standard_normal((36, C, P, N))
+    M = np.empty((36, F, P, N), dtype=dtype)
+    _table(backend).winograd_kernels().products(U, padded[:, :C], M)
+    ref = np.einsum("kgfc,kgcl->kgfl", U.astype(np.float64).reshape(36, G, F // G, C // G),
+                    padded[:, :C].astype(np.float64).reshape(36, G, C // G, P * N))
+    assert np.abs(M - ref.reshape(M.shape)).max() <= BOUND[dtype] * np.abs(ref).max()

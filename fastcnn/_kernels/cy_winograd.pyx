@@ -108,23 +108,6 @@ cdef extern from *:
         for (n = 0; n < len; n++)                                                       \
             o3[n] = (((a1[n] - a2[n]) + (e125 * a3[n] - 8 * a4[n])) + a5[n]) + bias;    \
     }                                                                                   \
-    /* o = A a (the adjoint of at4) */                                                  \
-    static inline void fastcnn_a6_##S(const T* __restrict a, Py_ssize_t as,             \
-            T* __restrict o, Py_ssize_t os, Py_ssize_t len) {                           \
-        const T *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as;              \
-        T *o0 = o, *o1 = o + os, *o2 = o + 2 * os, *o3 = o + 3 * os,                    \
-          *o4 = o + 4 * os, *o5 = o + 5 * os;                                           \
-        Py_ssize_t n;                                                                   \
-        for (n = 0; n < len; n++) o0[n] = a0[n];                                        \
-        for (n = 0; n < len; n++) o1[n] = (a0[n] + a1[n]) + (a2[n] + a3[n]);            \
-        for (n = 0; n < len; n++) o2[n] = (a0[n] - a1[n]) + (a2[n] - a3[n]);            \
-        const T h5 = 0.5, q25 = 0.25, e125 = 0.125;                                     \
-        for (n = 0; n < len; n++)                                                       \
-            o3[n] = (a0[n] + h5 * a1[n]) + (q25 * a2[n] + e125 * a3[n]);                \
-        for (n = 0; n < len; n++)                                                       \
-            o4[n] = (a0[n] - (a1[n] + a1[n])) + (4 * a2[n] - 8 * a3[n]);                \
-        for (n = 0; n < len; n++) o5[n] = a3[n];                                        \
-    }                                                                                   \
     /* V[:, p0 + tw] of one tile row: d its 6 plane rows (L = WT*N lanes each),         \
        R scratch (6, L), V at tile p0 of element 0, KS apart per element */             \
     static FASTCNN_CLONES void fastcnn_wino_in_row_##S(const T* d, Py_ssize_t L,        \
@@ -178,21 +161,49 @@ cdef extern from *:
             }                                                                           \
         }                                                                               \
     }                                                                                   \
-    /* dM of one tile row from its 4 rows dy of YL = 4*TW*N lanes; K scratch            \
-       (6, YL); acc[0:N] += the sums of dy per image, in double */                      \
-    static FASTCNN_CLONES void fastcnn_wino_gout_row_##S(const T* dy, Py_ssize_t YL,    \
-            T* K, T* dM, Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N,                    \
+    /* dM of one tile row from its 4 rows dy of YL = 4*TW*N lanes, dM at tile           \
+       p0 of element 0, KS apart per element (the driver pads dM by a filter            \
+       row, as the forward's M); acc[0:N] += the sums of dy per image, in double.       \
+       One pass per lane: a tile's 16 dY in, its 36 elements out (A across the          \
+       rows, then across the columns, as a6 twice: the roundings of two passes          \
+       through a scratch). */                                                           \
+    static FASTCNN_CLONES void fastcnn_wino_gout_row_##S(const T* __restrict dy,        \
+            Py_ssize_t YL, T* __restrict dM, Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N,\
             double* __restrict acc) {                                                   \
-        Py_ssize_t k, tw, n, w;                                                         \
+        Py_ssize_t tw, n, w;                                                            \
         const T *y0 = dy, *y1 = dy + YL, *y2 = dy + 2 * YL, *y3 = dy + 3 * YL;          \
+        const T h5 = 0.5, q25 = 0.25, e125 = 0.125;                                     \
         for (w = 0; w < YL; w += N)                                                     \
             for (n = 0; n < N; n++)                                                     \
                 acc[n] += ((double)y0[w + n] + (double)y1[w + n])                       \
                           + ((double)y2[w + n] + (double)y3[w + n]);                    \
-        fastcnn_a6_##S(dy, YL, K, YL, YL);                                              \
-        for (k = 0; k < 6; k++)                                                         \
-            for (tw = 0; tw < TW; tw++)                                                 \
-                fastcnn_a6_##S(K + k * YL + 4 * tw * N, N, dM + 6 * k * KS + tw * N, KS, N); \
+        for (tw = 0; tw < TW; tw++) {                                                   \
+            const T* __restrict y = dy + 4 * tw * N;                                    \
+            T* __restrict m = dM + tw * N;                                              \
+            _Pragma("GCC ivdep") for (n = 0; n < N; n++) {                              \
+                T s[6][4];                                                              \
+                int j, k;                                                               \
+                _Pragma("GCC unroll 4") for (j = 0; j < 4; j++) {                       \
+                    const T a0 = y[j * N + n], a1 = y[YL + j * N + n],                  \
+                            a2 = y[2 * YL + j * N + n], a3 = y[3 * YL + j * N + n];     \
+                    s[0][j] = a0;                                                       \
+                    s[1][j] = (a0 + a1) + (a2 + a3);                                    \
+                    s[2][j] = (a0 - a1) + (a2 - a3);                                    \
+                    s[3][j] = (a0 + h5 * a1) + (q25 * a2 + e125 * a3);                  \
+                    s[4][j] = (a0 - (a1 + a1)) + (4 * a2 - 8 * a3);                     \
+                    s[5][j] = a3;                                                       \
+                }                                                                       \
+                _Pragma("GCC unroll 6") for (k = 0; k < 6; k++) {                       \
+                    const T a0 = s[k][0], a1 = s[k][1], a2 = s[k][2], a3 = s[k][3];     \
+                    m[6 * k * KS + n] = a0;                                             \
+                    m[(6 * k + 1) * KS + n] = (a0 + a1) + (a2 + a3);                    \
+                    m[(6 * k + 2) * KS + n] = (a0 - a1) + (a2 - a3);                    \
+                    m[(6 * k + 3) * KS + n] = (a0 + h5 * a1) + (q25 * a2 + e125 * a3);  \
+                    m[(6 * k + 4) * KS + n] = (a0 - (a1 + a1)) + (4 * a2 - 8 * a3);     \
+                    m[(6 * k + 5) * KS + n] = a3;                                       \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
     }
     FASTCNN_WINO(float, f32)
     FASTCNN_WINO(double, f64)
@@ -279,12 +290,10 @@ cdef extern from *:
     void fastcnn_wino_out_row_f64(const double* M, Py_ssize_t KS, double* y,
                                   Py_ssize_t YL, Py_ssize_t TW, Py_ssize_t N, double bias,
                                   int relu) noexcept nogil
-    void fastcnn_wino_gout_row_f32(const float* dy, Py_ssize_t YL, float* K, float* dM,
-                                   Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N,
-                                   double* acc) noexcept nogil
-    void fastcnn_wino_gout_row_f64(const double* dy, Py_ssize_t YL, double* K, double* dM,
-                                   Py_ssize_t KS, Py_ssize_t TW, Py_ssize_t N,
-                                   double* acc) noexcept nogil
+    void fastcnn_wino_gout_row_f32(const float* dy, Py_ssize_t YL, float* dM, Py_ssize_t KS,
+                                   Py_ssize_t TW, Py_ssize_t N, double* acc) noexcept nogil
+    void fastcnn_wino_gout_row_f64(const double* dy, Py_ssize_t YL, double* dM, Py_ssize_t KS,
+                                   Py_ssize_t TW, Py_ssize_t N, double* acc) noexcept nogil
     void fastcnn_wino_transpose_f32(const float* s, Py_ssize_t ss, float* d, Py_ssize_t ds,
                                     Py_ssize_t R, Py_ssize_t K) noexcept nogil
     void fastcnn_wino_transpose_f64(const double* s, Py_ssize_t ss, double* d, Py_ssize_t ds,
@@ -421,7 +430,8 @@ def output_transform(const floating[:, :, :, ::1] M, const floating[::1] b,
 def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::1] dM,
                           double[::1] db, Py_ssize_t th0):
     """dM[:, f, (th-th0)*TW + tw, n] = A dY A^T for the band of tile rows
-    th0.. that dM (36, F, rows*TW, N) holds, dY the 4x4 tile of the packed
+    th0.. that dM (36, F', rows*TW, N) holds, F' >= F (the driver pads dM by
+    a filter row: see fastcnn_wino_gout_row), dY the 4x4 tile of the packed
     gradient dys (F, 4*TH, 4*TW, N) (zero past the edge); db[f] += the
     band's sum of those dY, in double: one lane per image, summed per
     channel at the end (one scalar accumulator would be one serial chain of
@@ -431,7 +441,6 @@ def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::
     cdef Py_ssize_t rows = P // TW, L = W4 * N, KS = dM.shape[1] * P * N
     cdef Py_ssize_t f, r, n
     cdef double s0, s1
-    cdef floating* K = <floating*>_alloc(6 * L * sizeof(floating))    # A dY: (k, w, n)
     cdef double* acc = <double*>_alloc(N * sizeof(double))          # per image
     try:
         with nogil:
@@ -439,10 +448,10 @@ def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::
                 memset(acc, 0, N * sizeof(double))
                 for r in range(rows):
                     if floating is float:
-                        fastcnn_wino_gout_row_f32(&dys[f, 4 * (th0 + r), 0, 0], L, K,
+                        fastcnn_wino_gout_row_f32(&dys[f, 4 * (th0 + r), 0, 0], L,
                                                   &dM[0, f, r * TW, 0], KS, TW, N, acc)
                     else:
-                        fastcnn_wino_gout_row_f64(&dys[f, 4 * (th0 + r), 0, 0], L, K,
+                        fastcnn_wino_gout_row_f64(&dys[f, 4 * (th0 + r), 0, 0], L,
                                                   &dM[0, f, r * TW, 0], KS, TW, N, acc)
                 s0 = 0
                 s1 = 0
@@ -455,7 +464,6 @@ def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::
                     s0 += acc[n]
                 db[f] += s0 + s1
     finally:
-        free(K)
         free(acc)
 
 
@@ -961,16 +969,21 @@ cdef extern from *:
 _avx512 = bool(fastcnn_wmm_have())
 
 
-def products(const floating[:, :, ::1] U, const floating[:, :, :, ::1] V,
+def products(const floating[:, :, ::1] U, const floating[:, :, :, :] V,
              floating[:, :, :, ::1] M):
     """M[k, g*Fg + f] = sum over c of U[k, g*Fg + f, c] V[k, g*Cg + c] for a
     band: U (36, F, Cg), V (36, C, rows*TW, N), M (36, F', rows*TW, N) with
-    F' >= F (rows past F untouched), G = C / Cg groups. On a CPU with
-    AVX-512 these are this module's register tiles (see above); elsewhere
-    numpy's matmul, whose BLAS has the kernels for that CPU."""
+    F' >= F (rows past F untouched), G = C / Cg groups. V may be the first C
+    rows of a padded array (the backward's dM[:, :F]): each V[k] must be
+    contiguous, not V. On a CPU with AVX-512 these are this module's
+    register tiles (see above); elsewhere numpy's matmul, whose BLAS has the
+    kernels for that CPU."""
     cdef Py_ssize_t F = U.shape[1], Cg = U.shape[2], C = V.shape[1]
     cdef Py_ssize_t L = V.shape[2] * V.shape[3], G = C // Cg, Fg = F // G
     cdef Py_ssize_t k, g
+    if (V.strides[3] != sizeof(floating) or V.strides[2] != V.shape[3] * sizeof(floating)
+            or V.strides[1] != L * sizeof(floating)):
+        raise ValueError("products: each V[k] must be C-contiguous (C, rows*TW, N)")
     if not _avx512:
         out = np.asarray(M)[:, :F].reshape(36, G, Fg, L)    # a view: M[k] is contiguous
         np.matmul(np.asarray(U).reshape(36, G, Fg, Cg), np.asarray(V).reshape(36, G, Cg, L),
@@ -1110,8 +1123,9 @@ cdef extern from *:
 def weight_products(const floating[:, :, :, ::1] dM, const floating[:, :, :, ::1] V,
                     double[:, :, ::1] dU):
     """dU[k, g*Fg + f, c] += sum over l of dM[k, g*Fg + f, l] V[k, g*Cg + c, l]
-    for a band (the backward's dU = dM V^T): dM (36, F, rows*TW, N),
-    V (36, C, rows*TW, N), dU (36, F, Cg) in double, accumulated into across
+    for a band (the backward's dU = dM V^T): dM (36, F', rows*TW, N) with
+    F' >= F (rows past F unread), V (36, C, rows*TW, N), dU (36, F, Cg) in
+    double, accumulated into across
     bands and chunks; G = C / Cg groups. float32 on a CPU with AVX-512:
     this module's register blocks (see above), each lane summing a few dozen
     terms and the lanes added in double; elsewhere, and for float64, numpy's
@@ -1130,5 +1144,5 @@ def weight_products(const floating[:, :, :, ::1] dM, const floating[:, :, :, ::1
                                         &dU[k, g * Fg, 0], Fg, Cg, L)
             return
     d = np.asarray(dU).reshape(36, G, Fg, Cg)
-    d += np.matmul(np.asarray(dM).reshape(36, G, Fg, L),
+    d += np.matmul(np.asarray(dM)[:, :F].reshape(36, G, Fg, L),
                    np.asarray(V).reshape(36, G, Cg, L).transpose(0, 1, 3, 2))

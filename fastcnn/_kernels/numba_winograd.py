@@ -227,7 +227,7 @@ def output_transform(M, b, ys, th0, relu):
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(types.float64, 1), i64))
 def grad_output_transform(dys, dM, db, th0):
     """dM[:, f, p, n] = A dY A^T for the band of tile rows th0.. that dM
-    (36, F, rows*TW, N) holds, dY the 4x4 tile of the packed gradient dys
+    (36, F', rows*TW, N) holds (F' >= F: the driver pads it by a row), dY the 4x4 tile of the packed gradient dys
     (F, 4*TH, 4*TW, N) (zero past the edge), and db[f] += the band's sum of
     dy[:, f] (float64)."""
     F, _, OW4, N = dys.shape
@@ -454,8 +454,9 @@ _SUMS = dict(JIT_OPTIONS, fastmath={"reassoc", "contract"})
 @njit([void(ro(t, 4), ro(t, 4), rw(types.float64, 3)) for t in FLOATS], **_SUMS)
 def weight_products(dM, V, dU):
     """dU[k, g*Fg + f, c] += sum over l of dM[k, g*Fg + f, l] V[k, g*Cg + c, l]
-    for a band (the backward's dU = dM V^T): dM (36, F, rows*TW, N),
-    V (36, C, rows*TW, N), dU (36, F, Cg) in float64, accumulated into
+    for a band (the backward's dU = dM V^T): dM (36, F', rows*TW, N),
+    F' >= F (rows past F unread), V (36, C, rows*TW, N), dU (36, F, Cg) in
+    float64, accumulated into
     across bands and chunks; G = C / Cg groups. Blocks of 4 filters by 4
     channels, the 16 sums along the contiguous lanes in the arrays' float
     (vector partial sums, reassociated), each band's sums added in float64:

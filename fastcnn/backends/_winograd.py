@@ -289,12 +289,12 @@ def _backward_chunk(wino, N, fill, UT, V, bands, g, dx, dU, db):
     dtype = V.dtype
     dys = workspace.take((F, 4 * TH, 4 * TW, N), dtype)
     fill(dys)
-    band_dM = _band_buffer(bands[0][1], F, TW, N, dtype)
+    # dM and dV with one filter or channel row more than F or C, as the
+    # forward's M: their 36 element rows are then not 4 KB multiples apart
+    # (one cache set), which the transforms write or read together
+    band_dM = _band_buffer(bands[0][1], F + 1, TW, N, dtype)
     if dx is not None:
         xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), dtype)
-        # dV with one channel row more than C, as the forward's M: its 36
-        # element rows are then not 4 KB multiples apart (one cache set), and
-        # the input-gradient transform reads a tile's 36 together
         band_dV = _band_buffer(bands[0][1], C + 1, TW, N, dtype)
     for th0, th1 in bands:
         r = th1 - th0
@@ -304,7 +304,7 @@ def _backward_chunk(wino, N, fill, UT, V, bands, g, dx, dU, db):
         if dx is None:
             continue
         dV = band_dV(r)
-        wino.products(UT, dM, dV)
+        wino.products(UT, dM[:, :F], dV)
         wino.grad_input_transform(dV, xs, th0)
     if dx is not None:
         wino.crop_planes(xs, dx, g.PT, g.PL)
