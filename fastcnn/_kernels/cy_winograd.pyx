@@ -24,11 +24,14 @@ dd = B dV B^T, dg = G^T dU G). Element (i, j) of a 6x6 tile is k = 6*i + j.
 
 What this is: loops over typed memoryviews, fused float32/float64, GIL
 released, single-threaded (the driver runs batch chunks concurrently). The
-batch is the innermost, contiguous axis of every tile array, so each tile
-transform is two separable passes (rows, then columns) of short
-multiply-adds over rows of lanes: whole plane rows (WT*N lanes) in one
-pass, one tile's N lanes in the other. Those lane loops, one tile row per
-call, are C below, compiled twice where GCC or Clang can (x86-64 ELF:
+batch is the innermost, contiguous axis of every tile array, so a tile
+transform is short multiply-adds over rows of lanes: the input transform
+in two separable passes (rows, then columns: whole plane rows of WT*N
+lanes, then one tile's N lanes), the other three in one pass per lane (a
+tile's elements in, its transform out, both passes' roundings kept; their
+36 rows KS apart must not be 4 KB multiples apart, so the driver pads M,
+dM and dV by a row). Those lane loops, one tile row per call, are C
+below, compiled twice where GCC or Clang can (x86-64 ELF:
 ``target_clones``, as in cy_act): for AVX2 and for the portable baseline,
 the loader picking one for the CPU. With the wheel's SSE2 alone the input
 transform took about 2.8x as long, and the transforms together more than
@@ -1031,15 +1034,19 @@ cdef extern from *:
                              _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
                                  _mm512_castps_pd(a), 1))));
     }
+    /* lanes (a0 + a1, b0 + b1, a2 + a3, b2 + b3, ...) of a and b */
+    static inline __m512d fastcnn_wup_adj(__m512d a, __m512d b) {
+        return _mm512_add_pd(_mm512_unpacklo_pd(a, b), _mm512_unpackhi_pd(a, b));
+    }
+    /* the even 128-bit blocks of a, b plus their odd ones */
+    static inline __m512d fastcnn_wup_blocks(__m512d a, __m512d b) {
+        return _mm512_add_pd(_mm512_shuffle_f64x2(a, b, 0x88), _mm512_shuffle_f64x2(a, b, 0xdd));
+    }
     /* (sum of a[0], ..., sum of a[7]) of 8 vectors of 8 doubles */
     static inline __m512d fastcnn_wup_hsum8(const __m512d* a) {
-        __m512d t0 = _mm512_add_pd(_mm512_unpacklo_pd(a[0], a[1]), _mm512_unpackhi_pd(a[0], a[1]));
-        __m512d t1 = _mm512_add_pd(_mm512_unpacklo_pd(a[2], a[3]), _mm512_unpackhi_pd(a[2], a[3]));
-        __m512d t2 = _mm512_add_pd(_mm512_unpacklo_pd(a[4], a[5]), _mm512_unpackhi_pd(a[4], a[5]));
-        __m512d t3 = _mm512_add_pd(_mm512_unpacklo_pd(a[6], a[7]), _mm512_unpackhi_pd(a[6], a[7]));
-        __m512d u0 = _mm512_add_pd(_mm512_shuffle_f64x2(t0, t1, 0x88), _mm512_shuffle_f64x2(t0, t1, 0xdd));
-        __m512d u1 = _mm512_add_pd(_mm512_shuffle_f64x2(t2, t3, 0x88), _mm512_shuffle_f64x2(t2, t3, 0xdd));
-        return _mm512_add_pd(_mm512_shuffle_f64x2(u0, u1, 0x88), _mm512_shuffle_f64x2(u0, u1, 0xdd));
+        const __m512d t0 = fastcnn_wup_adj(a[0], a[1]), t1 = fastcnn_wup_adj(a[2], a[3]),
+                      t2 = fastcnn_wup_adj(a[4], a[5]), t3 = fastcnn_wup_adj(a[6], a[7]);
+        return fastcnn_wup_blocks(fastcnn_wup_blocks(t0, t1), fastcnn_wup_blocks(t2, t3));
     }
     /* R filters (rows of dM L apart) by 8 channels (rows of V L apart) into
        dU (rows DS apart) */
@@ -1088,8 +1095,10 @@ cdef extern from *:
             a1 = _mm512_fmadd_ps(_mm512_loadu_ps(m + l + 16), _mm512_loadu_ps(v + l + 16), a1);
         }
         for (; l < L; l += 16) {
-            const __mmask16 k = L - l >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (L - l)) - 1);
-            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, m + l), _mm512_maskz_loadu_ps(k, v + l), a0);
+            const __mmask16 k = L - l >= 16 ? (__mmask16)0xffff
+                                            : (__mmask16)((1u << (L - l)) - 1);
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, m + l),
+                                 _mm512_maskz_loadu_ps(k, v + l), a0);
         }
         *dU += _mm512_reduce_add_pd(_mm512_add_pd(fastcnn_wup_d8(a0), fastcnn_wup_d8(a1)));
     }
