@@ -227,9 +227,9 @@ def output_transform(M, b, ys, th0, relu):
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(types.float64, 1), i64))
 def grad_output_transform(dys, dM, db, th0):
     """dM[:, f, p, n] = A dY A^T for the band of tile rows th0.. that dM
-    (36, F', rows*TW, N) holds (F' >= F: the driver pads it by a row), dY the 4x4 tile of the packed gradient dys
-    (F, 4*TH, 4*TW, N) (zero past the edge), and db[f] += the band's sum of
-    dy[:, f] (float64)."""
+    (36, F', rows*TW, N) holds (F' >= F: the driver pads it by a row), dY
+    the 4x4 tile of the packed gradient dys (F, 4*TH, 4*TW, N) (zero past
+    the edge), and db[f] += the band's sum of dy[:, f] (float64)."""
     F, _, OW4, N = dys.shape
     TW = OW4 // 4
     k = np.empty(5, dtype=dM.dtype)

@@ -10,11 +10,13 @@ this module, on 3x3 stride-1 convolutions with enough taps and images
 (``choose_path``). Groups: U is (36, F, C/G); a band's forward products M = U V
 and the backward's dV = U^T dM are the kernels' ``products`` (all groups in
 one call, U^T made contiguous per group once per backward), its dU = dM V^T
-the kernels' ``weight_products`` (all groups, summed into a float64 dU). Dilation (stride 1): a dilated 3x3 convolution is DH*DW
-undilated ones on the phase sub-grids: output phase (r, s) =
-y[:, :, r::DH, s::DW] reads only input phase (a, b) = ((r - PT) mod DH,
-(s - PL) mod DW) = x[:, :, a::DH, b::DW], with its own padding; the phases
-run one after another, each copied to and from contiguous arrays.
+the kernels' ``weight_products`` (all groups, summed into a float64 dU);
+dM and dV are padded by a row, as the forward's M. Dilation (stride 1): a
+dilated 3x3 convolution is DH*DW undilated ones on the phase sub-grids:
+output phase (r, s) = y[:, :, r::DH, s::DW] reads only input phase (a, b) =
+((r - PT) mod DH, (s - PL) mod DW) = x[:, :, a::DH, b::DW], with its own
+padding; the phases run one after another, each copied to and from
+contiguous arrays.
 
 Chunks of the batch run concurrently on fastcnn's pool, one per core,
 each with single-threaded BLAS and kernels (``backends/_concurrent``). The
