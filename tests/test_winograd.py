@@ -378,3 +378,13 @@ def test_products_read_the_first_rows_of_a_padded_V(backend, dtype):
     ref = np.einsum("kgfc,kgcl->kgfl", U.astype(np.float64).reshape(36, G, F // G, C // G),
                     padded[:, :C].astype(np.float64).reshape(36, G, C // G, P * N))
     assert np.abs(M - ref.reshape(M.shape)).max() <= BOUND[dtype] * np.abs(ref).max()
+
+
+def test_cython_products_refuse_a_V_whose_elements_are_not_contiguous():
+    # its register tiles step through V[k] as one block: a strided view
+    # would be read wrongly, so it is refused
+    kernels = _cython_winograd()
+    U = np.ones((36, 4, 2), dtype=np.float32)
+    V = np.ones((36, 2, 3, 8), dtype=np.float32)[:, :, :, ::2]
+    with pytest.raises(ValueError, match="V\\[k\\] must be C-contiguous"):
+        kernels.products(U, V, np.empty((36, 4, 3, 4), dtype=np.float32))
