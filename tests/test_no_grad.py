@@ -97,3 +97,18 @@ def test_a_layer_alone_under_no_grad():
         y = conv.forward(X)
     with pytest.raises(RuntimeError, match="no_grad"):
         conv.backward(np.ones_like(y))
+
+
+def test_a_grouped_convs_path_counts_the_backward_only_when_one_may_follow():
+    # 32 channels a group: cython's Winograd wins forward + backward, the
+    # direct loops the forward alone; numba keeps the direct loops
+    if not {"cython", "numba"} <= set(fastcnn.available_backends()):
+        pytest.skip("needs both compiled backends")
+    from fastcnn.backends import _gemm_conv, cython, numba
+    g = _gemm_conv.Geometry(64, 64, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 16, 16, 1, 1, 2)
+    assert _gemm_conv.choose_path(cython._ConvKernels, g) == "winograd"
+    assert _gemm_conv.choose_path(numba._ConvKernels, g) == "direct"
+    with fastcnn.no_grad():
+        assert _gemm_conv.choose_path(cython._ConvKernels, g) == "direct"
+    g16 = g._replace(C=32, F=32)            # 16 channels a group: direct either way
+    assert _gemm_conv.choose_path(cython._ConvKernels, g16) == "direct"

@@ -72,6 +72,9 @@ The kernel table ``k`` (one object per backend):
     direct_kernels()   (with direct) its kernel module
     per_image_max_taps (optional) Kg up to which the per-image path is
                        chosen; PER_IMAGE_MAX_TAPS if absent
+    grouped_direct_max_taps (optional) Kg up to which a grouped conv takes
+                       the direct loops when a backward may follow;
+                       DIRECT_MAX_TAPS if absent
     depthwise()        the direct depthwise kernel module, or None (the
                        attribute itself None: no such kernels)
     im2col(src, cols, g, RP)            cols (G, Kg, n, OH*RP), last axis contiguous
@@ -90,6 +93,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastcnn._grad import grad_enabled
 from fastcnn.backends import _concurrent, _relu
 from fastcnn.backends._workspace import outputs, workspace
 
@@ -104,6 +108,10 @@ PER_IMAGE_BLOCK_BYTES = 1 << 20
 
 # Taps per group up to which a grouped conv takes the direct loops (32
 # channels a group of 3x3): Winograd won on dense 32- and 128-channel layers.
+# A table may set a lower limit for convolutions a backward may follow
+# (``grouped_direct_max_taps``: Winograd's backward can win the pair where
+# its forward loses); under fastcnn.no_grad() only the forward counts and
+# this limit holds.
 DIRECT_MAX_TAPS = 288
 
 PATHS = ("per_image", "batch", "winograd", "pointwise", "depthwise", "direct")
@@ -207,8 +215,10 @@ def choose_path(k, g):
     # Winograd's vector lanes: the direct loops beat the im2col products
     # there (measured at batch 1 and 4, the MNIST conv2)
     few_images = g.N < getattr(k.winograd, "MIN_BATCH", 0)
+    grouped_limit = getattr(k, "grouped_direct_max_taps", DIRECT_MAX_TAPS) \
+        if grad_enabled() else DIRECT_MAX_TAPS
     if Kg > PER_IMAGE_MAX_TAPS and (g.DH > 1 or g.DW > 1 or few_images
-                                    or 1 < g.G and Kg <= DIRECT_MAX_TAPS) \
+                                    or 1 < g.G and Kg <= grouped_limit) \
             and path_applies(k, "direct", g):
         return "direct"
     if Kg > PER_IMAGE_MAX_TAPS and not few_images and path_applies(k, "winograd", g):

@@ -49,6 +49,12 @@ class _ConvKernels:
     # included); Winograd is asked first (choose_path), above the shared
     # limit.
     per_image_max_taps = 1 << 62
+    # Grouped 3x3 with more than 16 channels a group: Winograd's forward +
+    # backward beat the direct loops' here since its backward sums dW along
+    # the lanes (measured at batch 64 with 24 and 32 channels a group on
+    # 8x8 to 32x32 maps; with 16 the direct loops still won); numba's
+    # direct loops keep the shared limit.
+    grouped_direct_max_taps = 144
 
     @staticmethod
     def winograd_kernels():
