@@ -20,26 +20,25 @@ _enabled = contextvars.ContextVar("fastcnn_grad_enabled", default=True)
 
 
 @contextlib.contextmanager
-def no_grad():
-    """Forward passes in this with-block keep nothing for a backward; the
-    previous setting is restored after, even on an error."""
-    token = _enabled.set(False)
+def _setting(enabled):
+    token = _enabled.set(enabled)
     try:
         yield
     finally:
         _enabled.reset(token)
 
 
-@contextlib.contextmanager
+def no_grad():
+    """Forward passes in this with-block keep nothing for a backward; the
+    previous setting is restored after, even on an error."""
+    return _setting(False)
+
+
 def _kept():
     """Forward passes in this with-block keep what their backward needs,
     even inside no_grad(): for fastcnn's own forward+backward runs ('auto'
     times each backend's pair, whatever the caller's setting)."""
-    token = _enabled.set(True)
-    try:
-        yield
-    finally:
-        _enabled.reset(token)
+    return _setting(True)
 
 
 def grad_enabled():

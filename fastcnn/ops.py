@@ -50,8 +50,8 @@ their input; arrays are made C-contiguous here too (a no-op when they are).
 ``ctx`` is opaque: it remembers the backend that ran the forward pass, and
 backward runs on that same backend. Under ``fastcnn.no_grad()`` a forward
 keeps nothing for its backward (the backends skip what only a backward
-reads), and a backward of its ctx raises RuntimeError. This module deliberately contains no
-arithmetic on the data.
+reads), and a backward of its ctx raises RuntimeError. This module
+deliberately contains no arithmetic on the data.
 """
 from fastcnn import _auto, _shapes
 from fastcnn._grad import grad_enabled

@@ -26,9 +26,9 @@ backward, are derived from w and x: a caller changing them in place after
 the forward changes nothing. Under ``fastcnn.no_grad()`` nothing is saved:
 V is made band by band in one buffer per chunk, which stays in cache
 between the input transform and the products (at batch 1000 the saved V
-of the MNIST conv2 was 75 MB, written once and never read). relu: the forward's output transform applies
-max(v, 0) after the bias (the fused conv+ReLU); the backward is the
-convolution's alone (the caller masks dy).
+of the MNIST conv2 was 75 MB, written once and never read). relu: the
+forward's output transform applies max(v, 0) after the bias (the fused
+conv+ReLU); the backward is the convolution's alone (the caller masks dy).
 
 Deliberately not here: the im2col paths and the choice between paths
 (``_gemm_conv``), argument checks (``fastcnn.ops``), loops over elements
