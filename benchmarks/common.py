@@ -158,6 +158,12 @@ def network_trace(model):
 
 
 MATMUL_SIZES = (1024, 2048)     # the reference matmuls; the last is the peak GFLOP/s
+# The reference copies, in MB of float32: one a few MB of L3 hold, one they do
+# not. Winograd's tiles and the column matrices stream tens of MB a training
+# step; on a day the first copy runs near the second's speed (this VM's share
+# of the L3 shrank under other tenants), those passes slow down far more than
+# PyTorch's direct convolutions, so every report says which day it was.
+COPY_MBYTES = (4, 64)
 FLOPS_COUNTED = ("direct-convolution count: 2 flops per multiply-add of every convolution "
                  "(depthwise and pointwise too) and dense layer at its weights' size, a "
                  "backward as two forwards (dx and dW), so a training step is three forwards; "

@@ -135,7 +135,7 @@ def peak(groups):
     for rows in groups.values():
         for r in rows:
             e = r["extra_info"]
-            if e["impl"] == "numpy" and e.get("n", 1024) == common.MATMUL_SIZES[-1]:
+            if e["impl"] == "numpy" and e.get("n") == common.MATMUL_SIZES[-1]:
                 out[e["dtype"]] = e["GFLOP/s"]
     return out
 
@@ -171,12 +171,18 @@ def machine(machines, groups):
     m = next(iter(machines.values()), None)
     if m is None:
         return ["- no process reported"]
-    peaks = [f"{r['extra_info'].get('n', 1024)}^3 {r['extra_info']['dtype']} "
-             f"{r['extra_info']['GFLOP/s']:.0f} GFLOP/s"
-             for rows in groups.values() for r in rows if r["extra_info"]["impl"] == "numpy"]
+    refs = [r["extra_info"] for rows in groups.values() for r in rows
+            if r["extra_info"]["impl"] == "numpy"]
+    peaks = [f"{e['n']}^3 {e['dtype']} {e['GFLOP/s']:.0f} GFLOP/s" for e in refs if "n" in e]
+    copies = [f"{e['mbytes']} MB {e['GB/s']:.0f} GB/s" for e in refs if "mbytes" in e]
     return [f"- **cpu**: {m['cpu'].get('brand_raw')}, {m['cpu'].get('count')} CPUs, "
             f"{m['system']} {m['release']}",
-            "- **BLAS matmul (the reference matmul rows)**: " + ", ".join(peaks),
+            "- **BLAS matmul (the reference matmul rows)**: " + (", ".join(peaks) or "not run"),
+            "- **memory (the reference copy rows: one thread, read + write)**: " + (
+                ", ".join(copies) + ". Winograd's tiles and the column matrices stream tens of "
+                "MB a step: when the cache-sized copy runs near the memory-sized one (this "
+                "machine's share of the L3 shrank), the compiled backends' convolutions lose "
+                "more of their speed than PyTorch's direct ones" if copies else "not run"),
             "- **PyTorch**: " + next((m["fastcnn"]["torch"] for m in machines.values()
                                      if "torch" in m["fastcnn"]), "not run"),
             "- **ONNX Runtime**: " + next((m["fastcnn"]["onnxruntime"] for m in machines.values()

@@ -34,3 +34,15 @@ def test_matmul_peak(run, impl, n, dtype):
     out = np.empty((n, n), dtype)
     run(lambda: np.matmul(a, b, out=out), f"reference matmul {n} {dtype}",
         {"gflop": 2e-9 * n ** 3}, impl=impl, dtype=dtype, n=n)
+
+
+@pytest.mark.parametrize("mbytes", common.COPY_MBYTES)
+@pytest.mark.parametrize("impl", ["numpy"])
+def test_copy_bandwidth(run, impl, mbytes):
+    """The memory reference line: GB/s of one thread's np.copyto of mbytes MB of float32
+    (read + write counted once each), cache-sized and memory-sized (``common.COPY_MBYTES``)."""
+    n = mbytes << 18
+    a = common.array(("copy", mbytes), (n,), "float32")
+    out = np.empty_like(a)
+    run(lambda: np.copyto(out, a), f"reference copy {mbytes} MB float32",
+        {"gbyte": 8e-9 * n}, impl=impl, dtype="float32", mbytes=mbytes)

@@ -248,6 +248,15 @@ def test_report_sets_the_networks_against_the_matmul_peak_and_onnxruntime():
                   _row("torch", 4e-3, batch=1, dtype="float32", **{"GFLOP/s": 25.0}),
                   _row("onnxruntime", 1e-3, batch=1, dtype="float32", **{"GFLOP/s": 100.0})]}
     assert report.peak(groups) == {"float32": 200.0}
+    groups["reference copy 4 MB float32"] = [_row("numpy", 1e-4, mbytes=4, dtype="float32",
+                                                  **{"GB/s": 84.0})]
+    assert report.peak(groups) == {"float32": 200.0}            # a copy is no matmul peak
+    machine = {"p": {"cpu": {"brand_raw": "cpu", "count": 2}, "system": "Linux",
+                     "release": "6", "fastcnn": {"tune_runtime": False, "show_config": ""}}}
+    lines = report.machine(machine, groups)
+    assert f"- **BLAS matmul (the reference matmul rows)**: {n}^3 float32 200 GFLOP/s" in lines
+    assert any(line.startswith("- **memory (the reference copy rows: one thread, read + "
+                               "write)**: 4 MB 84 GB/s.") for line in lines)
     eff = [line for line in report.efficiency(groups, ["numba", "torch", "onnxruntime", "numpy"])
            if line.startswith("| inference b1")]
     assert eff == ["| inference b1 float32 | 50.0 (25%) | 25.0 (12%) | 100.0 (50%) | 200 |"]
