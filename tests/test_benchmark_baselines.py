@@ -281,3 +281,34 @@ def test_profile_lists_every_part_of_the_step():
     assert "loss (softmax cross-entropy)" in out and "optimizer (SGD momentum)" in out
     assert "sum of the parts" in out and "1 threads" in out
     assert "Python calls per step" in out and "fastcnn/ops.py" in out
+
+
+def test_step_rounds_alternate_and_sum_up(monkeypatch, capsys):
+    """``python -m benchmarks.step A,torch --rounds 3``: the implementations in alternating
+    order, then each one's median and range of its round medians and PyTorch's time over its
+    own round by round (a round where one timed nothing is left out of the ratios)."""
+    from benchmarks import step
+    times = {"cython": [4e-3, 5e-3, 3e-3], "torch": [8e-3, 9e-3, 12e-3]}
+    calls = []
+
+    def fake_run_suite(impl, args, tune=True, threads=None):
+        assert "-k" in args and args[args.index("-k") + 1] == "test_train_step and cnn-b64-float32"
+        r = sum(1 for c in calls if c == impl)
+        calls.append(impl)
+        if impl == "cython" and r == 1:
+            return None, "boom", 1                 # round 2: nothing timed
+        row = {"group": "train_step b64 float32", "extra_info": {"images/s": 1.0},
+               "stats": {"median": times[impl][r], "q1": 0, "q3": 0, "min": 0, "max": 0,
+                         "rounds": 5}}
+        return {"benchmarks": [row], "machine_info": {"fastcnn": {"tune_runtime": None}}}, "", 0
+
+    monkeypatch.setattr(step, "run_suite", fake_run_suite)
+    assert step.main(["cython,torch", "--rounds", "3"]) == 1      # a round timed nothing
+    assert calls == ["cython", "torch", "torch", "cython", "cython", "torch"]
+    out = capsys.readouterr()
+    assert "round 2: cython: nothing timed" in out.err
+    assert "cython: median of 2 round medians 3.50 ms (3.00-4.00), PyTorch's time over its " \
+           "own 3.00x (2.00-4.00)" in out.out
+    assert "torch: median of 3 round medians 9.00 ms (8.00-12.00)" in out.out
+    with pytest.raises(SystemExit):
+        step.main(["cython", "--rounds", "0"])
