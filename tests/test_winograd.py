@@ -380,6 +380,31 @@ def test_products_read_the_first_rows_of_a_padded_V(backend, dtype):
     assert np.abs(M - ref.reshape(M.shape)).max() <= BOUND[dtype] * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_cython_products_give_a_lane_the_same_bits_wherever_it_falls(dtype):
+    # register tiles, single vectors and the masked last vector sum the same
+    # fused multiply-adds: an image's products do not depend on its chunk or
+    # band, so a forward under fastcnn.no_grad() (chunks of its own) gives
+    # the bits of one with grad
+    kernels = _cython_winograd()
+    if not kernels._avx512:
+        pytest.skip("the AVX-512 products (elsewhere BLAS's, which may round edge lanes "
+                    "differently)")
+    F, C = 12, 20
+    rng = np.random.default_rng(3)
+    U = rng.standard_normal((36, F, C)).astype(dtype)
+    col = rng.standard_normal((36, C)).astype(dtype)
+    seen = []
+    for L, at in ((64, 5), (64, 63), (48, 40), (37, 36), (7, 3), (1, 0)):
+        V = rng.standard_normal((36, C, 1, L)).astype(dtype)
+        V[:, :, 0, at] = col
+        M = np.empty((36, F, 1, L), dtype=dtype)
+        kernels.products(U, V, M)
+        seen.append(M[:, :, 0, at])
+    for M in seen[1:]:
+        np.testing.assert_array_equal(M, seen[0])
+
+
 def test_cython_products_refuse_a_V_whose_elements_are_not_contiguous():
     # its register tiles step through V[k] as one block: a strided view
     # would be read wrongly, so it is refused

@@ -878,12 +878,14 @@ cdef extern from *:
        vectors of lanes sums over the whole inner dimension: each step is two
        loads of V, R broadcasts of U and 2R multiply-adds, V's (Cg, 2 vectors)
        block staying in L1 across all F rows. Lanes past the last full pair
-       of vectors take one vector, then single lanes. */
+       of vectors take one vector, then one masked vector: every lane sums
+       the same fused multiply-adds in the same order, so an image's result
+       does not depend on where its lanes fall (its chunk, its band). */
     #include <string.h>
-    #define FASTCNN_WMM(T, VT, VL, R, NAME)                                              \
+    #define FASTCNN_WMM(T, VT, VL, R, NAME, MLOAD, MSTORE, MASK)                         \
     static void NAME(const T* __restrict U, const T* __restrict V, T* __restrict M,     \
             Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {                                 \
-        Py_ssize_t f0, c, l0, r, l, L2 = L - L % (2 * VL), L1 = L - L % VL;             \
+        Py_ssize_t f0, c, l0, r, L2 = L - L % (2 * VL), L1 = L - L % VL;                \
         for (l0 = 0; l0 < L2; l0 += 2 * VL) {                                           \
             for (f0 = 0; f0 + R <= F; f0 += R) {                                        \
                 VT a0[R], a1[R];                                                        \
@@ -925,24 +927,29 @@ cdef extern from *:
                 }                                                                       \
                 memcpy(M + f0 * L + l0, &a0, sizeof a0);                                \
             }                                                                           \
-        for (f0 = 0; f0 < F && L1 < L; f0++)                                            \
-            for (l = L1; l < L; l++) {                                                  \
-                T s = 0;                                                                \
-                for (c = 0; c < C; c++) s += U[f0 * C + c] * V[c * L + l];              \
-                M[f0 * L + l] = s;                                                      \
-            }                                                                           \
+        for (f0 = 0; f0 < F && L1 < L; f0++) {                                          \
+            VT a0 = (VT){0};                                                            \
+            for (c = 0; c < C; c++)                                                     \
+                a0 += U[f0 * C + c] * (VT)MLOAD(MASK(L - L1), V + c * L + L1);          \
+            MSTORE(M + f0 * L + L1, MASK(L - L1), a0);                                  \
+        }                                                                               \
     }
     #if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))
     #  define FASTCNN_WMM_AVX512 1
+    #  include <immintrin.h>
     typedef float fastcnn_wmm_f16 __attribute__((vector_size(64)));
     typedef double fastcnn_wmm_d8 __attribute__((vector_size(64)));
+    #  define FASTCNN_WMM_MASK16(n) ((__mmask16)((1u << (n)) - 1u))
+    #  define FASTCNN_WMM_MASK8(n) ((__mmask8)((1u << (n)) - 1u))
     #  pragma GCC push_options
     #  pragma GCC target("avx512f,fma")
     #  ifdef __clang__
     #    pragma clang attribute push (__attribute__((target("avx512f,fma"))), apply_to=function)
     #  endif
-    FASTCNN_WMM(float, fastcnn_wmm_f16, 16, 8, fastcnn_wmm_f32)
-    FASTCNN_WMM(double, fastcnn_wmm_d8, 8, 8, fastcnn_wmm_f64)
+    FASTCNN_WMM(float, fastcnn_wmm_f16, 16, 8, fastcnn_wmm_f32, _mm512_maskz_loadu_ps,
+                _mm512_mask_storeu_ps, FASTCNN_WMM_MASK16)
+    FASTCNN_WMM(double, fastcnn_wmm_d8, 8, 8, fastcnn_wmm_f64, _mm512_maskz_loadu_pd,
+                _mm512_mask_storeu_pd, FASTCNN_WMM_MASK8)
     #  ifdef __clang__
     #    pragma clang attribute pop
     #  endif
