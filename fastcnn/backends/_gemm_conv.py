@@ -75,6 +75,9 @@ The kernel table ``k`` (one object per backend):
     grouped_direct_max_taps (optional) Kg up to which a grouped conv takes
                        the direct loops when a backward may follow;
                        DIRECT_MAX_TAPS if absent
+    winograd_no_grad_chunk (optional) images per Winograd chunk at most
+                       under fastcnn.no_grad(); ``_winograd.CHUNK`` if absent
+                       or None
     depthwise()        the direct depthwise kernel module, or None (the
                        attribute itself None: no such kernels)
     im2col(src, cols, g, RP)            cols (G, Kg, n, OH*RP), last axis contiguous

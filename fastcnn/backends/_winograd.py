@@ -44,11 +44,13 @@ from fastcnn.backends._workspace import outputs, workspace
 # Images a chunk needs: the batch is the vector lane of every transform,
 # and below this the im2col paths won (MNIST conv2 shape, 4 vs 8 images).
 MIN_BATCH = 8
-# Images per chunk at most: its planes and saved V grow with it. Chunks of
-# 32 or 16 ran the MNIST conv2 10-35% faster at batch 1000 (fused pooling)
-# once the products were in registers, but at 32 numba's float32 dw on a
-# batch of 130 (tests/test_backends_agree.py) came out at 1.16e-4 of loops',
-# over the 1e-4 contract (the chunks' sums round differently): kept at 64.
+# Images per chunk at most: a chunk's planes, tiles and saved V grow with
+# it. Under fastcnn.no_grad() a kernel table may set its own
+# (``winograd_no_grad_chunk``): with a backward to follow, every chunk adds
+# a float64 dU of its own to zero and sum, and chunks of 16 made cython's
+# MNIST training step at batch 256 14% slower. (Smaller chunks once put
+# numba's float32 dw over the 1e-4 contract on a batch of 130; since dU is
+# summed in float64 along the lanes, 16 passes.)
 CHUNK = 64
 # Chunk sizes are multiples of this (all but the last): the transforms'
 # vectors run along the images, and a chunk of 62 or 63 images (balanced
@@ -85,8 +87,9 @@ def forward(k, x, w, b, y, g, relu=False, consume=None, pool22=None):
     U = np.empty((36, g.F, g.C // g.G), dtype=x.dtype)
     wino.weight_transform(w, U)
     keep = grad_enabled()       # read here: the chunks run on the pool's threads
+    most = CHUNK if keep else getattr(k, "winograd_no_grad_chunk", None) or CHUNK
     if g.DH == g.DW == 1:
-        return U, [(None, g, _forward_chunks(wino, x, U, b, y, g, relu, keep, consume,
+        return U, [(None, g, _forward_chunks(wino, x, U, b, y, g, relu, keep, most, consume,
                                              pool22))]
     assert consume is None and pool22 is None, "consume, pool22: undilated convolutions only"
     phases = []
@@ -94,7 +97,7 @@ def forward(k, x, w, b, y, g, relu=False, consume=None, pool22=None):
         gp, rows, cols = ph
         xp = _copy(x[:, :, rows[0]::g.DH, cols[0]::g.DW])
         yp = workspace.take((g.N, g.F, gp.OH, gp.OW), x.dtype)
-        phases.append((ph, gp, _forward_chunks(wino, xp, U, b, yp, gp, relu, keep)))
+        phases.append((ph, gp, _forward_chunks(wino, xp, U, b, yp, gp, relu, keep, most)))
         y[:, :, rows[1]::g.DH, cols[1]::g.DW] = yp
     return U, phases
 
@@ -164,7 +167,7 @@ def _copy(a):
     return out
 
 
-def _forward_chunks(wino, x, U, b, y, g, relu, keep, consume=None, pool22=None):
+def _forward_chunks(wino, x, U, b, y, g, relu, keep, most, consume=None, pool22=None):
     def chunk(sl):
         if pool22 is not None:
             p, argmax = pool22
@@ -176,7 +179,7 @@ def _forward_chunks(wino, x, U, b, y, g, relu, keep, consume=None, pool22=None):
         return _forward_chunk(wino, x[sl], U, b, None, g, relu, keep,
                               lambda z: consume(sl.start, z))
 
-    slices = _chunks(g.N, _concurrent.num_threads())
+    slices = _chunks(g.N, _concurrent.num_threads(), most)
     return list(zip(slices, _concurrent.run(chunk, slices)))
 
 
@@ -211,10 +214,10 @@ def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None, unpool=No
         db += db_c
 
 
-def _chunks(N, threads):
-    """Batch slices: at most CHUNK images each, at least one per thread
+def _chunks(N, threads, most=CHUNK):
+    """Batch slices: at most ``most`` images each, at least one per thread
     while each keeps MIN_BATCH images, balanced."""
-    return _concurrent.batch_slices(N, max(-(-N // CHUNK), min(threads, N // MIN_BATCH)), ALIGN)
+    return _concurrent.batch_slices(N, max(-(-N // most), min(threads, N // MIN_BATCH)), ALIGN)
 
 
 def _tiles(g):

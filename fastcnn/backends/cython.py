@@ -55,6 +55,16 @@ class _ConvKernels:
     # 8x8 to 32x32 maps; with 16 the direct loops still won); numba's
     # direct loops keep the shared limit.
     grouped_direct_max_taps = 144
+    # Inference's Winograd chunks of at most 16 images: a chunk's tiles and
+    # planes then stay in the caches between its transforms and products
+    # (the MNIST CNN under no_grad, interleaved in one process, chunks of
+    # 64 -> 16: batch 1000 44.5 -> 40.5 ms, 256 12.3 -> 11.4, 64 4.05 ->
+    # 3.94); numba's loops lost with them (batch 1000 58 -> 67 ms) and keep
+    # the shared limit, as training does (see _winograd.CHUNK). Only with
+    # the AVX-512 products: theirs are the same bits wherever an image's
+    # lanes fall, so the forward gives the same numbers with and without
+    # no_grad; BLAS's (the fallback) round its edge lanes differently.
+    winograd_no_grad_chunk = 16 if cy_winograd._avx512 else None
 
     @staticmethod
     def winograd_kernels():
