@@ -552,42 +552,73 @@ def grad_input_transform(const floating[:, :, :, ::1] dV, floating[:, :, :, ::1]
                                                &xs[c, 4 * (th0 + r), 0, 0], L, TW, N)
 
 
-cdef inline void _g6(const double* a, Py_ssize_t sa, double* o, Py_ssize_t so,
-                     Py_ssize_t n) noexcept nogil:
-    """o = G a, lane by lane: rows a, a+sa, a+2sa to rows o .. o+5so (n lanes;
-    divisions, not products with rounded thirds and fifteenths)."""
-    cdef const double* a1 = a + sa
-    cdef const double* a2 = a + 2 * sa
-    cdef Py_ssize_t i
-    for i in range(n):
-        o[i] = a[i]
-    for i in range(n):
-        o[so + i] = (a[i] + a1[i] + a2[i]) / 3.0
-    for i in range(n):
-        o[2 * so + i] = (a1[i] - a[i] - a2[i]) / 3.0
-    for i in range(n):
-        o[3 * so + i] = -(16.0 * a[i] + 8.0 * a1[i] + 4.0 * a2[i]) / 15.0
-    for i in range(n):
-        o[4 * so + i] = (a[i] - 2.0 * a1[i] + 4.0 * a2[i]) / 15.0
-    for i in range(n):
-        o[5 * so + i] = a2[i]
-
-
-cdef inline void _gt3(const double* a, Py_ssize_t sa, double* o, Py_ssize_t so,
-                      Py_ssize_t n) noexcept nogil:
-    """o = G^T a, lane by lane: rows a .. a+5sa to rows o, o+so, o+2so."""
-    cdef const double* a1 = a + sa
-    cdef const double* a2 = a + 2 * sa
-    cdef const double* a3 = a + 3 * sa
-    cdef const double* a4 = a + 4 * sa
-    cdef const double* a5 = a + 5 * sa
-    cdef Py_ssize_t i
-    for i in range(n):
-        o[i] = a[i] + (a1[i] - a2[i]) / 3.0 + (a4[i] - 16.0 * a3[i]) / 15.0
-    for i in range(n):
-        o[so + i] = (a1[i] + a2[i]) / 3.0 - (8.0 * a3[i] + 2.0 * a4[i]) / 15.0
-    for i in range(n):
-        o[2 * so + i] = (a1[i] - a2[i]) / 3.0 + (4.0 * a4[i] - 4.0 * a3[i]) / 15.0 + a5[i]
+cdef extern from *:
+    """
+    /* fastcnn: the weight transforms in one pass per lane (lanes over the
+       input channels c): U = G g G^T, 9 inputs in, 36 out, and its adjoint
+       dw = G^T dU G, 36 in, 9 out, in double, with numba_winograd's products
+       by 1/3 and 1/15 (divisions, as here before, took most of the time;
+       the two differ by at most an ulp of double, far below float32's
+       rounding of U). Row k of the inputs and outputs lies k*s elements on.
+       One loop over the lanes, every intermediate in registers. */
+    static void fastcnn_wt_lanes(const double* __restrict g, Py_ssize_t gs,
+            double* __restrict u, Py_ssize_t us, Py_ssize_t n) {
+        const double t3 = 1.0 / 3.0, t15 = 1.0 / 15.0;
+        Py_ssize_t c;
+        int a, i;
+        for (c = 0; c < n; c++) {
+            double T[6][3];
+            for (a = 0; a < 3; a++) {           /* G g, column a */
+                const double a0 = g[a * gs + c], a1 = g[(3 + a) * gs + c],
+                             a2 = g[(6 + a) * gs + c];
+                T[0][a] = a0;
+                T[1][a] = (a0 + a1 + a2) * t3;
+                T[2][a] = (a1 - a0 - a2) * t3;
+                T[3][a] = -(16.0 * a0 + 8.0 * a1 + 4.0 * a2) * t15;
+                T[4][a] = (a0 - 2.0 * a1 + 4.0 * a2) * t15;
+                T[5][a] = a2;
+            }
+            for (i = 0; i < 6; i++) {           /* (G g) G^T, row i */
+                const double a0 = T[i][0], a1 = T[i][1], a2 = T[i][2];
+                double* o = u + 6 * i * us + c;
+                o[0] = a0;
+                o[us] = (a0 + a1 + a2) * t3;
+                o[2 * us] = (a1 - a0 - a2) * t3;
+                o[3 * us] = -(16.0 * a0 + 8.0 * a1 + 4.0 * a2) * t15;
+                o[4 * us] = (a0 - 2.0 * a1 + 4.0 * a2) * t15;
+                o[5 * us] = a2;
+            }
+        }
+    }
+    static void fastcnn_wgt_lanes(const double* __restrict d, Py_ssize_t ds,
+            double* __restrict o, Py_ssize_t os, Py_ssize_t n) {
+        const double t3 = 1.0 / 3.0, t15 = 1.0 / 15.0;
+        Py_ssize_t c;
+        int a, j;
+        for (c = 0; c < n; c++) {
+            double T[3][6];
+            for (j = 0; j < 6; j++) {           /* G^T dU, column j */
+                const double a0 = d[j * ds + c], a1 = d[(6 + j) * ds + c],
+                             a2 = d[(12 + j) * ds + c], a3 = d[(18 + j) * ds + c],
+                             a4 = d[(24 + j) * ds + c], a5 = d[(30 + j) * ds + c];
+                T[0][j] = a0 + (a1 - a2) * t3 + (a4 - 16.0 * a3) * t15;
+                T[1][j] = (a1 + a2) * t3 - (8.0 * a3 + 2.0 * a4) * t15;
+                T[2][j] = (a1 - a2) * t3 + (4.0 * a4 - 4.0 * a3) * t15 + a5;
+            }
+            for (a = 0; a < 3; a++) {           /* (G^T dU) G, row a */
+                const double a0 = T[a][0], a1 = T[a][1], a2 = T[a][2], a3 = T[a][3],
+                             a4 = T[a][4], a5 = T[a][5];
+                o[3 * a * os + c] = a0 + (a1 - a2) * t3 + (a4 - 16.0 * a3) * t15;
+                o[(3 * a + 1) * os + c] = (a1 + a2) * t3 - (8.0 * a3 + 2.0 * a4) * t15;
+                o[(3 * a + 2) * os + c] = (a1 - a2) * t3 + (4.0 * a4 - 4.0 * a3) * t15 + a5;
+            }
+        }
+    }
+    """
+    void fastcnn_wt_lanes(const double* g, Py_ssize_t gs, double* u, Py_ssize_t us,
+                          Py_ssize_t n) noexcept nogil
+    void fastcnn_wgt_lanes(const double* d, Py_ssize_t ds, double* o, Py_ssize_t os,
+                           Py_ssize_t n) noexcept nogil
 
 
 def weight_transform(const floating[:, :, :, :] w, floating[:, :, ::1] U):
@@ -596,23 +627,29 @@ def weight_transform(const floating[:, :, :, :] w, floating[:, :, ::1] U):
     U's 36 rows per weight are 8 KB apart on the MNIST conv2, and written
     weight by weight they all fell into one L1 set."""
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1]
-    cdef Py_ssize_t f, c, t, i, a
+    cdef Py_ssize_t f, c, kh, kw, i
+    cdef Py_ssize_t sc = w.strides[1] // sizeof(floating), sh = w.strides[2] // sizeof(floating)
+    cdef Py_ssize_t sw = w.strides[3] // sizeof(floating)
+    cdef const floating* wf
+    cdef floating* Ui
+    if F == 0 or Cg == 0:
+        return
     cdef double* g = <double*>_alloc(9 * Cg * sizeof(double))      # g[3kh+kw, c]
     cdef double* T = <double*>_alloc(18 * Cg * sizeof(double))     # (G g)[i, a] at 3i+a
     cdef double* u = <double*>_alloc(36 * Cg * sizeof(double))     # U[6i+j] for this f
     try:
         with nogil:
             for f in range(F):
-                for c in range(Cg):
-                    for t in range(9):
-                        g[t * Cg + c] = w[f, c, t // 3, t % 3]
-                for a in range(3):
-                    _g6(g + a * Cg, 3 * Cg, T + a * Cg, 3 * Cg, Cg)
-                for i in range(6):
-                    _g6(T + 3 * i * Cg, Cg, u + 6 * i * Cg, Cg, Cg)
+                wf = &w[f, 0, 0, 0]
+                for kh in range(3):
+                    for kw in range(3):
+                        for c in range(Cg):
+                            g[(3 * kh + kw) * Cg + c] = wf[c * sc + kh * sh + kw * sw]
+                fastcnn_wt_lanes(g, Cg, u, Cg, Cg)
                 for i in range(36):
+                    Ui = &U[i, f, 0]
                     for c in range(Cg):
-                        U[i, f, c] = <floating>u[i * Cg + c]
+                        Ui[c] = <floating>u[i * Cg + c]
     finally:
         free(g)
         free(T)
@@ -624,7 +661,13 @@ def weight_grad_transform(const floating[:, :, ::1] dU, floating[:, :, :, :] dw)
     adjoint of weight_transform, in double and rounded once, one output
     channel at a time with lanes over c."""
     cdef Py_ssize_t F = dw.shape[0], Cg = dw.shape[1]
-    cdef Py_ssize_t f, c, t, i, j
+    cdef Py_ssize_t f, c, kh, kw, i
+    cdef Py_ssize_t sc = dw.strides[1] // sizeof(floating), sh = dw.strides[2] // sizeof(floating)
+    cdef Py_ssize_t sw = dw.strides[3] // sizeof(floating)
+    cdef const floating* dUi
+    cdef floating* dwf
+    if F == 0 or Cg == 0:
+        return
     cdef double* d = <double*>_alloc(36 * Cg * sizeof(double))     # dU[6i+j] for this f
     cdef double* T = <double*>_alloc(18 * Cg * sizeof(double))     # (G^T dU)[a, j] at 6a+j
     cdef double* o = <double*>_alloc(9 * Cg * sizeof(double))      # dw[f, c, a, b] at 3a+b
@@ -632,15 +675,15 @@ def weight_grad_transform(const floating[:, :, ::1] dU, floating[:, :, :, :] dw)
         with nogil:
             for f in range(F):
                 for i in range(36):
+                    dUi = &dU[i, f, 0]
                     for c in range(Cg):
-                        d[i * Cg + c] = dU[i, f, c]
-                for j in range(6):
-                    _gt3(d + j * Cg, 6 * Cg, T + j * Cg, 6 * Cg, Cg)
-                for i in range(3):
-                    _gt3(T + 6 * i * Cg, Cg, o + 3 * i * Cg, Cg, Cg)
-                for c in range(Cg):
-                    for t in range(9):
-                        dw[f, c, t // 3, t % 3] = <floating>o[t * Cg + c]
+                        d[i * Cg + c] = dUi[c]
+                fastcnn_wgt_lanes(d, Cg, o, Cg, Cg)
+                dwf = &dw[f, 0, 0, 0]
+                for kh in range(3):
+                    for kw in range(3):
+                        for c in range(Cg):
+                            dwf[c * sc + kh * sh + kw * sw] = <floating>o[(3 * kh + kw) * Cg + c]
     finally:
         free(d)
         free(T)
