@@ -561,6 +561,20 @@ cdef extern from *:
        the two differ by at most an ulp of double, far below float32's
        rounding of U). Row k of the inputs and outputs lies k*s elements on.
        One loop over the lanes, every intermediate in registers. */
+    /* O[0], O[s], .. O[5s] = G (a0, a1, a2); O[0], O[s], O[2s] = G^T (a0 .. a5) */
+    #define FASTCNN_WT_G(a0, a1, a2, O, s) do {                                         \
+        (O)[0] = (a0);                                                                  \
+        (O)[(s)] = ((a0) + (a1) + (a2)) * t3;                                           \
+        (O)[2 * (s)] = ((a1) - (a0) - (a2)) * t3;                                       \
+        (O)[3 * (s)] = -(16.0 * (a0) + 8.0 * (a1) + 4.0 * (a2)) * t15;                  \
+        (O)[4 * (s)] = ((a0) - 2.0 * (a1) + 4.0 * (a2)) * t15;                          \
+        (O)[5 * (s)] = (a2);                                                            \
+    } while (0)
+    #define FASTCNN_WT_GT(a0, a1, a2, a3, a4, a5, O, s) do {                            \
+        (O)[0] = (a0) + ((a1) - (a2)) * t3 + ((a4) - 16.0 * (a3)) * t15;                \
+        (O)[(s)] = ((a1) + (a2)) * t3 - (8.0 * (a3) + 2.0 * (a4)) * t15;                \
+        (O)[2 * (s)] = ((a1) - (a2)) * t3 + (4.0 * (a4) - 4.0 * (a3)) * t15 + (a5);     \
+    } while (0)
     static void fastcnn_wt_lanes(const double* __restrict g, Py_ssize_t gs,
             double* __restrict u, Py_ssize_t us, Py_ssize_t n) {
         const double t3 = 1.0 / 3.0, t15 = 1.0 / 15.0;
@@ -568,26 +582,11 @@ cdef extern from *:
         int a, i;
         for (c = 0; c < n; c++) {
             double T[6][3];
-            for (a = 0; a < 3; a++) {           /* G g, column a */
-                const double a0 = g[a * gs + c], a1 = g[(3 + a) * gs + c],
-                             a2 = g[(6 + a) * gs + c];
-                T[0][a] = a0;
-                T[1][a] = (a0 + a1 + a2) * t3;
-                T[2][a] = (a1 - a0 - a2) * t3;
-                T[3][a] = -(16.0 * a0 + 8.0 * a1 + 4.0 * a2) * t15;
-                T[4][a] = (a0 - 2.0 * a1 + 4.0 * a2) * t15;
-                T[5][a] = a2;
-            }
-            for (i = 0; i < 6; i++) {           /* (G g) G^T, row i */
-                const double a0 = T[i][0], a1 = T[i][1], a2 = T[i][2];
-                double* o = u + 6 * i * us + c;
-                o[0] = a0;
-                o[us] = (a0 + a1 + a2) * t3;
-                o[2 * us] = (a1 - a0 - a2) * t3;
-                o[3 * us] = -(16.0 * a0 + 8.0 * a1 + 4.0 * a2) * t15;
-                o[4 * us] = (a0 - 2.0 * a1 + 4.0 * a2) * t15;
-                o[5 * us] = a2;
-            }
+            for (a = 0; a < 3; a++)             /* G g, column a */
+                FASTCNN_WT_G(g[a * gs + c], g[(3 + a) * gs + c], g[(6 + a) * gs + c],
+                             &T[0][a], 3);
+            for (i = 0; i < 6; i++)             /* (G g) G^T, row i */
+                FASTCNN_WT_G(T[i][0], T[i][1], T[i][2], u + 6 * i * us + c, us);
         }
     }
     static void fastcnn_wgt_lanes(const double* __restrict d, Py_ssize_t ds,
@@ -597,21 +596,13 @@ cdef extern from *:
         int a, j;
         for (c = 0; c < n; c++) {
             double T[3][6];
-            for (j = 0; j < 6; j++) {           /* G^T dU, column j */
-                const double a0 = d[j * ds + c], a1 = d[(6 + j) * ds + c],
-                             a2 = d[(12 + j) * ds + c], a3 = d[(18 + j) * ds + c],
-                             a4 = d[(24 + j) * ds + c], a5 = d[(30 + j) * ds + c];
-                T[0][j] = a0 + (a1 - a2) * t3 + (a4 - 16.0 * a3) * t15;
-                T[1][j] = (a1 + a2) * t3 - (8.0 * a3 + 2.0 * a4) * t15;
-                T[2][j] = (a1 - a2) * t3 + (4.0 * a4 - 4.0 * a3) * t15 + a5;
-            }
-            for (a = 0; a < 3; a++) {           /* (G^T dU) G, row a */
-                const double a0 = T[a][0], a1 = T[a][1], a2 = T[a][2], a3 = T[a][3],
-                             a4 = T[a][4], a5 = T[a][5];
-                o[3 * a * os + c] = a0 + (a1 - a2) * t3 + (a4 - 16.0 * a3) * t15;
-                o[(3 * a + 1) * os + c] = (a1 + a2) * t3 - (8.0 * a3 + 2.0 * a4) * t15;
-                o[(3 * a + 2) * os + c] = (a1 - a2) * t3 + (4.0 * a4 - 4.0 * a3) * t15 + a5;
-            }
+            for (j = 0; j < 6; j++)             /* G^T dU, column j */
+                FASTCNN_WT_GT(d[j * ds + c], d[(6 + j) * ds + c], d[(12 + j) * ds + c],
+                              d[(18 + j) * ds + c], d[(24 + j) * ds + c], d[(30 + j) * ds + c],
+                              &T[0][j], 6);
+            for (a = 0; a < 3; a++)             /* (G^T dU) G, row a */
+                FASTCNN_WT_GT(T[a][0], T[a][1], T[a][2], T[a][3], T[a][4], T[a][5],
+                              o + 3 * a * os + c, os);
         }
     }
     """
@@ -635,7 +626,6 @@ def weight_transform(const floating[:, :, :, :] w, floating[:, :, ::1] U):
     if F == 0 or Cg == 0:
         return
     cdef double* g = <double*>_alloc(9 * Cg * sizeof(double))      # g[3kh+kw, c]
-    cdef double* T = <double*>_alloc(18 * Cg * sizeof(double))     # (G g)[i, a] at 3i+a
     cdef double* u = <double*>_alloc(36 * Cg * sizeof(double))     # U[6i+j] for this f
     try:
         with nogil:
@@ -652,7 +642,6 @@ def weight_transform(const floating[:, :, :, :] w, floating[:, :, ::1] U):
                         Ui[c] = <floating>u[i * Cg + c]
     finally:
         free(g)
-        free(T)
         free(u)
 
 
@@ -669,7 +658,6 @@ def weight_grad_transform(const floating[:, :, ::1] dU, floating[:, :, :, :] dw)
     if F == 0 or Cg == 0:
         return
     cdef double* d = <double*>_alloc(36 * Cg * sizeof(double))     # dU[6i+j] for this f
-    cdef double* T = <double*>_alloc(18 * Cg * sizeof(double))     # (G^T dU)[a, j] at 6a+j
     cdef double* o = <double*>_alloc(9 * Cg * sizeof(double))      # dw[f, c, a, b] at 3a+b
     try:
         with nogil:
@@ -686,7 +674,6 @@ def weight_grad_transform(const floating[:, :, ::1] dU, floating[:, :, :, :] dw)
                             dwf[c * sc + kh * sh + kw * sw] = <floating>o[(3 * kh + kw) * Cg + c]
     finally:
         free(d)
-        free(T)
         free(o)
 
 
