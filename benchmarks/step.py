@@ -16,6 +16,7 @@ little. It imports neither numpy nor fastcnn itself.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,10 +102,7 @@ def _ms(seconds):
 
 def _spread(values, fmt, unit=""):
     """'median (lowest-highest)' of values."""
-    values = sorted(values)
-    mid = values[len(values) // 2] if len(values) % 2 else (
-        values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
-    return f"{fmt(mid)}{unit} ({fmt(values[0])}-{fmt(values[-1])})"
+    return f"{fmt(statistics.median(values))}{unit} ({fmt(min(values))}-{fmt(max(values))})"
 
 
 def summary(medians):

@@ -73,8 +73,7 @@ def test_the_winograd_chunks_keep_nothing(compiled):
         assert path == "winograd" and len(chunks) >= 2
         assert [V is not None for _, (V, _) in chunks] == [kept] * len(chunks)
         sizes = [sl.stop - sl.start for sl, _ in chunks]
-        most = _winograd.CHUNK if grad else getattr(
-            get_module(compiled)._ConvKernels, "winograd_no_grad_chunk", None) or _winograd.CHUNK
+        most = _winograd.chunk_limit(get_module(compiled)._ConvKernels, keep=grad)
         assert sum(sizes) == 70 and max(sizes) <= most
         assert all(n % _winograd.ALIGN == 0 for n in sizes[:-1])    # whole vectors first
     assert _winograd.CHUNK % _winograd.ALIGN == 0

@@ -87,7 +87,7 @@ def forward(k, x, w, b, y, g, relu=False, consume=None, pool22=None):
     U = np.empty((36, g.F, g.C // g.G), dtype=x.dtype)
     wino.weight_transform(w, U)
     keep = grad_enabled()       # read here: the chunks run on the pool's threads
-    most = CHUNK if keep else getattr(k, "winograd_no_grad_chunk", None) or CHUNK
+    most = chunk_limit(k, keep)
     if g.DH == g.DW == 1:
         return U, [(None, g, _forward_chunks(wino, x, U, b, y, g, relu, keep, most, consume,
                                              pool22))]
@@ -212,6 +212,12 @@ def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None, unpool=No
     for dU_c, db_c in _concurrent.run(chunk, chunks):
         dU += dU_c
         db += db_c
+
+
+def chunk_limit(k, keep):
+    """Images per chunk at most on kernel table k: CHUNK, or under no_grad
+    (keep False) the table's ``winograd_no_grad_chunk`` where it sets one."""
+    return CHUNK if keep else getattr(k, "winograd_no_grad_chunk", None) or CHUNK
 
 
 def _chunks(N, threads, most=CHUNK):
