@@ -134,8 +134,10 @@ def test_concurrent_python_threads_get_correct_results():
 
 def test_build_info_reports_the_build():
     info = cy.build_info()
-    assert set(info) == {"cython_version", "openmp", "debug_build", "threads"}
+    assert set(info) == {"cython_version", "openmp", "debug_build", "threads",
+                         "winograd_products"}
     assert info["openmp"] is False and isinstance(info["debug_build"], bool)
+    assert info["winograd_products"] in ("numpy", "avx2+fma", "avx512")
     assert info["cython_version"][0].isdigit()
 
 

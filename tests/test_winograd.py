@@ -301,14 +301,26 @@ def _cython_winograd():
     return _table("cython").winograd_kernels()
 
 
+# cython's products and weight_products at each level of SIMD: 0 numpy's
+# matmul, 1 AVX2 + FMA register tiles, 2 AVX-512 ones; those above the CPU's
+# skip
+SIMD_LEVELS = [0, 1, 2]
+
+
+def _cython_winograd_at(monkeypatch, level):
+    kernels = _cython_winograd()
+    if level > kernels._simd:
+        pytest.skip(f"SIMD level {level} is above this CPU's ({kernels._simd})")
+    monkeypatch.setattr(kernels, "_simd", level)
+    return kernels
+
+
+@pytest.mark.parametrize("level", SIMD_LEVELS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", WEIGHT_PRODUCT_SHAPES[:3],
                          ids=[str(s) for s in WEIGHT_PRODUCT_SHAPES[:3]])
-def test_cython_products_without_avx512(monkeypatch, shape, dtype):
-    # the numpy path of products and weight_products (CPUs without
-    # AVX-512), taken here whatever the CPU
-    kernels = _cython_winograd()
-    monkeypatch.setattr(kernels, "_avx512", False)
+def test_cython_products_at_each_simd_level(monkeypatch, shape, dtype, level):
+    kernels = _cython_winograd_at(monkeypatch, level)
     _check_weight_products(kernels, shape, dtype)
     F, C, G, P, N = shape
     rng = np.random.default_rng(3)
@@ -324,12 +336,12 @@ def test_cython_products_without_avx512(monkeypatch, shape, dtype):
     assert (M[:, F] == 7.0).all()
 
 
+@pytest.mark.parametrize("level", SIMD_LEVELS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", [CASES[7], CASES[9], CASES[12]],
                          ids=["mnist-conv2", "groups", "dilated"])
-def test_cython_winograd_without_avx512(monkeypatch, case, dtype):
-    kernels = _cython_winograd()
-    monkeypatch.setattr(kernels, "_avx512", False)
+def test_cython_winograd_at_each_simd_level(monkeypatch, case, dtype, level):
+    _cython_winograd_at(monkeypatch, level)
     errors = relative_errors("cython", case, dtype)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= BOUND[dtype], f"{worst}: {errors}"
@@ -380,16 +392,16 @@ def test_products_read_the_first_rows_of_a_padded_V(backend, dtype):
     assert np.abs(M - ref.reshape(M.shape)).max() <= BOUND[dtype] * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("level", SIMD_LEVELS[1:])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_cython_products_give_a_lane_the_same_bits_wherever_it_falls(dtype):
+def test_cython_products_give_a_lane_the_same_bits_wherever_it_falls(monkeypatch, dtype,
+                                                                     level):
     # register tiles, single vectors and the masked last vector sum the same
     # fused multiply-adds: an image's products do not depend on its chunk or
     # band, so a forward under fastcnn.no_grad() (chunks of its own) gives
-    # the bits of one with grad
-    kernels = _cython_winograd()
-    if not kernels._avx512:
-        pytest.skip("the AVX-512 products (elsewhere BLAS's, which may round edge lanes "
-                    "differently)")
+    # the bits of one with grad (level 0, BLAS's, may round edge lanes
+    # differently)
+    kernels = _cython_winograd_at(monkeypatch, level)
     F, C = 12, 20
     rng = np.random.default_rng(3)
     U = rng.standard_normal((36, F, C)).astype(dtype)

@@ -15,8 +15,8 @@ with the interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray,
 
 The sum over input channels of the 36 element-wise products is 36 matmuls
 M[k] = U[k] @ V[k] per band: the forward's and the backward's dV = U^T dM
-are ``products`` here (AVX-512 register tiles where the CPU has them,
-numpy's matmul elsewhere), the backward's dU = dM V^T is
+are ``products`` here (AVX-512 or AVX2 + FMA register tiles where the CPU
+has them, numpy's matmul elsewhere), the backward's dU = dM V^T is
 ``weight_products`` (AVX-512 register blocks summing along the lanes into a
 double dU; numpy's matmul elsewhere and in float64); the other loops are
 the transforms around them and their adjoints (dM = A dY A^T,
@@ -984,9 +984,43 @@ cdef extern from *:
     #    pragma clang attribute pop
     #  endif
     #  pragma GCC pop_options
+    /* AVX2 + FMA (16 vector registers, not 32): 4 rows of U by two vectors
+       of 8 floats (4 doubles), 8 sums, as many as two multiply-add units
+       of 4 cycles' latency keep busy (6 rows, 12 sums, measured the same
+       and leave 4 of the 64 filters of the MNIST conv2 to the row loop);
+       masks are vectors of lanes here, not mask registers */
+    typedef float fastcnn_wmm_f8 __attribute__((vector_size(32)));
+    typedef double fastcnn_wmm_d4 __attribute__((vector_size(32)));
+    #  pragma GCC push_options
+    #  pragma GCC target("avx2,fma")
+    #  ifdef __clang__
+    #    pragma clang attribute push (__attribute__((target("avx2,fma"))), apply_to=function)
+    #  endif
+    static inline __m256i fastcnn_wmm_lanes8(Py_ssize_t n) {
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    static inline __m256i fastcnn_wmm_lanes4(Py_ssize_t n) {
+        return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)n),
+                                  _mm256_setr_epi64x(0, 1, 2, 3));
+    }
+    #  define FASTCNN_WMM_LD8(m, p) _mm256_maskload_ps((p), (m))
+    #  define FASTCNN_WMM_ST8(p, m, a) _mm256_maskstore_ps((p), (m), (__m256)(a))
+    #  define FASTCNN_WMM_LD4(m, p) _mm256_maskload_pd((p), (m))
+    #  define FASTCNN_WMM_ST4(p, m, a) _mm256_maskstore_pd((p), (m), (__m256d)(a))
+    FASTCNN_WMM(float, fastcnn_wmm_f8, 8, 4, fastcnn_wmm2_f32, FASTCNN_WMM_LD8,
+                FASTCNN_WMM_ST8, fastcnn_wmm_lanes8)
+    FASTCNN_WMM(double, fastcnn_wmm_d4, 4, 4, fastcnn_wmm2_f64, FASTCNN_WMM_LD4,
+                FASTCNN_WMM_ST4, fastcnn_wmm_lanes4)
+    #  ifdef __clang__
+    #    pragma clang attribute pop
+    #  endif
+    #  pragma GCC pop_options
+    /* 2 AVX-512, 1 AVX2 + FMA, 0 neither (numpy's matmul) */
     static int fastcnn_wmm_have(void) {
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512f");
+        if (__builtin_cpu_supports("avx512f")) return 2;
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
     #else
     #  define FASTCNN_WMM_AVX512 0
@@ -994,6 +1028,10 @@ cdef extern from *:
                                 Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {}
     static void fastcnn_wmm_f64(const double* U, const double* V, double* M,
                                 Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {}
+    static void fastcnn_wmm2_f32(const float* U, const float* V, float* M,
+                                 Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {}
+    static void fastcnn_wmm2_f64(const double* U, const double* V, double* M,
+                                 Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {}
     static int fastcnn_wmm_have(void) { return 0; }
     #endif
     """
@@ -1001,12 +1039,18 @@ cdef extern from *:
                          Py_ssize_t C, Py_ssize_t L) noexcept nogil
     void fastcnn_wmm_f64(const double* U, const double* V, double* M, Py_ssize_t F,
                          Py_ssize_t C, Py_ssize_t L) noexcept nogil
+    void fastcnn_wmm2_f32(const float* U, const float* V, float* M, Py_ssize_t F,
+                          Py_ssize_t C, Py_ssize_t L) noexcept nogil
+    void fastcnn_wmm2_f64(const double* U, const double* V, double* M, Py_ssize_t F,
+                          Py_ssize_t C, Py_ssize_t L) noexcept nogil
     int fastcnn_wmm_have() noexcept nogil
 
 
-# Whether products and weight_products run their own AVX-512 loops (else
-# numpy's matmul); a Python global, so a test can take the other path.
-_avx512 = bool(fastcnn_wmm_have())
+# Which loops products runs: 2 this module's AVX-512 ones, 1 its AVX2 +
+# FMA ones, 0 numpy's matmul (weight_products: its AVX-512 loops at 2,
+# numpy's below); a Python global, so a test can take the lower levels on
+# any CPU.
+_simd = fastcnn_wmm_have()
 
 
 def products(const floating[:, :, ::1] U, const floating[:, :, :, :] V,
@@ -1015,16 +1059,16 @@ def products(const floating[:, :, ::1] U, const floating[:, :, :, :] V,
     band: U (36, F, Cg), V (36, C, rows*TW, N), M (36, F', rows*TW, N) with
     F' >= F (rows past F untouched), G = C / Cg groups. V may be the first C
     rows of a padded array (the backward's dM[:, :F]): each V[k] must be
-    contiguous, not V. On a CPU with AVX-512 these are this module's
-    register tiles (see above); elsewhere numpy's matmul, whose BLAS has the
-    kernels for that CPU."""
+    contiguous, not V. On a CPU with AVX-512, or AVX2 and FMA, these are
+    this module's register tiles (see above; ``_simd``); elsewhere numpy's
+    matmul, whose BLAS has the kernels for that CPU."""
     cdef Py_ssize_t F = U.shape[1], Cg = U.shape[2], C = V.shape[1]
     cdef Py_ssize_t L = V.shape[2] * V.shape[3], G = C // Cg, Fg = F // G
     cdef Py_ssize_t k, g
     if (V.strides[3] != sizeof(floating) or V.strides[2] != V.shape[3] * sizeof(floating)
             or V.strides[1] != L * sizeof(floating)):
         raise ValueError("products: each V[k] must be C-contiguous (C, rows*TW, N)")
-    if not _avx512:
+    if _simd == 0:
         out = np.asarray(M)[:, :F].reshape(36, G, Fg, L)    # a view: M[k] is contiguous
         np.matmul(np.asarray(U).reshape(36, G, Fg, Cg), np.asarray(V).reshape(36, G, Cg, L),
                   out=out)
@@ -1034,15 +1078,24 @@ def products(const floating[:, :, ::1] U, const floating[:, :, :, :] V,
     if Cg == 0:
         np.asarray(M).fill(0)
         return
+    cdef bint wide = _simd == 2
     with nogil:
         for k in range(36):
             for g in range(G):
                 if floating is float:
-                    fastcnn_wmm_f32(&U[k, g * Fg, 0], &V[k, g * Cg, 0, 0], &M[k, g * Fg, 0, 0],
-                                    Fg, Cg, L)
+                    if wide:
+                        fastcnn_wmm_f32(&U[k, g * Fg, 0], &V[k, g * Cg, 0, 0],
+                                        &M[k, g * Fg, 0, 0], Fg, Cg, L)
+                    else:
+                        fastcnn_wmm2_f32(&U[k, g * Fg, 0], &V[k, g * Cg, 0, 0],
+                                         &M[k, g * Fg, 0, 0], Fg, Cg, L)
                 else:
-                    fastcnn_wmm_f64(&U[k, g * Fg, 0], &V[k, g * Cg, 0, 0], &M[k, g * Fg, 0, 0],
-                                    Fg, Cg, L)
+                    if wide:
+                        fastcnn_wmm_f64(&U[k, g * Fg, 0], &V[k, g * Cg, 0, 0],
+                                        &M[k, g * Fg, 0, 0], Fg, Cg, L)
+                    else:
+                        fastcnn_wmm2_f64(&U[k, g * Fg, 0], &V[k, g * Cg, 0, 0],
+                                         &M[k, g * Fg, 0, 0], Fg, Cg, L)
 
 
 cdef extern from *:
@@ -1180,12 +1233,16 @@ def weight_products(const floating[:, :, :, ::1] dM, const floating[:, :, :, ::1
     bands and chunks; G = C / Cg groups. float32 on a CPU with AVX-512:
     this module's register blocks (see above), each lane summing a few dozen
     terms and the lanes added in double; elsewhere, and for float64, numpy's
-    matmul of the band, then added."""
+    matmul of the band, then added. (AVX2's 16 registers hold a block of 3
+    filters by 4 channels, each lane summing twice as many terms: 1.5x
+    BLAS's speed, but the dw of a batch of 130 (tests/cases.py) came out
+    at 1.03e-4 of loops', over the contract; summing lanes in segments of
+    64 cost what it gained.)"""
     cdef Py_ssize_t F = dU.shape[1], Cg = dU.shape[2], C = V.shape[1]
     cdef Py_ssize_t L = V.shape[2] * V.shape[3], G = C // Cg, Fg = F // G
     cdef Py_ssize_t k, g
     if floating is float:
-        if _avx512:
+        if _simd == 2:
             if L == 0 or Fg == 0 or Cg == 0:
                 return
             with nogil:

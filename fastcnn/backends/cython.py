@@ -35,7 +35,10 @@ def build_info():
     return {"cython_version": cy_info.CYTHON_VERSION,
             "openmp": cy_info.OPENMP,
             "debug_build": cy_info.DEBUG_BUILD,
-            "threads": "single-threaded loops; fastcnn's pool splits each op"}
+            "threads": "single-threaded loops; fastcnn's pool splits each op",
+            # the loops this CPU runs for Winograd's products (weight products:
+            # this module's at avx512, numpy's matmul below)
+            "winograd_products": ("numpy", "avx2+fma", "avx512")[cy_winograd._simd]}
 
 
 class _ConvKernels:
@@ -61,10 +64,12 @@ class _ConvKernels:
     # 64 -> 16: batch 1000 44.5 -> 40.5 ms, 256 12.3 -> 11.4, 64 4.05 ->
     # 3.94); numba's loops lost with them (batch 1000 58 -> 67 ms) and keep
     # the shared limit, as training does (see _winograd.CHUNK). Only with
-    # the AVX-512 products: theirs are the same bits wherever an image's
-    # lanes fall, so the forward gives the same numbers with and without
-    # no_grad; BLAS's (the fallback) round its edge lanes differently.
-    winograd_no_grad_chunk = 16 if cy_winograd._avx512 else None
+    # the AVX-512 products: with the AVX2 ones chunks of 16 were no faster
+    # (batch 1000, 78.7 vs 77.1 ms), and BLAS's (the fallback) round edge
+    # lanes differently, where this module's give the same bits wherever an
+    # image's lanes fall (the forward's numbers then do not depend on
+    # no_grad).
+    winograd_no_grad_chunk = 16 if cy_winograd._simd == 2 else None
 
     @staticmethod
     def winograd_kernels():
