@@ -17,8 +17,9 @@ The sum over input channels of the 36 element-wise products is 36 matmuls
 M[k] = U[k] @ V[k] per band: the forward's and the backward's dV = U^T dM
 are ``products`` here (AVX-512 or AVX2 + FMA register tiles where the CPU
 has them, numpy's matmul elsewhere), the backward's dU = dM V^T is
-``weight_products`` (AVX-512 register blocks summing along the lanes into a
-double dU; numpy's matmul elsewhere and in float64); the other loops are
+``weight_products`` (AVX-512 or AVX2 register blocks summing along the
+lanes into a double dU; numpy's matmul elsewhere and in float64); the other
+loops are
 the transforms around them and their adjoints (dM = A dY A^T,
 dd = B dV B^T, dg = G^T dU G). Element (i, j) of a 6x6 tile is k = 6*i + j.
 
@@ -1046,10 +1047,9 @@ cdef extern from *:
     int fastcnn_wmm_have() noexcept nogil
 
 
-# Which loops products runs: 2 this module's AVX-512 ones, 1 its AVX2 +
-# FMA ones, 0 numpy's matmul (weight_products: its AVX-512 loops at 2,
-# numpy's below); a Python global, so a test can take the lower levels on
-# any CPU.
+# Which loops products and weight_products run: 2 this module's AVX-512
+# ones, 1 its AVX2 + FMA ones, 0 numpy's matmul; a Python global, so a test
+# can take the lower levels on any CPU.
 _simd = fastcnn_wmm_have()
 
 
@@ -1215,13 +1215,127 @@ cdef extern from *:
     #    pragma clang attribute pop
     #  endif
     #  pragma GCC pop_options
+    /* The same with AVX2 + FMA. Its 16 registers hold a block of 3 filters by
+       4 channels (12 vectors of 8 lane sums; each step 7 loads for 12
+       multiply-adds), a filter's 4 channel sums leaving as one vector of 4
+       doubles. A lane sums at most 16 terms: bands over 128 lanes run in
+       balanced segments, each block's segment added to dU on its own. One
+       sum per lane over a band of 176 lanes (22 terms) took the dw of a batch
+       of 130 (tests/cases.py) to 1.03e-4 of loops', over the contract; in
+       segments of 88, 4.5e-5 (numpy's matmul, one float32 sum of all L
+       terms per element: 7.5e-5 there, but over 1e-4 on 9 of 20 random
+       draws of that shape, and 2.6x further from loops' than lanes of L/8
+       terms on the MNIST conv2). */
+    #  pragma GCC push_options
+    #  pragma GCC target("avx2,fma")
+    #  ifdef __clang__
+    #    pragma clang attribute push (__attribute__((target("avx2,fma"))), apply_to=function)
+    #  endif
+    /* the 8 float lanes of a in double, folded to 4 */
+    static inline __m256d fastcnn_wup2_d4(__m256 a) {
+        return _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)),
+                             _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)));
+    }
+    /* (sum of a[0], ..., sum of a[3]) of 4 vectors of 4 doubles */
+    static inline __m256d fastcnn_wup2_hsum4(const __m256d* a) {
+        const __m256d t0 = _mm256_hadd_pd(a[0], a[1]), t1 = _mm256_hadd_pd(a[2], a[3]);
+        return _mm256_add_pd(_mm256_permute2f128_pd(t0, t1, 0x20),
+                             _mm256_permute2f128_pd(t0, t1, 0x31));
+    }
+    static inline __m256i fastcnn_wup2_lanes(Py_ssize_t n) {
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    /* R <= 3 filters (rows of dM LS apart) by 4 channels (rows of V LS apart),
+       lanes 0 .. L-1 of each row, into dU (rows DS apart) */
+    static inline __attribute__((always_inline)) void fastcnn_wup2_block(
+            const float* __restrict dM, const float* __restrict V, double* __restrict dU,
+            Py_ssize_t DS, Py_ssize_t LS, Py_ssize_t L, const int R) {
+        __m256 acc[3][4];
+        Py_ssize_t l, L1 = L - L % 8;
+        int r, c;
+        for (r = 0; r < R; r++)
+            for (c = 0; c < 4; c++) acc[r][c] = _mm256_setzero_ps();
+        for (l = 0; l < L1; l += 8) {
+            __m256 m[3];
+            for (r = 0; r < R; r++) m[r] = _mm256_loadu_ps(dM + r * LS + l);
+            for (c = 0; c < 4; c++) {
+                __m256 v = _mm256_loadu_ps(V + c * LS + l);
+                __asm__("" : "+x"(v));      /* one load per vector, as above */
+                for (r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(m[r], v, acc[r][c]);
+            }
+        }
+        if (L1 < L) {       /* masked loads: zeros past L */
+            const __m256i k = fastcnn_wup2_lanes(L - L1);
+            __m256 m[3];
+            for (r = 0; r < R; r++) m[r] = _mm256_maskload_ps(dM + r * LS + L1, k);
+            for (c = 0; c < 4; c++) {
+                const __m256 v = _mm256_maskload_ps(V + c * LS + L1, k);
+                for (r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(m[r], v, acc[r][c]);
+            }
+        }
+        for (r = 0; r < R; r++) {
+            __m256d d[4];
+            for (c = 0; c < 4; c++) d[c] = fastcnn_wup2_d4(acc[r][c]);
+            _mm256_storeu_pd(dU + r * DS, _mm256_add_pd(_mm256_loadu_pd(dU + r * DS),
+                                                        fastcnn_wup2_hsum4(d)));
+        }
+    }
+    /* one filter by one channel, lanes summed in two vectors (L/16 terms each) */
+    static inline void fastcnn_wup2_one(const float* __restrict m, const float* __restrict v,
+                                        double* __restrict dU, Py_ssize_t L) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        Py_ssize_t l = 0;
+        __m256d s;
+        __m128d h;
+        for (; l + 16 <= L; l += 16) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(m + l), _mm256_loadu_ps(v + l), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(m + l + 8), _mm256_loadu_ps(v + l + 8), a1);
+        }
+        for (; l < L; l += 8) {
+            const __m256i k = fastcnn_wup2_lanes(L - l);
+            a0 = _mm256_fmadd_ps(_mm256_maskload_ps(m + l, k), _mm256_maskload_ps(v + l, k), a0);
+        }
+        s = _mm256_add_pd(fastcnn_wup2_d4(a0), fastcnn_wup2_d4(a1));
+        h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+        *dU += _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    }
+    /* one group of one element: dM (F, L), V (C, L), dU (F, C) */
+    static void fastcnn_wup2_f32(const float* dM, const float* V, double* dU,
+                                 Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {
+        const Py_ssize_t parts = (L + 127) / 128, seg = ((L + parts - 1) / parts + 7) / 8 * 8;
+        Py_ssize_t f, c, l, C4 = C - C % 4;
+        for (l = 0; l < L; l += seg) {
+            const Py_ssize_t n = L - l < seg ? L - l : seg;
+            for (f = 0; f + 3 <= F; f += 3)
+                for (c = 0; c < C4; c += 4)
+                    fastcnn_wup2_block(dM + f * L + l, V + c * L + l, dU + f * C + c, C, L, n, 3);
+            for (; f + 2 <= F; f += 2)
+                for (c = 0; c < C4; c += 4)
+                    fastcnn_wup2_block(dM + f * L + l, V + c * L + l, dU + f * C + c, C, L, n, 2);
+            for (; f < F; f++)
+                for (c = 0; c < C4; c += 4)
+                    fastcnn_wup2_block(dM + f * L + l, V + c * L + l, dU + f * C + c, C, L, n, 1);
+        }
+        for (f = 0; f < F; f++)
+            for (c = C4; c < C; c++)
+                fastcnn_wup2_one(dM + f * L, V + c * L, dU + f * C + c, L);
+    }
+    #  ifdef __clang__
+    #    pragma clang attribute pop
+    #  endif
+    #  pragma GCC pop_options
     #else
     static void fastcnn_wup_f32(const float* dM, const float* V, double* dU,
                                 Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {}
+    static void fastcnn_wup2_f32(const float* dM, const float* V, double* dU,
+                                 Py_ssize_t F, Py_ssize_t C, Py_ssize_t L) {}
     #endif
     """
     void fastcnn_wup_f32(const float* dM, const float* V, double* dU, Py_ssize_t F,
                          Py_ssize_t C, Py_ssize_t L) noexcept nogil
+    void fastcnn_wup2_f32(const float* dM, const float* V, double* dU, Py_ssize_t F,
+                          Py_ssize_t C, Py_ssize_t L) noexcept nogil
 
 
 def weight_products(const floating[:, :, :, ::1] dM, const floating[:, :, :, ::1] V,
@@ -1230,26 +1344,27 @@ def weight_products(const floating[:, :, :, ::1] dM, const floating[:, :, :, ::1
     for a band (the backward's dU = dM V^T): dM (36, F', rows*TW, N) with
     F' >= F (rows past F unread), V (36, C, rows*TW, N), dU (36, F, Cg) in
     double, accumulated into across
-    bands and chunks; G = C / Cg groups. float32 on a CPU with AVX-512:
-    this module's register blocks (see above), each lane summing a few dozen
-    terms and the lanes added in double; elsewhere, and for float64, numpy's
-    matmul of the band, then added. (AVX2's 16 registers hold a block of 3
-    filters by 4 channels, each lane summing twice as many terms: 1.5x
-    BLAS's speed, but the dw of a batch of 130 (tests/cases.py) came out
-    at 1.03e-4 of loops', over the contract; summing lanes in segments of
-    64 cost what it gained.)"""
+    bands and chunks; G = C / Cg groups. float32 on a CPU with AVX-512, or
+    AVX2 and FMA: this module's register blocks (see above), each lane
+    summing L/16 terms (AVX2: at most 16) and the lanes added in double;
+    elsewhere, and for float64, numpy's matmul of the band, then added."""
     cdef Py_ssize_t F = dU.shape[1], Cg = dU.shape[2], C = V.shape[1]
     cdef Py_ssize_t L = V.shape[2] * V.shape[3], G = C // Cg, Fg = F // G
     cdef Py_ssize_t k, g
+    cdef bint wide = _simd == 2
     if floating is float:
-        if _simd == 2:
+        if _simd:
             if L == 0 or Fg == 0 or Cg == 0:
                 return
             with nogil:
                 for k in range(36):
                     for g in range(G):
-                        fastcnn_wup_f32(&dM[k, g * Fg, 0, 0], &V[k, g * Cg, 0, 0],
-                                        &dU[k, g * Fg, 0], Fg, Cg, L)
+                        if wide:
+                            fastcnn_wup_f32(&dM[k, g * Fg, 0, 0], &V[k, g * Cg, 0, 0],
+                                            &dU[k, g * Fg, 0], Fg, Cg, L)
+                        else:
+                            fastcnn_wup2_f32(&dM[k, g * Fg, 0, 0], &V[k, g * Cg, 0, 0],
+                                             &dU[k, g * Fg, 0], Fg, Cg, L)
             return
     d = np.asarray(dU).reshape(36, G, Fg, Cg)
     d += np.matmul(np.asarray(dM)[:, :F].reshape(36, G, Fg, L),

@@ -36,8 +36,7 @@ def build_info():
             "openmp": cy_info.OPENMP,
             "debug_build": cy_info.DEBUG_BUILD,
             "threads": "single-threaded loops; fastcnn's pool splits each op",
-            # the loops this CPU runs for Winograd's products (weight products:
-            # this module's at avx512, numpy's matmul below)
+            # the loops this CPU runs for Winograd's products
             "winograd_products": ("numpy", "avx2+fma", "avx512")[cy_winograd._simd]}
 
 
