@@ -459,10 +459,12 @@ def weight_products(dM, V, dU):
     float64, accumulated into
     across bands and chunks; G = C / Cg groups. Blocks of 4 filters by 4
     channels, the 16 sums along the contiguous lanes in the arrays' float
-    (vector partial sums, reassociated), each band's sums added in float64:
-    one float32 sum over all the lanes (BLAS's) is what kept the Winograd
-    dw furthest from the direct convolution's. Filters past whole blocks:
-    one at a time."""
+    (vector partial sums, reassociated) over segments of at most 128 lanes,
+    each segment's sums added in float64: one float32 sum over all the
+    lanes (BLAS's) is what kept the Winograd dw furthest from the direct
+    convolution's, and vector lanes summing a whole band (22 terms each
+    over 176 lanes) still left the dw of one random batch of 130 at 1.23e-4
+    of loops'. Filters past whole blocks: one at a time."""
     F, Cg = dU.shape[1], dU.shape[2]
     C, L = V.shape[1], V.shape[2] * V.shape[3]
     G = C // Cg
@@ -470,6 +472,11 @@ def weight_products(dM, V, dU):
     m = dM.reshape((36, dM.shape[1], L))
     v = V.reshape((36, C, L))
     zero = dM.dtype.type(0)
+    # lanes in balanced segments of at most 128, each segment's sums added to
+    # dU on its own: a vector lane then sums at most 16 terms (see the
+    # docstring)
+    parts = max(1, (L + 127) // 128)
+    seg = max(8, ((L + parts - 1) // parts + 7) // 8 * 8)
     for k in range(36):
         for g in range(G):
             f, fe, c0 = g * Fg, (g + 1) * Fg, g * Cg
@@ -480,66 +487,69 @@ def weight_products(dM, V, dU):
                 while c + 4 <= Cg:
                     b0, b1 = v[k, c0 + c], v[k, c0 + c + 1]
                     b2, b3 = v[k, c0 + c + 2], v[k, c0 + c + 3]
-                    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-                    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
-                    for l in range(L):
-                        x0, x1, x2, x3 = a0[l], a1[l], a2[l], a3[l]
-                        y0, y1, y2, y3 = b0[l], b1[l], b2[l], b3[l]
-                        s00 += x0 * y0
-                        s01 += x0 * y1
-                        s02 += x0 * y2
-                        s03 += x0 * y3
-                        s10 += x1 * y0
-                        s11 += x1 * y1
-                        s12 += x1 * y2
-                        s13 += x1 * y3
-                        s20 += x2 * y0
-                        s21 += x2 * y1
-                        s22 += x2 * y2
-                        s23 += x2 * y3
-                        s30 += x3 * y0
-                        s31 += x3 * y1
-                        s32 += x3 * y2
-                        s33 += x3 * y3
-                    du0[c] += s00
-                    du0[c + 1] += s01
-                    du0[c + 2] += s02
-                    du0[c + 3] += s03
-                    du1[c] += s10
-                    du1[c + 1] += s11
-                    du1[c + 2] += s12
-                    du1[c + 3] += s13
-                    du2[c] += s20
-                    du2[c + 1] += s21
-                    du2[c + 2] += s22
-                    du2[c + 3] += s23
-                    du3[c] += s30
-                    du3[c + 1] += s31
-                    du3[c + 2] += s32
-                    du3[c + 3] += s33
+                    for l0 in range(0, L, seg):
+                        s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+                        s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+                        for l in range(l0, min(L, l0 + seg)):
+                            x0, x1, x2, x3 = a0[l], a1[l], a2[l], a3[l]
+                            y0, y1, y2, y3 = b0[l], b1[l], b2[l], b3[l]
+                            s00 += x0 * y0
+                            s01 += x0 * y1
+                            s02 += x0 * y2
+                            s03 += x0 * y3
+                            s10 += x1 * y0
+                            s11 += x1 * y1
+                            s12 += x1 * y2
+                            s13 += x1 * y3
+                            s20 += x2 * y0
+                            s21 += x2 * y1
+                            s22 += x2 * y2
+                            s23 += x2 * y3
+                            s30 += x3 * y0
+                            s31 += x3 * y1
+                            s32 += x3 * y2
+                            s33 += x3 * y3
+                        du0[c] += s00
+                        du0[c + 1] += s01
+                        du0[c + 2] += s02
+                        du0[c + 3] += s03
+                        du1[c] += s10
+                        du1[c + 1] += s11
+                        du1[c + 2] += s12
+                        du1[c + 3] += s13
+                        du2[c] += s20
+                        du2[c + 1] += s21
+                        du2[c + 2] += s22
+                        du2[c + 3] += s23
+                        du3[c] += s30
+                        du3[c + 1] += s31
+                        du3[c + 2] += s32
+                        du3[c + 3] += s33
                     c += 4
                 for c in range(c, Cg):          # channels past whole blocks
                     b0 = v[k, c0 + c]
-                    s00 = s10 = s20 = s30 = zero
-                    for l in range(L):
-                        y0 = b0[l]
-                        s00 += a0[l] * y0
-                        s10 += a1[l] * y0
-                        s20 += a2[l] * y0
-                        s30 += a3[l] * y0
-                    du0[c] += s00
-                    du1[c] += s10
-                    du2[c] += s20
-                    du3[c] += s30
+                    for l0 in range(0, L, seg):
+                        s00 = s10 = s20 = s30 = zero
+                        for l in range(l0, min(L, l0 + seg)):
+                            y0 = b0[l]
+                            s00 += a0[l] * y0
+                            s10 += a1[l] * y0
+                            s20 += a2[l] * y0
+                            s30 += a3[l] * y0
+                        du0[c] += s00
+                        du1[c] += s10
+                        du2[c] += s20
+                        du3[c] += s30
                 f += 4
             for f in range(f, fe):
                 a0, du0 = m[k, f], dU[k, f]
                 for c in range(Cg):
                     b0 = v[k, c0 + c]
-                    s00 = zero
-                    for l in range(L):
-                        s00 += a0[l] * b0[l]
-                    du0[c] += s00
+                    for l0 in range(0, L, seg):
+                        s00 = zero
+                        for l in range(l0, min(L, l0 + seg)):
+                            s00 += a0[l] * b0[l]
+                        du0[c] += s00
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(i32, 4), i64))
 def pool_relu_2x2(ys, y, argmax, OW):
