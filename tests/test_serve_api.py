@@ -315,9 +315,13 @@ def test_serve_on_a_busy_port(model_file, client):
 
 def test_serve_runs_says_where_and_stops_on_ctrl_c(model_file, client):
     import urllib.request
+    # the child's Ctrl-C as a terminal gives it: a test run started in the
+    # background (`pytest &`) hands its children SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt for it
     proc = subprocess.Popen([sys.executable, "-m", "fastcnn", "serve", "--model",
                              str(model_file[0]), "--port", "0", "--backend", "loops"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = [proc.stdout.readline(), proc.stdout.readline()]
         assert "backends" in lines[0] and "shown first: loops" in lines[0], lines
