@@ -1281,7 +1281,7 @@ cdef extern from *:
                                                         fastcnn_wup2_hsum4(d)));
         }
     }
-    /* one filter by one channel, lanes summed in two vectors (L/16 terms each) */
+    /* one filter by one channel, lanes 0 .. L-1 summed in two vectors */
     static inline void fastcnn_wup2_one(const float* __restrict m, const float* __restrict v,
                                         double* __restrict dU, Py_ssize_t L) {
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
@@ -1316,10 +1316,10 @@ cdef extern from *:
             for (; f < F; f++)
                 for (c = 0; c < C4; c += 4)
                     fastcnn_wup2_block(dM + f * L + l, V + c * L + l, dU + f * C + c, C, L, n, 1);
+            for (f = 0; f < F; f++)
+                for (c = C4; c < C; c++)
+                    fastcnn_wup2_one(dM + f * L + l, V + c * L + l, dU + f * C + c, n);
         }
-        for (f = 0; f < F; f++)
-            for (c = C4; c < C; c++)
-                fastcnn_wup2_one(dM + f * L, V + c * L, dU + f * C + c, L);
     }
     #  ifdef __clang__
     #    pragma clang attribute pop
