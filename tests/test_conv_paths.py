@@ -260,6 +260,15 @@ def test_paths_chosen_by_shape(backend):
         assert choose(_g(1, 32, 3, 3, (1, 1))) == ("direct" if direct else im2col(288))
         assert choose(_g(1, 32, 3, 3, (2, 2))) == "batch"             # direct: stride 1 only
         assert choose(_g(small + 1, 32, 3, 3, (1, 1))) == "winograd"
+    # one image under no_grad, few taps (the MNIST conv1): the direct loops
+    # where the table has them; with a backward to follow, or with more
+    # images, the per-image products
+    one_tap9 = "direct" if getattr(k, "direct", None) is not None else "per_image"
+    with fastcnn.no_grad():
+        assert choose(_g(1, 1, 3, 3, (1, 1))) == one_tap9
+        assert choose(_g(4, 1, 3, 3, (1, 1))) == "per_image"
+        assert choose(_g(1, 1, 3, 3, (2, 2))) == "per_image"          # direct: stride 1 only
+    assert choose(_g(1, 1, 3, 3, (1, 1))) == "per_image"
 
 
 @pytest.mark.parametrize("backend", DRIVEN)

@@ -38,6 +38,10 @@ def pack(w, G, FB):
     F, Cg = w.shape[:2]
     Fg = F // G
     blocks = -(-Fg // FB)
+    if blocks * FB == Fg:       # no zero filters: one transposing copy
+        wp = np.empty((G, blocks, Cg, 9, FB), dtype=w.dtype)
+        np.copyto(wp, w.reshape(G, blocks, FB, Cg, 9).transpose(0, 1, 3, 4, 2))
+        return wp.reshape(-1)
     wp = np.zeros((G, blocks * FB, Cg, 9), dtype=w.dtype)
     wp[:, :Fg] = w.reshape(G, Fg, Cg, 9)
     return np.ascontiguousarray(
