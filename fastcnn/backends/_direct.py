@@ -38,14 +38,12 @@ def pack(w, G, FB):
     F, Cg = w.shape[:2]
     Fg = F // G
     blocks = -(-Fg // FB)
-    if blocks * FB == Fg:       # no zero filters: one transposing copy
-        wp = np.empty((G, blocks, Cg, 9, FB), dtype=w.dtype)
-        np.copyto(wp, w.reshape(G, blocks, FB, Cg, 9).transpose(0, 1, 3, 4, 2))
-        return wp.reshape(-1)
-    wp = np.zeros((G, blocks * FB, Cg, 9), dtype=w.dtype)
-    wp[:, :Fg] = w.reshape(G, Fg, Cg, 9)
-    return np.ascontiguousarray(
-        wp.reshape(G, blocks, FB, Cg, 9).transpose(0, 1, 3, 4, 2)).reshape(-1)
+    src = w.reshape(G, Fg, Cg, 9)
+    if blocks * FB > Fg:        # zero filters fill the last block
+        src = np.concatenate([src, np.zeros((G, blocks * FB - Fg, Cg, 9), w.dtype)], axis=1)
+    wp = np.empty((G, blocks, Cg, 9, FB), dtype=w.dtype)
+    np.copyto(wp, src.reshape(G, blocks, FB, Cg, 9).transpose(0, 1, 3, 4, 2))
+    return wp.reshape(-1)
 
 
 def flipped(w, G):
