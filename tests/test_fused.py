@@ -544,3 +544,52 @@ def test_winograd_plane_pooling_kernels_give_the_nchw_results(backend, dtype):
         wino.unpool_relu(dyo, ctx.saved[2], dys, OW, False)
         wino.crop_planes(dys, dz, 0, 0)
         np.testing.assert_array_equal(dz, dz_nchw)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape", [(9, 8, 14, 14), (10, 8, 11, 13), (8, 3, 4, 5)], ids=str)
+def test_winograd_pooling_by_band_is_the_pooling_over_the_planes(backend, dtype, x_shape,
+                                                                 monkeypatch):
+    """The fused 2x2 pooling inside Winograd's band loop (the kernels'
+    output_pool_relu_2x2 and grad_output_unpool_2x2) and over the chunk's
+    output planes after it (pool_relu_2x2, unpool_relu): the same numbers
+    exactly, y, argmax, dx, dw and db, NaN included, with bands of one tile
+    row, of several and of all; odd sizes whose last tile row or column
+    pools nothing; and both routes close to loops."""
+    from fastcnn.backends import _winograd
+    wino = get_module(backend)._ConvKernels.winograd_kernels()
+    calls = {}
+    for name in ("output_pool_relu_2x2", "grad_output_unpool_2x2", "pool_relu_2x2",
+                 "unpool_relu"):
+        def spy(*args, _kernel=getattr(wino, name), _name=name):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _kernel(*args)
+        monkeypatch.setattr(wino, name, spy)
+    x, w, b = _inputs(x_shape, (6, x_shape[1], 3, 3), dtype)
+    x_nan = x.copy()
+    x_nan[1, 0, 2, 3] = np.nan                  # spreads over a few tiles of every filter
+    dy = None
+    for band_tiles in (1, 4, 10 ** 6):
+        monkeypatch.setattr(_winograd, "BAND_TILES", band_tiles)
+        for xin in (x, x_nan):
+            got = {}
+            for by_band in (False, True):
+                monkeypatch.setattr(_winograd, "_pools_by_band", lambda *a, _v=by_band: _v)
+                with _forced("winograd"), np.errstate(invalid="ignore"):
+                    y, ctx = ops.conv2d_relu_max_pool2d_forward(xin, w, b, 1, 1,
+                                                                pool_kernel_size=2,
+                                                                backend=backend)
+                    if dy is None:
+                        dy = np.random.default_rng(4).standard_normal(y.shape).astype(dtype)
+                    got[by_band] = (y, ctx.saved[2],
+                                    *ops.conv2d_relu_max_pool2d_backward(dy, ctx))
+            for a, c in zip(got[False], got[True]):
+                np.testing.assert_array_equal(a, c)
+            if xin is x:
+                y_ref, back_ref = _composed(x, w, b, (1, 1), (2,), "loops")
+                for name, a, r in zip(("y", "dx", "dw", "db"), (got[True][0], *got[True][2:]),
+                                      (y_ref, *back_ref(dy))):
+                    _close(a, r, TOL[dtype], name)
+    assert all(calls.get(k, 0) > 0 for k in ("output_pool_relu_2x2", "grad_output_unpool_2x2",
+                                             "pool_relu_2x2", "unpool_relu")), calls

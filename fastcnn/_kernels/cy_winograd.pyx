@@ -3,15 +3,9 @@ twin of ``numba_winograd.py``: same functions, same arguments, same shapes.
 
     y_tile (4x4) = A^T [ (G g G^T) (.) (B^T d B) ] A      d: 6x6 input tile
 
-with the interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray,
-"Fast Algorithms for Convolutional Neural Networks", 2015):
-
-    B^T = [[4,  0, -5,  0, 1, 0],    G = [[ 1/4,     0,    0],    A^T = [[1, 1,  1, 1,  1, 0],
-           [0, -4, -4,  1, 1, 0],         [-1/6,  -1/6, -1/6],           [0, 1, -1, 2, -2, 0],
-           [0,  4, -4, -1, 1, 0],         [-1/6,   1/6, -1/6],           [0, 1,  1, 4,  4, 0],
-           [0, -2, -1,  2, 1, 0],         [1/24,  1/12,  1/6],           [0, 1, -1, 8, -8, 1]]
-           [0,  2, -1, -2, 1, 0],         [1/24, -1/12,  1/6],
-           [0,  4,  0, -5, 0, 1]]         [   0,     0,    1]]
+with numba_winograd's interpolation points (0, 1, -1, 1/2, -2 and
+infinity) and so its B^T, G and A^T, stated there (Lavin & Gray, "Fast
+Algorithms for Convolutional Neural Networks", 2015, for the method).
 
 The sum over input channels of the 36 element-wise products is 36 matmuls
 M[k] = U[k] @ V[k] per band: the forward's and the backward's dV = U^T dM
@@ -22,6 +16,10 @@ lanes into a double dU; numpy's matmul elsewhere and in float64); the other
 loops are
 the transforms around them and their adjoints (dM = A dY A^T,
 dd = B dV B^T, dg = G^T dU G). Element (i, j) of a 6x6 tile is k = 6*i + j.
+A fused ReLU + 2x2 max pooling runs either over a chunk's output planes
+(pool_relu_2x2, unpool_relu) or inside the output transform and its
+adjoint, one filter's tile row at a time (output_pool_relu_2x2,
+grad_output_unpool_2x2): the same C row functions, the driver choosing.
 
 What this is: loops over typed memoryviews, fused float32/float64, GIL
 released, single-threaded (the driver runs batch chunks concurrently). The
@@ -39,7 +37,7 @@ transform took about 2.8x as long, and the transforms together more than
 the products between them. The clones compute the same roundings (no FMA
 in either). Pointer arguments are ``restrict``: GCC then vectorises each
 loop without runtime overlap checks. The weight transforms compute in
-double (1/6 and 1/24 are not floats) and write U row by row: 36 stores
+double (1/3 and 1/15 are not floats) and write U row by row: 36 stores
 8 KB apart per weight all fell into one L1 set.
 
 What this is not: no validation, no allocation visible to the caller and no
@@ -431,6 +429,19 @@ def output_transform(const floating[:, :, :, ::1] M, const floating[::1] b,
                                              &ys[f, 4 * (th0 + r), 0, 0], W4 * N, TW, N, bf, relu)
 
 
+cdef inline double _lane_sum(const double* acc, Py_ssize_t N) noexcept nogil:
+    """acc[0] + ... + acc[N-1] in two chains (the db of a filter from its lanes)."""
+    cdef double s0 = 0, s1 = 0
+    cdef Py_ssize_t n = 0
+    while n + 2 <= N:
+        s0 += acc[n]
+        s1 += acc[n + 1]
+        n += 2
+    if n < N:
+        s0 += acc[n]
+    return s0 + s1
+
+
 def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::1] dM,
                           double[::1] db, Py_ssize_t th0):
     """dM[:, f, (th-th0)*TW + tw, n] = A dY A^T for the band of tile rows
@@ -443,8 +454,7 @@ def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::
     cdef Py_ssize_t F = dys.shape[0], W4 = dys.shape[2], N = dys.shape[3]
     cdef Py_ssize_t TW = W4 // 4, P = dM.shape[2]
     cdef Py_ssize_t rows = P // TW, L = W4 * N, KS = dM.shape[1] * P * N
-    cdef Py_ssize_t f, r, n
-    cdef double s0, s1
+    cdef Py_ssize_t f, r
     cdef double* acc = <double*>_alloc(N * sizeof(double))          # per image
     try:
         with nogil:
@@ -457,16 +467,7 @@ def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::
                     else:
                         fastcnn_wino_gout_row_f64(&dys[f, 4 * (th0 + r), 0, 0], L,
                                                   &dM[0, f, r * TW, 0], KS, TW, N, acc)
-                s0 = 0
-                s1 = 0
-                n = 0
-                while n + 2 <= N:
-                    s0 += acc[n]
-                    s1 += acc[n + 1]
-                    n += 2
-                if n < N:
-                    s0 += acc[n]
-                db[f] += s0 + s1
+                db[f] += _lane_sum(acc, N)
     finally:
         free(acc)
 
@@ -732,82 +733,127 @@ cdef extern from *:
     #  define FASTCNN_WPOOL_F64 FASTCNN_WPOOL(double, f64, double, int)
     #endif
     #define FASTCNN_WPOOL(T, S, V, VM)                                                  \
-    static FASTCNN_CLONES void fastcnn_wpool22_##S(const T* ys, T* y, int* arg,         \
-            Py_ssize_t N, Py_ssize_t F, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS,    \
-            Py_ssize_t WS, Py_ssize_t OW, T* tv, int* ta) {                             \
-        Py_ssize_t f, ph, pw, n;                                                        \
-        for (f = 0; f < F; f++)                                                         \
-            for (ph = 0; ph < PH; ph++) {                                               \
-                for (pw = 0; pw < PW; pw++) {                                           \
-                    const T* p00 = ys + ((f * HS + 2 * ph) * WS + 2 * pw) * N;          \
-                    const T* p01 = p00 + N;                                             \
-                    const T* p10 = p00 + WS * N;                                        \
-                    const T* p11 = p10 + N;                                             \
-                    T* bv = tv + pw * N;                                                \
-                    int* ba = ta + pw * N;                                              \
-                    const int j = (int)(2 * ph * OW + 2 * pw), jw = (int)(j + OW);      \
-                    FASTCNN_WP_VLOOP(V, VM)                                             \
-                    for (; n < N; n++) {                                                \
-                        T b = p00[n], v;                                                \
-                        int a = j, t;                                                   \
-                        v = p01[n]; t = FASTCNN_WP_TAKE(v, b); if (t) { b = v; a = j + 1; } \
-                        v = p10[n]; t = FASTCNN_WP_TAKE(v, b); if (t) { b = v; a = jw; } \
-                        v = p11[n]; t = FASTCNN_WP_TAKE(v, b); if (t) { b = v; a = jw + 1; } \
-                        if (!(b > 0)) {                                                 \
-                            if (b == b) { b = 0; a = -j - 1; } else a = -a - 1;         \
-                        }                                                               \
-                        bv[n] = b;                                                      \
-                        ba[n] = a;                                                      \
+    /* pooled rows ph0 .. ph0+nph-1 of one plane: ys at the plane's row 2*ph0          \
+       (rows WS*N lanes apart), y and arg at [0, f, ph0, 0] (images sN apart) */      \
+    static FASTCNN_CLONES void fastcnn_wpool22_rows_##S(const T* ys, Py_ssize_t WS,    \
+            T* y, int* arg, Py_ssize_t N, Py_ssize_t sN, Py_ssize_t PW, Py_ssize_t ph0, \
+            Py_ssize_t nph, Py_ssize_t OW, T* tv, int* ta) {                            \
+        Py_ssize_t ph, pw, n;                                                           \
+        for (ph = ph0; ph < ph0 + nph; ph++) {                                          \
+            for (pw = 0; pw < PW; pw++) {                                               \
+                const T* p00 = ys + (2 * (ph - ph0) * WS + 2 * pw) * N;                 \
+                const T* p01 = p00 + N;                                                 \
+                const T* p10 = p00 + WS * N;                                            \
+                const T* p11 = p10 + N;                                                 \
+                T* bv = tv + pw * N;                                                    \
+                int* ba = ta + pw * N;                                                  \
+                const int j = (int)(2 * ph * OW + 2 * pw), jw = (int)(j + OW);          \
+                FASTCNN_WP_VLOOP(V, VM)                                                 \
+                for (; n < N; n++) {                                                    \
+                    T b = p00[n], v;                                                    \
+                    int a = j, t;                                                       \
+                    v = p01[n]; t = FASTCNN_WP_TAKE(v, b); if (t) { b = v; a = j + 1; } \
+                    v = p10[n]; t = FASTCNN_WP_TAKE(v, b); if (t) { b = v; a = jw; }    \
+                    v = p11[n]; t = FASTCNN_WP_TAKE(v, b); if (t) { b = v; a = jw + 1; } \
+                    if (!(b > 0)) {                                                     \
+                        if (b == b) { b = 0; a = -j - 1; } else a = -a - 1;             \
                     }                                                                   \
-                }                                                                       \
-                for (n = 0; n < N; n++) {                                               \
-                    T* __restrict yr = y + ((n * F + f) * PH + ph) * PW;                \
-                    int* __restrict ar = arg + ((n * F + f) * PH + ph) * PW;            \
-                    for (pw = 0; pw < PW; pw++) {                                       \
-                        yr[pw] = tv[pw * N + n];                                        \
-                        ar[pw] = ta[pw * N + n];                                        \
-                    }                                                                   \
+                    bv[n] = b;                                                          \
+                    ba[n] = a;                                                          \
                 }                                                                       \
             }                                                                           \
+            for (n = 0; n < N; n++) {                                                   \
+                T* __restrict yr = y + n * sN + (ph - ph0) * PW;                        \
+                int* __restrict ar = arg + n * sN + (ph - ph0) * PW;                    \
+                for (pw = 0; pw < PW; pw++) {                                           \
+                    yr[pw] = tv[pw * N + n];                                            \
+                    ar[pw] = ta[pw * N + n];                                            \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+    }                                                                                   \
+    static void fastcnn_wpool22_##S(const T* ys, T* y, int* arg, Py_ssize_t N,          \
+            Py_ssize_t F, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS, Py_ssize_t WS,    \
+            Py_ssize_t OW, T* tv, int* ta) {                                            \
+        Py_ssize_t f;                                                                   \
+        for (f = 0; f < F; f++)                                                         \
+            fastcnn_wpool22_rows_##S(ys + f * HS * WS * N, WS, y + f * PH * PW,         \
+                                     arg + f * PH * PW, N, F * PH * PW, PW, 0, PH, OW, tv, ta); \
+    }                                                                                   \
+    /* the gradient planes' rows 2*ph0 .. 2*(ph0+nph)-1 of one plane (plane at         \
+       row 2*ph0) from pooled rows ph0.. of dy and arg at [0, f, ph0, 0] (images       \
+       sN apart): every tap of every window, and zeros past the windows' columns */   \
+    static void fastcnn_wunpool22_rows_##S(const T* dy, const int* arg, T* plane,       \
+            Py_ssize_t N, Py_ssize_t sN, Py_ssize_t PW, Py_ssize_t ph0, Py_ssize_t nph, \
+            Py_ssize_t WS, Py_ssize_t OW, T* tg, int* ta) {                             \
+        Py_ssize_t ph, pw, n, r;                                                        \
+        for (ph = ph0; ph < ph0 + nph; ph++) {                                          \
+            for (n = 0; n < N; n++) {                                                   \
+                const T* gr = dy + n * sN + (ph - ph0) * PW;                            \
+                const int* ar = arg + n * sN + (ph - ph0) * PW;                         \
+                for (pw = 0; pw < PW; pw++) {                                           \
+                    tg[pw * N + n] = gr[pw];                                            \
+                    ta[pw * N + n] = ar[pw];                                            \
+                }                                                                       \
+            }                                                                           \
+            for (pw = 0; pw < PW; pw++) {                                               \
+                T* __restrict d00 = plane + (2 * (ph - ph0) * WS + 2 * pw) * N;         \
+                T* __restrict d01 = d00 + N;                                            \
+                T* __restrict d10 = d00 + WS * N;                                       \
+                T* __restrict d11 = d10 + N;                                            \
+                const T* __restrict g = tg + pw * N;                                    \
+                const int* __restrict as = ta + pw * N;                                 \
+                const int j = (int)(2 * ph * OW + 2 * pw), jw = (int)(j + OW);          \
+                for (n = 0; n < N; n++) {                                               \
+                    const int a = as[n], killed = a < 0, p = killed ? -a - 1 : a;       \
+                    /* max_relu_backward's plane[p] += v on a zeroed plane */           \
+                    const T v = (T)0 + (killed ? g[n] * (T)0 : g[n]);                   \
+                    d00[n] = p == j ? v : (T)0;                                         \
+                    d01[n] = p == j + 1 ? v : (T)0;                                     \
+                    d10[n] = p == jw ? v : (T)0;                                        \
+                    d11[n] = p == jw + 1 ? v : (T)0;                                    \
+                }                                                                       \
+            }                                                                           \
+            for (r = 2 * (ph - ph0); r < 2 * (ph - ph0) + 2; r++)   /* past the windows */ \
+                memset(plane + (r * WS + 2 * PW) * N, 0, (WS - 2 * PW) * N * sizeof(T)); \
+        }                                                                               \
     }                                                                                   \
     static void fastcnn_wunpool22_##S(const T* dy, const int* arg, T* dys, Py_ssize_t N,  \
             Py_ssize_t F, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS, Py_ssize_t WS,   \
             Py_ssize_t OW, T* tg, int* ta) {                                            \
-        Py_ssize_t f, ph, pw, n, r;                                                     \
+        Py_ssize_t f;                                                                   \
         for (f = 0; f < F; f++) {                                                       \
             T* plane = dys + f * HS * WS * N;                                           \
-            for (ph = 0; ph < PH; ph++) {                                               \
-                for (n = 0; n < N; n++) {                                               \
-                    const T* gr = dy + ((n * F + f) * PH + ph) * PW;                    \
-                    const int* ar = arg + ((n * F + f) * PH + ph) * PW;                 \
-                    for (pw = 0; pw < PW; pw++) {                                       \
-                        tg[pw * N + n] = gr[pw];                                        \
-                        ta[pw * N + n] = ar[pw];                                        \
-                    }                                                                   \
-                }                                                                       \
-                for (pw = 0; pw < PW; pw++) {                                           \
-                    T* __restrict d00 = plane + (2 * ph * WS + 2 * pw) * N;             \
-                    T* __restrict d01 = d00 + N;                                        \
-                    T* __restrict d10 = d00 + WS * N;                                   \
-                    T* __restrict d11 = d10 + N;                                        \
-                    const T* __restrict g = tg + pw * N;                                \
-                    const int* __restrict as = ta + pw * N;                             \
-                    const int j = (int)(2 * ph * OW + 2 * pw), jw = (int)(j + OW);      \
-                    for (n = 0; n < N; n++) {                                           \
-                        const int a = as[n], killed = a < 0, p = killed ? -a - 1 : a;   \
-                        /* max_relu_backward's plane[p] += v on a zeroed plane */       \
-                        const T v = (T)0 + (killed ? g[n] * (T)0 : g[n]);               \
-                        d00[n] = p == j ? v : (T)0;                                     \
-                        d01[n] = p == j + 1 ? v : (T)0;                                 \
-                        d10[n] = p == jw ? v : (T)0;                                    \
-                        d11[n] = p == jw + 1 ? v : (T)0;                                \
-                    }                                                                   \
-                }                                                                       \
-                for (r = 2 * ph; r < 2 * ph + 2; r++)   /* columns past the windows */  \
-                    memset(plane + (r * WS + 2 * PW) * N, 0, (WS - 2 * PW) * N * sizeof(T)); \
-            }                                                                           \
+            fastcnn_wunpool22_rows_##S(dy + f * PH * PW, arg + f * PH * PW, plane, N,   \
+                                       F * PH * PW, PW, 0, PH, WS, OW, tg, ta);         \
             memset(plane + 2 * PH * WS * N, 0, (HS - 2 * PH) * WS * N * sizeof(T));     \
         }                                                                               \
+    }                                                                                   \
+    /* The output transform and the pooling fused, one filter's tile row at a          \
+       time through a 4-row scratch s (4 * WS * N lanes, in L1): no output planes.     \
+       M at filter f's tile p0 = r*TW of the band (KS apart per element), y and        \
+       arg at [0, f, 0, 0] (images sN apart), tile row th of the plane. */            \
+    static void fastcnn_wout_pool22_row_##S(const T* M, Py_ssize_t KS, T* y, int* arg,  \
+            Py_ssize_t N, Py_ssize_t sN, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t WS,   \
+            Py_ssize_t OW, Py_ssize_t th, T bias, T* s, T* tv, int* ta) {               \
+        const Py_ssize_t ph0 = 2 * th, nph = PH - ph0 < 2 ? PH - ph0 : 2;               \
+        if (nph <= 0) return;                                                           \
+        fastcnn_wino_out_row_##S(M, KS, s, WS * N, WS / 4, N, bias, 0);                 \
+        fastcnn_wpool22_rows_##S(s, WS, y + ph0 * PW, arg + ph0 * PW, N, sN, PW, ph0, nph, \
+                                 OW, tv, ta);                                           \
+    }                                                                                   \
+    /* The unpooling and the output-gradient transform fused, likewise: dy and         \
+       arg at [0, f, 0, 0]; the scratch's rows past the pooled ones zeroed. */        \
+    static void fastcnn_wgout_unpool22_row_##S(const T* dy, const int* arg, T* dM,      \
+            Py_ssize_t KS, Py_ssize_t N, Py_ssize_t sN, Py_ssize_t PH, Py_ssize_t PW,   \
+            Py_ssize_t WS, Py_ssize_t OW, Py_ssize_t th, T* s, T* tg, int* ta,          \
+            double* acc) {                                                              \
+        const Py_ssize_t ph0 = 2 * th;                                                  \
+        const Py_ssize_t nph = PH - ph0 < 0 ? 0 : (PH - ph0 < 2 ? PH - ph0 : 2);        \
+        fastcnn_wunpool22_rows_##S(dy + ph0 * PW, arg + ph0 * PW, s, N, sN, PW, ph0, nph, \
+                                   WS, OW, tg, ta);                                     \
+        memset(s + 2 * nph * WS * N, 0, (4 - 2 * nph) * WS * N * sizeof(T));            \
+        fastcnn_wino_gout_row_##S(s, WS * N, dM, KS, WS / 4, N, acc);                   \
     }
     FASTCNN_WPOOL_F32
     FASTCNN_WPOOL_F64
@@ -824,6 +870,24 @@ cdef extern from *:
     void fastcnn_wunpool22_f64(const double* dy, const int* arg, double* dys, Py_ssize_t N,
                                Py_ssize_t F, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t HS,
                                Py_ssize_t WS, Py_ssize_t OW, double* tg, int* ta) noexcept nogil
+    void fastcnn_wout_pool22_row_f32(const float* M, Py_ssize_t KS, float* y, int* arg,
+                                     Py_ssize_t N, Py_ssize_t sN, Py_ssize_t PH, Py_ssize_t PW,
+                                     Py_ssize_t WS, Py_ssize_t OW, Py_ssize_t th, float bias,
+                                     float* s, float* tv, int* ta) noexcept nogil
+    void fastcnn_wout_pool22_row_f64(const double* M, Py_ssize_t KS, double* y, int* arg,
+                                     Py_ssize_t N, Py_ssize_t sN, Py_ssize_t PH, Py_ssize_t PW,
+                                     Py_ssize_t WS, Py_ssize_t OW, Py_ssize_t th, double bias,
+                                     double* s, double* tv, int* ta) noexcept nogil
+    void fastcnn_wgout_unpool22_row_f32(const float* dy, const int* arg, float* dM,
+                                        Py_ssize_t KS, Py_ssize_t N, Py_ssize_t sN,
+                                        Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t WS,
+                                        Py_ssize_t OW, Py_ssize_t th, float* s, float* tg,
+                                        int* ta, double* acc) noexcept nogil
+    void fastcnn_wgout_unpool22_row_f64(const double* dy, const int* arg, double* dM,
+                                        Py_ssize_t KS, Py_ssize_t N, Py_ssize_t sN,
+                                        Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t WS,
+                                        Py_ssize_t OW, Py_ssize_t th, double* s, double* tg,
+                                        int* ta, double* acc) noexcept nogil
 
 
 def pool_relu_2x2(const floating[:, :, :, ::1] ys, floating[:, :, :, ::1] y,
@@ -897,6 +961,86 @@ def unpool_relu(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
                             a = -a - 1
                             g = g * 0
                         dys[f, a // OW, a % OW, n] += g
+
+
+def output_pool_relu_2x2(const floating[:, :, :, ::1] M, const floating[::1] b,
+                         floating[:, :, :, ::1] y, int[:, :, :, ::1] argmax,
+                         Py_ssize_t th0, Py_ssize_t OW):
+    """output_transform (no relu) then pool_relu_2x2, fused: the pooled rows
+    2*th .. 2*th+1 of y and argmax (N, F, PH, PW) for each tile row th of
+    the band th0.. that M (36, F', rows*TW, N) holds, one filter's tile row
+    at a time through a scratch of 4 plane rows that stays in L1 - the
+    conv output never reaches memory, as planes or as NCHW. Same values,
+    argmax and marks as the two kernels in turn."""
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], PH = y.shape[2], PW = y.shape[3]
+    cdef Py_ssize_t TW = (OW + 3) // 4, P = M.shape[2]
+    cdef Py_ssize_t rows = P // TW, KS = M.shape[1] * P * N, sN = F * PH * PW
+    cdef Py_ssize_t f, r
+    cdef bint has_bias = b is not None
+    cdef floating bf
+    if N * F * PH * PW == 0:
+        return
+    cdef floating* s = <floating*>_alloc(16 * TW * N * sizeof(floating))
+    cdef floating* tv = <floating*>_alloc(PW * N * sizeof(floating))
+    cdef int* ta = <int*>_alloc(PW * N * sizeof(int))
+    try:
+        with nogil:
+            for f in range(F):
+                bf = b[f] if has_bias else 0
+                for r in range(rows):
+                    if floating is float:
+                        fastcnn_wout_pool22_row_f32(&M[0, f, r * TW, 0], KS, &y[0, f, 0, 0],
+                                                    &argmax[0, f, 0, 0], N, sN, PH, PW, 4 * TW,
+                                                    OW, th0 + r, bf, s, tv, ta)
+                    else:
+                        fastcnn_wout_pool22_row_f64(&M[0, f, r * TW, 0], KS, &y[0, f, 0, 0],
+                                                    &argmax[0, f, 0, 0], N, sN, PH, PW, 4 * TW,
+                                                    OW, th0 + r, bf, s, tv, ta)
+    finally:
+        free(s)
+        free(tv)
+        free(ta)
+
+
+def grad_output_unpool_2x2(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
+                           floating[:, :, :, ::1] dM, double[::1] db, Py_ssize_t th0,
+                           Py_ssize_t OW):
+    """unpool_relu (2x2 stride-2 windows) then grad_output_transform, fused:
+    dM for the band of tile rows th0.. that dM (36, F', rows*TW, N) holds
+    and db[f] += the band's sum of the conv's dy, straight from the pooled
+    gradient dy and argmax (N, F, PH, PW), one filter's tile row at a time
+    through a scratch of 4 plane rows - no output-gradient planes. Same
+    values as the two kernels in turn."""
+    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], PH = dy.shape[2], PW = dy.shape[3]
+    cdef Py_ssize_t TW = (OW + 3) // 4, P = dM.shape[2]
+    cdef Py_ssize_t rows = P // TW, KS = dM.shape[1] * P * N, sN = F * PH * PW
+    cdef Py_ssize_t f, r
+    if N * F * PH * PW == 0:        # no pooled output: the conv's dy is all zero
+        np.asarray(dM)[:, :F] = 0
+        return
+    cdef floating* s = <floating*>_alloc(16 * TW * N * sizeof(floating))
+    cdef floating* tg = <floating*>_alloc(PW * N * sizeof(floating))
+    cdef int* ta = <int*>_alloc(PW * N * sizeof(int))
+    cdef double* acc = <double*>_alloc(N * sizeof(double))          # per image
+    try:
+        with nogil:
+            for f in range(F):
+                memset(acc, 0, N * sizeof(double))
+                for r in range(rows):
+                    if floating is float:
+                        fastcnn_wgout_unpool22_row_f32(&dy[0, f, 0, 0], &argmax[0, f, 0, 0],
+                                                       &dM[0, f, r * TW, 0], KS, N, sN, PH, PW,
+                                                       4 * TW, OW, th0 + r, s, tg, ta, acc)
+                    else:
+                        fastcnn_wgout_unpool22_row_f64(&dy[0, f, 0, 0], &argmax[0, f, 0, 0],
+                                                       &dM[0, f, r * TW, 0], KS, N, sN, PH, PW,
+                                                       4 * TW, OW, th0 + r, s, tg, ta, acc)
+                db[f] += _lane_sum(acc, N)
+    finally:
+        free(s)
+        free(tg)
+        free(ta)
+        free(acc)
 
 
 cdef extern from *:

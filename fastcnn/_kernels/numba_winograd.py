@@ -62,6 +62,13 @@ the driver pads it by one); U/dU (36, F, Cg); element (i, j) of a 6x6 tile
 at k = 6*i + j. Padding top PT, left PL (any: the planes hold every padded row
 and column).
 
+A fused ReLU + 2x2 max pooling after the convolution runs either over a
+chunk's output planes (pool_relu_2x2, unpool_relu) or inside the output
+transform and its adjoint, one filter's tile row at a time through a
+scratch of 4 plane rows (output_pool_relu_2x2, grad_output_unpool_2x2), so
+no output planes are written: the same inlined row functions, the driver
+choosing.
+
 grad_input_transform scatter-adds into xs and zeroes each plane itself when
 th0 == 0: the driver runs the bands of a chunk in order from th0 = 0.
 weight_products(dM, V, dU) adds a band's dM V^T per group into dU
@@ -164,6 +171,65 @@ def input_transform(xs, V, th0):
                             + h15 * e4[n] + e5[n]
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _transform_consts(dtype):
+    """0.5, 0.25, 0.125, 4, 8 and 0 in the arrays' float (a float64 literal
+    would widen a float32 loop)."""
+    k = np.empty(6, dtype=dtype)
+    k[0], k[1], k[2], k[3], k[4], k[5] = 0.5, 0.25, 0.125, 4.0, 8.0, 0.0
+    return k
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _out_tile_row(M, f, r, TW, bf, relu, S, k, out):
+    """The 4 output rows out (4, 4*TW, N) of filter f's tile row r of the
+    band M: A^T m A + bf, then max(v, 0) if relu (NaN kept). S: scratch
+    (4, 6, TW, N) for A^T m (row a, column j, tile)."""
+    N = out.shape[2]
+    h5, q25, e125, four, eight, zero = k[0], k[1], k[2], k[3], k[4], k[5]
+    for j in range(6):
+        for tw in range(TW):
+            p = r * TW + tw
+            m0, m1, m2 = M[j, f, p], M[6 + j, f, p], M[12 + j, f, p]
+            m3, m4, m5 = M[18 + j, f, p], M[24 + j, f, p], M[30 + j, f, p]
+            for n in range(N):
+                S[0, j, tw, n] = m0[n] + (m1[n] + m2[n]) + (m3[n] + m4[n])
+            for n in range(N):
+                S[1, j, tw, n] = (m1[n] - m2[n]) + h5 * m3[n] - (m4[n] + m4[n])
+            for n in range(N):
+                S[2, j, tw, n] = (m1[n] + m2[n]) + q25 * m3[n] + four * m4[n]
+            for n in range(N):
+                S[3, j, tw, n] = (m1[n] - m2[n]) + e125 * m3[n] - eight * m4[n] + m5[n]
+    for a in range(4):
+        o = out[a]
+        for tw in range(TW):
+            s0, s1, s2 = S[a, 0, tw], S[a, 1, tw], S[a, 2, tw]
+            s3, s4, s5 = S[a, 3, tw], S[a, 4, tw], S[a, 5, tw]
+            w = 4 * tw
+            o0, o1, o2, o3 = o[w], o[w + 1], o[w + 2], o[w + 3]
+            for n in range(N):
+                o0[n] = s0[n] + (s1[n] + s2[n]) + (s3[n] + s4[n]) + bf
+            for n in range(N):
+                o1[n] = (s1[n] - s2[n]) + h5 * s3[n] - (s4[n] + s4[n]) + bf
+            for n in range(N):
+                o2[n] = (s1[n] + s2[n]) + q25 * s3[n] + four * s4[n] + bf
+            for n in range(N):
+                o3[n] = (s1[n] - s2[n]) + e125 * s3[n] - eight * s4[n] + s5[n] + bf
+            if relu:
+                for n in range(N):      # NaN <= 0 is False: NaN stays
+                    v = o0[n]
+                    o0[n] = zero if v <= zero else v
+                for n in range(N):
+                    v = o1[n]
+                    o1[n] = zero if v <= zero else v
+                for n in range(N):
+                    v = o2[n]
+                    o2[n] = zero if v <= zero else v
+                for n in range(N):
+                    v = o3[n]
+                    o3[n] = zero if v <= zero else v
+
+
 @kernel(lambda t: void(ro(t, 4), ro(t, 1), rw(t, 4), i64, i64))
 def output_transform(M, b, ys, th0, relu):
     """ys[f, 4th+a, 4tw+c, n] = (A^T m A)[a, c] + b[f] for the band of tile
@@ -173,55 +239,57 @@ def output_transform(M, b, ys, th0, relu):
     (crop_planes drops what lies past the edge)."""
     F, _, OW4, N = ys.shape
     TW = OW4 // 4
-    k = np.empty(6, dtype=ys.dtype)
-    k[0], k[1], k[2], k[3], k[4], k[5] = 0.5, 0.25, 0.125, 4.0, 8.0, 0.0
-    h5, q25, e125, four, eight, zero = k[0], k[1], k[2], k[3], k[4], k[5]
-    S = np.empty((4, 6, TW, N), dtype=ys.dtype)    # A^T m: (row a, col j, tile)
+    k = _transform_consts(ys.dtype)
+    S = np.empty((4, 6, TW, N), dtype=ys.dtype)
     for f in range(F):
-        bf = b[f]
         for r in range(M.shape[2] // TW):
-            for j in range(6):
-                for tw in range(TW):
-                    p = r * TW + tw
-                    m0, m1, m2 = M[j, f, p], M[6 + j, f, p], M[12 + j, f, p]
-                    m3, m4, m5 = M[18 + j, f, p], M[24 + j, f, p], M[30 + j, f, p]
-                    for n in range(N):
-                        S[0, j, tw, n] = m0[n] + (m1[n] + m2[n]) + (m3[n] + m4[n])
-                    for n in range(N):
-                        S[1, j, tw, n] = (m1[n] - m2[n]) + h5 * m3[n] - (m4[n] + m4[n])
-                    for n in range(N):
-                        S[2, j, tw, n] = (m1[n] + m2[n]) + q25 * m3[n] + four * m4[n]
-                    for n in range(N):
-                        S[3, j, tw, n] = (m1[n] - m2[n]) + e125 * m3[n] - eight * m4[n] + m5[n]
             oh = 4 * (th0 + r)
-            for a in range(4):
-                out = ys[f, oh + a]
-                for tw in range(TW):
-                    s0, s1, s2 = S[a, 0, tw], S[a, 1, tw], S[a, 2, tw]
-                    s3, s4, s5 = S[a, 3, tw], S[a, 4, tw], S[a, 5, tw]
-                    w = 4 * tw
-                    o0, o1, o2, o3 = out[w], out[w + 1], out[w + 2], out[w + 3]
-                    for n in range(N):
-                        o0[n] = s0[n] + (s1[n] + s2[n]) + (s3[n] + s4[n]) + bf
-                    for n in range(N):
-                        o1[n] = (s1[n] - s2[n]) + h5 * s3[n] - (s4[n] + s4[n]) + bf
-                    for n in range(N):
-                        o2[n] = (s1[n] + s2[n]) + q25 * s3[n] + four * s4[n] + bf
-                    for n in range(N):
-                        o3[n] = (s1[n] - s2[n]) + e125 * s3[n] - eight * s4[n] + s5[n] + bf
-                    if relu:
-                        for n in range(N):      # NaN <= 0 is False: NaN stays
-                            v = o0[n]
-                            o0[n] = zero if v <= zero else v
-                        for n in range(N):
-                            v = o1[n]
-                            o1[n] = zero if v <= zero else v
-                        for n in range(N):
-                            v = o2[n]
-                            o2[n] = zero if v <= zero else v
-                        for n in range(N):
-                            v = o3[n]
-                            o3[n] = zero if v <= zero else v
+            _out_tile_row(M, f, r, TW, b[f], relu, S, k, ys[f, oh:oh + 4])
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _gout_tile_row(dY, dM, f, r, TW, K, k, acc):
+    """dM[:, f] of tile row r of the band: A dY A^T per tile from the 4 rows
+    dY (4, 4*TW, N); acc[n] += their sum per image (float64). K: scratch
+    (6, 4*TW, N) for A dY."""
+    N = dY.shape[2]
+    h5, q25, e125, four, eight = k[0], k[1], k[2], k[3], k[4]
+    d0, d1, d2, d3 = dY[0], dY[1], dY[2], dY[3]
+    for w in range(4 * TW):
+        for n in range(N):
+            acc[n] += (d0[w, n] + d1[w, n]) + (d2[w, n] + d3[w, n])
+        for n in range(N):
+            K[0, w, n] = d0[w, n]
+        for n in range(N):
+            K[1, w, n] = (d0[w, n] + d1[w, n]) + (d2[w, n] + d3[w, n])
+        for n in range(N):
+            K[2, w, n] = (d0[w, n] - d1[w, n]) + (d2[w, n] - d3[w, n])
+        for n in range(N):
+            K[3, w, n] = d0[w, n] + h5 * d1[w, n] + q25 * d2[w, n] + e125 * d3[w, n]
+        for n in range(N):
+            K[4, w, n] = d0[w, n] - (d1[w, n] + d1[w, n]) + four * d2[w, n] \
+                - eight * d3[w, n]
+        for n in range(N):
+            K[5, w, n] = d3[w, n]
+    for i in range(6):
+        Ki = K[i]
+        for tw in range(TW):
+            p = r * TW + tw
+            w = 4 * tw
+            c0, c1, c2, c3 = Ki[w], Ki[w + 1], Ki[w + 2], Ki[w + 3]
+            for n in range(N):
+                dM[6 * i, f, p, n] = c0[n]
+            for n in range(N):
+                dM[6 * i + 1, f, p, n] = (c0[n] + c1[n]) + (c2[n] + c3[n])
+            for n in range(N):
+                dM[6 * i + 2, f, p, n] = (c0[n] - c1[n]) + (c2[n] - c3[n])
+            for n in range(N):
+                dM[6 * i + 3, f, p, n] = c0[n] + h5 * c1[n] + q25 * c2[n] + e125 * c3[n]
+            for n in range(N):
+                dM[6 * i + 4, f, p, n] = c0[n] - (c1[n] + c1[n]) + four * c2[n] \
+                    - eight * c3[n]
+            for n in range(N):
+                dM[6 * i + 5, f, p, n] = c3[n]
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(types.float64, 1), i64))
@@ -232,9 +300,7 @@ def grad_output_transform(dys, dM, db, th0):
     the edge), and db[f] += the band's sum of dy[:, f] (float64)."""
     F, _, OW4, N = dys.shape
     TW = OW4 // 4
-    k = np.empty(5, dtype=dM.dtype)
-    k[0], k[1], k[2], k[3], k[4] = 0.5, 0.25, 0.125, 4.0, 8.0
-    h5, q25, e125, four, eight = k[0], k[1], k[2], k[3], k[4]
+    k = _transform_consts(dM.dtype)
     K = np.empty((6, OW4, N), dtype=dM.dtype)   # A dY for one tile row
     # db in float64 lanes: a scalar accumulator is one serial chain of adds
     acc = np.zeros(N, dtype=np.float64)
@@ -242,42 +308,7 @@ def grad_output_transform(dys, dM, db, th0):
         acc[:] = 0
         for r in range(dM.shape[2] // TW):
             oh = 4 * (th0 + r)
-            d0, d1, d2, d3 = dys[f, oh], dys[f, oh + 1], dys[f, oh + 2], dys[f, oh + 3]
-            for w in range(OW4):
-                for n in range(N):
-                    acc[n] += (d0[w, n] + d1[w, n]) + (d2[w, n] + d3[w, n])
-                for n in range(N):
-                    K[0, w, n] = d0[w, n]
-                for n in range(N):
-                    K[1, w, n] = (d0[w, n] + d1[w, n]) + (d2[w, n] + d3[w, n])
-                for n in range(N):
-                    K[2, w, n] = (d0[w, n] - d1[w, n]) + (d2[w, n] - d3[w, n])
-                for n in range(N):
-                    K[3, w, n] = d0[w, n] + h5 * d1[w, n] + q25 * d2[w, n] + e125 * d3[w, n]
-                for n in range(N):
-                    K[4, w, n] = d0[w, n] - (d1[w, n] + d1[w, n]) + four * d2[w, n] \
-                        - eight * d3[w, n]
-                for n in range(N):
-                    K[5, w, n] = d3[w, n]
-            for i in range(6):
-                Ki = K[i]
-                for tw in range(TW):
-                    p = r * TW + tw
-                    w = 4 * tw
-                    c0, c1, c2, c3 = Ki[w], Ki[w + 1], Ki[w + 2], Ki[w + 3]
-                    for n in range(N):
-                        dM[6 * i, f, p, n] = c0[n]
-                    for n in range(N):
-                        dM[6 * i + 1, f, p, n] = (c0[n] + c1[n]) + (c2[n] + c3[n])
-                    for n in range(N):
-                        dM[6 * i + 2, f, p, n] = (c0[n] - c1[n]) + (c2[n] - c3[n])
-                    for n in range(N):
-                        dM[6 * i + 3, f, p, n] = c0[n] + h5 * c1[n] + q25 * c2[n] + e125 * c3[n]
-                    for n in range(N):
-                        dM[6 * i + 4, f, p, n] = c0[n] - (c1[n] + c1[n]) + four * c2[n] \
-                            - eight * c3[n]
-                    for n in range(N):
-                        dM[6 * i + 5, f, p, n] = c3[n]
+            _gout_tile_row(dys[f, oh:oh + 4], dM, f, r, TW, K, k, acc)
         db[f] += acc.sum()
 
 
@@ -551,6 +582,51 @@ def weight_products(dM, V, dU):
                             s00 += a0[l] * b0[l]
                         du0[c] += s00
 
+@njit(inline="always", **JIT_OPTIONS)
+def _pool_rows(src, y, argmax, f, ph0, nph, OW, tv, ta):
+    """Pooled rows ph0 .. ph0+nph-1 of filter f into y, argmax (N, F, PH,
+    PW) from src, the plane's rows from 2*ph0 on ((rows, WS, N)); tv, ta:
+    (PW, N) scratch."""
+    N, PW = y.shape[0], y.shape[3]
+    zero = src.dtype.type(0)
+    for ph in range(ph0, ph0 + nph):
+        for pw in range(PW):
+            r00 = src[2 * (ph - ph0), 2 * pw]
+            r01 = src[2 * (ph - ph0), 2 * pw + 1]
+            r10 = src[2 * (ph - ph0) + 1, 2 * pw]
+            r11 = src[2 * (ph - ph0) + 1, 2 * pw + 1]
+            bv = tv[pw]
+            ba = ta[pw]
+            j = 2 * ph * OW + 2 * pw
+            jw = j + OW
+            for n in range(N):
+                b = r00[n]
+                a = j
+                v = r01[n]
+                t = (v > b) | ((v != v) & (b == b))
+                b = v if t else b
+                a = j + 1 if t else a
+                v = r10[n]
+                t = (v > b) | ((v != v) & (b == b))
+                b = v if t else b
+                a = jw if t else a
+                v = r11[n]
+                t = (v > b) | ((v != v) & (b == b))
+                b = v if t else b
+                a = jw + 1 if t else a
+                stop = not b > zero
+                num = b == b
+                a = (-j - 1 if num else -a - 1) if stop else a
+                bv[n] = zero if stop and num else b
+                ba[n] = a
+        for n in range(N):
+            yr = y[n, f, ph]
+            ar = argmax[n, f, ph]
+            for pw in range(PW):
+                yr[pw] = tv[pw, n]
+                ar[pw] = ta[pw, n]
+
+
 @kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(i32, 4), i64))
 def pool_relu_2x2(ys, y, argmax, OW):
     """The fused conv+ReLU+max-pool's 2x2 stride-2 pooling straight from the
@@ -561,46 +637,69 @@ def pool_relu_2x2(ys, y, argmax, OW):
     element and the value +0, or -a - 1 for a NaN, kept). Each output row
     over the lanes into an (PW, N) scratch, then transposed into y's rows."""
     N, F, PH, PW = y.shape
-    zero = ys.dtype.type(0)
     tv = np.empty((PW, N), dtype=ys.dtype)
     ta = np.empty((PW, N), dtype=np.int32)
     for f in range(F):
-        for ph in range(PH):
+        _pool_rows(ys[f], y, argmax, f, 0, PH, OW, tv, ta)
+
+
+@kernel(lambda t: void(ro(t, 4), ro(t, 1), rw(t, 4), rw(i32, 4), i64, i64))
+def output_pool_relu_2x2(M, b, y, argmax, th0, OW):
+    """output_transform (no relu) then pool_relu_2x2, fused: the pooled rows
+    2*th, 2*th+1 of y and argmax (N, F, PH, PW) for each tile row th of the
+    band th0.. that M (36, F', rows*TW, N) holds, one filter's tile row at
+    a time through a scratch of 4 plane rows that stays in cache - the conv
+    output never reaches memory. Same values, argmax and marks as the two
+    kernels in turn."""
+    N, F, PH, PW = y.shape
+    TW = (OW + 3) // 4
+    k = _transform_consts(y.dtype)
+    S = np.empty((4, 6, TW, N), dtype=y.dtype)
+    out = np.empty((4, 4 * TW, N), dtype=y.dtype)
+    tv = np.empty((PW, N), dtype=y.dtype)
+    ta = np.empty((PW, N), dtype=np.int32)
+    for f in range(F):
+        for r in range(M.shape[2] // TW):
+            ph0 = 2 * (th0 + r)
+            nph = min(2, PH - ph0)
+            if nph > 0:
+                _out_tile_row(M, f, r, TW, b[f], False, S, k, out)
+                _pool_rows(out, y, argmax, f, ph0, nph, OW, tv, ta)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _unpool_rows(dy, argmax, f, ph0, nph, OW, dst, tg, ta):
+    """The gradient planes' rows 2*ph0 .. 2*(ph0+nph)-1 of filter f into
+    dst, the plane's rows from 2*ph0 on ((rows, WS, N)), from pooled rows
+    ph0.. of dy and argmax (N, F, PH, PW): every tap of every 2x2 window
+    (its value or 0) and zeros past the windows' columns; tg, ta: (PW, N)
+    scratch."""
+    N, PW = dy.shape[0], dy.shape[3]
+    zero = dst.dtype.type(0)
+    for ph in range(ph0, ph0 + nph):
+        for n in range(N):
+            gr = dy[n, f, ph]
+            ar = argmax[n, f, ph]
             for pw in range(PW):
-                r00 = ys[f, 2 * ph, 2 * pw]
-                r01 = ys[f, 2 * ph, 2 * pw + 1]
-                r10 = ys[f, 2 * ph + 1, 2 * pw]
-                r11 = ys[f, 2 * ph + 1, 2 * pw + 1]
-                bv = tv[pw]
-                ba = ta[pw]
-                j = 2 * ph * OW + 2 * pw
-                jw = j + OW
-                for n in range(N):
-                    b = r00[n]
-                    a = j
-                    v = r01[n]
-                    t = (v > b) | ((v != v) & (b == b))
-                    b = v if t else b
-                    a = j + 1 if t else a
-                    v = r10[n]
-                    t = (v > b) | ((v != v) & (b == b))
-                    b = v if t else b
-                    a = jw if t else a
-                    v = r11[n]
-                    t = (v > b) | ((v != v) & (b == b))
-                    b = v if t else b
-                    a = jw + 1 if t else a
-                    stop = not b > zero
-                    num = b == b
-                    a = (-j - 1 if num else -a - 1) if stop else a
-                    bv[n] = zero if stop and num else b
-                    ba[n] = a
-            for n in range(N):
-                yr = y[n, f, ph]
-                ar = argmax[n, f, ph]
-                for pw in range(PW):
-                    yr[pw] = tv[pw, n]
-                    ar[pw] = ta[pw, n]
+                tg[pw, n] = gr[pw]
+                ta[pw, n] = ar[pw]
+        for pw in range(PW):
+            g = tg[pw]
+            at = ta[pw]
+            j = 2 * ph * OW + 2 * pw
+            for di in range(2):
+                for dj in range(2):
+                    d = dst[2 * (ph - ph0) + di, 2 * pw + dj]
+                    tap = j + di * OW + dj
+                    for n in range(N):
+                        a = at[n]
+                        killed = a < 0
+                        p = -a - 1 if killed else a
+                        # max_relu_pool2d_backward's += on a zeroed plane
+                        v = zero + (g[n] * zero if killed else g[n])
+                        d[n] = v if p == tap else zero
+        for r in range(2 * (ph - ph0), 2 * (ph - ph0) + 2):
+            dst[r, 2 * PW:] = 0
 
 
 @kernel(lambda t: void(ro(t, 4), ro(i32, 4), rw(t, 4), i64, i64))
@@ -628,33 +727,35 @@ def unpool_relu(dy, argmax, dys, OW, two_by_two):
                             g = g * zero
                         dys[f, a // OW, a % OW, n] += g
         return
-    HS, WS = dys.shape[1], dys.shape[2]
     tg = np.empty((PW, N), dtype=dys.dtype)
     ta = np.empty((PW, N), dtype=np.int32)
     for f in range(F):
-        plane = dys[f]
-        for ph in range(PH):
-            for n in range(N):
-                gr = dy[n, f, ph]
-                ar = argmax[n, f, ph]
-                for pw in range(PW):
-                    tg[pw, n] = gr[pw]
-                    ta[pw, n] = ar[pw]
-            for pw in range(PW):
-                g = tg[pw]
-                at = ta[pw]
-                j = 2 * ph * OW + 2 * pw
-                for di in range(2):
-                    for dj in range(2):
-                        d = plane[2 * ph + di, 2 * pw + dj]
-                        tap = j + di * OW + dj
-                        for n in range(N):
-                            a = at[n]
-                            killed = a < 0
-                            p = -a - 1 if killed else a
-                            # max_relu_pool2d_backward's += on a zeroed plane
-                            v = zero + (g[n] * zero if killed else g[n])
-                            d[n] = v if p == tap else zero
-            for r in range(2 * ph, 2 * ph + 2):
-                plane[r, 2 * PW:] = 0
-        plane[2 * PH:] = 0
+        _unpool_rows(dy, argmax, f, 0, PH, OW, dys[f], tg, ta)
+        dys[f, 2 * PH:] = 0
+
+
+@kernel(lambda t: void(ro(t, 4), ro(i32, 4), rw(t, 4), rw(types.float64, 1), i64, i64))
+def grad_output_unpool_2x2(dy, argmax, dM, db, th0, OW):
+    """unpool_relu (2x2 stride-2 windows) then grad_output_transform,
+    fused: dM for the band of tile rows th0.. that dM (36, F', rows*TW, N)
+    holds and db[f] += the band's sum of the conv's dy, straight from the
+    pooled gradient dy and argmax (N, F, PH, PW), one filter's tile row at a
+    time through a scratch of 4 plane rows - no output-gradient planes.
+    Same values as the two kernels in turn."""
+    N, F, PH, PW = dy.shape
+    TW = (OW + 3) // 4
+    k = _transform_consts(dM.dtype)
+    K = np.empty((6, 4 * TW, N), dtype=dM.dtype)
+    dY = np.empty((4, 4 * TW, N), dtype=dM.dtype)
+    tg = np.empty((PW, N), dtype=dM.dtype)
+    ta = np.empty((PW, N), dtype=np.int32)
+    acc = np.zeros(N, dtype=np.float64)
+    for f in range(F):
+        acc[:] = 0
+        for r in range(dM.shape[2] // TW):
+            ph0 = 2 * (th0 + r)
+            nph = max(0, min(2, PH - ph0))
+            _unpool_rows(dy, argmax, f, ph0, nph, OW, dY, tg, ta)
+            dY[2 * nph:] = 0
+            _gout_tile_row(dY, dM, f, r, TW, K, k, acc)
+        db[f] += acc.sum()

@@ -81,8 +81,9 @@ def forward(k, x, w, b, y, g, relu=False, consume=None, pool22=None):
     per-image path of ``_gemm_conv.forward`` does with its blocks.
     pool22 = (p, argmax) (undilated only; y is then None): the fused
     ReLU + 2x2 stride-2 max pooling of the whole output into p and argmax
-    (N, F, OH // 2, OW // 2), each chunk pooled from its output planes by
-    the kernels' pool_relu_2x2, with no NCHW output at all."""
+    (N, F, OH // 2, OW // 2), each band's output transform pooling
+    straight into them (the kernels' output_pool_relu_2x2), with no output
+    planes and no NCHW output at all."""
     wino = k.winograd_kernels()
     U = np.empty((36, g.F, g.C // g.G), dtype=x.dtype)
     wino.weight_transform(w, U)
@@ -112,8 +113,10 @@ def backward(k, dy, g, saved, input_grad=True, produce=None, unpool=None):
     unpool = (dp, argmax, two_by_two) (undilated only; dy is then None):
     dy is the backward of a fused ReLU + max pooling (any window; 2x2
     stride 2 if two_by_two) whose gradient is dp and whose argmax (with the
-    ReLU's marks) is argmax, scattered by the kernels' unpool_relu straight
-    into each chunk's output-gradient planes."""
+    ReLU's marks) is argmax: for 2x2 windows each band's dM comes straight
+    from dp and argmax (the kernels' grad_output_unpool_2x2), with no
+    output-gradient planes; other windows are scattered by the kernels'
+    unpool_relu into each chunk's planes."""
     wino = k.winograd_kernels()
     U, phases = saved
     dx = outputs.take((g.N, g.C, g.H, g.W), U.dtype) if input_grad else None
@@ -172,8 +175,7 @@ def _forward_chunks(wino, x, U, b, y, g, relu, keep, most, consume=None, pool22=
         if pool22 is not None:
             p, argmax = pool22
             return _forward_chunk(wino, x[sl], U, b, None, g, relu, keep,
-                                  lambda ys: wino.pool_relu_2x2(ys, p[sl], argmax[sl], g.OW),
-                                  tiles=True)
+                                  pool=(p[sl], argmax[sl]))
         if consume is None:
             return _forward_chunk(wino, x[sl], U, b, y[sl], g, relu, keep)
         return _forward_chunk(wino, x[sl], U, b, None, g, relu, keep,
@@ -186,6 +188,7 @@ def _forward_chunks(wino, x, U, b, y, g, relu, keep, most, consume=None, pool22=
 def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None, unpool=None):
     # U^T per group, contiguous (36, C, F/G): the dV products' left operand
     Cg, Fg = g.C // g.G, g.F // g.G
+    TH, TW = _tiles(g)
     UT = np.ascontiguousarray(U.reshape(36, g.G, Fg, Cg).transpose(0, 1, 3, 2)).reshape(
         36, g.C, Fg) if dx is not None else None
 
@@ -194,19 +197,26 @@ def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None, unpool=No
         dU_c = np.zeros_like(dU)
         db_c = np.zeros(g.F, dtype=np.float64)
         n = sl.stop - sl.start
-        if unpool is not None:      # the planes straight from the pooled gradient
-            dp, argmax, two_by_two = unpool
-            fill = lambda dys: wino.unpool_relu(dp[sl], argmax[sl], dys, g.OW,  # noqa: E731
-                                                two_by_two)
+        if unpool is not None and unpool[2] and _pools_by_band(bands, TH):
+            # 2x2 windows: each band's dM straight from dp
+            dp_c, argmax_c = unpool[0][sl], unpool[1][sl]
+            grad_output = lambda dM, th0: wino.grad_output_unpool_2x2(  # noqa: E731
+                dp_c, argmax_c, dM, db_c, th0, g.OW)
         else:
-            if produce is None:
-                dy_c = dy[sl]
-            else:                   # this chunk's dy, made on its thread
-                dy_c = workspace.take((n, g.F, g.OH, g.OW), U.dtype)
-                produce(sl.start, dy_c)
-            fill = lambda dys: wino.pack_planes(dy_c, dys, 0, 0)  # noqa: E731
-        _backward_chunk(wino, n, fill, UT, V, bands, g, None if dx is None else dx[sl],
-                        dU_c, db_c)
+            dys = workspace.take((g.F, 4 * TH, 4 * TW, n), U.dtype)
+            if unpool is not None:  # the planes straight from the pooled gradient
+                wino.unpool_relu(unpool[0][sl], unpool[1][sl], dys, g.OW, unpool[2])
+            else:
+                if produce is None:
+                    dy_c = dy[sl]
+                else:               # this chunk's dy, made on its thread
+                    dy_c = workspace.take((n, g.F, g.OH, g.OW), U.dtype)
+                    produce(sl.start, dy_c)
+                wino.pack_planes(dy_c, dys, 0, 0)
+            grad_output = lambda dM, th0: wino.grad_output_transform(  # noqa: E731
+                dys, dM, db_c, th0)
+        _backward_chunk(wino, n, grad_output, UT, V, bands, g,
+                        None if dx is None else dx[sl], dU_c)
         return dU_c, db_c
 
     for dU_c, db_c in _concurrent.run(chunk, chunks):
@@ -237,6 +247,22 @@ def _bands(TH, TW, N):
     return [(th0, min(TH, th0 + rows)) for th0 in range(0, TH, rows)]
 
 
+def _pools_by_band(bands, TH):
+    """Whether a fused 2x2 pooling runs band by band, inside the output
+    transform and its adjoint (the kernels' output_pool_relu_2x2 and
+    grad_output_unpool_2x2), rather than over the chunk's output planes
+    after them (pool_relu_2x2, unpool_relu): when a band holds two tile
+    rows or more, or all of them. Why not always: a band of one tile row
+    writes (or reads) two pooled rows per filter and image, part of each
+    NCHW cache line of y, argmax (or dy), which the next band completes
+    only after all its filters have been through the cache; measured on
+    the MNIST conv2 (conv+ReLU+pool), that route was no faster than the
+    planes in chunks of 64 images (training at batch 128, inference at
+    1000), where with bands of two rows (training at batch 64, chunks of
+    32) it was clearly faster in both passes."""
+    return bands[0][1] - bands[0][0] >= min(2, TH)
+
+
 def _band_buffer(rows, K, TW, N, dtype):
     """A contiguous (36, K, rows*TW, N) scratch array for one band: views of
     one flat workspace array, so the last, shorter band is contiguous too."""
@@ -249,11 +275,14 @@ def _band(V, th0, th1, C, TW, N):
     return V[36 * C * th0 * TW * N:36 * C * th1 * TW * N].reshape(36, C, (th1 - th0) * TW, N)
 
 
-def _forward_chunk(wino, x, U, b, y, g, relu, keep, consume=None, tiles=False):
+def _forward_chunk(wino, x, U, b, y, g, relu, keep, consume=None, pool=None):
     """One chunk of the batch (x and y C-contiguous slices; with consume,
-    y is None and consume(z) takes the chunk's output, or with tiles its
-    output planes ys): returns what its backward needs (the transformed
-    input V and the bands), or (None, bands) unless keep."""
+    y is None and consume(z) takes the chunk's output; with pool = (p,
+    argmax), the chunk's slices of the fused ReLU + 2x2 stride-2 max
+    pooling's outputs, y is None and each band's output transform pools
+    straight into them, with no output planes): returns what its backward
+    needs (the transformed input V and the bands), or (None, bands) unless
+    keep."""
     N, C, F = x.shape[0], g.C, g.F
     TH, TW = _tiles(g)
     xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), x.dtype)
@@ -271,35 +300,37 @@ def _forward_chunk(wino, x, U, b, y, g, relu, keep, consume=None, tiles=False):
     # a multiple of 4 KB apart (one cache set), which the output transform
     # reads together
     band_M = _band_buffer(bands[0][1], F + 1, TW, N, x.dtype)
-    ys = workspace.take((F, 4 * TH, 4 * TW, N), x.dtype)
+    by_band = pool is not None and _pools_by_band(bands, TH)
+    ys = None if by_band else workspace.take((F, 4 * TH, 4 * TW, N), x.dtype)
     for th0, th1 in bands:
         Vb = band_V(th0, th1)
         wino.input_transform(xs, Vb, th0)
         M = band_M(th1 - th0)
         wino.products(U, Vb, M)
-        wino.output_transform(M, b, ys, th0, int(relu))
-    if consume is None:
-        wino.crop_planes(ys, y, 0, 0)
-    elif tiles:
-        consume(ys)
-    else:
+        if by_band:
+            wino.output_pool_relu_2x2(M, b, *pool, th0, g.OW)
+        else:
+            wino.output_transform(M, b, ys, th0, int(relu))
+    if consume is not None:
         z = workspace.take((N, F, g.OH, g.OW), x.dtype)
         wino.crop_planes(ys, z, 0, 0)
         consume(z)
+    elif pool is None:
+        wino.crop_planes(ys, y, 0, 0)
+    elif not by_band:
+        wino.pool_relu_2x2(ys, *pool, g.OW)
     return V, bands
 
 
-def _backward_chunk(wino, N, fill, UT, V, bands, g, dx, dU, db):
-    """One chunk, band by band: dM, then dU += dM V^T (the kernels'
-    weight_products, into the float64 dU) and dV = U^T dM (UT: U^T per
-    group, (36, C, F/G)), scatter-added into the chunk's dx (no dV where dx
-    is None); db += the chunk's sum of dy. fill(dys)
-    writes the chunk's N images of dy into its output-gradient planes."""
+def _backward_chunk(wino, N, grad_output, UT, V, bands, g, dx, dU):
+    """One chunk of N images, band by band: dM (grad_output(dM, th0)
+    writes the band's and adds its sum of dy to the chunk's db), then dU +=
+    dM V^T (the kernels' weight_products, into the float64 dU) and dV =
+    U^T dM (UT: U^T per group, (36, C, F/G)), scatter-added into the
+    chunk's dx (no dV where dx is None)."""
     C, F = g.C, g.F
     TH, TW = _tiles(g)
     dtype = V.dtype
-    dys = workspace.take((F, 4 * TH, 4 * TW, N), dtype)
-    fill(dys)
     # dM and dV with one filter or channel row more than F or C, as the
     # forward's M: their 36 element rows are then not 4 KB multiples apart
     # (one cache set), which the transforms write or read together
@@ -310,7 +341,7 @@ def _backward_chunk(wino, N, fill, UT, V, bands, g, dx, dU, db):
     for th0, th1 in bands:
         r = th1 - th0
         dM = band_dM(r)
-        wino.grad_output_transform(dys, dM, db, th0)
+        grad_output(dM, th0)
         wino.weight_products(dM, _band(V, th0, th1, C, TW, N), dU)
         if dx is None:
             continue
