@@ -134,7 +134,6 @@ def _forbid_dx(monkeypatch, backend, path, x_shape):
     if path == "winograd":
         wino = table.winograd_kernels()
         monkeypatch.setattr(wino, "grad_input_transform", _boom("grad_input_transform"))
-        monkeypatch.setattr(wino, "crop_planes", _boom("crop_planes"))
     if path == "direct":   # dx is the direct forward loops over dy
         monkeypatch.setattr(table.direct_kernels(), "forward", _boom("the dx loops"))
     for driver in (_gemm_conv, _winograd, _direct):

@@ -376,33 +376,40 @@ def test_cython_winograd_at_each_simd_level(monkeypatch, case, dtype, level):
     assert errors[worst] <= BOUND[dtype], f"{worst}: {errors}"
 
 
-# (C, TH, TW, N, rows): bands of one and two tile rows, a last shorter band
-GRAD_INPUT_SHAPES = [(32, 4, 4, 32, 2), (3, 3, 2, 5, 1), (4, 5, 3, 9, 2), (1, 1, 1, 1, 1)]
+# (C, H, W, N, PT, PL, rows): bands of one and two tile rows, a last shorter
+# band, padding on either side or none, a plane that leaves part of the last
+# tile row or column outside the output
+GRAD_INPUT_SHAPES = [(32, 14, 14, 32, 1, 1, 2), (3, 9, 6, 5, 0, 2, 1), (4, 18, 11, 9, 2, 1, 2),
+                     (1, 3, 3, 1, 1, 1, 1), (2, 7, 5, 3, 1, 0, 3)]
 
 
 @pytest.mark.parametrize("shape", GRAD_INPUT_SHAPES, ids=[str(s) for s in GRAD_INPUT_SHAPES])
 @pytest.mark.parametrize("backend", WINO_BACKENDS)
 def test_grad_input_transform_is_the_adjoint_of_input_transform(backend, shape):
-    # <input_transform(xs), dV> = <xs, grad_input_transform(dV)> summed over
-    # the bands in order, whatever the module's points; dV padded by a
-    # channel row of NaN (as the driver pads it), which must not be read,
-    # and xs filled with garbage the first band must clear
-    C, TH, TW, N, rows = shape
+    # <input_transform(x), dV> = <x, grad_input_transform(dV)> summed over
+    # the bands in order, whatever the module's points, the padding (read
+    # as zeros, its gradient dropped) and the tiles past the edge; dV padded
+    # by a channel row of NaN (as the driver pads it), which must not be
+    # read; dx and the carry filled with garbage the kernels must overwrite
+    C, H, W, N, PT, PL, rows = shape
+    OH, OW = H + 2 * PT - 2, W + 2 * PL - 2        # pad PT, PL each side, 3x3
+    TH, TW = -(-OH // 4), -(-OW // 4)
     kernels = _table(backend).winograd_kernels()
     rng = np.random.default_rng(5)
-    xs = rng.standard_normal((C, 4 * TH + 2, 4 * TW + 2, N))
-    dx = np.full(xs.shape, 3.0)
+    x = rng.standard_normal((N, C, H, W))
+    dx = np.full(x.shape, 3.0)
+    carry = np.full((C, 2, 4 * TW + 2, N), 7.0)
     inner = 0.0
     for th0 in range(0, TH, rows):
         r = min(rows, TH - th0)
         V = np.empty((36, C, r * TW, N))
-        kernels.input_transform(xs, V, th0)
+        kernels.input_transform(x, V, th0, PT, PL, TW)
         dV = np.full((36, C + 1, r * TW, N), np.nan)
         dV[:, :C] = rng.standard_normal((36, C, r * TW, N))
         inner += float(np.sum(V * dV[:, :C]))
-        kernels.grad_input_transform(dV, dx, th0)
+        kernels.grad_input_transform(dV, dx, carry, th0, PT, PL, TH)
     assert np.isfinite(dx).all()
-    assert abs(float(np.sum(xs * dx)) - inner) <= 1e-12 * np.abs(xs * dx).sum()
+    assert abs(float(np.sum(x * dx)) - inner) <= 1e-12 * np.abs(x * dx).sum()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])

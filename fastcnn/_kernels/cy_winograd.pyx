@@ -46,8 +46,9 @@ validates. Non-finite inputs: the transforms subtract inputs, so an inf can
 give NaN where the direct sum is +-inf.
 
 Shapes: x (N, C, H, W), y/dy (N, F, OH, OW); TH = ceil(OH/4), TW = ceil(OW/4);
-padded planes xs (C, 4*TH+2, 4*TW+2, N); output planes ys/dys
-(F, 4*TH, 4*TW, N); band arrays V/dV (36, C, rows*TW, N), M/dM
+the input's zero-padded planes (4*TH+2, 4*TW+2) exist only a tile row at
+a time, in scratch; output planes ys/dys (F, 4*TH, 4*TW, N), for the
+pooling over planes; band arrays V/dV (36, C, rows*TW, N), M/dM
 (36, F, rows*TW, N) for the tile rows th0 .. th0+rows-1; U/dU (36, F, Cg),
 w/dw (F, Cg, 3, 3). weight_products(dM, V, dU) adds a band's dM V^T per
 group into dU, float64 whatever the arrays' float (the driver sums it over
@@ -55,7 +56,7 @@ bands, chunks and dilation phases).
 """
 from cython cimport floating
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -321,56 +322,76 @@ cdef inline Py_ssize_t _block_end(Py_ssize_t n0, Py_ssize_t N) noexcept nogil:
     return N if N - n0 < BLOCK + 4 else n0 + BLOCK
 
 
-def pack_planes(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xs,
-                Py_ssize_t PT, Py_ssize_t PL):
-    """xs[c, ih+PT, iw+PL, n] = x[n, c, ih, iw], zero elsewhere: NCHW to
-    zero-padded planes with the batch innermost. Row ih of every image is
-    one contiguous run xs[c, ih+PT, PL:PL+W, :] of the plane: an (N, W) to
-    (W, N) transpose per row, BLOCK images at a time."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t HT = xs.shape[1], WT = xs.shape[2]
-    cdef Py_ssize_t sN = C * H * W, RL = WT * N
-    cdef Py_ssize_t c, ih, n0, n1
-    cdef floating* plane
-    with nogil:
-        for c in range(C):
-            plane = &xs[c, 0, 0, 0]
-            if floating is float:
-                memset(plane, 0, PT * RL * sizeof(floating))
-                memset(plane + (PT + H) * RL, 0, (HT - PT - H) * RL * sizeof(floating))
-                for ih in range(H):
-                    memset(plane + (PT + ih) * RL, 0, PL * N * sizeof(floating))
-                    memset(plane + (PT + ih) * RL + (PL + W) * N, 0,
-                           (WT - PL - W) * N * sizeof(floating))
+cdef void _pack_rows(const floating* x0, Py_ssize_t sN, Py_ssize_t N, Py_ssize_t H,
+                     Py_ssize_t W, Py_ssize_t ih0, Py_ssize_t rows, floating* d,
+                     Py_ssize_t RL, Py_ssize_t PL, bint zeroed) noexcept nogil:
+    """Rows ih0 .. ih0+rows-1 of a zero-padded plane with the batch
+    innermost into d (rows RL = WT*N lanes apart), from the NCHW plane whose
+    first image's row 0 is x0 (images sN apart): a row outside 0..H-1 and
+    the padding columns zero (unless zeroed: d is zero already), the
+    images' rows an (N, W) to (W, N) transpose at column PL, BLOCK images
+    at a time."""
+    cdef Py_ssize_t i, ih, n0, n1
+    cdef Py_ssize_t right = RL - (PL + W) * N
+    if not zeroed:
+        for i in range(rows):
+            ih = ih0 + i
+            if ih < 0 or ih >= H:
+                memset(d + i * RL, 0, RL * sizeof(floating))
             else:
-                # double: zeroing the whole plane first was faster (measured:
-                # the plane's lines are then in cache for the transposes' stores)
-                memset(plane, 0, HT * RL * sizeof(floating))
-            n0 = 0
-            while n0 < N:
-                n1 = _block_end(n0, N)
-                for ih in range(H):
-                    _transpose(&x[n0, c, ih, 0], sN, plane + (PT + ih) * RL + PL * N + n0,
-                               N, n1 - n0, W)
-                n0 = n1
+                memset(d + i * RL, 0, PL * N * sizeof(floating))
+                memset(d + i * RL + (PL + W) * N, 0, right * sizeof(floating))
+    n0 = 0
+    while n0 < N:
+        n1 = _block_end(n0, N)
+        for i in range(rows):
+            ih = ih0 + i
+            if 0 <= ih < H:
+                _transpose(x0 + n0 * sN + ih * W, sN, d + i * RL + PL * N + n0, N, n1 - n0, W)
+        n0 = n1
 
 
-def crop_planes(const floating[:, :, :, ::1] ys, floating[:, :, :, ::1] y,
-                Py_ssize_t PT, Py_ssize_t PL):
-    """y[n, f, oh, ow] = ys[f, oh+PT, ow+PL, n] for y's whole shape: planes
-    with the batch innermost back to NCHW (the inverse of pack_planes), a
-    (OW, N) to (N, OW) transpose per row."""
-    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t sN = F * OH * OW
-    cdef Py_ssize_t f, oh, n0, n1
-    with nogil:
-        for f in range(F):
-            n0 = 0
-            while n0 < N:
-                n1 = _block_end(n0, N)
-                for oh in range(OH):
-                    _transpose(&ys[f, oh + PT, PL, n0], N, &y[n0, f, oh, 0], sN, OW, n1 - n0)
-                n0 = n1
+def input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] V,
+                         Py_ssize_t th0, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t TW):
+    """V[:, c, (th-th0)*TW + tw, n] = B^T d B for the band of tile rows th0..
+    that V (36, C, rows*TW, N) holds; d is the 6x6 tile at rows 4th.., cols
+    4tw.. of channel c's plane of x (N, C, H, W) zero-padded by PT on top
+    and PL on the left (TW tiles per row). Each channel's 6 plane rows of a
+    tile row are packed into a scratch (in cache, batch innermost) and
+    transformed from there: no padded planes are written or read."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t P = V.shape[2], WT = 4 * TW + 2
+    cdef Py_ssize_t rows = P // TW, L = WT * N, KS = V.shape[1] * P * N, sN = C * H * W
+    cdef Py_ssize_t c, r
+    cdef floating* D = <floating*>_alloc(6 * L * sizeof(floating))    # the 6 plane rows
+    cdef floating* R = <floating*>_alloc(6 * L * sizeof(floating))    # B^T d: (i, w, n)
+    try:
+        with nogil:
+            for c in range(C):
+                for r in range(rows):
+                    _pack_rows(&x[0, c, 0, 0], sN, N, H, W, 4 * (th0 + r) - PT, 6, D, L, PL,
+                               False)
+                    if floating is float:
+                        fastcnn_wino_in_row_f32(D, L, R, &V[0, c, r * TW, 0], KS, TW, N)
+                    else:
+                        fastcnn_wino_in_row_f64(D, L, R, &V[0, c, r * TW, 0], KS, TW, N)
+    finally:
+        free(D)
+        free(R)
+
+
+cdef void _crop_rows(const floating* s, Py_ssize_t RL, Py_ssize_t N, floating* y0,
+                     Py_ssize_t sN, Py_ssize_t OW, Py_ssize_t rows) noexcept nogil:
+    """rows plane rows (RL lanes apart) with the batch innermost, s at the
+    first one's first kept column, back to NCHW rows: y0 (image 0's first
+    row, images sN apart) gets OW columns of each, an (OW, N) to (N, OW)
+    transpose per row, BLOCK images at a time."""
+    cdef Py_ssize_t i, n0 = 0, n1
+    while n0 < N:
+        n1 = _block_end(n0, N)
+        for i in range(rows):
+            _transpose(s + i * RL + n0, N, y0 + n0 * sN + i * OW, sN, OW, n1 - n0)
+        n0 = n1
 
 
 cdef void* _alloc(Py_ssize_t nbytes) except NULL:
@@ -380,37 +401,13 @@ cdef void* _alloc(Py_ssize_t nbytes) except NULL:
     return p
 
 
-def input_transform(const floating[:, :, :, ::1] xs, floating[:, :, :, ::1] V,
-                    Py_ssize_t th0):
-    """V[:, c, (th-th0)*TW + tw, n] = B^T d B for the band of tile rows th0..
-    that V (36, C, rows*TW, N) holds; d is the 6x6 tile at rows 4th..,
-    cols 4tw.. of the padded plane xs[c]."""
-    cdef Py_ssize_t C = xs.shape[0], WT = xs.shape[2], N = xs.shape[3]
-    cdef Py_ssize_t TW = (WT - 2) // 4, P = V.shape[2]
-    cdef Py_ssize_t rows = P // TW, L = WT * N, KS = V.shape[1] * P * N
-    cdef Py_ssize_t c, r
-    cdef floating* R = <floating*>_alloc(6 * L * sizeof(floating))    # B^T d: (i, w, n)
-    try:
-        with nogil:
-            for c in range(C):
-                for r in range(rows):
-                    if floating is float:
-                        fastcnn_wino_in_row_f32(&xs[c, 4 * (th0 + r), 0, 0], L, R,
-                                                &V[0, c, r * TW, 0], KS, TW, N)
-                    else:
-                        fastcnn_wino_in_row_f64(&xs[c, 4 * (th0 + r), 0, 0], L, R,
-                                                &V[0, c, r * TW, 0], KS, TW, N)
-    finally:
-        free(R)
-
-
 def output_transform(const floating[:, :, :, ::1] M, const floating[::1] b,
                      floating[:, :, :, ::1] ys, Py_ssize_t th0, int relu):
     """ys[f, 4th+a, 4tw+c, n] = (A^T m A)[a, c] + b[f] for the band of tile
     rows th0.. that M (36, F', rows*TW, N) holds, F' >= F (the driver pads M
     by a filter row: see fastcnn_wino_out_row); b None: no bias; relu != 0:
     then max(v, 0), NaN kept (np.maximum). ys (F, 4*TH, 4*TW, N) keeps the
-    whole last tile (crop_planes drops what lies past the edge)."""
+    whole last tile (pool_relu_2x2 reads only what lies inside)."""
     cdef Py_ssize_t F = ys.shape[0], W4 = ys.shape[2], N = ys.shape[3]
     cdef Py_ssize_t TW = W4 // 4, P = M.shape[2]
     cdef Py_ssize_t rows = P // TW, KS = M.shape[1] * P * N
@@ -472,6 +469,67 @@ def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::
         free(acc)
 
 
+
+def output_transform_nchw(const floating[:, :, :, ::1] M, const floating[::1] b,
+                          floating[:, :, :, ::1] y, Py_ssize_t th0, int relu):
+    """output_transform straight into NCHW y (N, F, OH, OW): each filter's
+    tile row goes through a scratch of 4 plane rows (in cache) and its rows
+    and columns inside y are transposed out (_crop_rows), so no output
+    planes are written or read. Same values as output_transform, cropped."""
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t TW = (OW + 3) // 4, P = M.shape[2]
+    cdef Py_ssize_t rows = P // TW, KS = M.shape[1] * P * N, YL = 4 * TW * N
+    cdef Py_ssize_t f, r, oh0
+    cdef bint has_bias = b is not None
+    cdef floating bf
+    if N * F * OH * OW == 0:
+        return
+    cdef floating* S = <floating*>_alloc(4 * YL * sizeof(floating))
+    try:
+        with nogil:
+            for f in range(F):
+                bf = b[f] if has_bias else 0
+                for r in range(rows):
+                    oh0 = 4 * (th0 + r)
+                    if floating is float:
+                        fastcnn_wino_out_row_f32(&M[0, f, r * TW, 0], KS, S, YL, TW, N, bf, relu)
+                    else:
+                        fastcnn_wino_out_row_f64(&M[0, f, r * TW, 0], KS, S, YL, TW, N, bf, relu)
+                    _crop_rows(S, YL, N, &y[0, f, oh0, 0], F * OH * OW, OW,
+                               4 if OH - oh0 > 4 else OH - oh0)
+    finally:
+        free(S)
+
+
+def grad_output_transform_nchw(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dM,
+                               double[::1] db, Py_ssize_t th0):
+    """grad_output_transform straight from NCHW dy (N, F, OH, OW): each
+    filter's 4 rows of a tile row are packed into a scratch (_pack_rows,
+    zero past the edge) and transformed from there, so no output-gradient
+    planes are written or read. Same values as grad_output_transform on
+    dy's planes."""
+    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t TW = (OW + 3) // 4, P = dM.shape[2]
+    cdef Py_ssize_t rows = P // TW, KS = dM.shape[1] * P * N, YL = 4 * TW * N
+    cdef Py_ssize_t f, r
+    cdef floating* S = <floating*>_alloc(4 * YL * sizeof(floating))
+    cdef double* acc = <double*>_alloc(N * sizeof(double))          # per image
+    try:
+        with nogil:
+            for f in range(F):
+                memset(acc, 0, N * sizeof(double))
+                for r in range(rows):
+                    _pack_rows(&dy[0, f, 0, 0], F * OH * OW, N, OH, OW, 4 * (th0 + r), 4, S, YL,
+                               0, False)
+                    if floating is float:
+                        fastcnn_wino_gout_row_f32(S, YL, &dM[0, f, r * TW, 0], KS, TW, N, acc)
+                    else:
+                        fastcnn_wino_gout_row_f64(S, YL, &dM[0, f, r * TW, 0], KS, TW, N, acc)
+                db[f] += _lane_sum(acc, N)
+    finally:
+        free(S)
+        free(acc)
+
 cdef extern from *:
     """
     /* fastcnn: the input-gradient transform in one pass per lane, as the
@@ -529,30 +587,52 @@ cdef extern from *:
                                     Py_ssize_t TW, Py_ssize_t N) noexcept nogil
 
 
-def grad_input_transform(const floating[:, :, :, ::1] dV, floating[:, :, :, ::1] xs,
-                         Py_ssize_t th0):
+def grad_input_transform(const floating[:, :, :, ::1] dV, floating[:, :, :, ::1] dx,
+                              floating[:, :, :, ::1] carry, Py_ssize_t th0, Py_ssize_t PT,
+                              Py_ssize_t PL, Py_ssize_t TH):
     """dd = B dV B^T per tile for the band of tile rows th0.. that dV
     (36, C', rows*TW, N) holds, C' >= C (the driver pads dV by a channel
     row, as the forward's M: see fastcnn_wino_gin_tiles), scatter-added
-    into the padded planes xs[c] (tiles overlap by two rows and columns);
-    the planes are zeroed when th0 is 0, so the bands in order 0, 1, ...
-    fill xs."""
-    cdef Py_ssize_t C = xs.shape[0], HT = xs.shape[1], WT = xs.shape[2], N = xs.shape[3]
-    cdef Py_ssize_t TW = (WT - 2) // 4, P = dV.shape[2]
-    cdef Py_ssize_t rows = P // TW, L = WT * N, KS = dV.shape[1] * P * N
-    cdef Py_ssize_t c, r
-    with nogil:
-        for c in range(C):
-            if th0 == 0:
-                memset(&xs[c, 0, 0, 0], 0, HT * L * sizeof(floating))
-            for r in range(rows):
-                if floating is float:
-                    fastcnn_wino_gin_tiles_f32(&dV[0, c, r * TW, 0], KS,
-                                               &xs[c, 4 * (th0 + r), 0, 0], L, TW, N)
-                else:
-                    fastcnn_wino_gin_tiles_f64(&dV[0, c, r * TW, 0], KS,
-                                               &xs[c, 4 * (th0 + r), 0, 0], L, TW, N)
-
+    into x's zero-padded planes (PT on top, PL on the left, TH tile rows;
+    tiles overlap by two rows and columns) straight into NCHW dx
+    (N, C, H, W): each channel's tile row is scatter-added into a scratch
+    of its 6 plane rows,
+    whose first two hold what the tile row above added to them (carry
+    (C, 2, WT, N), kept by the caller between bands, read from th0 > 0 on);
+    the 4 rows no later tile row reaches (all 6 for the last) are then
+    final, and their rows and columns inside x are transposed out
+    (the rows of _crop_rows), so no padded planes are written or read: the
+    bands in order 0, 1, ... fill dx."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t L = carry.shape[2] * N, TW = (carry.shape[2] - 2) // 4, P = dV.shape[2]
+    cdef Py_ssize_t rows = P // TW, KS = dV.shape[1] * P * N, sN = C * H * W
+    cdef Py_ssize_t c, r, th, done, i0, i1
+    cdef floating* D = <floating*>_alloc(6 * L * sizeof(floating))    # the 6 plane rows
+    try:
+        with nogil:
+            for c in range(C):
+                for r in range(rows):
+                    th = th0 + r
+                    if th == 0:
+                        memset(D, 0, 2 * L * sizeof(floating))
+                    else:
+                        memcpy(D, &carry[c, 0, 0, 0], 2 * L * sizeof(floating))
+                    memset(D + 2 * L, 0, 4 * L * sizeof(floating))
+                    if floating is float:
+                        fastcnn_wino_gin_tiles_f32(&dV[0, c, r * TW, 0], KS, D, L, TW, N)
+                    else:
+                        fastcnn_wino_gin_tiles_f64(&dV[0, c, r * TW, 0], KS, D, L, TW, N)
+                    done = 6 if th == TH - 1 else 4
+                    if done == 4:
+                        memcpy(&carry[c, 0, 0, 0], D + 4 * L, 2 * L * sizeof(floating))
+                    # plane rows 4th + i, i < done, are x's rows 4th + i - PT
+                    i0 = PT - 4 * th if PT - 4 * th > 0 else 0
+                    i1 = H + PT - 4 * th if H + PT - 4 * th < done else done
+                    if i1 > i0:
+                        _crop_rows(D + i0 * L + PL * N, L, N, &dx[0, c, 4 * th + i0 - PT, 0],
+                                   sN, W, i1 - i0)
+    finally:
+        free(D)
 
 cdef extern from *:
     """

@@ -47,20 +47,20 @@ rows of N contiguous lanes, which LLVM vectorises. Two things it needs:
     ``a[o + n]`` (Numba's negative-index wraparound on a computed index
     blocks vectorisation).
 Constants are typed as the array's float (a float64 literal would widen a
-float32 loop). NCHW arrays are transposed to and from planes with the batch
-innermost (pack_planes, crop_planes) in one pass each. The transforms work
+float32 loop). The transforms read and write NCHW arrays themselves, a
+tile row's plane rows at a time through a scratch with the batch innermost
+(_pack_rows, _crop_rows), so no whole padded planes exist; only the pooling
+over planes keeps output planes. The transforms work
 on bands of whole tile rows (th0.. as many rows as the band array holds), so
 the driver can keep a band's products in cache between matmul and transform.
 
-Shapes (the contract shared with the cython kernels,
-/work/notes/WINOGRAD_CONTRACT.md): x (N, C, H, W), y/dy (N, F, OH, OW);
-TH = ceil(OH/4), TW = ceil(OW/4) tiles per plane; padded input planes
-xs (C, HT, WT, N), HT = 4*TH+2, WT = 4*TW+2 (zero outside x); output planes
-ys/dys (F, 4*TH, 4*TW, N); band arrays V/dV (36, C, rows*TW, N),
+Shapes (the contract shared with the cython kernels, cy_winograd.pyx): x (N, C, H, W), y/dy (N, F, OH, OW);
+TH = ceil(OH/4), TW = ceil(OW/4) tiles per plane; the input's padded
+planes (HT, WT) = (4*TH+2, 4*TW+2) (zero outside x), a tile row's 6 rows
+at a time; output planes ys/dys (F, 4*TH, 4*TW, N); band arrays V/dV (36, C, rows*TW, N),
 M/dM (36, F, rows*TW, N) (the forward's M may hold more filter rows than F:
 the driver pads it by one); U/dU (36, F, Cg); element (i, j) of a 6x6 tile
-at k = 6*i + j. Padding top PT, left PL (any: the planes hold every padded row
-and column).
+at k = 6*i + j. Padding top PT, left PL (any).
 
 A fused ReLU + 2x2 max pooling after the convolution runs either over a
 chunk's output planes (pool_relu_2x2, unpool_relu) or inside the output
@@ -69,8 +69,9 @@ scratch of 4 plane rows (output_pool_relu_2x2, grad_output_unpool_2x2), so
 no output planes are written: the same inlined row functions, the driver
 choosing.
 
-grad_input_transform scatter-adds into xs and zeroes each plane itself when
-th0 == 0: the driver runs the bands of a chunk in order from th0 = 0.
+grad_input_transform writes dx a tile row at a time, carrying each
+channel's last two plane rows to the next band in ``carry``: the driver runs
+the bands of a chunk in order from th0 = 0.
 weight_products(dM, V, dU) adds a band's dM V^T per group into dU
 (36, F, Cg), float64 whatever the arrays' float: the driver sums it over
 bands, chunks and dilation phases.
@@ -90,49 +91,69 @@ from numba import njit, types
 from fastcnn._kernels.numba_common import FLOATS, JIT_OPTIONS, i32, i64, kernel, ro, rw, void
 
 
-@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64))
-def pack_planes(x, xs, PT, PL):
-    """xs[c, ih+PT, iw+PL, n] = x[n, c, ih, iw], zero elsewhere: NCHW to
-    zero-padded planes with the batch innermost (also packs dy into dys
-    with PT = PL = 0). Row by row through an (N, W) tile in L1: x's rows are
-    read whole, the planes' rows written contiguously; reading x one
-    element per image instead strides by C*H*W, which at power-of-two
-    plane sizes lands every image's line in one cache set."""
-    N, C, H, W = x.shape
-    tmp = np.empty((N, W), dtype=xs.dtype)
-    for c in range(C):
-        plane = xs[c]
-        plane[:] = 0
-        for ih in range(H):
-            for n in range(N):
-                src = x[n, c, ih]
-                t = tmp[n]
-                for iw in range(W):
-                    t[iw] = src[iw]
-            row = plane[ih + PT]
+@njit(inline="always", **JIT_OPTIONS)
+def _pack_rows(x, c, ih0, PL, d, tmp):
+    """d (rows, WT, N) = rows ih0.. of the zero-padded plane of channel c of
+    x (N, C, H, W), the batch innermost, x at column PL: zero outside x.
+    Row by row through an (N, W) tile tmp in L1: x's rows are read whole,
+    d's rows written contiguously; reading x one element per image instead
+    strides by C*H*W, which at power-of-two plane sizes lands every image's
+    line in one cache set."""
+    N, _, H, W = x.shape
+    for i in range(d.shape[0]):
+        row = d[i]
+        row[:] = 0
+        ih = ih0 + i
+        if ih < 0 or ih >= H:
+            continue
+        for n in range(N):
+            src = x[n, c, ih]
+            t = tmp[n]
             for iw in range(W):
-                dst = row[iw + PL]
-                for n in range(N):
-                    dst[n] = tmp[n, iw]
+                t[iw] = src[iw]
+        for iw in range(W):
+            dst = row[iw + PL]
+            for n in range(N):
+                dst[n] = tmp[n, iw]
 
 
-@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64))
-def input_transform(xs, V, th0):
+@njit(inline="always", **JIT_OPTIONS)
+def _crop_rows(src, PL, y, f, oh0, rows, tmp):
+    """y[n, f, oh0+i, :] = src[i, PL:PL+OW, n] for i < rows: plane rows with
+    the batch innermost back to NCHW, through an (N, OW) tile tmp in L1."""
+    N, OW = y.shape[0], y.shape[3]
+    for i in range(rows):
+        row = src[i]
+        for ow in range(OW):
+            s = row[ow + PL]
+            for n in range(N):
+                tmp[n, ow] = s[n]
+        for n in range(N):
+            dst = y[n, f, oh0 + i]
+            t = tmp[n]
+            for ow in range(OW):
+                dst[ow] = t[ow]
+
+
+@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64, i64, i64))
+def input_transform(x, V, th0, PT, PL, TW):
     """V[:, c, p, n] = B^T d B for the band of tile rows th0.. that V
     (36, C, rows*TW, N) holds; d is the 6x6 tile of sample n, channel c at
-    rows 4th.., cols 4tw.. of the padded plane xs[c]."""
-    C, HT, WT, N = xs.shape
-    TW = (WT - 2) // 4
+    rows 4th.., cols 4tw.. of x's plane padded by PT on top and PL on the
+    left (TW tiles per row): each channel's 6 plane rows of a tile row are
+    packed into a scratch in cache first, so no padded planes exist."""
+    N, C = x.shape[0], x.shape[1]
+    WT = 4 * TW + 2
     k = np.empty(3, dtype=V.dtype)
     k[0], k[1], k[2] = 0.5, 1.5, 2.5
     h5, h15, h25 = k[0], k[1], k[2]
+    D = np.empty((6, WT, N), dtype=V.dtype)         # the 6 plane rows
+    tmp = np.empty((N, x.shape[3]), dtype=V.dtype)
     R = np.empty((6, WT, N), dtype=V.dtype)         # B^T d for one tile row
     for c in range(C):
-        plane = xs[c]
         for r in range(V.shape[2] // TW):
-            h = 4 * (th0 + r)
-            d0, d1, d2, d3, d4, d5 = (plane[h], plane[h + 1], plane[h + 2], plane[h + 3],
-                                      plane[h + 4], plane[h + 5])
+            _pack_rows(x, c, 4 * (th0 + r) - PT, PL, D, tmp)
+            d0, d1, d2, d3, d4, d5 = D[0], D[1], D[2], D[3], D[4], D[5]
             for w in range(WT):
                 for n in range(N):
                     R[0, w, n] = d0[w, n] - h15 * d1[w, n] - (d2[w, n] + d2[w, n]) \
@@ -154,7 +175,8 @@ def input_transform(xs, V, th0):
                 for tw in range(TW):
                     p = r * TW + tw
                     w = 4 * tw
-                    e0, e1, e2, e3, e4, e5 = Ri[w], Ri[w + 1], Ri[w + 2], Ri[w + 3], Ri[w + 4], Ri[w + 5]
+                    e0, e1, e2 = Ri[w], Ri[w + 1], Ri[w + 2]
+                    e3, e4, e5 = Ri[w + 3], Ri[w + 4], Ri[w + 5]
                     for n in range(N):
                         V[6 * i, c, p, n] = e0[n] - h15 * e1[n] - (e2[n] + e2[n]) \
                             + h15 * e3[n] + e4[n]
@@ -236,7 +258,7 @@ def output_transform(M, b, ys, th0, relu):
     rows th0.. that M (36, F', rows*TW, N) holds (F' >= F, the first F
     rows read), then max(v, 0) if relu
     (NaN kept); ys (F, 4*TH, 4*TW, N) keeps the whole last tile
-    (crop_planes drops what lies past the edge)."""
+    (pool_relu_2x2 reads only what lies inside)."""
     F, _, OW4, N = ys.shape
     TW = OW4 // 4
     k = _transform_consts(ys.dtype)
@@ -245,6 +267,25 @@ def output_transform(M, b, ys, th0, relu):
         for r in range(M.shape[2] // TW):
             oh = 4 * (th0 + r)
             _out_tile_row(M, f, r, TW, b[f], relu, S, k, ys[f, oh:oh + 4])
+
+
+@kernel(lambda t: void(ro(t, 4), ro(t, 1), rw(t, 4), i64, i64))
+def output_transform_nchw(M, b, y, th0, relu):
+    """output_transform straight into NCHW y (N, F, OH, OW): each filter's
+    tile row through a scratch of 4 plane rows, whose rows and columns
+    inside y are then transposed out, so no output planes exist. Same
+    values as output_transform then cropping the planes."""
+    N, F, OH, OW = y.shape
+    TW = (OW + 3) // 4
+    k = _transform_consts(y.dtype)
+    S = np.empty((4, 6, TW, N), dtype=y.dtype)
+    out = np.empty((4, 4 * TW, N), dtype=y.dtype)
+    tmp = np.empty((N, OW), dtype=y.dtype)
+    for f in range(F):
+        for r in range(M.shape[2] // TW):
+            oh0 = 4 * (th0 + r)
+            _out_tile_row(M, f, r, TW, b[f], relu, S, k, out)
+            _crop_rows(out, 0, y, f, oh0, min(4, OH - oh0), tmp)
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -312,23 +353,55 @@ def grad_output_transform(dys, dM, db, th0):
         db[f] += acc.sum()
 
 
-@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64))
-def grad_input_transform(dV, xs, th0):
+@kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(types.float64, 1), i64))
+def grad_output_transform_nchw(dy, dM, db, th0):
+    """grad_output_transform straight from NCHW dy (N, F, OH, OW): each
+    filter's 4 rows of a tile row packed into a scratch first (zero past the
+    edge), so no output-gradient planes exist. Same values as packing the
+    planes, then grad_output_transform."""
+    N, F, OH, OW = dy.shape
+    TW = (OW + 3) // 4
+    k = _transform_consts(dM.dtype)
+    K = np.empty((6, 4 * TW, N), dtype=dM.dtype)
+    dY = np.empty((4, 4 * TW, N), dtype=dM.dtype)
+    tmp = np.empty((N, OW), dtype=dM.dtype)
+    acc = np.zeros(N, dtype=np.float64)
+    for f in range(F):
+        acc[:] = 0
+        for r in range(dM.shape[2] // TW):
+            _pack_rows(dy, f, 4 * (th0 + r), 0, dY, tmp)
+            _gout_tile_row(dY, dM, f, r, TW, K, k, acc)
+        db[f] += acc.sum()
+
+
+@kernel(lambda t: void(ro(t, 4), rw(t, 4), rw(t, 4), i64, i64, i64, i64))
+def grad_input_transform(dV, dx, carry, th0, PT, PL, TH):
     """dd = B dV B^T per tile for the band of tile rows th0.. that dV
-    (36, C, rows*TW, N) holds, scatter-added into the padded planes xs[c]
-    (tiles overlap by two rows and columns; each plane is zeroed here when
-    th0 is 0)."""
-    C, HT, WT, N = xs.shape
+    (36, C, rows*TW, N) holds, scatter-added into x's padded planes (PT on
+    top, PL on the left, TH tile rows; tiles overlap by two rows and
+    columns), straight into NCHW dx (N, C, H, W): each channel's tile row
+    is added into a scratch of its 6 plane rows, whose first two hold what
+    the tile row above added to them (carry (C, 2, WT, N), kept by the
+    caller between bands, read from th0 > 0 on); the rows no later tile row
+    reaches (4, or all 6 for the last) are then final and transposed out,
+    so no padded planes exist."""
+    N, C, H, W = dx.shape
+    WT = carry.shape[2]
     TW = (WT - 2) // 4
-    k = np.empty(3, dtype=xs.dtype)
+    k = np.empty(3, dtype=dx.dtype)
     k[0], k[1], k[2] = 0.5, 1.5, 2.5
     h5, h15, h25 = k[0], k[1], k[2]
-    E = np.empty((6, WT, N), dtype=xs.dtype)     # dV B for one tile row
+    E = np.empty((6, WT, N), dtype=dx.dtype)     # dV B for one tile row
+    D = np.empty((6, WT, N), dtype=dx.dtype)     # its 6 plane rows
+    tmp = np.empty((N, W), dtype=dx.dtype)
     for c in range(C):
-        plane = xs[c]
-        if th0 == 0:
-            plane[:] = 0
         for r in range(dV.shape[2] // TW):
+            th = th0 + r
+            if th == 0:
+                D[:2] = 0
+            else:
+                D[:2] = carry[c]
+            D[2:] = 0
             E[:] = 0
             for i in range(6):
                 Ei = E[i]
@@ -354,10 +427,8 @@ def grad_input_transform(dV, xs, th0):
                         g4[n] += (v0[n] + v1[n]) + (v2[n] + v3[n]) + v4[n] + h15 * v5[n]
                     for n in range(N):
                         g5[n] += v5[n]
-            h = 4 * (th0 + r)
             e0, e1, e2, e3, e4, e5 = E[0], E[1], E[2], E[3], E[4], E[5]
-            p0, p1, p2 = plane[h], plane[h + 1], plane[h + 2]
-            p3, p4, p5 = plane[h + 3], plane[h + 4], plane[h + 5]
+            p0, p1, p2, p3, p4, p5 = D[0], D[1], D[2], D[3], D[4], D[5]
             for w in range(WT):
                 for n in range(N):
                     p0[w, n] += e0[w, n]
@@ -375,27 +446,14 @@ def grad_input_transform(dV, xs, th0):
                         + h15 * e5[w, n]
                 for n in range(N):
                     p5[w, n] += e5[w, n]
-
-
-@kernel(lambda t: void(ro(t, 4), rw(t, 4), i64, i64))
-def crop_planes(xs, dx, PT, PL):
-    """dx[n, c, ih, iw] = xs[c, ih+PT, iw+PL, n]: planes with the batch
-    innermost back to NCHW (the inverse of pack_planes), row by row through
-    an (N, W) tile in L1, as there."""
-    N, C, H, W = dx.shape
-    tmp = np.empty((N, W), dtype=dx.dtype)
-    for c in range(C):
-        for ih in range(H):
-            row = xs[c, ih + PT]
-            for iw in range(W):
-                src = row[iw + PL]
-                for n in range(N):
-                    tmp[n, iw] = src[n]
-            for n in range(N):
-                dst = dx[n, c, ih]
-                t = tmp[n]
-                for iw in range(W):
-                    dst[iw] = t[iw]
+            done = 6 if th == TH - 1 else 4
+            if done == 4:
+                carry[c] = D[4:]
+            # plane rows 4th + i, i < done, are x's rows 4th + i - PT
+            i0 = max(0, PT - 4 * th)
+            i1 = min(done, H + PT - 4 * th)
+            if i1 > i0:
+                _crop_rows(D[i0:i1], PL, dx, c, 4 * th + i0 - PT, i1 - i0, tmp)
 
 
 @kernel(lambda t: void(ro(t, 4), rw(t, 3)))

@@ -202,19 +202,19 @@ def _backward_chunks(wino, dy, U, chunks, g, dx, dU, db, produce=None, unpool=No
             dp_c, argmax_c = unpool[0][sl], unpool[1][sl]
             grad_output = lambda dM, th0: wino.grad_output_unpool_2x2(  # noqa: E731
                 dp_c, argmax_c, dM, db_c, th0, g.OW)
-        else:
+        elif unpool is not None:    # the planes straight from the pooled gradient
             dys = workspace.take((g.F, 4 * TH, 4 * TW, n), U.dtype)
-            if unpool is not None:  # the planes straight from the pooled gradient
-                wino.unpool_relu(unpool[0][sl], unpool[1][sl], dys, g.OW, unpool[2])
-            else:
-                if produce is None:
-                    dy_c = dy[sl]
-                else:               # this chunk's dy, made on its thread
-                    dy_c = workspace.take((n, g.F, g.OH, g.OW), U.dtype)
-                    produce(sl.start, dy_c)
-                wino.pack_planes(dy_c, dys, 0, 0)
+            wino.unpool_relu(unpool[0][sl], unpool[1][sl], dys, g.OW, unpool[2])
             grad_output = lambda dM, th0: wino.grad_output_transform(  # noqa: E731
                 dys, dM, db_c, th0)
+        else:
+            if produce is None:
+                dy_c = dy[sl]
+            else:                   # this chunk's dy, made on its thread
+                dy_c = workspace.take((n, g.F, g.OH, g.OW), U.dtype)
+                produce(sl.start, dy_c)
+            grad_output = lambda dM, th0: wino.grad_output_transform_nchw(  # noqa: E731
+                dy_c, dM, db_c, th0)
         _backward_chunk(wino, n, grad_output, UT, V, bands, g,
                         None if dx is None else dx[sl], dU_c)
         return dU_c, db_c
@@ -285,8 +285,6 @@ def _forward_chunk(wino, x, U, b, y, g, relu, keep, consume=None, pool=None):
     keep."""
     N, C, F = x.shape[0], g.C, g.F
     TH, TW = _tiles(g)
-    xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), x.dtype)
-    wino.pack_planes(x, xs, g.PT, g.PL)
     # V band by band, each band contiguous (36, C, rows*TW, N): saved for dw,
     # or one band's buffer reused
     bands = _bands(TH, TW, N)
@@ -301,24 +299,24 @@ def _forward_chunk(wino, x, U, b, y, g, relu, keep, consume=None, pool=None):
     # reads together
     band_M = _band_buffer(bands[0][1], F + 1, TW, N, x.dtype)
     by_band = pool is not None and _pools_by_band(bands, TH)
-    ys = None if by_band else workspace.take((F, 4 * TH, 4 * TW, N), x.dtype)
+    if pool is not None and not by_band:        # pooled over the chunk's planes
+        out = workspace.take((F, 4 * TH, 4 * TW, N), x.dtype)
+        transform = lambda M, th0: wino.output_transform(M, b, out, th0, int(relu))  # noqa
+    elif pool is None:                          # straight into NCHW
+        out = y if consume is None else workspace.take((N, F, g.OH, g.OW), x.dtype)
+        transform = lambda M, th0: wino.output_transform_nchw(M, b, out, th0, int(relu))  # noqa
+    else:
+        transform = lambda M, th0: wino.output_pool_relu_2x2(M, b, *pool, th0, g.OW)  # noqa
     for th0, th1 in bands:
         Vb = band_V(th0, th1)
-        wino.input_transform(xs, Vb, th0)
+        wino.input_transform(x, Vb, th0, g.PT, g.PL, TW)
         M = band_M(th1 - th0)
         wino.products(U, Vb, M)
-        if by_band:
-            wino.output_pool_relu_2x2(M, b, *pool, th0, g.OW)
-        else:
-            wino.output_transform(M, b, ys, th0, int(relu))
+        transform(M, th0)
     if consume is not None:
-        z = workspace.take((N, F, g.OH, g.OW), x.dtype)
-        wino.crop_planes(ys, z, 0, 0)
-        consume(z)
-    elif pool is None:
-        wino.crop_planes(ys, y, 0, 0)
-    elif not by_band:
-        wino.pool_relu_2x2(ys, *pool, g.OW)
+        consume(out)
+    elif pool is not None and not by_band:
+        wino.pool_relu_2x2(out, *pool, g.OW)
     return V, bands
 
 
@@ -336,8 +334,10 @@ def _backward_chunk(wino, N, grad_output, UT, V, bands, g, dx, dU):
     # (one cache set), which the transforms write or read together
     band_dM = _band_buffer(bands[0][1], F + 1, TW, N, dtype)
     if dx is not None:
-        xs = workspace.take((C, 4 * TH + 2, 4 * TW + 2, N), dtype)
         band_dV = _band_buffer(bands[0][1], C + 1, TW, N, dtype)
+        # each channel's last two plane rows of a band, which the next band's
+        # tiles add to
+        carry = workspace.take((C, 2, 4 * TW + 2, N), dtype)
     for th0, th1 in bands:
         r = th1 - th0
         dM = band_dM(r)
@@ -347,6 +347,4 @@ def _backward_chunk(wino, N, grad_output, UT, V, bands, g, dx, dU):
             continue
         dV = band_dV(r)
         wino.products(UT, dM[:, :F], dV)
-        wino.grad_input_transform(dV, xs, th0)
-    if dx is not None:
-        wino.crop_planes(xs, dx, g.PT, g.PL)
+        wino.grad_input_transform(dV, dx, carry, th0, g.PT, g.PL, TH)
