@@ -58,17 +58,22 @@ class _ConvKernels:
     # direct loops keep the shared limit.
     grouped_direct_max_taps = 144
     # Inference's Winograd chunks of at most 16 images: a chunk's tiles and
-    # planes then stay in the caches between its transforms and products
-    # (the MNIST CNN under no_grad, interleaved in one process, chunks of
-    # 64 -> 16: batch 1000 44.5 -> 40.5 ms, 256 12.3 -> 11.4, 64 4.05 ->
-    # 3.94); numba's loops lost with them (batch 1000 58 -> 67 ms) and keep
-    # the shared limit, as training does (see _winograd.CHUNK). Only with
-    # the AVX-512 products: with the AVX2 ones chunks of 16 were no faster
-    # (batch 1000, 78.7 vs 77.1 ms), and BLAS's (the fallback) round edge
-    # lanes differently, where this module's give the same bits wherever an
-    # image's lanes fall (the forward's numbers then do not depend on
-    # no_grad).
-    winograd_no_grad_chunk = 16 if cy_winograd._simd == 2 else None
+    # planes then stay in the caches between its transforms and products,
+    # and its bands hold all four tile rows of the MNIST conv2, so a fused
+    # 2x2 pooling runs inside the output transform (see
+    # _winograd._pools_by_band). Measured on the MNIST CNN under no_grad,
+    # interleaved in one process: with the AVX-512 products (chunks of 64 ->
+    # 16) batch 1000 44.5 -> 40.5 ms, 256 12.3 -> 11.4, 64 4.05 -> 3.94;
+    # with the AVX2 ones, once the transforms read and wrote NCHW and the
+    # pooling ran by band, the fused conv2+ReLU+pool alone at batch 1000
+    # 61.5 -> 50.6 ms, 256 13.7 -> 12.1, 64 unchanged (3.6). numba's loops
+    # lost with them (batch 1000 58 -> 67 ms; 71 -> 73 with chunks of 32
+    # after those changes) and keep the shared limit, as training does (see
+    # _winograd.CHUNK). Not with BLAS's products (the fallback): they round
+    # edge lanes differently, where this module's give the same bits
+    # wherever an image's lanes fall (the forward's numbers then do not
+    # depend on no_grad).
+    winograd_no_grad_chunk = 16 if cy_winograd._simd else None
 
     @staticmethod
     def winograd_kernels():
