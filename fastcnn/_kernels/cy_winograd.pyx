@@ -324,23 +324,21 @@ cdef inline Py_ssize_t _block_end(Py_ssize_t n0, Py_ssize_t N) noexcept nogil:
 
 cdef void _pack_rows(const floating* x0, Py_ssize_t sN, Py_ssize_t N, Py_ssize_t H,
                      Py_ssize_t W, Py_ssize_t ih0, Py_ssize_t rows, floating* d,
-                     Py_ssize_t RL, Py_ssize_t PL, bint zeroed) noexcept nogil:
+                     Py_ssize_t RL, Py_ssize_t PL) noexcept nogil:
     """Rows ih0 .. ih0+rows-1 of a zero-padded plane with the batch
     innermost into d (rows RL = WT*N lanes apart), from the NCHW plane whose
     first image's row 0 is x0 (images sN apart): a row outside 0..H-1 and
-    the padding columns zero (unless zeroed: d is zero already), the
-    images' rows an (N, W) to (W, N) transpose at column PL, BLOCK images
-    at a time."""
+    the padding columns zero, the images' rows an (N, W) to (W, N)
+    transpose at column PL, BLOCK images at a time."""
     cdef Py_ssize_t i, ih, n0, n1
     cdef Py_ssize_t right = RL - (PL + W) * N
-    if not zeroed:
-        for i in range(rows):
-            ih = ih0 + i
-            if ih < 0 or ih >= H:
-                memset(d + i * RL, 0, RL * sizeof(floating))
-            else:
-                memset(d + i * RL, 0, PL * N * sizeof(floating))
-                memset(d + i * RL + (PL + W) * N, 0, right * sizeof(floating))
+    for i in range(rows):
+        ih = ih0 + i
+        if ih < 0 or ih >= H:
+            memset(d + i * RL, 0, RL * sizeof(floating))
+        else:
+            memset(d + i * RL, 0, PL * N * sizeof(floating))
+            memset(d + i * RL + (PL + W) * N, 0, right * sizeof(floating))
     n0 = 0
     while n0 < N:
         n1 = _block_end(n0, N)
@@ -352,7 +350,7 @@ cdef void _pack_rows(const floating* x0, Py_ssize_t sN, Py_ssize_t N, Py_ssize_t
 
 
 def input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] V,
-                         Py_ssize_t th0, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t TW):
+                    Py_ssize_t th0, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t TW):
     """V[:, c, (th-th0)*TW + tw, n] = B^T d B for the band of tile rows th0..
     that V (36, C, rows*TW, N) holds; d is the 6x6 tile at rows 4th.., cols
     4tw.. of channel c's plane of x (N, C, H, W) zero-padded by PT on top
@@ -369,8 +367,7 @@ def input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] V,
         with nogil:
             for c in range(C):
                 for r in range(rows):
-                    _pack_rows(&x[0, c, 0, 0], sN, N, H, W, 4 * (th0 + r) - PT, 6, D, L, PL,
-                               False)
+                    _pack_rows(&x[0, c, 0, 0], sN, N, H, W, 4 * (th0 + r) - PT, 6, D, L, PL)
                     if floating is float:
                         fastcnn_wino_in_row_f32(D, L, R, &V[0, c, r * TW, 0], KS, TW, N)
                     else:
@@ -469,7 +466,6 @@ def grad_output_transform(const floating[:, :, :, ::1] dys, floating[:, :, :, ::
         free(acc)
 
 
-
 def output_transform_nchw(const floating[:, :, :, ::1] M, const floating[::1] b,
                           floating[:, :, :, ::1] y, Py_ssize_t th0, int relu):
     """output_transform straight into NCHW y (N, F, OH, OW): each filter's
@@ -520,7 +516,7 @@ def grad_output_transform_nchw(const floating[:, :, :, ::1] dy, floating[:, :, :
                 memset(acc, 0, N * sizeof(double))
                 for r in range(rows):
                     _pack_rows(&dy[0, f, 0, 0], F * OH * OW, N, OH, OW, 4 * (th0 + r), 4, S, YL,
-                               0, False)
+                               0)
                     if floating is float:
                         fastcnn_wino_gout_row_f32(S, YL, &dM[0, f, r * TW, 0], KS, TW, N, acc)
                     else:
@@ -529,6 +525,7 @@ def grad_output_transform_nchw(const floating[:, :, :, ::1] dy, floating[:, :, :
     finally:
         free(S)
         free(acc)
+
 
 cdef extern from *:
     """
@@ -588,21 +585,20 @@ cdef extern from *:
 
 
 def grad_input_transform(const floating[:, :, :, ::1] dV, floating[:, :, :, ::1] dx,
-                              floating[:, :, :, ::1] carry, Py_ssize_t th0, Py_ssize_t PT,
-                              Py_ssize_t PL, Py_ssize_t TH):
+                         floating[:, :, :, ::1] carry, Py_ssize_t th0, Py_ssize_t PT,
+                         Py_ssize_t PL, Py_ssize_t TH):
     """dd = B dV B^T per tile for the band of tile rows th0.. that dV
     (36, C', rows*TW, N) holds, C' >= C (the driver pads dV by a channel
     row, as the forward's M: see fastcnn_wino_gin_tiles), scatter-added
     into x's zero-padded planes (PT on top, PL on the left, TH tile rows;
     tiles overlap by two rows and columns) straight into NCHW dx
     (N, C, H, W): each channel's tile row is scatter-added into a scratch
-    of its 6 plane rows,
-    whose first two hold what the tile row above added to them (carry
-    (C, 2, WT, N), kept by the caller between bands, read from th0 > 0 on);
-    the 4 rows no later tile row reaches (all 6 for the last) are then
-    final, and their rows and columns inside x are transposed out
-    (the rows of _crop_rows), so no padded planes are written or read: the
-    bands in order 0, 1, ... fill dx."""
+    of its 6 plane rows, whose first two hold what the tile row above added
+    to them (carry (C, 2, WT, N), kept by the caller between bands, read
+    from th0 > 0 on); the 4 rows no later tile row reaches (all 6 for the
+    last) are then final, and their rows and columns inside x are
+    transposed out (_crop_rows), so no padded planes are written or read:
+    the bands in order 0, 1, ... fill dx."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t L = carry.shape[2] * N, TW = (carry.shape[2] - 2) // 4, P = dV.shape[2]
     cdef Py_ssize_t rows = P // TW, KS = dV.shape[1] * P * N, sN = C * H * W
