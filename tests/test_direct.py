@@ -13,6 +13,7 @@ the batch split and the saved-inputs checks with the other paths.
 import numpy as np
 import pytest
 
+import fastcnn
 from fastcnn import ops
 from fastcnn.backend import get_module
 from fastcnn.backends import _direct, _gemm_conv
@@ -124,6 +125,66 @@ def test_direct_relu_matches_the_composition(backend, dtype):
     want = _loops(args, dy, relu=True)
     _check(got, want, dtype)
     assert not np.signbit(got[0]).any()      # +0, never -0, where the ReLU cut
+
+
+def _pooled(backend, args):
+    """conv2d_relu_max_pool2d_forward's 2x2 result on the direct path."""
+    with _gemm_conv.forced_path("direct"):
+        return ops.conv2d_relu_max_pool2d_forward(*args, pool_kernel_size=2,
+                                                  backend=backend)[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[_ids(s) for s in SHAPES])
+@pytest.mark.parametrize("backend", DIRECT)
+def test_pooling_in_registers_gives_the_pooled_conv(backend, shape, dtype, monkeypatch):
+    """Under no_grad the fused ReLU + 2x2 max pooling runs in the direct
+    loops' registers (odd output sizes, whose last row or column pools
+    nothing, widths under one vector, groups, dilation, every vector code):
+    the values of the same loops' conv pooled by the pooling kernel, NaN and
+    inf from x included, and close to loops."""
+    kd, levels = _simd_levels(backend)
+    x, *rest = args = _inputs(shape, dtype)
+    x[0, 0, 1, 1:3] = np.nan, np.inf            # a NaN window, an inf one
+    x[-1, -1, -1, -1] = -np.inf
+    calls = []
+    real = kd.forward_pool22
+    monkeypatch.setattr(kd, "forward_pool22", lambda *a: calls.append(1) or real(*a))
+    want_loops = _pooled("loops", [a.astype(np.float64) if isinstance(a, np.ndarray) else a
+                                   for a in args])
+    try:
+        for level in levels:
+            if level is not None:
+                kd.simd(level)
+            want = _pooled(backend, args)            # conv, then the pooling kernel
+            assert not calls
+            with fastcnn.no_grad():
+                got = _pooled(backend, args)
+            assert calls and got.dtype == dtype and got.shape == want.shape and got.size
+            calls.clear()
+            np.testing.assert_array_equal(got, want)   # NaN where want has NaN
+            assert not np.signbit(got[~np.isnan(got)]).any()
+            finite = np.isfinite(want_loops)
+            assert_close(np.where(finite, got, 0), np.where(finite, want_loops, 0), TOL[dtype], "y")
+            assert np.array_equal(np.isnan(got), np.isnan(want_loops))
+    finally:
+        if levels[0] is not None:
+            kd.simd(9)
+
+
+@pytest.mark.parametrize("backend", DIRECT)
+def test_inference_pools_the_mnist_conv1_in_registers(backend):
+    """choose_path: the MNIST conv1 under no_grad with a 2x2 pooling to
+    follow takes the direct loops (pooled in registers); with a backward to
+    follow, or without the pooling, the per-image path as before."""
+    x, w, b, *rest = _inputs((64, 1, 28, 28, 32, 1, 1, 1), np.float32)
+    g = _gemm_conv.Geometry(64, 1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 28, 28)
+    table = _table(backend)
+    assert _gemm_conv.choose_path(table, g) == "per_image"
+    assert _gemm_conv.choose_path(table, g, pooled=True) == "per_image"
+    with fastcnn.no_grad():
+        assert _gemm_conv.choose_path(table, g, pooled=True) == "direct"
+        assert _gemm_conv.choose_path(table, g) == "per_image"
 
 
 @pytest.mark.parametrize("backend", DIRECT)

@@ -43,6 +43,7 @@ Shapes: x (n, C, H, W), y (n, F, OH, OW), G groups, Cg = C/G, Fg = F/G;
 padded planes xp (n, C, HP, WP), dy's dq (n, F, HQ, WQ); packed weights
 wp flat (G, ceil(Fg/FB), Cg, 9, FB).
 """
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils, config
@@ -409,33 +410,81 @@ def _rows_block(xp, x0, WP, HP, wp, w0, b, f0, nf, y, y0, OH, OW, Cg, DH, DW, re
                 _put(y, y0 + (f * OH + oh) * OW + ow0, OW, acc, nr, min(L, OW - ow0), relu)
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _image(x, wp, b, y, xp, n, m, G, PT, PL, DH, DW, relu):
+    """Image n of x (padded into xp[n]) convolved into image m of y."""
+    C, F, OH, OW = x.shape[1], y.shape[1], y.shape[2], y.shape[3]
+    HP, WP = xp.shape[2], xp.shape[3]
+    Cg, Fg = C // G, F // G
+    blocks = (Fg + FB - 1) // FB
+    for c in range(C):
+        _pad(x, xp, n, c, PT, PL)
+    for g in range(G):
+        x0 = (n * C + g * Cg) * HP * WP
+        for fb in range(blocks):
+            w0 = (g * blocks + fb) * Cg * 9 * FB
+            f0 = g * Fg + fb * FB
+            nf = min(FB, Fg - fb * FB)
+            y0 = (m * F + f0) * OH * OW
+            if nf <= FEW:
+                _rows_block(xp, x0, WP, HP, wp, w0, b, f0, nf, y, y0, OH, OW, Cg, DH,
+                            DW, relu)
+            else:
+                _filters_block(xp, x0, WP, HP, wp, w0, b, f0, nf, y, y0, OH, OW, Cg,
+                               DH, DW, relu)
+
+
 @kernel(lambda t: void(ro(t, 4), ro(t, 1), ro(t, 1), rw(t, 4), rw(t, 4),
                        i64, i64, i64, i64, i64, i64))
 def forward(x, wp, b, y, xp, G, PT, PL, DH, DW, relu):
     """y = conv(x, w) + b (max(., 0) if relu) for 3x3 filters packed in wp,
     stride 1, dilation (DH, DW), G groups; xp (n, C, HP, WP) from
     ``padded_shape`` receives x's zero-padded planes."""
-    N, C = x.shape[0], x.shape[1]
-    F, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-    HP, WP = xp.shape[2], xp.shape[3]
-    Cg, Fg = C // G, F // G
-    blocks = (Fg + FB - 1) // FB
+    for n in range(x.shape[0]):
+        _image(x, wp, b, y, xp, n, n, G, PT, PL, DH, DW, relu)
+
+
+def pools():
+    """Whether ``forward_pool22`` is there (always, here)."""
+    return True
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _pool_relu_planes(z, y, n):
+    """y[n] = the 2x2 stride-2 max pooling of relu(z[0]) as values:
+    cy_pool.max_relu_forward's (the larger, a NaN over a number, then the
+    ReLU, which keeps a NaN), no argmax."""
+    F, PH, PW = y.shape[1], y.shape[2], y.shape[3]
+    for f in range(F):
+        for ph in range(PH):
+            r0 = z[0, f, 2 * ph]
+            r1 = z[0, f, 2 * ph + 1]
+            out = y[n, f, ph]
+            for pw in range(PW):
+                # selects, not branches: on random data each is a coin flip
+                m = r0[2 * pw]
+                v = r0[2 * pw + 1]
+                m = v if (v > m) | ((v != v) & (m == m)) else m
+                v = r1[2 * pw]
+                m = v if (v > m) | ((v != v) & (m == m)) else m
+                v = r1[2 * pw + 1]
+                m = v if (v > m) | ((v != v) & (m == m)) else m
+                out[pw] = m if not (m <= 0) else 0
+
+
+@kernel(lambda t: void(ro(t, 4), ro(t, 1), ro(t, 1), rw(t, 4), rw(t, 4),
+                       i64, i64, i64, i64, i64, i64, i64))
+def forward_pool22(x, wp, b, y, xp, G, PT, PL, DH, DW, OH, OW):
+    """``forward``'s convolution (output OH x OW) with the ReLU and a 2x2
+    stride-2 max pooling fused in: y (n, F, OH // 2, OW // 2) holds the
+    values cy_pool.max_relu_forward gives on the conv's output, which goes
+    one image at a time through a scratch that stays in cache. No argmax:
+    for inference."""
+    N, F = x.shape[0], y.shape[1]
+    z = np.empty((1, F, OH, OW), dtype=y.dtype)
     for n in range(N):
-        for c in range(C):
-            _pad(x, xp, n, c, PT, PL)
-        for g in range(G):
-            x0 = (n * C + g * Cg) * HP * WP
-            for fb in range(blocks):
-                w0 = (g * blocks + fb) * Cg * 9 * FB
-                f0 = g * Fg + fb * FB
-                nf = min(FB, Fg - fb * FB)
-                y0 = (n * F + f0) * OH * OW
-                if nf <= FEW:
-                    _rows_block(xp, x0, WP, HP, wp, w0, b, f0, nf, y, y0, OH, OW, Cg, DH,
-                                DW, relu)
-                else:
-                    _filters_block(xp, x0, WP, HP, wp, w0, b, f0, nf, y, y0, OH, OW, Cg,
-                                   DH, DW, relu)
+        _image(x, wp, b, z, xp, n, 0, G, PT, PL, DH, DW, 0)
+        _pool_relu_planes(z, y, n)
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 4), rw(types.float64, 3),

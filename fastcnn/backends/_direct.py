@@ -59,15 +59,30 @@ def _slices(N):
     return _concurrent.batch_slices(N, min(_concurrent.num_threads(), N))
 
 
-def forward(k, x, w, b, y, g, relu=False):
+def pools(k):
+    """Whether kernel table k's loops can pool their output in registers
+    (``forward``'s ``pooled``)."""
+    return k.direct_kernels().pools()
+
+
+def forward(k, x, w, b, y, g, relu=False, pooled=None):
     """y = conv(x, w) + b (then max(., 0) if relu), chunks of the batch
-    concurrently; returns what backward needs."""
+    concurrently; returns what backward needs. pooled (N, F, OH // 2, OW //
+    2), if given (only where ``pools(k)``; y is then None), receives the 2x2
+    stride-2 max pooling of relu(conv) instead, pooled in registers, without
+    the argmax a backward would need: for inference."""
     kd = k.direct_kernels()
     wp = pack(w, g.G, kd.FB)
     HP, WP = kd.padded_shape(g.H, g.W, g.PT, g.PL, g.OH, g.OW, g.DH, g.DW)
     xp = workspace.take((g.N, g.C, HP, WP), x.dtype)
-    _concurrent.run(lambda sl: kd.forward(x[sl], wp, b, y[sl], xp[sl], g.G, g.PT, g.PL,
-                                          g.DH, g.DW, int(relu)), _slices(g.N))
+    if pooled is not None:
+        if pooled.size:
+            _concurrent.run(lambda sl: kd.forward_pool22(x[sl], wp, b, pooled[sl], xp[sl], g.G,
+                                                         g.PT, g.PL, g.DH, g.DW, g.OH, g.OW),
+                            _slices(g.N))
+    else:
+        _concurrent.run(lambda sl: kd.forward(x[sl], wp, b, y[sl], xp[sl], g.G, g.PT, g.PL,
+                                              g.DH, g.DW, int(relu)), _slices(g.N))
     return xp, w.copy()
 
 

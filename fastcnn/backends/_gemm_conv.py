@@ -197,8 +197,9 @@ def path_applies(k, path, g):
     return path in PATHS
 
 
-def choose_path(k, g):
-    """The path for geometry g on the backend with kernel table k."""
+def choose_path(k, g, pooled=False):
+    """The path for geometry g on the backend with kernel table k; pooled:
+    a fused ReLU + 2x2 stride-2 max pooling takes the output."""
     forced = _forced.get()
     if forced is not None:
         if not path_applies(k, forced, g):
@@ -223,6 +224,14 @@ def choose_path(k, g):
     if Kg > PER_IMAGE_MAX_TAPS and (g.DH > 1 or g.DW > 1 or few_images
                                     or 1 < g.G and Kg <= grouped_limit) \
             and path_applies(k, "direct", g):
+        return "direct"
+    # inference with a 2x2 max pooling to follow, few taps (the MNIST conv1):
+    # the direct loops pool in registers, where the per-image path writes
+    # each block's conv output and pools it in a second pass (measured at
+    # batch 1000 on cython; a backward would need the argmax, which these
+    # loops do not make)
+    if pooled and not grad_enabled() and Kg <= PER_IMAGE_MAX_TAPS \
+            and path_applies(k, "direct", g) and k.direct.pools(k):
         return "direct"
     # inference on one image, few taps too (the MNIST conv1): the per-image
     # path's column copy, product and output block cost more in calls than
@@ -266,11 +275,13 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
 
     pool22 = (p, argmax), if given, is the fused ReLU + 2x2 stride-2 max
     pooling's output: the undilated Winograd path pools each chunk from its
-    output planes into them (``_winograd.forward``) and returns (None,
-    saved); the other paths ignore it (consume or y as above)."""
+    output planes into them (``_winograd.forward``), and under
+    fastcnn.no_grad() the direct loops pool in registers into p, leaving
+    argmax alone (``_direct.forward``); both return (None, saved). The other
+    paths ignore it (consume or y as above)."""
     (N, C, H, W), (F, _, KH, KW), (_, _, OH, OW) = x.shape, w.shape, y_shape
     g = Geometry(N, C, H, W, F, KH, KW, *stride, *padding, OH, OW, *dilation, groups)
-    path = choose_path(k, g)
+    path = choose_path(k, g, pooled=pool22 is not None and not relu)
     mask = outputs.take(y_shape, np.uint8) if relu else None
     if path == "depthwise":
         # imported here: the direct depthwise driver is optional for a table
@@ -280,9 +291,11 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
         return y, _with_mask((path, g, saved), mask)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
     tiles = path == "winograd" and g.DH == g.DW == 1 and not relu
+    # the direct loops pool in registers, but make no argmax: inference only
+    registers = path == "direct" and not relu and not grad_enabled() and k.direct.pools(k)
     if not (path == "per_image" or tiles) or relu:
         consume = None
-    if not tiles:
+    if not (tiles or registers):
         pool22 = None
     y = outputs.take(y_shape, x.dtype) if consume is None and pool22 is None else None
     if path == "winograd":
@@ -290,7 +303,8 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
                                              None if pool22 is not None else consume, pool22))
         return y, _mask_after(y, saved, mask)
     if path == "direct":
-        saved = (path, g, k.direct.forward(k, x, w, bias, y, g, relu))
+        saved = (path, g, k.direct.forward(k, x, w, bias, y, g, relu,
+                                           None if pool22 is None else pool22[0]))
         return y, _mask_after(y, saved, mask)
     if path == "pointwise":
         return y, _with_mask((path, g, _pointwise_forward(k, g, x, w, b, y, mask)), mask)
