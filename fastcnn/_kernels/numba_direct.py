@@ -18,6 +18,11 @@ A block of at most FEW filters (the dx of a 1-channel input: one filter)
 runs one filter over KR rows instead, so that no accumulator is spent on
 an absent filter.
 
+``forward_pool22`` (inference) is cy_direct's in effect, not in form: one
+image's conv output at a time goes through a scratch that stays in cache
+(cy_direct pools in registers), then its ReLU and 2x2 max pooling as
+values, without argmax.
+
 dw is cy_direct's too (FBW filters' three kw sums in 3*FBW vector
 accumulators over the rows of a block of images, whole images while a
 lane sums at most 64 vectors, else rows of one image; every (filters, c,
