@@ -138,8 +138,8 @@ def _pooled(backend, args):
 @pytest.mark.parametrize("shape", SHAPES, ids=[_ids(s) for s in SHAPES])
 @pytest.mark.parametrize("backend", DIRECT)
 def test_pooling_in_registers_gives_the_pooled_conv(backend, shape, dtype, monkeypatch):
-    """Under no_grad the fused ReLU + 2x2 max pooling runs in the direct
-    loops' registers (odd output sizes, whose last row or column pools
+    """Under no_grad the fused ReLU + 2x2 max pooling runs as the direct
+    loops go (cython: in registers; odd output sizes, whose last row or column pools
     nothing, widths under one vector, groups, dilation, every vector code):
     the values of the same loops' conv pooled by the pooling kernel, NaN and
     inf from x included, and close to loops."""
@@ -175,7 +175,7 @@ def test_pooling_in_registers_gives_the_pooled_conv(backend, shape, dtype, monke
 @pytest.mark.parametrize("backend", DIRECT)
 def test_inference_pools_the_mnist_conv1_in_registers(backend):
     """choose_path: the MNIST conv1 under no_grad with a 2x2 pooling to
-    follow takes the direct loops (pooled in registers); with a backward to
+    follow takes the direct loops (pooled as they go); with a backward to
     follow, or without the pooling, the per-image path as before."""
     x, w, b, *rest = _inputs((64, 1, 28, 28, 32, 1, 1, 1), np.float32)
     g = _gemm_conv.Geometry(64, 1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 28, 28)

@@ -89,7 +89,7 @@ def test_a_model_under_no_grad():
         got = model.forward(x)
     # the same numbers but for rounding: without a backward to follow, a
     # layer may take a path that keeps nothing for one (conv1's ReLU and
-    # pooling in the direct loops' registers)
+    # pooling in the direct loops)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     grads = [p.grad for p in model.parameters()]
     with pytest.raises(RuntimeError, match="no_grad"):

@@ -60,8 +60,9 @@ def _slices(N):
 
 
 def pools(k):
-    """Whether kernel table k's loops can pool their output in registers
-    (``forward``'s ``pooled``)."""
+    """Whether kernel table k's loops can pool their output as they go
+    (``forward``'s ``pooled``: cy_direct in registers, numba_direct from a
+    cache-sized scratch)."""
     return k.direct_kernels().pools()
 
 
@@ -69,8 +70,8 @@ def forward(k, x, w, b, y, g, relu=False, pooled=None):
     """y = conv(x, w) + b (then max(., 0) if relu), chunks of the batch
     concurrently; returns what backward needs. pooled (N, F, OH // 2, OW //
     2), if given (only where ``pools(k)``; y is then None), receives the 2x2
-    stride-2 max pooling of relu(conv) instead, pooled in registers, without
-    the argmax a backward would need: for inference."""
+    stride-2 max pooling of relu(conv) instead, pooled as the loops go,
+    without the argmax a backward would need: for inference."""
     kd = k.direct_kernels()
     wp = pack(w, g.G, kd.FB)
     HP, WP = kd.padded_shape(g.H, g.W, g.PT, g.PL, g.OH, g.OW, g.DH, g.DW)

@@ -226,12 +226,12 @@ def choose_path(k, g, pooled=False):
             and path_applies(k, "direct", g):
         return "direct"
     # inference with a 2x2 max pooling to follow, few taps (the MNIST conv1):
-    # the direct loops pool in registers, where the per-image path writes
+    # the direct loops pool as they go, where the per-image path writes
     # each block's conv output and pools it in a second pass (measured at
     # batch 1000 on cython; a backward would need the argmax, which these
     # loops do not make)
-    if pooled and not grad_enabled() and Kg <= PER_IMAGE_MAX_TAPS \
-            and path_applies(k, "direct", g) and k.direct.pools(k):
+    if pooled and Kg <= PER_IMAGE_MAX_TAPS and path_applies(k, "direct", g) \
+            and _direct_pools(k):
         return "direct"
     # inference on one image, few taps too (the MNIST conv1): the per-image
     # path's column copy, product and output block cost more in calls than
@@ -276,7 +276,7 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
     pool22 = (p, argmax), if given, is the fused ReLU + 2x2 stride-2 max
     pooling's output: the undilated Winograd path pools each chunk from its
     output planes into them (``_winograd.forward``), and under
-    fastcnn.no_grad() the direct loops pool in registers into p, leaving
+    fastcnn.no_grad() the direct loops pool as they go into p, leaving
     argmax alone (``_direct.forward``); both return (None, saved). The other
     paths ignore it (consume or y as above)."""
     (N, C, H, W), (F, _, KH, KW), (_, _, OH, OW) = x.shape, w.shape, y_shape
@@ -291,11 +291,10 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
         return y, _with_mask((path, g, saved), mask)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
     tiles = path == "winograd" and g.DH == g.DW == 1 and not relu
-    # the direct loops pool in registers, but make no argmax: inference only
-    registers = path == "direct" and not relu and not grad_enabled() and k.direct.pools(k)
+    direct_pools = path == "direct" and not relu and _direct_pools(k)
     if not (path == "per_image" or tiles) or relu:
         consume = None
-    if not (tiles or registers):
+    if not (tiles or direct_pools):
         pool22 = None
     y = outputs.take(y_shape, x.dtype) if consume is None and pool22 is None else None
     if path == "winograd":
@@ -329,6 +328,12 @@ def forward(k, x, w, b, stride, padding, dilation, groups, y_shape, relu=False, 
         cols = _map(lambda sl: fn(k, g, src[sl], wb, bias, y[sl], RP,
                                   None if mask is None else mask[sl]), slices)
     return y, _with_mask((path, g, (wb, list(zip(slices, cols)), RP)), mask)
+
+
+def _direct_pools(k):
+    """Whether the direct loops of table k take a fused 2x2 max pooling
+    here: they make no argmax, so only where no backward can follow."""
+    return not grad_enabled() and k.direct.pools(k)
 
 
 def _with_mask(saved, mask):
