@@ -20,8 +20,8 @@ an absent filter.
 
 ``forward_pool22`` (inference) is cy_direct's in effect, not in form: one
 image's conv output at a time goes through a scratch that stays in cache
-(cy_direct pools in registers), then its ReLU and 2x2 max pooling as
-values, without argmax.
+(cy_direct pools in registers), then its ReLU and 2x2 max pooling by
+numba_pool's rows.
 
 dw is cy_direct's too (FBW filters' three kw sums in 3*FBW vector
 accumulators over the rows of a block of images, whole images while a
@@ -56,6 +56,7 @@ from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, models, register_model
 
 from fastcnn._kernels.numba_common import JIT_OPTIONS, i64, kernel, ro, rw, void
+from fastcnn._kernels.numba_pool import _pool22
 
 FB = 8          # filters per packed weight block (the packing)
 LMAX = 16       # the widest vector, in elements, for the plane sizes
@@ -454,42 +455,21 @@ def pools():
     return True
 
 
-@njit(inline="always", **JIT_OPTIONS)
-def _pool_relu_planes(z, y, n):
-    """y[n] = the 2x2 stride-2 max pooling of relu(z[0]) as values:
-    cy_pool.max_relu_forward's (the larger, a NaN over a number, then the
-    ReLU, which keeps a NaN), no argmax."""
-    F, PH, PW = y.shape[1], y.shape[2], y.shape[3]
-    for f in range(F):
-        for ph in range(PH):
-            r0 = z[0, f, 2 * ph]
-            r1 = z[0, f, 2 * ph + 1]
-            out = y[n, f, ph]
-            for pw in range(PW):
-                # selects, not branches: on random data each is a coin flip
-                m = r0[2 * pw]
-                v = r0[2 * pw + 1]
-                m = v if (v > m) | ((v != v) & (m == m)) else m
-                v = r1[2 * pw]
-                m = v if (v > m) | ((v != v) & (m == m)) else m
-                v = r1[2 * pw + 1]
-                m = v if (v > m) | ((v != v) & (m == m)) else m
-                out[pw] = m if not (m <= 0) else 0
-
-
 @kernel(lambda t: void(ro(t, 4), ro(t, 1), ro(t, 1), rw(t, 4), rw(t, 4),
                        i64, i64, i64, i64, i64, i64, i64))
 def forward_pool22(x, wp, b, y, xp, G, PT, PL, DH, DW, OH, OW):
     """``forward``'s convolution (output OH x OW) with the ReLU and a 2x2
     stride-2 max pooling fused in: y (n, F, OH // 2, OW // 2) holds the
     values cy_pool.max_relu_forward gives on the conv's output, which goes
-    one image at a time through a scratch that stays in cache. No argmax:
-    for inference."""
+    one image at a time through a scratch that stays in cache, pooled by
+    numba_pool's 2x2 rows (their argmax goes to a scratch too: for
+    inference)."""
     N, F = x.shape[0], y.shape[1]
     z = np.empty((1, F, OH, OW), dtype=y.dtype)
+    argmax = np.empty((F, y.shape[2], y.shape[3]), dtype=np.int32)
     for n in range(N):
         _image(x, wp, b, z, xp, n, 0, G, PT, PL, DH, DW, 0)
-        _pool_relu_planes(z, y, n)
+        _pool22(z[0], y[n], argmax, True)
 
 
 @kernel(lambda t: void(ro(t, 4), ro(t, 4), rw(types.float64, 3),
