@@ -137,7 +137,7 @@ def _pooled(backend, args):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[_ids(s) for s in SHAPES])
 @pytest.mark.parametrize("backend", DIRECT)
-def test_pooling_in_registers_gives_the_pooled_conv(backend, shape, dtype, monkeypatch):
+def test_pooling_as_the_loops_go_gives_the_pooled_conv(backend, shape, dtype, monkeypatch):
     """Under no_grad the fused ReLU + 2x2 max pooling runs as the direct
     loops go (cython: in registers; odd output sizes, whose last row or column pools
     nothing, widths under one vector, groups, dilation, every vector code):
@@ -173,7 +173,7 @@ def test_pooling_in_registers_gives_the_pooled_conv(backend, shape, dtype, monke
 
 
 @pytest.mark.parametrize("backend", DIRECT)
-def test_inference_pools_the_mnist_conv1_in_registers(backend):
+def test_inference_pools_the_mnist_conv1_in_the_direct_loops(backend):
     """choose_path: the MNIST conv1 under no_grad with a 2x2 pooling to
     follow takes the direct loops (pooled as they go); with a backward to
     follow, or without the pooling, the per-image path as before."""
